@@ -1,0 +1,81 @@
+"""Gateway HTTP API against an in-memory model source (no broker)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from fedsynth.errors import ConstraintError
+from synth_gateway.api import build_app
+from synth_gateway.ports import ReleasedModel, StaticModelSource
+from synth_gateway.store import ReleaseStore
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _sampler(n: int, where: str | None, rng: np.random.Generator) -> pd.DataFrame:
+    if where == "impossible":
+        raise ConstraintError("age>=200 is outside the clinical bounds of age [0, 120]")
+    age = rng.integers(40, 61, size=n) if where else rng.integers(20, 90, size=n)
+    return pd.DataFrame({"age": age.astype(float), "sex": rng.choice(["Male", "Female"], size=n)})
+
+
+MODEL = ReleasedModel("heart", "heart_disease_uci", 3, ("Cleveland", "Hungary"),
+                      {"Cleveland": 1.5, "Hungary": 2.0}, _sampler, ("age", "sex"))
+
+
+@pytest.fixture
+async def client(tmp_path: Path) -> AsyncIterator[tuple[TestClient, ReleaseStore]]:
+    store = ReleaseStore(tmp_path).open()
+    app = build_app(StaticModelSource(MODEL), store, tokens=frozenset({TOKEN}))
+    async with TestClient(TestServer(app)) as c:
+        yield c, store
+    store.close()
+
+
+async def test_requires_a_token(client: tuple[TestClient, ReleaseStore]) -> None:
+    c, _ = client
+    assert (await c.post("/v1/synthesize", json={"n": 5})).status == 401
+    assert (await c.get("/healthz")).status == 200
+
+
+async def test_streams_csv_and_records_the_release(client: tuple[TestClient, ReleaseStore]) -> None:
+    c, store = client
+    resp = await c.post("/v1/synthesize", json={"n": 600, "where": "age>=40", "seed": 1}, headers=AUTH)
+    assert resp.status == 200
+    body = await resp.text()
+    frame = pd.read_csv(io.StringIO(body))
+    assert len(frame) == 600 and frame["age"].between(40, 60).all()
+    rid = resp.headers["X-Release-Id"]
+    (release,) = store.releases()
+    assert release["release_id"] == rid and release["n_rows"] == 600
+    assert release["model_version"] == 3 and release["query"] == "age>=40"
+    stored = store.rows(rid)
+    assert stored["age"].tolist() == frame["age"].tolist()
+    parquet = await c.get(f"/v1/releases/{rid}/parquet", headers=AUTH)
+    assert parquet.status == 200
+    assert len(pd.read_parquet(io.BytesIO(await parquet.read()))) == 600
+
+
+async def test_bad_requests_are_explained(client: tuple[TestClient, ReleaseStore]) -> None:
+    c, store = client
+    too_many = await c.post("/v1/synthesize", json={"n": 10**9}, headers=AUTH)
+    assert too_many.status == 400 and "n" in (await too_many.json())["error"]
+    infeasible = await c.post("/v1/synthesize", json={"n": 5, "where": "impossible"}, headers=AUTH)
+    assert infeasible.status == 422 and "clinical bounds" in (await infeasible.json())["error"]
+    assert store.releases() == []
+
+
+async def test_model_endpoint_and_dashboard(client: tuple[TestClient, ReleaseStore]) -> None:
+    c, _ = client
+    info = await (await c.get("/v1/model", headers=AUTH)).json()
+    assert info["version"] == 3 and info["epsilon_by_site"]["Hungary"] == 2.0
+    page = await (await c.get("/", headers=AUTH)).text()
+    assert "version <b>3</b>" in page
