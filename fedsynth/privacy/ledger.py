@@ -1,0 +1,300 @@
+"""The site ledger: one accountant per site, on disk, across rounds and restarts.
+
+Spent privacy never resets. The ledger is a JSON file written atomically (temporary file in the same
+folder, ``fsync``, ``os.replace``, ``fsync`` of the folder), so a crash leaves either the old or the
+new ledger, never a torn one. Design rules that keep a site from re-spending privacy:
+
+* **Explicit creation.** :meth:`SiteLedger.create` makes a new ledger and refuses to overwrite
+  one; :meth:`SiteLedger.open` never creates. :meth:`SiteLedger.open_or_create` takes the site's
+  own word (``trained_before``, derived by the agent from its checkpoint or outbox): a missing file
+  for a site that has trained before raises :class:`LedgerMissingError` instead of silently
+  starting from zero.
+* **Identity.** The file records the site id and delta; opening it for another site or delta raises
+  :class:`LedgerMismatchError`.
+* **Integrity.** A SHA-256 checksum over the canonical body catches truncation and hand edits
+  (:class:`LedgerCorruptError`).
+* **No rollback.** Every write increments ``sequence``. The agent stores the sequence with each
+  model checkpoint and passes it back as ``min_sequence``; an older file (a restored backup) is
+  refused.
+* **Write ahead.** :meth:`SiteLedger.record` persists the steps *before* the caller trains them,
+  so a crash mid-round over-counts (safe) rather than under-counts.
+
+Not handled: two processes writing the same ledger at once (one agent per site is assumed).
+Accounting: DP-SGD (Abadi et al. 2016) with the accountants of :mod:`fedsynth.privacy.accountant`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fedsynth.privacy.accountant import Accountant, accountant_from_state, copy_accountant
+from fedsynth.privacy.accountant import make_accountant as _make_accountant
+from fedsynth.privacy.budget import BudgetGuard, PrivacyBudget
+from fedsynth.privacy.errors import (
+    AccountantStateError,
+    LedgerCorruptError,
+    LedgerError,
+    LedgerMismatchError,
+    LedgerMissingError,
+    PrivacyConfigError,
+)
+
+__all__ = ["LEDGER_FORMAT", "SiteLedger"]
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FORMAT = "fedsynth-privacy-ledger/1"
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    folder = path.parent
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    with contextlib.suppress(OSError):  # folder fsync is not possible on every platform
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _read_body(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LedgerCorruptError(f"privacy ledger {path} cannot be read: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("format") != LEDGER_FORMAT:
+        raise LedgerCorruptError(f"privacy ledger {path} is not a {LEDGER_FORMAT} file")
+    stored = raw.pop("checksum", None)
+    if stored != _checksum(raw):
+        raise LedgerCorruptError(f"privacy ledger {path} fails its checksum (truncated or edited)")
+    return raw
+
+
+class SiteLedger:
+    """A site's persistent privacy accountant. Build it with :meth:`create` or :meth:`open`."""
+
+    __slots__ = ("_accountant", "_delta", "_path", "_sequence", "_site_id")
+
+    def __init__(
+        self, path: Path, site_id: str, delta: float, accountant: Accountant, sequence: int
+    ) -> None:
+        self._path = path
+        self._site_id = site_id
+        self._delta = delta
+        self._accountant = accountant
+        self._sequence = sequence
+
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], *, site_id: str, delta: float, mechanism: str = "rdp"
+    ) -> SiteLedger:
+        """Creates and persists an empty ledger; refuses when the file already exists.
+
+        Raises:
+            LedgerError: When a ledger is already at ``path``.
+            PrivacyConfigError: For an empty site id, a bad delta or an unknown mechanism.
+        """
+        target = Path(path)
+        if not site_id:
+            raise PrivacyConfigError("site_id must not be empty")
+        PrivacyBudget(1.0, delta)  # validates delta
+        if target.exists():
+            raise LedgerError(f"privacy ledger {target} already exists; open it instead")
+        ledger = cls(target, site_id, float(delta), _make_accountant(mechanism), 0)
+        ledger._persist(ledger._accountant, 0)
+        logger.info("privacy ledger created", extra={"site_id": site_id, "path": str(target)})
+        return ledger
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike[str], *, site_id: str, delta: float, min_sequence: int = 0
+    ) -> SiteLedger:
+        """Loads an existing ledger; checks it is this site's, at this delta, not rolled back.
+
+        Args:
+            path: The ledger file.
+            site_id: The site opening it.
+            delta: The delta the site accounts at.
+            min_sequence: The last sequence the agent saw (from its checkpoint); older files
+                are refused.
+
+        Raises:
+            LedgerMissingError: No file at ``path``.
+            LedgerCorruptError: Unreadable, malformed or failing its checksum.
+            LedgerMismatchError: Another site, another delta, or a sequence below ``min_sequence``.
+        """
+        target = Path(path)
+        try:
+            body = _read_body(target)
+        except FileNotFoundError:
+            raise LedgerMissingError(
+                f"privacy ledger {target} for site {site_id!r} is missing"
+            ) from None
+        ledger = cls._from_body(target, body)
+        ledger._check_identity(site_id, delta, min_sequence)
+        return ledger
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        site_id: str,
+        delta: float,
+        trained_before: bool,
+        mechanism: str = "rdp",
+        min_sequence: int = 0,
+    ) -> SiteLedger:
+        """Opens the ledger, creating it only for a site that has never trained.
+
+        Raises:
+            LedgerMissingError: The file is missing but ``trained_before`` is true: spent privacy
+                would otherwise silently reset to zero.
+        """
+        if Path(path).exists() or trained_before:
+            return cls.open(path, site_id=site_id, delta=delta, min_sequence=min_sequence)
+        return cls.create(path, site_id=site_id, delta=delta, mechanism=mechanism)
+
+    @classmethod
+    def _from_body(cls, path: Path, body: dict[str, Any]) -> SiteLedger:
+        site_id, delta, sequence = body.get("site_id"), body.get("delta"), body.get("sequence")
+        if not isinstance(site_id, str) or not isinstance(delta, float):
+            raise LedgerCorruptError(f"privacy ledger {path} lacks a site_id or delta")
+        if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
+            raise LedgerCorruptError(f"privacy ledger {path} has a bad sequence {sequence!r}")
+        try:
+            accountant = accountant_from_state(body.get("accountant"))  # type: ignore[arg-type]
+        except AccountantStateError as exc:
+            raise LedgerCorruptError(f"privacy ledger {path}: {exc}") from exc
+        return cls(path, site_id, delta, accountant, sequence)
+
+    def _check_identity(self, site_id: str, delta: float, min_sequence: int) -> None:
+        if self._site_id != site_id:
+            raise LedgerMismatchError(
+                f"privacy ledger {self._path} belongs to site {self._site_id!r}, not {site_id!r}"
+            )
+        if self._delta != float(delta):
+            raise LedgerMismatchError(
+                f"privacy ledger {self._path} accounts at delta={self._delta:g}, not {delta:g}; "
+                "changing delta mid-life is not allowed"
+            )
+        if self._sequence < min_sequence:
+            raise LedgerMismatchError(
+                f"privacy ledger {self._path} is at sequence {self._sequence}, older than the "
+                f"{min_sequence} last seen: a rolled-back ledger would re-spend privacy"
+            )
+
+    def _persist(self, accountant: Accountant, sequence: int) -> None:
+        body: dict[str, Any] = {
+            "format": LEDGER_FORMAT,
+            "site_id": self._site_id,
+            "delta": self._delta,
+            "sequence": sequence,
+            "accountant": accountant.to_state(),
+        }
+        body["checksum"] = _checksum(body)
+        try:
+            _write_atomically(self._path, json.dumps(body, indent=2, sort_keys=True))
+        except OSError as exc:
+            raise LedgerError(f"privacy ledger {self._path} could not be written: {exc}") from exc
+
+    @property
+    def path(self) -> Path:
+        """The ledger file."""
+        return self._path
+
+    @property
+    def site_id(self) -> str:
+        """The site this ledger belongs to."""
+        return self._site_id
+
+    @property
+    def delta(self) -> float:
+        """The delta this site accounts at."""
+        return self._delta
+
+    @property
+    def sequence(self) -> int:
+        """Number of writes so far; store it with checkpoints and pass it as ``min_sequence``."""
+        return self._sequence
+
+    @property
+    def total_steps(self) -> int:
+        """Steps recorded over the site's life."""
+        return self._accountant.total_steps
+
+    @property
+    def accountant(self) -> Accountant:
+        """A copy of the accountant (changes go through :meth:`record` only)."""
+        return copy_accountant(self._accountant)
+
+    def spent(self, delta: float | None = None) -> float:
+        """Epsilon spent over the site's life, at ``delta`` (the ledger's delta by default)."""
+        return self._accountant.epsilon(self._delta if delta is None else delta)
+
+    def record(
+        self,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int = 1,
+        *,
+        budget: PrivacyBudget | None = None,
+    ) -> float:
+        """Persists ``steps`` more steps (call before training them); returns the new epsilon.
+
+        Args:
+            noise_multiplier: Noise multiplier of the steps.
+            sample_rate: Poisson sample rate of the steps.
+            steps: How many steps.
+            budget: When given, the steps are refused (nothing written) if they would exceed it.
+
+        Raises:
+            BudgetExceededError: The steps would exceed ``budget``; ledger and file unchanged.
+            LedgerError: The file could not be written; the in-memory ledger is unchanged.
+        """
+        if budget is not None:
+            if budget.delta != self._delta:
+                raise PrivacyConfigError(
+                    f"budget delta={budget.delta:g} differs from the ledger's delta={self._delta:g}"
+                )
+            BudgetGuard(self._accountant, budget).check(noise_multiplier, sample_rate, steps)
+        updated = copy_accountant(self._accountant)
+        updated.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
+        self._persist(updated, self._sequence + 1)
+        self._accountant, self._sequence = updated, self._sequence + 1
+        spent = self.spent()
+        logger.info(
+            "privacy spent recorded",
+            extra={"site_id": self._site_id, "steps": steps, "epsilon": spent},
+        )
+        return spent
+
+    def __repr__(self) -> str:
+        return (
+            f"SiteLedger(site_id={self._site_id!r}, delta={self._delta:g}, "
+            f"sequence={self._sequence}, total_steps={self.total_steps})"
+        )

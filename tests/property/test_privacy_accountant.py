@@ -1,0 +1,55 @@
+"""Properties of the accountants: composition bookkeeping, monotonicity, state round trips."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsynth.privacy import BudgetGuard, PrivacyBudget, RDPAccountant, accountant_from_state
+
+sigmas = st.floats(min_value=0.5, max_value=5.0, allow_nan=False)
+rates = st.floats(min_value=1e-3, max_value=1.0, allow_nan=False)
+segments = st.lists(
+    st.tuples(sigmas, rates, st.integers(min_value=1, max_value=500)), min_size=1, max_size=4
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(sigma=sigmas, q=rates, a=st.integers(1, 300), b=st.integers(1, 300))
+def test_splitting_steps_changes_nothing(sigma: float, q: float, a: int, b: int) -> None:
+    split, whole = RDPAccountant(), RDPAccountant()
+    split.step(noise_multiplier=sigma, sample_rate=q, steps=a)
+    split.step(noise_multiplier=sigma, sample_rate=q, steps=b)
+    whole.step(noise_multiplier=sigma, sample_rate=q, steps=a + b)
+    assert split.to_state() == whole.to_state()
+    assert split.epsilon(1e-5) == whole.epsilon(1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(history=segments, extra=st.tuples(sigmas, rates, st.integers(1, 100)))
+def test_epsilon_never_decreases_and_state_round_trips(
+    history: list[tuple[float, float, int]], extra: tuple[float, float, int]
+) -> None:
+    accountant = RDPAccountant()
+    previous = 0.0
+    for sigma, q, steps in [*history, extra]:
+        accountant.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+        current = accountant.epsilon(1e-5)
+        assert current >= previous
+        previous = current
+    restored = accountant_from_state(json.loads(json.dumps(accountant.to_state())))
+    assert restored.epsilon(1e-5) == previous
+    assert restored.total_steps == sum(s for _, _, s in history) + extra[2]
+
+
+@settings(max_examples=25, deadline=None)
+@given(sigma=sigmas, q=st.floats(0.01, 0.5), budget=st.floats(0.5, 10.0))
+def test_max_steps_fits_and_one_more_does_not(sigma: float, q: float, budget: float) -> None:
+    guard = BudgetGuard(RDPAccountant(), PrivacyBudget(budget, 1e-5))
+    limit = guard.max_steps(sigma, q, limit=100_000)
+    if limit == 0:
+        assert guard.prospective(sigma, q, 1) > budget
+    elif limit < 100_000:
+        assert guard.prospective(sigma, q, limit) <= budget < guard.prospective(sigma, q, limit + 1)

@@ -1,0 +1,173 @@
+"""The site ledger: persistence across restarts, monotone spending, and refusal of bad files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from fedsynth.errors import BudgetExceededError
+from fedsynth.privacy import (
+    LedgerCorruptError,
+    LedgerError,
+    LedgerMismatchError,
+    LedgerMissingError,
+    PrivacyBudget,
+    PrivacyConfigError,
+    PRVAccountant,
+    RDPAccountant,
+    SiteLedger,
+)
+
+DELTA = 1e-5
+
+
+def _ledger(tmp_path: Path, site: str = "cleveland") -> SiteLedger:
+    return SiteLedger.create(tmp_path / "ledger.json", site_id=site, delta=DELTA)
+
+
+def test_spent_privacy_survives_restarts_and_only_grows(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    ledger = SiteLedger.create(path, site_id="cleveland", delta=DELTA)
+    assert ledger.spent() == 0.0 and ledger.sequence == 0
+    history: list[float] = [0.0]
+    for round_ in range(4):
+        ledger.record(1.1, 0.05, 40)
+        history.append(ledger.spent())
+        ledger = SiteLedger.open(path, site_id="cleveland", delta=DELTA)  # "restart"
+        assert ledger.spent(DELTA) == pytest.approx(history[-1], rel=1e-12)
+        assert ledger.total_steps == 40 * (round_ + 1)
+        assert ledger.sequence == round_ + 1
+    assert all(a < b for a, b in zip(history, history[1:], strict=False))
+    reference = RDPAccountant()
+    reference.step(noise_multiplier=1.1, sample_rate=0.05, steps=160)
+    assert ledger.spent() == pytest.approx(reference.epsilon(DELTA), rel=1e-12)
+    assert ledger.spent(1e-6) > ledger.spent()
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]  # no temporary files left
+
+
+def test_prv_ledger_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    SiteLedger.create(path, site_id="va", delta=DELTA, mechanism="prv").record(1.0, 0.1, 20)
+    ledger = SiteLedger.open(path, site_id="va", delta=DELTA)
+    assert isinstance(ledger.accountant, PRVAccountant)
+    assert ledger.total_steps == 20
+
+
+def test_accountant_property_is_a_copy(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.accountant.step(noise_multiplier=1.0, sample_rate=0.1, steps=100)
+    assert ledger.total_steps == 0
+
+
+def test_budget_refusal_writes_nothing(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.record(1.0, 0.1, 50)
+    before = ledger.path.read_bytes()
+    budget = PrivacyBudget(epsilon=ledger.spent() + 0.1, delta=DELTA)
+    with pytest.raises(BudgetExceededError, match="the step was not taken"):
+        ledger.record(1.0, 0.1, 500, budget=budget)
+    assert ledger.path.read_bytes() == before
+    assert ledger.total_steps == 50 and ledger.sequence == 1
+    with pytest.raises(PrivacyConfigError, match="differs from the ledger's delta"):
+        ledger.record(1.0, 0.1, 1, budget=PrivacyBudget(10.0, 1e-6))
+    assert ledger.record(1.0, 0.1, 1, budget=budget) <= budget.epsilon
+
+
+def test_create_never_overwrites(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.record(1.0, 0.1, 5)
+    with pytest.raises(LedgerError, match="already exists"):
+        _ledger(tmp_path)
+    assert SiteLedger.open(ledger.path, site_id="cleveland", delta=DELTA).total_steps == 5
+
+
+def test_missing_file_is_an_error_for_a_site_that_trained(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.json"
+    with pytest.raises(LedgerMissingError, match="missing"):
+        SiteLedger.open(path, site_id="hungary", delta=DELTA)
+    with pytest.raises(LedgerMissingError):
+        SiteLedger.open_or_create(path, site_id="hungary", delta=DELTA, trained_before=True)
+    assert not path.exists()
+    fresh = SiteLedger.open_or_create(path, site_id="hungary", delta=DELTA, trained_before=False)
+    fresh.record(1.0, 0.1, 3)
+    again = SiteLedger.open_or_create(path, site_id="hungary", delta=DELTA, trained_before=False)
+    assert again.total_steps == 3  # an existing file is opened, never replaced
+
+
+def test_other_site_other_delta_or_rollback_is_refused(tmp_path: Path) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.record(1.0, 0.1, 5)
+    old = ledger.path.read_bytes()
+    ledger.record(1.0, 0.1, 5)
+    with pytest.raises(LedgerMismatchError, match="belongs to site 'cleveland', not 'va'"):
+        SiteLedger.open(ledger.path, site_id="va", delta=DELTA)
+    with pytest.raises(LedgerMismatchError, match="delta"):
+        SiteLedger.open(ledger.path, site_id="cleveland", delta=1e-6)
+    ledger.path.write_bytes(old)  # an operator restores a backup
+    with pytest.raises(LedgerMismatchError, match="rolled-back"):
+        SiteLedger.open(ledger.path, site_id="cleveland", delta=DELTA, min_sequence=2)
+
+
+def _tamper(path: Path, change: dict[str, object], *, reseal: bool = False) -> None:
+    body = json.loads(path.read_text())
+    body.update(change)
+    if reseal:  # a well-formed checksum over bad content: the fields themselves must be checked
+        body.pop("checksum")
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+        body["checksum"] = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    path.write_text(json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda p: p.write_text(p.read_text()[:40]),  # truncated
+        lambda p: p.write_text("not json"),
+        lambda p: p.write_bytes(b"\xff\xfe"),
+        lambda p: p.write_text("[]"),
+        lambda p: _tamper(p, {"format": "other/1"}),
+        lambda p: _tamper(p, {"sequence": 0}),  # hand edit: checksum no longer matches
+        lambda p: _tamper(p, {"accountant": {"mechanism": "rdp", "history": []}}),
+        lambda p: _tamper(p, {"accountant": {"mechanism": "rdp", "history": "x"}}, reseal=True),
+        lambda p: _tamper(p, {"sequence": -1}, reseal=True),
+        lambda p: _tamper(p, {"site_id": 7}, reseal=True),
+    ],
+)
+def test_corrupted_ledger_is_a_clear_error(tmp_path: Path, corrupt: object) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.record(1.0, 0.1, 5)
+    corrupt(ledger.path)  # type: ignore[operator]
+    with pytest.raises(LedgerCorruptError, match="privacy ledger"):
+        SiteLedger.open(ledger.path, site_id="cleveland", delta=DELTA)
+
+
+def test_failed_write_leaves_memory_and_file_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.record(1.0, 0.1, 5)
+    before = ledger.path.read_bytes()
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fedsynth.privacy.ledger.os.replace", broken_replace)
+    with pytest.raises(LedgerError, match="could not be written: .*No space left"):
+        ledger.record(1.0, 0.1, 5)
+    monkeypatch.undo()
+    assert ledger.total_steps == 5 and ledger.sequence == 1
+    assert ledger.path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ledger.json"]  # temporary file removed
+
+
+def test_create_validates_arguments(tmp_path: Path) -> None:
+    with pytest.raises(PrivacyConfigError):
+        SiteLedger.create(tmp_path / "a.json", site_id="", delta=DELTA)
+    with pytest.raises(PrivacyConfigError):
+        SiteLedger.create(tmp_path / "a.json", site_id="s", delta=0.0)
+    with pytest.raises(PrivacyConfigError):
+        SiteLedger.create(tmp_path / "a.json", site_id="s", delta=DELTA, mechanism="gdp")
+    assert not (tmp_path / "a.json").exists()
