@@ -1,0 +1,406 @@
+"""Chunking: payloads larger than one Kafka message travel as numbered pieces (sans-I/O).
+
+Apache Kafka refuses messages over 1 MiB by default, so an encoded model update or global model is
+cut into ``Chunk`` records of at most 900 KiB of data each (room is left for the envelope). Every
+chunk carries the payload's id, chunk count, total size and SHA-256; :class:`Reassembler` collects
+them in any order, ignores duplicates, rejects inconsistent or corrupt sets, bounds the memory held
+by incomplete sets, and reports sets that stayed incomplete past a timeout so that the adapter can
+send them to the dead-letter topic. It does no I/O and reads time only from the clock it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from fedsynth.errors import ConfigError, MessageError, ProtocolError
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "DEFAULT_MAX_PENDING_BYTES",
+    "MAX_CHUNK",
+    "ChunkError",
+    "Complete",
+    "Duplicate",
+    "Expired",
+    "Pending",
+    "ReassemblyEvent",
+    "Reassembler",
+    "RejectReason",
+    "Rejected",
+    "SetStage",
+    "split",
+]
+
+MAX_CHUNK = 900 * 1024
+DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
+_SHA256_SIZE = 32
+_AVRO_INT_MAX = 2**31 - 1
+
+
+class ChunkError(MessageError):
+    """A payload cannot be split (wrong type or arguments)."""
+
+
+class SetStage(StrEnum):
+    """Life of one payload's chunk set."""
+
+    COLLECTING = "collecting"
+    COMPLETE = "complete"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+ALLOWED_TRANSITIONS: Mapping[SetStage, frozenset[SetStage]] = {
+    SetStage.COLLECTING: frozenset({SetStage.COMPLETE, SetStage.REJECTED, SetStage.EXPIRED}),
+    SetStage.COMPLETE: frozenset(),
+    SetStage.REJECTED: frozenset(),
+    SetStage.EXPIRED: frozenset(),
+}
+
+
+class RejectReason(StrEnum):
+    """Why a chunk (and, unless MALFORMED, its whole set) was rejected."""
+
+    MALFORMED = "malformed"
+    INCONSISTENT = "inconsistent"
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    SIZE_MISMATCH = "size_mismatch"
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    OVER_MEMORY_LIMIT = "over_memory_limit"
+    ALREADY_REJECTED = "already_rejected"
+    ALREADY_EXPIRED = "already_expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """Every chunk arrived and the payload's SHA-256 matches."""
+
+    payload_id: str
+    payload_schema: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """The chunk was stored; ``have`` of ``count`` chunks are in."""
+
+    payload_id: str
+    have: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """The same chunk again (or a chunk of a completed payload); ignored."""
+
+    payload_id: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The chunk was refused; unless ``reason`` is MALFORMED its set was dropped too."""
+
+    payload_id: str
+    reason: RejectReason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """An incomplete set older than the timeout was dropped."""
+
+    payload_id: str
+    payload_schema: str
+    have: int
+    count: int
+    age_s: float
+
+
+ReassemblyEvent = Complete | Pending | Duplicate | Rejected
+
+
+def split(
+    payload: bytes, payload_schema: str, max_chunk: int = MAX_CHUNK, payload_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Cut ``payload`` into Chunk records (without envelope fields; the adapter adds those).
+
+    Args:
+        payload: The encoded payload; an empty payload gives one empty chunk.
+        payload_schema: Name of the payload's schema, e.g. ``"ModelUpdate"``.
+        max_chunk: Most data bytes per chunk.
+        payload_id: Id shared by the chunks; a random UUID by default.
+
+    Returns:
+        ``count`` records: payload_id, payload_schema, index, count, total_size, sha256, data.
+
+    Raises:
+        ChunkError: ``payload`` is not bytes, or the schema name is empty.
+        ConfigError: ``max_chunk`` is not positive, or the payload needs over 2**31-1 chunks.
+    """
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise ChunkError(f"payload must be bytes, not {type(payload).__name__}")
+    if not payload_schema:
+        raise ChunkError("payload_schema must name the payload's schema")
+    if max_chunk < 1:
+        raise ConfigError(f"max_chunk must be positive, got {max_chunk}")
+    data = bytes(payload)
+    count = max(1, -(-len(data) // max_chunk))
+    if count > _AVRO_INT_MAX:
+        raise ConfigError(f"{len(data)} bytes in chunks of {max_chunk} needs too many chunks")
+    pid = payload_id if payload_id is not None else str(uuid.uuid4())
+    digest = hashlib.sha256(data).digest()
+    return [
+        {
+            "payload_id": pid,
+            "payload_schema": payload_schema,
+            "index": i,
+            "count": count,
+            "total_size": len(data),
+            "sha256": digest,
+            "data": data[i * max_chunk : (i + 1) * max_chunk],
+        }
+        for i in range(count)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkView:
+    payload_id: str
+    payload_schema: str
+    index: int
+    count: int
+    total_size: int
+    sha256: bytes
+    data: bytes
+
+
+@dataclass(slots=True)
+class _PartialSet:
+    payload_schema: str
+    count: int
+    total_size: int
+    sha256: bytes
+    started_at: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+    size: int = 0
+
+
+def _parse(chunk: Mapping[str, Any]) -> _ChunkView | str:
+    """The chunk's fields, or the reason it is malformed."""
+    pid, schema, index, count = (
+        chunk.get(k) for k in ("payload_id", "payload_schema", "index", "count")
+    )
+    total, digest, data = chunk.get("total_size"), chunk.get("sha256"), chunk.get("data")
+    if not isinstance(pid, str) or not pid:
+        return "payload_id missing or empty"
+    if not isinstance(schema, str) or not schema:
+        return "payload_schema missing or empty"
+    if (
+        not isinstance(index, int)
+        or not isinstance(count, int)
+        or not isinstance(total, int)
+        or any(isinstance(v, bool) for v in (index, count, total))
+    ):
+        return "index, count and total_size must be ints"
+    if not isinstance(digest, bytes) or len(digest) != _SHA256_SIZE:
+        return "sha256 must be 32 bytes"
+    if not isinstance(data, bytes):
+        return "data must be bytes"
+    if count < 1 or not 0 <= index < count:
+        return f"index {index} outside 0..count-1 (count {count})"
+    if total < 0 or len(data) > total or count > max(1, total):
+        return f"sizes do not add up: total_size {total}, count {count}, chunk {len(data)} bytes"
+    return _ChunkView(pid, schema, index, count, total, digest, data)
+
+
+class Reassembler:
+    """Collects chunks into payloads (sans-I/O state machine, one :class:`SetStage` per payload).
+
+    Example::
+
+        r = Reassembler(timeout_s=120.0, clock=time.monotonic)
+        for chunk in chunks:
+            event = r.add(chunk)          # Complete | Pending | Duplicate | Rejected
+        for expired in r.expire():        # incomplete sets past the timeout
+            ...                           # the adapter sends them to the dead-letter topic
+    """
+
+    def __init__(
+        self,
+        timeout_s: float,
+        clock: Callable[[], float],
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+        remember: int = 10_000,
+    ) -> None:
+        """Configure the reassembler.
+
+        Args:
+            timeout_s: Seconds after a set's first chunk at which an incomplete set expires.
+            clock: Monotonic seconds, e.g. ``time.monotonic``.
+            max_pending_bytes: Most chunk bytes held in incomplete sets together.
+            remember: How many finished payload ids are kept to classify late chunks.
+
+        Raises:
+            ConfigError: A limit is not positive.
+        """
+        if timeout_s <= 0 or max_pending_bytes <= 0 or remember < 1:
+            raise ConfigError(
+                f"timeout_s ({timeout_s}), max_pending_bytes ({max_pending_bytes}) and "
+                f"remember ({remember}) must be positive"
+            )
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._max_pending_bytes = max_pending_bytes
+        self._remember = remember
+        self._pending: dict[str, _PartialSet] = {}
+        self._finished: OrderedDict[str, SetStage] = OrderedDict()
+        self._pending_bytes = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Chunk bytes held in incomplete sets."""
+        return self._pending_bytes
+
+    @property
+    def pending_payloads(self) -> int:
+        """Number of incomplete sets."""
+        return len(self._pending)
+
+    def stage(self, payload_id: str) -> SetStage | None:
+        """The stage of a payload, or None when unseen (or long forgotten)."""
+        if payload_id in self._pending:
+            return SetStage.COLLECTING
+        return self._finished.get(payload_id)
+
+    def add(self, chunk: Mapping[str, Any]) -> ReassemblyEvent:
+        """Take one Chunk record (envelope fields may be present and are ignored)."""
+        view = _parse(chunk)
+        if isinstance(view, str):
+            pid = chunk.get("payload_id")
+            return Rejected(pid if isinstance(pid, str) else "", RejectReason.MALFORMED, view)
+        done = self._finished.get(view.payload_id)
+        if done is not None:
+            return self._late(view, done)
+        partial = self._pending.get(view.payload_id)
+        if partial is None:
+            if view.total_size > self._max_pending_bytes:
+                return self._reject(
+                    view.payload_id,
+                    RejectReason.OVER_MEMORY_LIMIT,
+                    f"payload of {view.total_size} bytes exceeds the reassembly limit of "
+                    f"{self._max_pending_bytes} bytes",
+                )
+            partial = _PartialSet(
+                view.payload_schema, view.count, view.total_size, view.sha256, self._clock()
+            )
+            self._pending[view.payload_id] = partial
+        return self._store(view, partial)
+
+    def _late(self, view: _ChunkView, done: SetStage) -> ReassemblyEvent:
+        if done is SetStage.COMPLETE:
+            return Duplicate(view.payload_id, view.index)
+        expired = done is SetStage.EXPIRED
+        reason = RejectReason.ALREADY_EXPIRED if expired else RejectReason.ALREADY_REJECTED
+        return Rejected(view.payload_id, reason, f"payload {view.payload_id} was already {done}")
+
+    def _store(self, view: _ChunkView, partial: _PartialSet) -> ReassemblyEvent:
+        pid = view.payload_id
+        header = (view.payload_schema, view.count, view.total_size, view.sha256)
+        if header != (partial.payload_schema, partial.count, partial.total_size, partial.sha256):
+            return self._reject(
+                pid,
+                RejectReason.INCONSISTENT,
+                f"chunk {view.index} disagrees with earlier chunks on schema, count, size or hash",
+            )
+        held = partial.parts.get(view.index)
+        if held is not None:
+            if held == view.data:
+                return Duplicate(pid, view.index)
+            return self._reject(
+                pid,
+                RejectReason.CONFLICTING_DUPLICATE,
+                f"chunk {view.index} arrived with other data",
+            )
+        if partial.size + len(view.data) > partial.total_size:
+            return self._reject(
+                pid,
+                RejectReason.SIZE_MISMATCH,
+                f"chunks hold more than total_size {view.total_size}",
+            )
+        if self._pending_bytes + len(view.data) > self._max_pending_bytes:
+            return self._reject(
+                pid,
+                RejectReason.OVER_MEMORY_LIMIT,
+                f"reassembly buffer full: {self._pending_bytes} bytes pending + {len(view.data)} "
+                f"exceeds the limit of {self._max_pending_bytes} bytes",
+            )
+        partial.parts[view.index] = view.data
+        partial.size += len(view.data)
+        self._pending_bytes += len(view.data)
+        if len(partial.parts) < partial.count:
+            return Pending(pid, len(partial.parts), partial.count)
+        return self._complete(pid, partial)
+
+    def _complete(self, pid: str, partial: _PartialSet) -> ReassemblyEvent:
+        payload = b"".join(partial.parts[i] for i in range(partial.count))
+        if len(payload) != partial.total_size:
+            return self._reject(
+                pid,
+                RejectReason.SIZE_MISMATCH,
+                f"chunks hold {len(payload)} bytes, total_size says {partial.total_size}",
+            )
+        if hashlib.sha256(payload).digest() != partial.sha256:
+            return self._reject(
+                pid, RejectReason.CHECKSUM_MISMATCH, "SHA-256 of the reassembled payload differs"
+            )
+        self._finish(pid, SetStage.COMPLETE)
+        return Complete(pid, partial.payload_schema, payload)
+
+    def _reject(self, pid: str, reason: RejectReason, detail: str) -> Rejected:
+        self._finish(pid, SetStage.REJECTED)
+        return Rejected(pid, reason, detail)
+
+    def _finish(self, pid: str, stage: SetStage) -> None:
+        """Leave COLLECTING for ``stage``: free the set's memory and remember the outcome."""
+        current = self.stage(pid) or SetStage.COLLECTING
+        if stage not in ALLOWED_TRANSITIONS[current]:
+            raise ProtocolError(f"payload {pid}: no transition from {current} to {stage}")
+        partial = self._pending.pop(pid, None)
+        if partial is not None:
+            self._pending_bytes -= partial.size
+        self._finished[pid] = stage
+        while len(self._finished) > self._remember:
+            self._finished.popitem(last=False)
+
+    def expire(self, now: float | None = None) -> list[Expired]:
+        """Drop incomplete sets whose first chunk is ``timeout_s`` or more old.
+
+        Args:
+            now: The clock reading to compare with; the clock's current reading by default.
+
+        Returns:
+            One event per dropped set, oldest first.
+        """
+        t = self._clock() if now is None else now
+        old = sorted(
+            (p.started_at, pid)
+            for pid, p in self._pending.items()
+            if t - p.started_at >= self._timeout_s
+        )
+        events = []
+        for started_at, pid in old:
+            partial = self._pending[pid]
+            events.append(
+                Expired(
+                    pid, partial.payload_schema, len(partial.parts), partial.count, t - started_at
+                )
+            )
+            self._finish(pid, SetStage.EXPIRED)
+        return events

@@ -1,0 +1,175 @@
+"""Avro single-object encoding of our messages.
+
+Layout (Avro specification, "Single-object encoding")::
+
+    C3 01 | CRC-64-AVRO fingerprint of the schema, 8 bytes little-endian | Avro binary body
+
+so any consumer knows the schema of a message from its first ten bytes, without a schema registry.
+Timestamps (``created_at``) are ints of milliseconds since the Unix epoch when decoded; ``encode``
+accepts such ints or timezone-aware datetimes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from io import BytesIO
+from typing import Any
+
+from fastavro import schemaless_reader, schemaless_writer
+from fastavro.validation import ValidationError, validate
+
+from schemas.errors import BadMarkerError, SchemaMismatchError, TruncatedMessageError
+from schemas.registry import SchemaEntry, SchemaRegistry, default_registry
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAGIC",
+    "decode",
+    "decode_as",
+    "encode",
+    "peek_schema",
+]
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = 10
+
+
+def _registry(registry: SchemaRegistry | None) -> SchemaRegistry:
+    return default_registry() if registry is None else registry
+
+
+_MAX_DETAIL = 300
+
+
+def _mismatch_detail(entry: SchemaEntry, record: dict[str, Any], exc: Exception) -> str:
+    """The most precise reason we can give: missing or extra fields, else fastavro's validator."""
+    fields = entry.raw["fields"]
+    names = {f["name"] for f in fields}
+    missing = [f["name"] for f in fields if f["name"] not in record and "default" not in f]
+    extra = sorted(str(k) for k in record if k not in names)
+    if missing or extra:
+        return f"missing fields {missing}, unknown fields {extra}"
+    return _validator_detail(entry, record, exc)[:_MAX_DETAIL]
+
+
+def _validator_detail(entry: SchemaEntry, record: dict[str, Any], exc: Exception) -> str:
+    try:
+        validate(record, entry.writer, raise_errors=True, strict=True)
+    except ValidationError as verr:
+        return "; ".join(str(e) for e in verr.errors) or str(exc)
+    except Exception:  # noqa: BLE001 - the validator itself choked; keep the writer's reason
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _check_envelope(entry: SchemaEntry, record: Any) -> None:
+    if not isinstance(record, dict):
+        kind = type(record).__name__
+        raise SchemaMismatchError(f"{entry.name}: record must be a dict, not {kind}")
+    message_id = record.get("message_id")
+    try:
+        uuid.UUID(message_id)
+    except (TypeError, ValueError, AttributeError):
+        raise SchemaMismatchError(
+            f"{entry.name}: message_id must be a UUID string, got {message_id!r}"
+        ) from None
+
+
+def encode(name: str, record: dict[str, Any], registry: SchemaRegistry | None = None) -> bytes:
+    """Encode ``record`` under the schema ``name`` in Avro single-object encoding.
+
+    Args:
+        name: Short or full schema name, e.g. ``"Heartbeat"``.
+        record: Every field of the schema (fields with a default may be left out); no extra keys.
+        registry: Schemas to use; the package's own by default.
+
+    Returns:
+        Header and body.
+
+    Raises:
+        UnknownSchemaError: ``name`` is not a known schema.
+        SchemaMismatchError: The record does not match the schema (the message names the field).
+    """
+    entry = _registry(registry).by_name(name)
+    _check_envelope(entry, record)
+    buf = BytesIO()
+    buf.write(entry.header)
+    if entry.defaults and not entry.defaults.keys() <= record.keys():
+        record = {**entry.defaults, **record}
+    try:
+        schemaless_writer(buf, entry.writer, record, strict=True)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        detail = _mismatch_detail(entry, record, exc)
+        raise SchemaMismatchError(f"{entry.name}: record does not match schema: {detail}") from exc
+    return buf.getvalue()
+
+
+def peek_schema(data: bytes, registry: SchemaRegistry | None = None) -> SchemaEntry:
+    """The schema a message names in its header, without decoding the body.
+
+    Raises:
+        TruncatedMessageError: Fewer than 10 bytes.
+        BadMarkerError: The first two bytes are not ``C3 01``.
+        UnknownFingerprintError: No local schema has the fingerprint.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise SchemaMismatchError(f"a message must be bytes, not {type(data).__name__}")
+    if len(data) < HEADER_SIZE:
+        raise TruncatedMessageError(
+            f"message of {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header"
+        )
+    if bytes(data[:2]) != MAGIC:
+        raise BadMarkerError(
+            f"bad marker {bytes(data[:2]).hex()}: not Avro single-object encoding (expected c301)"
+        )
+    return _registry(registry).by_fingerprint(bytes(data[2:HEADER_SIZE]))
+
+
+def _read_body(entry: SchemaEntry, data: bytes) -> dict[str, Any]:
+    buf = BytesIO(data)
+    buf.seek(HEADER_SIZE)
+    try:
+        record = schemaless_reader(buf, entry.reader, None)
+    except (EOFError, IndexError) as exc:
+        raise TruncatedMessageError(
+            f"{entry.name}: body of {len(data) - HEADER_SIZE} bytes ends early ({exc or 'EOF'})"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - fastavro raises many types on corrupt input
+        raise SchemaMismatchError(
+            f"{entry.name}: body does not decode under the schema: {type(exc).__name__}: {exc}"
+        ) from exc
+    extra = len(data) - buf.tell()
+    if extra:
+        raise SchemaMismatchError(f"{entry.name}: {extra} trailing bytes after the record")
+    if not isinstance(record, dict):
+        raise SchemaMismatchError(f"{entry.name}: body did not decode to a record")
+    return record
+
+
+def decode(data: bytes, registry: SchemaRegistry | None = None) -> tuple[str, dict[str, Any]]:
+    """Decode a single-object encoded message.
+
+    Args:
+        data: The bytes of one message.
+        registry: Schemas to use; the package's own by default.
+
+    Returns:
+        The schema's short name and the record.
+
+    Raises:
+        TruncatedMessageError: The header or body ends early.
+        BadMarkerError: Not single-object encoding.
+        UnknownFingerprintError: The fingerprint names no local schema.
+        SchemaMismatchError: The body does not decode under the schema, or bytes trail it.
+    """
+    entry = peek_schema(data, registry)
+    return entry.name, _read_body(entry, bytes(data))
+
+
+def decode_as(name: str, data: bytes, registry: SchemaRegistry | None = None) -> dict[str, Any]:
+    """Decode a message that must be of schema ``name``; raises SchemaMismatchError otherwise."""
+    expected = _registry(registry).by_name(name)
+    entry = peek_schema(data, registry)
+    if entry.fingerprint != expected.fingerprint:
+        raise SchemaMismatchError(f"expected a {expected.name} message, got {entry.name}")
+    return _read_body(entry, bytes(data))

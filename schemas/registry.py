@@ -1,0 +1,184 @@
+"""The message schemas: every ``schemas/*.avsc`` parsed once, found by name or by fingerprint.
+
+Fingerprints are the CRC-64-AVRO (Rabin) fingerprint of the schema's Parsing Canonical Form, as the
+Avro specification defines for single-object encoding. Docs and logical types are not part of the
+canonical form, so editing a ``doc`` never changes a fingerprint; changing a name, type or field
+order does (and the known-answer test notices).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, cast
+
+from fastavro import parse_schema
+from fastavro.schema import fingerprint as _fastavro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+
+from schemas.errors import SchemaError, UnknownFingerprintError, UnknownSchemaError
+
+__all__ = [
+    "NAMESPACE",
+    "SCHEMA_DIR",
+    "SchemaEntry",
+    "SchemaRegistry",
+    "crc64_avro",
+    "default_registry",
+]
+
+NAMESPACE = "fedsynth"
+SCHEMA_DIR = Path(__file__).resolve().parent
+
+
+def crc64_avro(canonical_form: str) -> int:
+    """CRC-64-AVRO (Rabin) fingerprint of a Parsing Canonical Form, as an unsigned 64-bit int.
+
+    Args:
+        canonical_form: The schema in Parsing Canonical Form.
+
+    Returns:
+        The fingerprint; its 8 little-endian bytes go in a single-object header.
+    """
+    # fastavro returns the hex of the little-endian bytes.
+    little_endian_hex = _fastavro_fingerprint(canonical_form, "CRC-64-AVRO")
+    return int.from_bytes(bytes.fromhex(little_endian_hex), "little")
+
+
+def _strip_logical_types(node: Any) -> Any:
+    """A copy of a raw schema without ``logicalType`` keys (timestamps decode as plain ints)."""
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaEntry:
+    """One message schema.
+
+    Attributes:
+        name: Short record name, e.g. ``"ModelUpdate"`` (equals the file stem).
+        fullname: Namespaced name, e.g. ``"fedsynth.ModelUpdate"``.
+        fingerprint: CRC-64-AVRO of the canonical form, unsigned.
+        header: The 10-byte single-object header: ``C3 01`` and the little-endian fingerprint.
+        canonical_form: The Parsing Canonical Form.
+        raw: The schema as written in the ``.avsc`` (do not mutate).
+        writer: fastavro-parsed schema for encoding (accepts ints or datetimes for timestamps).
+        reader: fastavro-parsed schema for decoding (timestamps come back as int milliseconds).
+        defaults: Top-level fields that have a default, with it (filled in when left out).
+    """
+
+    name: str
+    fullname: str
+    fingerprint: int
+    header: bytes
+    canonical_form: str
+    raw: Mapping[str, Any]
+    writer: Any
+    reader: Any
+    defaults: Mapping[str, Any]
+
+    @classmethod
+    def from_raw(cls, raw: Mapping[str, Any]) -> SchemaEntry:
+        """Parse a raw record schema into an entry."""
+        writer = parse_schema(copy.deepcopy(dict(raw)), named_schemas={})
+        reader = parse_schema(_strip_logical_types(dict(raw)), named_schemas={})
+        canonical = to_parsing_canonical_form(writer)
+        fp = crc64_avro(canonical)
+        fullname = str(cast(dict[str, Any], writer)["name"])
+        return cls(
+            name=fullname.rsplit(".", 1)[-1],
+            fullname=fullname,
+            fingerprint=fp,
+            header=b"\xc3\x01" + struct.pack("<Q", fp),
+            canonical_form=canonical,
+            raw=raw,
+            writer=writer,
+            reader=reader,
+            defaults={f["name"]: f["default"] for f in raw["fields"] if "default" in f},
+        )
+
+
+class SchemaRegistry:
+    """Message schemas by short name, full name and fingerprint (read-only once built)."""
+
+    def __init__(self, entries: list[SchemaEntry]) -> None:
+        """Index ``entries``; raises :class:`SchemaError` on a duplicate name or fingerprint."""
+        self._by_name: dict[str, SchemaEntry] = {}
+        self._by_fp: dict[int, SchemaEntry] = {}
+        for entry in entries:
+            if entry.name in self._by_name:
+                raise SchemaError(f"schema {entry.name!r} is defined twice")
+            if entry.fingerprint in self._by_fp:
+                other = self._by_fp[entry.fingerprint].name
+                raise SchemaError(f"schemas {other!r} and {entry.name!r} share a fingerprint")
+            self._by_name[entry.name] = entry
+            self._by_name[entry.fullname] = entry
+            self._by_fp[entry.fingerprint] = entry
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> SchemaRegistry:
+        """Load every ``*.avsc`` in ``directory``; each file's record name must be its stem."""
+        entries = []
+        for path in sorted(directory.glob("*.avsc")):
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                entry = SchemaEntry.from_raw(raw)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise SchemaError(f"cannot parse schema file {path.name}: {exc}") from exc
+            if entry.name != path.stem:
+                raise SchemaError(
+                    f"{path.name} defines record {entry.name!r}, expected {path.stem!r}"
+                )
+            entries.append(entry)
+        return cls(entries)
+
+    def by_name(self, name: str) -> SchemaEntry:
+        """The entry for a short (``"Chunk"``) or full (``"fedsynth.Chunk"``) name."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise UnknownSchemaError(
+                f"no message schema named {name!r}; known: {', '.join(self.names)}"
+            ) from None
+
+    def by_fingerprint(self, fingerprint: int | bytes) -> SchemaEntry:
+        """The entry for a fingerprint given as an int or as 8 little-endian bytes."""
+        if isinstance(fingerprint, bytes):
+            fp = int.from_bytes(fingerprint, "little")
+        else:
+            fp = fingerprint
+        try:
+            return self._by_fp[fp]
+        except KeyError:
+            raise UnknownFingerprintError(
+                f"unknown schema fingerprint {fp:016x}: no local .avsc has it "
+                "(a newer sender, or a message that is not ours)"
+            ) from None
+
+    @property
+    def names(self) -> list[str]:
+        """Short names of every schema, sorted."""
+        return sorted(e.name for e in self._by_fp.values())
+
+    def __iter__(self) -> Iterator[SchemaEntry]:
+        return iter(sorted(self._by_fp.values(), key=lambda e: e.name))
+
+    def __len__(self) -> int:
+        return len(self._by_fp)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> SchemaRegistry:
+    """The registry of the ``.avsc`` files shipped in this package, loaded once."""
+    return SchemaRegistry.from_dir(SCHEMA_DIR)
