@@ -1,0 +1,183 @@
+"""Numeric kernels of the aggregation rules: pure functions on arrays.
+
+Every function takes arrays, returns new arrays and mutates nothing. Reductions run in float64
+(so that results do not depend on float32 rounding of intermediate sums) in a fixed order, which
+makes them bit-for-bit reproducible for the same inputs.
+
+References:
+    * Weighted mean: McMahan et al., "Communication-Efficient Learning of Deep Networks from
+      Decentralized Data", AISTATS 2017.
+    * Coordinate-wise median and trimmed mean: Yin et al., "Byzantine-Robust Distributed Learning:
+      Towards Optimal Statistical Rates", ICML 2018.
+    * Krum and multi-Krum: Blanchard et al., "Machine Learning with Adversaries: Byzantine Tolerant
+      Gradient Descent", NeurIPS 2017.
+    * Norm clipping: Sun et al., "Can You Really Backdoor Federated Learning?", 2019.
+    * Adaptive server optimizer: Reddi et al., "Adaptive Federated Optimization", ICLR 2021.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fedsynth.errors import ConfigError
+
+__all__ = [
+    "adam_server_step",
+    "apply_direction",
+    "clip_by_norm",
+    "coordinate_median",
+    "krum_scores",
+    "krum_select",
+    "pairwise_sq_distances",
+    "stack_deltas",
+    "trimmed_mean",
+    "weighted_mean",
+]
+
+
+def stack_deltas(deltas: list[np.ndarray] | tuple[np.ndarray, ...]) -> np.ndarray:
+    """Stack 1-D vectors into a ``(k, d)`` float64 matrix.
+
+    Raises:
+        ConfigError: No vectors, or vectors of different lengths.
+    """
+    if not deltas:
+        raise ConfigError("cannot aggregate zero updates")
+    sizes = {int(np.asarray(d).size) for d in deltas}
+    if len(sizes) != 1:
+        raise ConfigError(f"updates have different sizes: {sorted(sizes)}")
+    out = np.empty((len(deltas), sizes.pop()), dtype=np.float64)
+    for row, d in zip(out, deltas, strict=True):
+        row[:] = np.asarray(d).reshape(-1)  # one float32 -> float64 pass, no temporaries
+    return out
+
+
+def weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum_i w_i x_i / sum_i w_i`` over the rows of ``vectors``.
+
+    Args:
+        vectors: ``(k, d)`` array.
+        weights: ``(k,)`` non-negative weights with a positive sum.
+
+    Returns:
+        The ``(d,)`` float64 weighted mean.
+
+    Raises:
+        ConfigError: Shapes disagree, a weight is negative or not finite, or the sum
+            is not positive.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if x.ndim != 2 or x.shape[0] != w.size:
+        raise ConfigError(f"weights {w.shape} do not match vectors {x.shape}")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ConfigError(f"weights must be finite and >= 0, got {w.tolist()}")
+    total = float(w.sum())
+    if total <= 0:
+        raise ConfigError("weights sum to zero")
+    return np.asarray((w / total) @ x, dtype=np.float64)
+
+
+def clip_by_norm(vector: np.ndarray, max_norm: float) -> np.ndarray:
+    """Scale ``vector`` down so that its L2 norm is at most ``max_norm`` (same dtype).
+
+    Raises:
+        ConfigError: ``max_norm`` is not positive.
+    """
+    if not max_norm > 0:
+        raise ConfigError(f"max_norm must be > 0, got {max_norm}")
+    v = np.asarray(vector)
+    norm = float(np.linalg.norm(v.astype(np.float64)))
+    if norm <= max_norm:
+        return np.array(v, copy=True)
+    return np.asarray(v.astype(np.float64) * (max_norm / norm), dtype=v.dtype)
+
+
+def coordinate_median(vectors: np.ndarray) -> np.ndarray:
+    """Coordinate-wise median of the rows of a ``(k, d)`` array (float64)."""
+    return np.median(np.asarray(vectors, dtype=np.float64), axis=0)
+
+
+def trimmed_mean(vectors: np.ndarray, trim: int) -> np.ndarray:
+    """Coordinate-wise mean after dropping the ``trim`` smallest and ``trim`` largest values.
+
+    Raises:
+        ConfigError: ``2 * trim >= k`` (nothing would be left) or ``trim < 0``.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    k = x.shape[0]
+    if trim < 0 or 2 * trim >= k:
+        raise ConfigError(f"cannot trim {trim} from each end of {k} values")
+    ordered = np.sort(x, axis=0)
+    return np.asarray(ordered[trim : k - trim].mean(axis=0), dtype=np.float64)
+
+
+def pairwise_sq_distances(vectors: np.ndarray) -> np.ndarray:
+    """``(k, k)`` matrix of squared Euclidean distances between rows (O(k d) memory)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    k = x.shape[0]
+    out = np.zeros((k, k), dtype=np.float64)
+    for i in range(k):
+        diff = x - x[i]
+        out[i] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+def krum_scores(vectors: np.ndarray, n_byzantine: int) -> np.ndarray:
+    """Krum score of each row: sum of squared distances to its ``k - f - 2`` nearest other rows.
+
+    Raises:
+        ConfigError: ``k < 2 f + 3`` (Krum's requirement ``n > 2f + 2``).
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    k = x.shape[0]
+    if n_byzantine < 0 or k < 2 * n_byzantine + 3:
+        raise ConfigError(f"Krum needs k >= 2f + 3 updates, got k={k}, f={n_byzantine}")
+    dist = pairwise_sq_distances(x)
+    n_near = k - n_byzantine - 2
+    scores = np.empty(k, dtype=np.float64)
+    for i in range(k):
+        others = np.sort(np.delete(dist[i], i))
+        scores[i] = others[:n_near].sum()
+    return scores
+
+
+def krum_select(vectors: np.ndarray, n_byzantine: int, n_selected: int) -> np.ndarray:
+    """Indices of the ``n_selected`` rows with the lowest Krum scores (ties: lower index first).
+
+    Raises:
+        ConfigError: ``n_selected`` outside ``1..k``, or too few rows for ``n_byzantine``.
+    """
+    scores = krum_scores(vectors, n_byzantine)
+    if not 1 <= n_selected <= scores.size:
+        raise ConfigError(f"multi-Krum m must be in 1..{scores.size}, got {n_selected}")
+    return np.argsort(scores, kind="stable")[:n_selected]
+
+
+def apply_direction(params: np.ndarray, direction: np.ndarray, lr: float) -> np.ndarray:
+    """``params + lr * direction`` computed in float64, returned as read-only float32."""
+    new = np.asarray(params, dtype=np.float64) + lr * np.asarray(direction, dtype=np.float64)
+    out = new.astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
+def adam_server_step(
+    m: np.ndarray,
+    v: np.ndarray,
+    pseudo_grad: np.ndarray,
+    beta1: float,
+    beta2: float,
+    tau: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One FedAdam moment update (Reddi et al. 2021, Algorithm 2, no bias correction).
+
+    ``m' = b1 m + (1 - b1) D``, ``v' = b2 v + (1 - b2) D^2``, direction ``m' / (sqrt(v') + tau)``.
+
+    Returns:
+        ``(m', v', direction)``, all float64. The caller applies ``x + lr * direction``.
+    """
+    d = np.asarray(pseudo_grad, dtype=np.float64)
+    m_new = beta1 * np.asarray(m, dtype=np.float64) + (1.0 - beta1) * d
+    v_new = beta2 * np.asarray(v, dtype=np.float64) + (1.0 - beta2) * d * d
+    return m_new, v_new, m_new / (np.sqrt(v_new) + tau)

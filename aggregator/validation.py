@@ -1,0 +1,193 @@
+"""Pure checks of a decoded update before it touches aggregator state.
+
+Each check returns a :class:`Rejection` or ``None``; :func:`validate_update` runs them in a fixed
+order (cheap bookkeeping first, array scans last) and returns the first rejection. Signature and
+schema checks happen earlier, in the adapter, against the roster of site identity keys; here the
+roster is just the set of known site ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Container
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from aggregator.strategies.base import ClientUpdate
+
+__all__ = [
+    "ReasonCode",
+    "Rejection",
+    "ValidationContext",
+    "check_base_version",
+    "check_finite",
+    "check_known_site",
+    "check_norm",
+    "check_replay",
+    "check_sample_count",
+    "check_shape",
+    "validate_update",
+]
+
+
+class ReasonCode(StrEnum):
+    """Why an update was rejected (recorded in the dead-letter record)."""
+
+    UNKNOWN_SITE = "unknown_site"
+    REPLAY = "replay"
+    FUTURE_BASE = "future_base"
+    TOO_STALE = "too_stale"
+    BAD_SAMPLE_COUNT = "bad_sample_count"
+    BAD_SHAPE = "bad_shape"
+    NON_FINITE = "non_finite"
+    NORM_TOO_LARGE = "norm_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A refused message.
+
+    Attributes:
+        reason_code: A :class:`ReasonCode` value, or a strategy's own code (e.g. ``wrong_round``).
+        detail: Human-readable detail.
+    """
+
+    reason_code: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationContext:
+    """What the checks compare an update against.
+
+    Attributes:
+        known_sites: Site ids on the federation roster.
+        seen_ids: Message ids and update ids already accepted (any ``Container``).
+        current_version: The current global version ``v``.
+        max_staleness: Largest accepted ``v - b``; ``None`` for no bound.
+        n_parameters: Expected length of the delta.
+        max_norm: Largest accepted L2 norm of the delta; ``None`` for no bound.
+    """
+
+    known_sites: frozenset[str]
+    seen_ids: Container[str]
+    current_version: int
+    max_staleness: int | None
+    n_parameters: int
+    max_norm: float | None = None
+
+
+Check = Callable[[ClientUpdate, ValidationContext, str | None], Rejection | None]
+
+
+def check_known_site(
+    update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Reject a site that is not on the roster."""
+    if update.site_id in ctx.known_sites:
+        return None
+    return Rejection(ReasonCode.UNKNOWN_SITE, f"site {update.site_id!r} is not on the roster")
+
+
+def check_replay(
+    update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Reject a message id or update id that was already accepted."""
+    for label, ident in (("message", message_id), ("update", update.update_id)):
+        if ident is not None and ident in ctx.seen_ids:
+            return Rejection(ReasonCode.REPLAY, f"{label} id {ident} was already accepted")
+    return None
+
+
+def check_base_version(
+    update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Reject ``b > v`` and, when bounded, ``v - b > max_staleness``."""
+    b, v = update.base_version, ctx.current_version
+    if b > v or b < 0:
+        return Rejection(ReasonCode.FUTURE_BASE, f"base version {b} unknown at version {v}")
+    if ctx.max_staleness is not None and v - b > ctx.max_staleness:
+        return Rejection(
+            ReasonCode.TOO_STALE, f"staleness {v - b} exceeds the bound {ctx.max_staleness}"
+        )
+    return None
+
+
+def check_sample_count(
+    update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Reject a non-positive sample count or a non-finite / negative weight hint."""
+    if update.n_samples <= 0:
+        return Rejection(ReasonCode.BAD_SAMPLE_COUNT, f"n_samples={update.n_samples} <= 0")
+    if not np.isfinite(update.weight_hint) or update.weight_hint < 0:
+        return Rejection(ReasonCode.BAD_SAMPLE_COUNT, f"weight_hint={update.weight_hint}")
+    return None
+
+
+def check_shape(
+    update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Reject anything but a 1-D float32 array of ``n_parameters`` values."""
+    delta = update.delta
+    if not isinstance(delta, np.ndarray) or delta.dtype != np.float32:
+        kind = getattr(delta, "dtype", type(delta).__name__)
+        return Rejection(ReasonCode.BAD_SHAPE, f"delta must be a float32 array, got {kind}")
+    if delta.shape != (ctx.n_parameters,):
+        return Rejection(
+            ReasonCode.BAD_SHAPE, f"delta shape {delta.shape} != ({ctx.n_parameters},)"
+        )
+    return None
+
+
+def check_finite(
+    update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Reject NaN or infinite values."""
+    bad = int(np.count_nonzero(~np.isfinite(update.delta)))
+    if bad:
+        return Rejection(ReasonCode.NON_FINITE, f"{bad} non-finite values in delta")
+    return None
+
+
+def check_norm(
+    update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Reject a delta whose L2 norm exceeds ``max_norm`` (computed in float64)."""
+    if ctx.max_norm is None:
+        return None
+    norm = float(np.linalg.norm(update.delta.astype(np.float64)))
+    if norm > ctx.max_norm:
+        return Rejection(ReasonCode.NORM_TOO_LARGE, f"norm {norm:.6g} > bound {ctx.max_norm}")
+    return None
+
+
+_CHECKS: tuple[Check, ...] = (
+    check_known_site,
+    check_replay,
+    check_base_version,
+    check_sample_count,
+    check_shape,
+    check_finite,
+    check_norm,
+)
+
+
+def validate_update(
+    update: ClientUpdate, context: ValidationContext, message_id: str | None = None
+) -> Rejection | None:
+    """Run every check in order and return the first rejection, or ``None`` when valid.
+
+    Args:
+        update: The decoded update.
+        context: Roster, seen ids, version, bounds.
+        message_id: The envelope's message id, checked for replay with the update id.
+
+    Returns:
+        The first :class:`Rejection`, or ``None``.
+    """
+    for check in _CHECKS:
+        rejection = check(update, context, message_id)
+        if rejection is not None:
+            return rejection
+    return None

@@ -1,0 +1,117 @@
+"""Hypothesis properties of the aggregation kernels and rules."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from aggregator.strategies import BufferSpec, ClientUpdate, CoordinateMedian, FedBuff
+from aggregator.strategies.kernels import (
+    clip_by_norm,
+    coordinate_median,
+    krum_select,
+    trimmed_mean,
+    weighted_mean,
+)
+from aggregator.strategies.staleness import make_staleness
+
+FINITE = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+DIM = st.integers(1, 6)
+settings.register_profile("fedsynth", max_examples=60, deadline=None)
+settings.load_profile("fedsynth")
+
+
+def matrices(min_rows: int = 1, max_rows: int = 7):
+    return st.tuples(st.integers(min_rows, max_rows), DIM).flatmap(
+        lambda s: arrays(np.float64, s, elements=FINITE)
+    )
+
+
+@given(
+    arrays(np.float64, st.integers(1, 8), elements=FINITE),
+    st.integers(1, 6),
+    st.lists(st.floats(0.01, 100), min_size=6, max_size=6),
+)
+def test_weighted_mean_of_identical_vectors_is_that_vector(vec, k, weights) -> None:
+    stacked = np.tile(vec, (k, 1))
+    np.testing.assert_allclose(
+        weighted_mean(stacked, np.array(weights[:k])), vec, rtol=1e-9, atol=1e-9
+    )
+
+
+@given(matrices(), st.randoms(use_true_random=False))
+def test_order_free_kernels_are_permutation_invariant(x, rnd) -> None:
+    perm = list(range(x.shape[0]))
+    rnd.shuffle(perm)
+    w = np.arange(1, x.shape[0] + 1, dtype=np.float64)
+    np.testing.assert_allclose(
+        weighted_mean(x[perm], w[perm]), weighted_mean(x, w), rtol=1e-9, atol=1e-9
+    )
+    np.testing.assert_array_equal(coordinate_median(x[perm]), coordinate_median(x))
+    trim = (x.shape[0] - 1) // 2
+    np.testing.assert_allclose(
+        trimmed_mean(x[perm], trim), trimmed_mean(x, trim), rtol=1e-9, atol=1e-9
+    )
+
+
+@given(matrices(min_rows=4), st.floats(1e6, 1e9))
+def test_median_and_trimmed_mean_ignore_one_huge_outlier(x, huge) -> None:
+    honest_lo, honest_hi = x.min(axis=0), x.max(axis=0)
+    attacked = np.vstack([x, np.full(x.shape[1], huge)])
+    for agg in (coordinate_median(attacked), trimmed_mean(attacked, 1)):
+        assert np.all(agg >= honest_lo - 1e-9) and np.all(agg <= honest_hi + 1e-9)
+
+
+@given(matrices(min_rows=5, max_rows=8), st.floats(1e5, 1e8), st.integers(1, 3))
+def test_krum_never_selects_an_obvious_outlier(x, far, m) -> None:
+    attacked = np.vstack([x, np.full(x.shape[1], far)])
+    picked = krum_select(attacked, n_byzantine=1, n_selected=m)
+    assert attacked.shape[0] - 1 not in picked.tolist()
+
+
+@given(
+    st.sampled_from(["constant", "polynomial", "hinge"]),
+    st.floats(0, 5),
+    st.floats(0, 10),
+    st.integers(0, 200),
+)
+def test_staleness_is_one_at_zero_and_non_increasing(kind, a, b, t) -> None:
+    s = make_staleness(kind, a=a, b=b)
+    assert s(0) == 1.0
+    assert 0.0 < s(t + 1) <= s(t) <= 1.0
+
+
+@given(arrays(np.float64, st.integers(1, 8), elements=FINITE), st.floats(0.01, 100))
+def test_clipping_bounds_the_norm_and_keeps_direction(vec, bound) -> None:
+    clipped = clip_by_norm(vec, bound)
+    assert np.linalg.norm(clipped) <= bound * (1 + 1e-9)
+    if np.linalg.norm(vec) <= bound:
+        np.testing.assert_array_equal(clipped, vec)
+    else:
+        np.testing.assert_allclose(clipped * (np.linalg.norm(vec) / bound), vec, rtol=1e-9)
+
+
+def _updates(x: np.ndarray) -> list[ClientUpdate]:
+    return [
+        ClientUpdate(f"u{i}", f"s{i}", 0, i + 1, row.astype(np.float32)) for i, row in enumerate(x)
+    ]
+
+
+@given(matrices(min_rows=5, max_rows=5), st.randoms(use_true_random=False))
+def test_buffered_rules_give_the_same_model_in_any_arrival_order(x, rnd) -> None:
+    ups = _updates(x)
+    shuffled = ups[:]
+    rnd.shuffle(shuffled)
+    params = np.zeros(x.shape[1], dtype=np.float32)
+    # Krum is left out: equal scores are broken by arrival order (deterministic, not order-free).
+    for strategy in (FedBuff(BufferSpec(5)), CoordinateMedian(BufferSpec(5))):
+        results = []
+        for order in (ups, shuffled):
+            state = strategy.initial_state(x.shape[1])
+            for u in order:
+                r = strategy.on_update(state, u, 0, params)
+                state = r.state
+            results.append(r.params)
+        np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)

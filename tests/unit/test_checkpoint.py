@@ -1,0 +1,164 @@
+"""Encrypted, atomic checkpoints: round trip, wrong key, tampering, crash mid-write, resume."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aggregator import checkpoint as ckpt
+from aggregator.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    new_key,
+    save_checkpoint,
+)
+from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, UpdateReceived
+from aggregator.strategies import BufferSpec, ClientUpdate, FedAdam
+from fedsynth.errors import ConfigError
+
+FED = "fed-test"
+SITES = frozenset({"s1", "s2", "s3"})
+ENGINE = AggregatorEngine(
+    FedAdam(BufferSpec(2, 0.1)), EngineConfig(n_parameters=4, max_staleness=3)
+)
+
+
+def events(n: int, seed: int = 3):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        delta = rng.normal(size=4).astype(np.float32)
+        update = ClientUpdate(f"u{i}", f"s{i % 3 + 1}", max(0, i // 2 - 1), i + 1, delta, 0.5)
+        out.append(UpdateReceived(update, f"m{i}"))
+        if i == 4:
+            out.append(CohortAggregated("c1", rng.normal(size=4), 2.5, ("s1", "s2"), 1))
+    return out
+
+
+def run(evts, state=None):
+    state = state or ENGINE.initial_state(np.arange(4, dtype=np.float32), SITES)
+    for e in evts:
+        state, _ = ENGINE.step(state, e)
+    return state
+
+
+def assert_same_state(a, b) -> None:
+    assert a.model_version == b.model_version
+    assert a.params.tobytes() == b.params.tobytes() and a.params.dtype == b.params.dtype
+    sa, sb = a.strategy_state, b.strategy_state
+    assert [u.update_id for u in sa.buffer] == [u.update_id for u in sb.buffer]
+    for ua, ub in zip(sa.buffer, sb.buffer, strict=True):
+        assert (ua.site_id, ua.base_version, ua.n_samples, ua.weight_hint) == (
+            ub.site_id,
+            ub.base_version,
+            ub.n_samples,
+            ub.weight_hint,
+        )
+        assert ua.delta.tobytes() == ub.delta.tobytes()
+    assert sorted(sa.slots) == sorted(sb.slots)
+    for k in sa.slots:
+        assert sa.slots[k].tobytes() == sb.slots[k].tobytes()
+    assert dict(sa.counters) == dict(sb.counters)
+    assert a.known_sites == b.known_sites and dict(a.seen) == dict(b.seen)
+    assert a.applied_cohorts == b.applied_cohorts and a.history == b.history
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    state = run(events(7))
+    assert state.strategy_state.buffer and state.applied_cohorts  # a non-trivial state
+    key, path = new_key(), tmp_path / "agg.ckpt"
+    offsets = {("fedsynth.updates", 0): 17, ("fedsynth.updates", 1): 4}
+    save_checkpoint(
+        path, Checkpoint(state, offsets, {"strategy": "fedadam", "n": [1, 2]}), key, FED
+    )
+    loaded = load_checkpoint(path, key, FED)
+    assert loaded is not None
+    assert_same_state(loaded.state, state)
+    assert dict(loaded.offsets) == offsets
+    assert dict(loaded.extra) == {"strategy": "fedadam", "n": [1, 2]}
+    assert not loaded.state.params.flags.writeable
+
+
+def test_encoding_is_deterministic() -> None:
+    state = run(events(6))
+    assert ckpt.encode_checkpoint(Checkpoint(state)) == ckpt.encode_checkpoint(Checkpoint(state))
+
+
+def test_resume_from_checkpoint_is_bit_identical(tmp_path: Path) -> None:
+    evts = events(12)
+    straight = run(evts)
+    key, path = new_key(), tmp_path / "agg.ckpt"
+    for cut in (3, 6, 9):
+        save_checkpoint(path, Checkpoint(run(evts[:cut])), key, FED)
+        restored = load_checkpoint(path, key, FED)
+        assert restored is not None
+        assert_same_state(run(evts[cut:], restored.state), straight)
+
+
+def test_absent_file_gives_none(tmp_path: Path) -> None:
+    assert load_checkpoint(tmp_path / "missing.ckpt", new_key(), FED) is None
+
+
+@pytest.mark.parametrize("wrong", ["key", "federation"])
+def test_wrong_key_or_federation_is_refused(tmp_path: Path, wrong: str) -> None:
+    key, path = new_key(), tmp_path / "agg.ckpt"
+    save_checkpoint(path, Checkpoint(run(events(3))), key, FED)
+    other_key = new_key() if wrong == "key" else key
+    other_fed = "fed-other" if wrong == "federation" else FED
+    with pytest.raises(CheckpointError, match="authentication failed"):
+        load_checkpoint(path, other_key, other_fed)
+
+
+@pytest.mark.parametrize("position", [len(ckpt.MAGIC) + 2, 40, -1])
+def test_tampering_is_detected(tmp_path: Path, position: int) -> None:
+    key, path = new_key(), tmp_path / "agg.ckpt"
+    save_checkpoint(path, Checkpoint(run(events(3))), key, FED)
+    blob = bytearray(path.read_bytes())
+    blob[position] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path, key, FED)
+
+
+def test_foreign_or_truncated_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "agg.ckpt"
+    path.write_bytes(b"not a checkpoint at all, just some bytes")
+    with pytest.raises(CheckpointError, match="not a fedsynth checkpoint"):
+        load_checkpoint(path, new_key(), FED)
+
+
+def test_key_must_be_32_bytes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        save_checkpoint(tmp_path / "a.ckpt", Checkpoint(run([])), b"short", FED)
+
+
+def test_crash_before_replace_leaves_the_old_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    key, path = new_key(), tmp_path / "agg.ckpt"
+    old = run(events(3))
+    save_checkpoint(path, Checkpoint(old), key, FED)
+
+    def crash(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(ckpt.os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        save_checkpoint(path, Checkpoint(run(events(8))), key, FED)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agg.ckpt"]  # temp file cleaned up
+    loaded = load_checkpoint(path, key, FED)
+    assert loaded is not None
+    assert_same_state(loaded.state, old)
+
+
+def test_half_written_temp_file_does_not_affect_loading(tmp_path: Path) -> None:
+    key, path = new_key(), tmp_path / "agg.ckpt"
+    old = run(events(3))
+    save_checkpoint(path, Checkpoint(old), key, FED)
+    (tmp_path / ".agg.ckpt.crash.tmp").write_bytes(ckpt.MAGIC + os.urandom(20))  # killed mid-write
+    loaded = load_checkpoint(path, key, FED)
+    assert loaded is not None
+    assert_same_state(loaded.state, old)

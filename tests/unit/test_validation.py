@@ -1,0 +1,80 @@
+"""Pure validation of decoded updates: each check, and the order of validate_update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aggregator.strategies import ClientUpdate
+from aggregator.validation import ReasonCode, ValidationContext, validate_update
+
+
+def ctx(**overrides) -> ValidationContext:
+    base = dict(
+        known_sites=frozenset({"s1", "s2"}),
+        seen_ids={"m-old", "u-old"},
+        current_version=5,
+        max_staleness=2,
+        n_parameters=3,
+        max_norm=10.0,
+    )
+    base.update(overrides)
+    return ValidationContext(**base)
+
+
+def upd(**overrides) -> ClientUpdate:
+    base = dict(
+        update_id="u1",
+        site_id="s1",
+        base_version=4,
+        n_samples=10,
+        delta=np.array([1.0, 2.0, 2.0], dtype=np.float32),
+    )
+    base.update(overrides)
+    return ClientUpdate(**base)
+
+
+def test_valid_update_passes() -> None:
+    assert validate_update(upd(), ctx(), "m1") is None
+
+
+@pytest.mark.parametrize(
+    ("update", "message_id", "code"),
+    [
+        (upd(site_id="intruder"), "m1", ReasonCode.UNKNOWN_SITE),
+        (upd(), "m-old", ReasonCode.REPLAY),
+        (upd(update_id="u-old"), "m-new", ReasonCode.REPLAY),
+        (upd(base_version=6), "m1", ReasonCode.FUTURE_BASE),
+        (upd(base_version=-1), "m1", ReasonCode.FUTURE_BASE),
+        (upd(base_version=2), "m1", ReasonCode.TOO_STALE),
+        (upd(n_samples=0), "m1", ReasonCode.BAD_SAMPLE_COUNT),
+        (upd(weight_hint=float("nan")), "m1", ReasonCode.BAD_SAMPLE_COUNT),
+        (upd(delta=np.zeros(4, dtype=np.float32)), "m1", ReasonCode.BAD_SHAPE),
+        (upd(delta=np.zeros((3, 1), dtype=np.float32)), "m1", ReasonCode.BAD_SHAPE),
+        (upd(delta=np.zeros(3, dtype=np.float64)), "m1", ReasonCode.BAD_SHAPE),
+        (upd(delta=[0.0, 0.0, 0.0]), "m1", ReasonCode.BAD_SHAPE),
+        (upd(delta=np.array([1, np.nan, 0], dtype=np.float32)), "m1", ReasonCode.NON_FINITE),
+        (upd(delta=np.array([1, np.inf, 0], dtype=np.float32)), "m1", ReasonCode.NON_FINITE),
+        (upd(delta=np.array([6, 8, 0.1], dtype=np.float32)), "m1", ReasonCode.NORM_TOO_LARGE),
+    ],
+)
+def test_each_check_rejects_with_its_reason(update, message_id, code) -> None:
+    rejection = validate_update(update, ctx(), message_id)
+    assert rejection is not None and rejection.reason_code == code
+    assert rejection.detail
+
+
+def test_staleness_exactly_at_the_bound_is_accepted() -> None:
+    assert validate_update(upd(base_version=3), ctx(), "m1") is None  # 5 - 3 == 2
+
+
+def test_unbounded_staleness_and_norm() -> None:
+    loose = ctx(max_staleness=None, max_norm=None)
+    big = upd(base_version=0, delta=np.full(3, 1e30, dtype=np.float32))
+    assert validate_update(big, loose, "m1") is None
+
+
+def test_first_failing_check_wins() -> None:
+    both = upd(site_id="intruder", delta=np.array([np.nan, 0, 0], dtype=np.float32))
+    rejection = validate_update(both, ctx(), "m-old")
+    assert rejection is not None and rejection.reason_code == ReasonCode.UNKNOWN_SITE
