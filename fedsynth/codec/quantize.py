@@ -1,0 +1,90 @@
+"""Stochastic k-bit quantization of float vectors (QSGD-style, unbiased).
+
+Alistarh et al., "QSGD: Communication-Efficient SGD via Gradient Quantization and Encoding"
+(NeurIPS 2017). Each value is mapped to one of ``2^k`` evenly spaced levels between the vector's
+minimum and maximum, rounding up with probability equal to the fractional part, so the decoded
+vector equals the input in expectation. Frame: ``b"Q"``, bits (u8), count (u64), low and high
+(f64), then the levels packed little-endian into bytes (1, 2, 4 or 8 bits per value) or as u16.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import numpy.typing as npt
+
+from fedsynth.errors import ConfigError, MessageError
+
+__all__ = ["SUPPORTED_BITS", "dequantize", "quantize"]
+
+SUPPORTED_BITS = (1, 2, 4, 8, 16)
+_HEADER = struct.Struct("<cBQdd")
+
+
+def _pack(levels: npt.NDArray[np.uint16], bits: int) -> bytes:
+    if bits == 16:
+        return levels.astype("<u2").tobytes()
+    small = levels.astype(np.uint8)
+    if bits == 8:
+        return small.tobytes()
+    per = 8 // bits
+    padded = np.zeros(-(-small.size // per) * per, dtype=np.uint8)
+    padded[: small.size] = small
+    groups = padded.reshape(-1, per)
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    packed: npt.NDArray[np.uint8] = np.bitwise_or.reduce(groups << shifts, axis=1).astype(np.uint8)
+    return packed.tobytes()
+
+
+def _unpack(raw: bytes, bits: int, count: int) -> npt.NDArray[np.uint16]:
+    if bits == 16:
+        return np.frombuffer(raw, dtype="<u2", count=count).astype(np.uint16)
+    data = np.frombuffer(raw, dtype=np.uint8)
+    if bits == 8:
+        return data[:count].astype(np.uint16)
+    per = 8 // bits
+    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
+    values = (data[:, None] >> shifts) & np.uint8((1 << bits) - 1)
+    return values.reshape(-1)[:count].astype(np.uint16)
+
+
+def quantize(vector: npt.ArrayLike, bits: int, rng: np.random.Generator) -> bytes:
+    """Encode a finite float vector with ``bits`` bits per value and stochastic rounding.
+
+    Raises:
+        ConfigError: unsupported ``bits``.
+        MessageError: non-finite values.
+    """
+    if bits not in SUPPORTED_BITS:
+        raise ConfigError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    flat = np.asarray(vector, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(flat)):
+        raise MessageError("cannot quantize NaN or infinity")
+    low = float(flat.min()) if flat.size else 0.0
+    high = float(flat.max()) if flat.size else 0.0
+    top = (1 << bits) - 1
+    scaled = (flat - low) * (top / (high - low)) if high > low else np.zeros_like(flat)
+    floor = np.floor(scaled)
+    levels = np.minimum(floor + (rng.random(flat.size) < scaled - floor), top).astype(np.uint16)
+    return _HEADER.pack(b"Q", bits, flat.size, low, high) + _pack(levels, bits)
+
+
+def dequantize(frame: bytes) -> npt.NDArray[np.float64]:
+    """Decode a frame made by :func:`quantize`.
+
+    Raises:
+        MessageError: a malformed or truncated frame.
+    """
+    if len(frame) < _HEADER.size:
+        raise MessageError("quantized frame shorter than its header")
+    magic, bits, count, low, high = _HEADER.unpack_from(frame)
+    if magic != b"Q" or bits not in SUPPORTED_BITS:
+        raise MessageError("not a quantized frame")
+    body = frame[_HEADER.size :]
+    if len(body) != -(-count * bits // 8):
+        raise MessageError(f"quantized body of {len(body)} bytes does not hold {count} values")
+    levels = _unpack(body, bits, count)
+    top = (1 << bits) - 1
+    out: npt.NDArray[np.float64] = low + levels.astype(np.float64) * ((high - low) / top)
+    return out

@@ -1,0 +1,52 @@
+"""Round-trip properties of the codecs."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from fedsynth.codec import Pipeline, topk_decode, topk_encode, zstd_compress, zstd_decompress
+
+finite = arrays(np.float64, st.integers(0, 300),
+                elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite, st.sampled_from(["float64", "float64|zstd", "float64|zstd1|zstd"]))
+def test_lossless_pipelines_round_trip(v: np.ndarray, spec: str) -> None:
+    pipe = Pipeline.parse(spec)
+    data, reports = pipe.encode(v, np.random.default_rng(0))
+    assert np.array_equal(pipe.decode(data), v)
+    assert reports[-1].bytes_out == len(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite, st.sampled_from([1, 2, 4, 8, 16]), st.booleans())
+def test_quantized_pipelines_within_one_level(v: np.ndarray, bits: int, zstd: bool) -> None:
+    pipe = Pipeline.parse(f"quantize{bits}" + ("|zstd" if zstd else ""))
+    out = pipe.decode(pipe.encode(v, np.random.default_rng(1))[0])
+    assert out.shape == v.shape
+    if v.size:
+        step = (v.max() - v.min()) / ((1 << bits) - 1)
+        assert np.all(np.abs(out - v) <= step * (1 + 1e-9) + 1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(finite, st.data())
+def test_topk_keeps_exactly_k_largest(v: np.ndarray, data: st.DataObject) -> None:
+    k = data.draw(st.integers(0, v.size))
+    out = topk_decode(topk_encode(v, k))
+    kept = np.flatnonzero(out != 0)
+    assert len(kept) <= k
+    if 0 < k < v.size:
+        threshold = np.sort(np.abs(v))[::-1][k - 1]
+        assert np.all(np.abs(v[kept]) >= threshold - 1e-9 * abs(threshold))
+    assert np.allclose(out[kept], v[kept].astype(np.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=5000))
+def test_zstd_round_trip(data: bytes) -> None:
+    assert zstd_decompress(zstd_compress(data)) == data
