@@ -1,1 +1,18 @@
-"""model."""
+"""Tabular diffusion model (TabDDPM-style), constrained sampling and local training."""
+
+from fedsynth.model.config import DiffusionConfig
+from fedsynth.model.constraints import ColumnConstraint, Constraints, Interval
+from fedsynth.model.tabddpm import TabularDiffusion
+from fedsynth.model.train import OpacusPrivacy, PrivacyHook, TrainReport, train_local
+
+__all__ = [
+    "ColumnConstraint",
+    "Constraints",
+    "DiffusionConfig",
+    "Interval",
+    "OpacusPrivacy",
+    "PrivacyHook",
+    "TabularDiffusion",
+    "TrainReport",
+    "train_local",
+]

@@ -1,0 +1,135 @@
+"""Draft a dataset schema from a sample file, for the operator to review and edit.
+
+The draft is a starting point, never a federation's schema as is: its bounds come from one sample's
+values (widened outward to round numbers) and must be replaced by clinical bounds agreed by all
+sites, and guessed missing-value codes (an isolated 0 far below every other value) must be
+confirmed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from fedsynth.data.schema import (
+    MAX_DISCRETE_LEVELS,
+    Bounds,
+    ColumnKind,
+    ColumnRole,
+    ColumnSpec,
+    DatasetSchema,
+)
+
+__all__ = ["MAX_CATEGORIES", "infer_column", "infer_schema"]
+
+#: Text columns with more distinct values than this are treated as identifiers.
+MAX_CATEGORIES = 32
+_BOOL_TEXT = {"true", "false"}
+
+
+def infer_schema(
+    df: pd.DataFrame,
+    name: str,
+    *,
+    target: str | None = None,
+    site_column: str | None = None,
+) -> DatasetSchema:
+    """A draft schema for ``df``: one column spec per column, ``target`` as conditioning column."""
+    columns = []
+    for col in df.columns:
+        role = (
+            ColumnRole.TARGET if col == target else ColumnRole.SITE if col == site_column else None
+        )
+        columns.append(infer_column(df[col], str(col), role))
+    conditioning = None
+    if target is not None:
+        spec = next(c for c in columns if c.name == target)
+        conditioning = target if spec.is_discrete else None
+    return DatasetSchema(
+        name=name,
+        columns=tuple(columns),
+        conditioning=conditioning,
+        description="DRAFT inferred from a sample: review bounds, categories and missing codes",
+    )
+
+
+def infer_column(values: pd.Series, name: str, role: ColumnRole | None = None) -> ColumnSpec:
+    """A draft spec for one column (``role`` None: feature, or identifier when it looks like one).
+
+    Bounds are the sample's range widened by a tenth of it on each side and rounded outward.
+    """
+    present = values.dropna()
+    if _looks_boolean(present):
+        return ColumnSpec(name, ColumnKind.BOOLEAN, role or ColumnRole.FEATURE)
+    numbers = pd.to_numeric(present, errors="coerce")
+    if len(present) and numbers.notna().all():
+        return _numeric_spec(numbers.astype(float), name, role)
+    categories = sorted({str(v) for v in present})
+    if role is None and len(categories) > MAX_CATEGORIES:
+        return ColumnSpec(name, ColumnKind.CATEGORICAL, ColumnRole.IDENTIFIER, categories=("?",))
+    return ColumnSpec(
+        name, ColumnKind.CATEGORICAL, role or ColumnRole.FEATURE, categories=tuple(categories)
+    )
+
+
+def _looks_boolean(present: pd.Series) -> bool:
+    if len(present) == 0:
+        return False
+    if present.map(lambda v: isinstance(v, bool | np.bool_)).all():
+        return True
+    return bool(present.map(lambda v: str(v).strip().lower() in _BOOL_TEXT).all())
+
+
+def _numeric_spec(x: pd.Series, name: str, role: ColumnRole | None) -> ColumnSpec:
+    integral = bool((x == np.round(x)).all())
+    kind = ColumnKind.INTEGER if integral else ColumnKind.NUMERIC
+    if (
+        role is None
+        and integral
+        and x.is_unique
+        and (name.lower() == "id" or x.is_monotonic_increasing)
+    ):
+        return ColumnSpec(name, kind, ColumnRole.IDENTIFIER)
+    codes: tuple[float | str, ...] = ()
+    if _zero_is_missing_code(x):
+        codes, x = (0,), x[x != 0]
+    lo, hi = float(x.min()), float(x.max())
+    if not (integral and hi - lo < MAX_DISCRETE_LEVELS):  # small integer ranges stay exact levels
+        lo, hi = _round_out(lo, hi)
+        lo, hi = (math.floor(lo), math.ceil(hi)) if integral else (lo, hi)
+    return ColumnSpec(
+        name,
+        kind,
+        role or ColumnRole.FEATURE,
+        bounds=Bounds(lo, hi),
+        missing_codes=codes,
+        resolution=None if integral else _resolution(x),
+    )
+
+
+def _zero_is_missing_code(x: pd.Series) -> bool:
+    """0 is present but every other value is positive and at least 10x above it in spacing."""
+    nonzero = x[x != 0]
+    if (x == 0).sum() == 0 or len(nonzero) < 10 or (nonzero < 0).any():
+        return False
+    low = float(nonzero.quantile(0.01))
+    return low > 10 and low / max(float(nonzero.std()), 1e-9) > 1.0
+
+
+def _round_out(lo: float, hi: float) -> tuple[float, float]:
+    span = max(hi - lo, 1e-9)
+    unit = 10 ** math.floor(math.log10(span)) / 10
+    lo_r = round(math.floor((lo - span / 10) / unit) * unit, 10)
+    hi_r = round(math.ceil((hi + span / 10) / unit) * unit, 10)
+    if lo_r == hi_r:
+        hi_r = lo_r + unit
+    return float(lo_r), float(hi_r)
+
+
+def _resolution(x: pd.Series) -> float | None:
+    for decimals in range(0, 4):
+        if bool((np.round(x, decimals) == x).all()):
+            return float(10.0**-decimals)
+    return None

@@ -1,0 +1,63 @@
+"""Hyper-parameters of the tabular diffusion model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fedsynth.errors import ConfigError
+
+__all__ = ["DiffusionConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class DiffusionConfig:
+    """Model, diffusion and optimizer settings (defaults sized for a CPU).
+
+    Attributes:
+        hidden: widths of the denoiser's hidden layers.
+        embed_dim: width of the input projection and of the timestep / label embeddings.
+        n_timesteps: diffusion steps T (cosine schedule).
+        cond_drop_prob: probability of replacing the label by the null label during training
+            (classifier-free guidance, Ho & Salimans 2022).
+        guidance_scale: ``s`` in ``out = out_uncond + s * (out_cond - out_uncond)``; 1 samples
+            the plain conditional model, larger values push harder towards the condition.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        batch_size: rows per step (the expected batch size under Poisson sampling with DP).
+        lr_anneal: decay the learning rate linearly to 0 over one ``train_local`` call.
+    """
+
+    hidden: tuple[int, ...] = (256, 256, 256)
+    embed_dim: int = 128
+    n_timesteps: int = 100
+    cond_drop_prob: float = 0.1
+    guidance_scale: float = 1.0
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 256
+    lr_anneal: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.hidden or min(self.hidden) < 1 or self.embed_dim < 2 or self.embed_dim % 2:
+            raise ConfigError("hidden widths must be positive and embed_dim a positive even number")
+        if self.n_timesteps < 2:
+            raise ConfigError("n_timesteps must be at least 2")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ConfigError("cond_drop_prob must lie in [0, 1)")
+        if self.guidance_scale < 0 or self.lr <= 0 or self.weight_decay < 0 or self.batch_size < 1:
+            raise ConfigError("guidance_scale, lr, weight_decay and batch_size must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form."""
+        out = asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DiffusionConfig:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        try:
+            return cls(**{**raw, "hidden": tuple(int(h) for h in raw.get("hidden", cls.hidden))})
+        except TypeError as exc:
+            raise ConfigError(f"invalid diffusion config: {exc}") from exc

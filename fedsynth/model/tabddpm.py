@@ -1,0 +1,235 @@
+"""TabDDPM-style diffusion model for mixed-type tabular data (Kotelnikov et al. 2023, "TabDDPM:
+Modelling Tabular Data with Diffusion Models", ICML).
+
+* numeric columns, quantile-normalized by the :class:`~fedsynth.data.encoder.FeatureEncoder`, follow
+  Gaussian diffusion (DDPM, Ho et al. 2020);
+* every one-hot block (categorical levels + "missing", and each numeric column's present/missing
+  indicator) follows multinomial diffusion (Hoogeboom et al. 2021) -- the true multinomial process,
+  not Gaussian noise on one-hot vectors;
+* missingness is data: it is generated, never imputed;
+* one MLP denoiser (:mod:`fedsynth.model.denoiser`) with a sinusoidal timestep embedding and a label
+  embedding of the schema's conditioning column; labels are dropped with ``cond_drop_prob`` during
+  training so that sampling can use classifier-free guidance (Ho & Salimans 2022).
+
+Parameters travel as one flat float32 vector: every parameter of the denoiser, in order of its
+``state_dict`` name sorted as strings, each flattened in row-major (C) order
+(:meth:`TabularDiffusion.parameter_layout`).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from fedsynth.data.encoder import FeatureEncoder
+from fedsynth.errors import ConfigError
+from fedsynth.model.config import DiffusionConfig
+from fedsynth.model.constraints import Constraints
+from fedsynth.model.denoiser import MLPDenoiser
+from fedsynth.model.diffusion import (
+    BlockLayout,
+    cosine_schedule,
+    gaussian_p_step,
+    gaussian_q_sample,
+    multinomial_loss,
+    multinomial_posterior,
+    multinomial_q_probs,
+)
+from fedsynth.model.sampling import sample_with_constraints
+
+__all__ = ["FORMAT", "TabularDiffusion"]
+
+logger = logging.getLogger(__name__)
+
+#: Format tag of saved model files.
+FORMAT = "fedsynth.tabddpm/1"
+_GEN_CHUNK = 8192
+
+
+class TabularDiffusion:
+    """A conditional diffusion model over one dataset schema (see the module docstring)."""
+
+    def __init__(self, encoder: FeatureEncoder, config: DiffusionConfig, seed: int) -> None:
+        self.encoder = encoder
+        self.config = config
+        self.seed = seed
+        self.num_dims = encoder.num_dims
+        self.layout = BlockLayout(encoder.cat_sizes)
+        self.schedule = cosine_schedule(config.n_timesteps)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.denoiser: nn.Module = MLPDenoiser(
+                encoder.dim, config.hidden, encoder.n_classes, config.embed_dim
+            )
+        self._gen = torch.Generator().manual_seed(seed + 1)
+
+    @property
+    def null_label(self) -> int:
+        """The label meaning "unconditional" (also used for a missing condition)."""
+        return self.encoder.n_classes
+
+    # ----- training -----------------------------------------------------------------------------
+    def loss(
+        self,
+        batch: torch.Tensor,
+        cond: torch.Tensor,
+        *,
+        per_sample: bool = False,
+        module: nn.Module | None = None,
+    ) -> torch.Tensor:
+        """Diffusion loss of an encoded batch: Gaussian MSE + mean multinomial KL per row.
+
+        Args:
+            batch: ``(B, dim)`` float32 encoded rows.
+            cond: ``(B,)`` int64 labels (``null_label`` for missing).
+            per_sample: return the ``(B,)`` per-row losses instead of their mean.
+            module: the network to call (e.g. its DP-SGD wrapper); defaults to ``self.denoiser``.
+        """
+        net = self.denoiser if module is None else module
+        n = batch.shape[0]
+        t = torch.randint(0, self.schedule.n_steps, (n,), generator=self._gen)
+        drop = torch.rand(n, generator=self._gen) < self.config.cond_drop_prob
+        y = torch.where(drop, torch.full_like(cond, self.null_label), cond.long())
+        x_num, x_cat = batch[:, : self.num_dims], batch[:, self.num_dims :]
+        noise = torch.randn(x_num.shape, generator=self._gen)
+        xt_num = gaussian_q_sample(x_num, t, noise, self.schedule)
+        x0_cat = self.layout.pad(x_cat)
+        xt_cat = self.layout.sample(
+            multinomial_q_probs(x0_cat, t, self.schedule, self.layout), self._gen
+        )
+        out = net(torch.cat([xt_num, self.layout.unpad(xt_cat)], dim=1), t.float(), y)
+        per_row = torch.zeros(n)
+        if self.num_dims:
+            per_row = per_row + ((out[:, : self.num_dims] - noise) ** 2).mean(dim=1)
+        if self.layout.n_blocks:
+            p0_hat = self.layout.softmax(out[:, self.num_dims :])
+            per_row = per_row + multinomial_loss(
+                x0_cat, xt_cat, p0_hat, t, self.schedule, self.layout
+            )
+        if per_sample:
+            return per_row
+        return per_row.mean() if n else per_row.sum()
+
+    # ----- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, labels: np.ndarray, gen: torch.Generator) -> np.ndarray:
+        """Encoded rows (numeric values, one-hot blocks) for ``labels``, by reverse diffusion."""
+        parts = [
+            self._generate_chunk(torch.as_tensor(labels[i : i + _GEN_CHUNK], dtype=torch.long), gen)
+            for i in range(0, len(labels), _GEN_CHUNK)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, self.encoder.dim), np.float32)
+
+    def _generate_chunk(self, y: torch.Tensor, gen: torch.Generator) -> np.ndarray:
+        n = y.shape[0]
+        x_num = torch.randn((n, self.num_dims), generator=gen)
+        x_cat = self.layout.sample(self.layout.uniform(n), gen)
+        self.denoiser.eval()
+        for i in reversed(range(self.schedule.n_steps)):
+            t = torch.full((n,), i, dtype=torch.long)
+            out = self._guided(torch.cat([x_num, self.layout.unpad(x_cat)], 1), t, y)
+            if self.num_dims:
+                x_num = gaussian_p_step(x_num, out[:, : self.num_dims], i, self.schedule, gen)
+            if self.layout.n_blocks:
+                p0_hat = self.layout.softmax(out[:, self.num_dims :])
+                post = multinomial_posterior(x_cat, p0_hat, t, self.schedule, self.layout)
+                x_cat = self.layout.sample(post, gen)
+        self.denoiser.train()
+        return torch.cat([x_num, self.layout.unpad(x_cat)], 1).numpy().astype(np.float32)
+
+    def _guided(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        scale = self.config.guidance_scale
+        if scale == 1.0:
+            return self.denoiser(x, t.float(), y)
+        null = torch.full_like(y, self.null_label)
+        both = self.denoiser(torch.cat([x, x]), torch.cat([t, t]).float(), torch.cat([y, null]))
+        cond_out, uncond_out = both.chunk(2)
+        return uncond_out + scale * (cond_out - uncond_out)
+
+    def sample(
+        self,
+        n: int,
+        *,
+        conditions: Constraints | None = None,
+        rng: np.random.Generator,
+        max_tries: int = 20,
+    ) -> pd.DataFrame:
+        """``n`` decoded synthetic rows, all satisfying ``conditions``.
+
+        A constrained conditioning column restricts the labels drawn; every other constraint is met
+        by rejection. Raises :class:`~fedsynth.errors.ConstraintError` when the constraints are
+        infeasible under the schema or too rare to meet within ``max_tries`` batches.
+        """
+        return sample_with_constraints(self, n, conditions, rng, max_tries)
+
+    # ----- parameters ---------------------------------------------------------------------------
+    def _named(self) -> list[tuple[str, nn.Parameter]]:
+        return sorted(self.denoiser.named_parameters(), key=lambda kv: kv[0])
+
+    def parameter_layout(self) -> list[tuple[str, tuple[int, ...], int]]:
+        """``(name, shape, offset)`` of every parameter in the flat vector (sorted by name)."""
+        out, offset = [], 0
+        for name, param in self._named():
+            out.append((name, tuple(param.shape), offset))
+            offset += param.numel()
+        return out
+
+    @property
+    def n_parameters(self) -> int:
+        """Length of the flat parameter vector."""
+        return sum(p.numel() for _, p in self._named())
+
+    def flat_parameters(self) -> np.ndarray:
+        """All parameters as one float32 vector in :meth:`parameter_layout` order."""
+        return np.concatenate(
+            [p.detach().cpu().reshape(-1).numpy() for _, p in self._named()]
+        ).astype(np.float32)
+
+    def load_flat_parameters(self, vec: np.ndarray) -> None:
+        """Set every parameter from a flat vector (inverse of :meth:`flat_parameters`)."""
+        vec = np.asarray(vec)
+        if vec.shape != (self.n_parameters,):
+            raise ConfigError(
+                f"flat vector has shape {vec.shape}, model needs ({self.n_parameters},)"
+            )
+        if not np.all(np.isfinite(vec)):
+            raise ConfigError("flat parameter vector has non-finite values")
+        params = dict(self._named())
+        with torch.no_grad():
+            for name, shape, offset in self.parameter_layout():
+                size = int(np.prod(shape, dtype=np.int64))
+                chunk = torch.from_numpy(vec[offset : offset + size].astype(np.float32))
+                params[name].copy_(chunk.reshape(shape))
+
+    # ----- persistence --------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Write denoiser state, encoder (with its schema) and config to one file."""
+        payload: dict[str, Any] = {
+            "format": FORMAT,
+            "state_dict": self.denoiser.state_dict(),
+            "encoder": self.encoder.to_dict(),
+            "config": self.config.to_dict(),
+            "seed": self.seed,
+        }
+        torch.save(payload, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> TabularDiffusion:
+        """Read a file written by :meth:`save` (tensors and plain data only)."""
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            raise ConfigError(f"cannot read model file {path}: {exc}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ConfigError(f"{path} is not a {FORMAT} model file")
+        encoder = FeatureEncoder.from_dict(payload["encoder"])
+        model = cls(encoder, DiffusionConfig.from_dict(payload["config"]), int(payload["seed"]))
+        model.denoiser.load_state_dict(payload["state_dict"])
+        return model

