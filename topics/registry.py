@@ -111,7 +111,8 @@ class TopicSpec:
 
 CONTROL = TopicSpec(
     "fedsynth.control", 1, "federation_id",
-    ("RoundOpen", "CohortOpen", "CohortRoster", "UnmaskRequest", "GlobalVersionNotice"), 7 * DAY_MS,
+    ("RoundOpen", "CohortOpen", "CohortRoster", "MaskRequest", "UnmaskRequest",
+     "GlobalVersionNotice"), 7 * DAY_MS,
 )
 SITE_EVENTS = TopicSpec(
     "fedsynth.site-events", DEFAULT_PARTITIONS, "site_id",

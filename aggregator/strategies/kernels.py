@@ -156,8 +156,12 @@ def krum_select(vectors: np.ndarray, n_byzantine: int, n_selected: int) -> np.nd
 
 def apply_direction(params: np.ndarray, direction: np.ndarray, lr: float) -> np.ndarray:
     """``params + lr * direction`` computed in float64, returned as read-only float32."""
-    new = np.asarray(params, dtype=np.float64) + lr * np.asarray(direction, dtype=np.float64)
-    out = new.astype(np.float32)
+    step = np.asarray(direction, dtype=np.float64)
+    if lr != 1.0:  # x * 1.0 == x exactly: skip a pass over the vector
+        step = lr * step
+    # one pass: the sum is formed in float64 and only the result is rounded to float32
+    out = np.empty(np.broadcast_shapes(np.shape(params), step.shape), dtype=np.float32)
+    np.add(params, step, out=out, dtype=np.float64, casting="same_kind")
     out.setflags(write=False)
     return out
 

@@ -273,6 +273,11 @@ class Reassembler:
         """Number of incomplete sets."""
         return len(self._pending)
 
+    @property
+    def pending_ids(self) -> frozenset[str]:
+        """Payload ids of the incomplete sets (an adapter keeps their first offsets)."""
+        return frozenset(self._pending)
+
     def stage(self, payload_id: str) -> SetStage | None:
         """The stage of a payload, or None when unseen (or long forgotten)."""
         if payload_id in self._pending:

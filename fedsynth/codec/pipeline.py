@@ -9,6 +9,7 @@ to right and reports bytes before and after each; ``decode`` runs their inverses
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -35,8 +36,9 @@ class Pipeline:
     byte_stages: tuple[str, ...] = ()
 
     @classmethod
+    @functools.lru_cache(maxsize=128)
     def parse(cls, spec: str) -> Pipeline:
-        """Parse ``"stage|stage|..."``.
+        """Parse ``"stage|stage|..."`` (pipelines are immutable, so parses are cached).
 
         Raises:
             ConfigError: unknown stage names or a misplaced array stage.
@@ -70,8 +72,13 @@ class Pipeline:
             data = out
         return data, tuple(reports)
 
-    def decode(self, data: bytes) -> npt.NDArray[np.float64]:
+    def decode(self, data: bytes, dtype: npt.DTypeLike = np.float64) -> npt.NDArray[np.floating]:
         """Invert :meth:`encode` (lossy stages give their reconstruction).
+
+        Args:
+            data: The encoded bytes.
+            dtype: Float type of the result: the float64 reconstruction rounded to it (float32
+                decodes without a float64 copy of the whole vector).
 
         Raises:
             MessageError: corrupt input.
@@ -82,13 +89,13 @@ class Pipeline:
         if match is None:
             raise ConfigError(f"unknown array stage {self.array_stage!r}")
         if match.group(2) is not None:
-            return dequantize(data)
+            return dequantize(data, dtype)
         if match.group(3) is not None:
-            return topk_decode(data)
-        dtype = "<f8" if self.array_stage == "float64" else "<f4"
-        if len(data) % np.dtype(dtype).itemsize:
+            return topk_decode(data).astype(dtype, copy=False)
+        raw = "<f8" if self.array_stage == "float64" else "<f4"
+        if len(data) % np.dtype(raw).itemsize:
             raise MessageError("raw float payload has a partial element")
-        return np.frombuffer(data, dtype=dtype).astype(np.float64)
+        return np.frombuffer(data, dtype=raw).astype(np.float64).astype(dtype, copy=False)
 
     def _encode_array(self, flat: npt.NDArray[np.float64], rng: np.random.Generator) -> bytes:
         match = _ARRAY.match(self.array_stage)

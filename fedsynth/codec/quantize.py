@@ -37,16 +37,18 @@ def _pack(levels: npt.NDArray[np.uint16], bits: int) -> bytes:
     return packed.tobytes()
 
 
-def _unpack(raw: bytes, bits: int, count: int) -> npt.NDArray[np.uint16]:
+def _unpack(
+    raw: bytes | memoryview, bits: int, count: int
+) -> npt.NDArray[np.uint8] | npt.NDArray[np.uint16]:
     if bits == 16:
         return np.frombuffer(raw, dtype="<u2", count=count).astype(np.uint16)
     data = np.frombuffer(raw, dtype=np.uint8)
     if bits == 8:
-        return data[:count].astype(np.uint16)
+        return data[:count]
     per = 8 // bits
     shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
     values = (data[:, None] >> shifts) & np.uint8((1 << bits) - 1)
-    return values.reshape(-1)[:count].astype(np.uint16)
+    return values.reshape(-1)[:count]
 
 
 def quantize(vector: npt.ArrayLike, bits: int, rng: np.random.Generator) -> bytes:
@@ -70,8 +72,14 @@ def quantize(vector: npt.ArrayLike, bits: int, rng: np.random.Generator) -> byte
     return _HEADER.pack(b"Q", bits, flat.size, low, high) + _pack(levels, bits)
 
 
-def dequantize(frame: bytes) -> npt.NDArray[np.float64]:
+def dequantize(
+    frame: bytes, dtype: npt.DTypeLike = np.float64
+) -> npt.NDArray[np.floating]:
     """Decode a frame made by :func:`quantize`.
+
+    Each level ``l`` decodes to ``low + l * ((high - low) / (2^bits - 1))`` computed in float64;
+    with ``dtype=np.float32`` that value is rounded to float32 (the same as casting the float64
+    result). Up to 8 bits the ``2^bits`` values are computed once and looked up.
 
     Raises:
         MessageError: a malformed or truncated frame.
@@ -81,10 +89,37 @@ def dequantize(frame: bytes) -> npt.NDArray[np.float64]:
     magic, bits, count, low, high = _HEADER.unpack_from(frame)
     if magic != b"Q" or bits not in SUPPORTED_BITS:
         raise MessageError("not a quantized frame")
-    body = frame[_HEADER.size :]
+    body = memoryview(frame)[_HEADER.size :]
     if len(body) != -(-count * bits // 8):
         raise MessageError(f"quantized body of {len(body)} bytes does not hold {count} values")
     levels = _unpack(body, bits, count)
     top = (1 << bits) - 1
-    out: npt.NDArray[np.float64] = low + levels.astype(np.float64) * ((high - low) / top)
+    if bits == 16:
+        wide: npt.NDArray[np.float64] = low + levels.astype(np.float64) * ((high - low) / top)
+        return wide.astype(dtype, copy=False)
+    table = (low + np.arange(top + 1, dtype=np.float64) * ((high - low) / top)).astype(dtype)
+    if table.dtype == np.float32 and bits == 8 and count >= _PAIR_LOOKUP_MIN:
+        return _lookup_pairs(table, levels)
+    out: npt.NDArray[np.floating] = np.take(table, levels)
+    return out
+
+
+_PAIR_LOOKUP_MIN = 1 << 17
+
+
+def _lookup_pairs(
+    table: npt.NDArray[np.float32], levels: npt.NDArray[np.uint8]
+) -> npt.NDArray[np.float32]:
+    """``table[levels]`` two bytes at a time: one 8-byte lookup per pair of 8-bit levels.
+
+    The 65536-entry table of value pairs (512 KiB) stays in cache; this halves the lookups.
+    """
+    pairs = np.empty((256, 256, 2), dtype=np.float32)  # [high byte, low byte] -> (low, high)
+    pairs[:, :, 0] = table[None, :]
+    pairs[:, :, 1] = table[:, None]
+    words = pairs.reshape(-1).view(np.uint64)
+    even = levels.size - levels.size % 2
+    out = np.empty(levels.size, dtype=np.float32)
+    np.take(words, levels[:even].view("<u2"), out=out[:even].view(np.uint64))
+    out[even:] = table[levels[even:]]
     return out

@@ -31,7 +31,8 @@ ENVELOPE = [
 ]
 EXPECTED = {
     "SiteHello", "Heartbeat", "CohortJoin", "RoundOpen", "CohortOpen", "CohortRoster",
-    "UnmaskRequest", "GlobalVersionNotice", "EncryptedShare", "ModelUpdate", "UnmaskResponse",
+    "UnmaskRequest",
+    "MaskRequest", "GlobalVersionNotice", "EncryptedShare", "ModelUpdate", "UnmaskResponse",
     "GlobalModel", "Chunk", "SyntheticRow", "AuditEvent", "DeadLetter",
 }  # fmt: skip
 REGISTRY = default_registry()

@@ -1,0 +1,28 @@
+"""bench.aggregate --quick on the session's embedded broker: both consumers run, RESULT printed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench.aggregate import main
+
+RESULT = re.compile(r"^RESULT ingest_vs_bare=(\d+\.\d\d) target=0\.8 met=(yes|no)$")
+
+
+def test_quick_run_prints_tables_and_result(
+    bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--quick", "--bootstrap", bootstrap]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    match = RESULT.match(lines[-1])
+    assert match is not None, lines[-1]
+    ratio, met = float(match.group(1)), match.group(2)
+    assert 0.0 < ratio < 10.0
+    assert met == ("yes" if ratio >= 0.8 else "no")
+    text = "\n".join(lines)
+    assert "4 updates x 100,000 params" in text
+    for part in ("bare aiokafka", "aggregator ingest", "signature verify", "engine step",
+                 "raw numpy sum"):
+        assert part in text
