@@ -1,0 +1,43 @@
+"""Site agent settings, validated once at start from the environment (``FEDSYNTH_*``) and flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["AgentSettings"]
+
+
+class AgentSettings(BaseSettings):
+    """One site's agent: where its data is, its privacy budget, its limits."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDSYNTH_", extra="ignore", frozen=True)
+
+    site: str
+    data: Path = Field(description="the site's CSV or Parquet file; never leaves this machine")
+    federation_id: str = "fedsynth-demo"
+    bootstrap: str | None = None
+    run_dir: Path = Path(".fedsynth/run")
+    dataset: str = "heart_disease_uci"
+    consent: bool = True
+    epsilon: float = Field(default=8.0, gt=0, description="total budget: histograms + DP-SGD")
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    hist_epsilon: float = Field(default=1.0, gt=0, description="part of epsilon for histograms")
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    planned_rounds: int = Field(default=5, ge=1, description="rounds the DP noise is planned for")
+    steps_per_round: int = Field(default=40, ge=1)
+    batch_size: int = Field(default=64, ge=2)
+    threads: int = Field(default=1, ge=1, description="torch threads for local training")
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    seed: int | None = None
+    dp: bool = Field(default=True, description="DP-SGD on (turning it off warns loudly)")
+
+    @property
+    def site_dir(self) -> Path:
+        return self.run_dir / "sites" / self.site
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.run_dir / "keys"

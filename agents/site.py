@@ -1,0 +1,279 @@
+"""The site agent: validates local data, says hello, trains on each new global version, sends.
+
+Everything it sends goes through the on-disk outbox first (a crash resends the same bytes with
+the same ``message_id``). Connection losses are retried with exponential backoff; the global
+model topic is re-read from the beginning after a reconnect (versions are identified by number,
+so re-reading is harmless). Raw rows never leave this process: only DP histograms (once) and
+DP-SGD model deltas do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
+
+from agents.outbox import Outbox, OutboxMessage
+from agents.settings import AgentSettings
+from agents.training import LocalTrainer
+from fedsynth.data.preprocess import site_histograms
+from fedsynth.data.schema import DatasetSchema
+from fedsynth.data.validate import load_site_file
+from fedsynth.errors import BudgetExceededError, FedSynthError, TransportError
+from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
+from fedsynth.messages import Inbound, MessageFactory, MessageReader
+from fedsynth.privacy import PrivacyBudget, SiteLedger
+from observability import extract_context, inject_headers, setup_telemetry
+from schemas.signing import IdentityKey, KeyRing
+from topics.clients import make_consumer, make_producer
+from topics.registry import GLOBAL_MODEL, SITE_EVENTS, UPDATES
+
+__all__ = ["GlobalVersion", "SiteAgent"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalVersion:
+    """A verified global model version as the agent sees it."""
+
+    version: int
+    params: np.ndarray
+    spec: ModelSpec
+    final: bool
+    traceparent: list[tuple[str, bytes]]
+
+
+class SiteAgent:
+    """One hospital's agent (see the module docstring)."""
+
+    def __init__(self, settings: AgentSettings, bootstrap: str) -> None:
+        self.s = settings
+        self.bootstrap = bootstrap
+        self.schema = _load_schema(settings.dataset)
+        settings.site_dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = settings.site_dir / "state.json"
+        self.state: dict[str, Any] = _read_json(self.state_path) or {
+            "hello_sent": False, "trained_version": -1, "trained_before": False,
+        }
+        self.outbox = Outbox(settings.site_dir / "outbox")
+        identity = IdentityKey.load(settings.keys_dir, settings.site)
+        self.factory = MessageFactory(settings.federation_id, settings.site, identity)
+        keys = KeyRing()
+        keys.add("aggregator", KeyRing.from_dir(settings.keys_dir).get("aggregator"))
+        self.keys = keys
+        self.rng = np.random.default_rng(settings.seed)
+        self.tracer = setup_telemetry(f"fedsynth-agent-{settings.site}", settings.run_dir).tracer(
+            "fedsynth.agent")
+        self.latest: GlobalVersion | None = None
+        self.epsilon_spent = 0.0
+        self.rows = 0
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self) -> LocalTrainer:
+        """Validate the site's data (errors name row and column; nothing is sent) and encode."""
+        frame = load_site_file(self.s.data, self.schema)
+        self.rows = len(frame)
+        ledger = None
+        budget = None
+        if self.s.dp:
+            ledger = SiteLedger.open_or_create(
+                self.s.site_dir / "ledger.json", site_id=self.s.site, delta=self.s.delta,
+                trained_before=bool(self.state["trained_before"]),
+            )
+            budget = PrivacyBudget(self.s.epsilon - self.s.hist_epsilon, self.s.delta)
+        else:
+            log.warning("DP-SGD is OFF for site %s: its updates are not differentially private",
+                        self.s.site)
+        self.frame = frame
+        return ledger, budget  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self) -> int:
+        """Run until the federation's final version arrives; returns an exit code."""
+        torch.set_num_threads(self.s.threads)
+        ledger, budget = self.prepare()  # type: ignore[misc]
+        spec_placeholder = None  # the encoder comes from the aggregator with version 0
+        del spec_placeholder
+        self.trainer_args = (ledger, budget)
+        backoff = 1.0
+        while True:
+            try:
+                return await self._session()
+            except (KafkaError, TransportError, OSError) as exc:
+                log.warning("connection lost (%s); retrying in %.0fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    async def _session(self) -> int:
+        producer = make_producer(self.bootstrap, client_id=f"agent-{self.s.site}")
+        consumer = make_consumer(self.bootstrap, group_id=None, client_id=f"agent-{self.s.site}")
+        await producer.start()
+        try:
+            await consumer.start()
+            tp = TopicPartition(GLOBAL_MODEL.name, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            self.producer = producer
+            await self._flush_outbox()
+            if not self.state["hello_sent"]:
+                await self._hello()
+            return await self._follow(consumer)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _follow(self, consumer: Any) -> int:
+        reader = MessageReader(self.s.federation_id, self.keys)
+        last_beat = 0.0
+        while True:
+            batch = await consumer.getmany(timeout_ms=500, max_records=64)
+            for records in batch.values():
+                for rec in records:
+                    self._on_model_message(reader, rec.value, list(rec.headers or []))
+            if time.monotonic() - last_beat > self.s.heartbeat_s:
+                await self._heartbeat("training" if self.latest else "waiting")
+                last_beat = time.monotonic()
+            if batch:
+                continue  # drain what is there before training on the newest version
+            latest = self.latest
+            if latest is None or latest.version <= self.state["trained_version"]:
+                continue
+            if latest.final:
+                log.info("final version %d received; site %s is done", latest.version, self.s.site)
+                await self._heartbeat("done")
+                return 0
+            if not await self._train_and_send(latest):
+                await self._heartbeat("budget-exhausted")
+                return 0
+
+    def _on_model_message(self, reader: MessageReader, value: bytes,
+                          headers: list[tuple[str, bytes]]) -> None:
+        got = reader.read(value)
+        if not isinstance(got, Inbound):
+            if hasattr(got, "reason"):
+                log.warning("ignoring global-model message: %s", got.reason)  # type: ignore[union-attr]
+            return
+        rec = got.record
+        if got.name != "GlobalModel" or rec["sender"] != "aggregator":
+            log.warning("ignoring %s from %s on the global-model topic", got.name, rec["sender"])
+            return
+        if self.latest is not None and rec["version"] <= self.latest.version:
+            return
+        try:
+            spec = ModelSpec.from_bytes(rec["encoder"])
+            params = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
+        except FedSynthError as exc:
+            log.warning("ignoring global version %s: %s", rec["version"], exc)
+            return
+        self.latest = GlobalVersion(int(rec["version"]), params, spec, bool(rec.get("final")),
+                                    headers)
+
+    # ------------------------------------------------------------------ training
+    async def _train_and_send(self, gv: GlobalVersion) -> bool:
+        ledger, budget = self.trainer_args
+        if not hasattr(self, "trainer"):
+            encoded = gv.spec.encoder.encode(self.frame)
+            cond = gv.spec.encoder.encode_condition(self.frame)
+            self.trainer = LocalTrainer(
+                encoded, cond, ledger=ledger, sgd_budget=budget,
+                planned_steps=self.s.planned_rounds * self.s.steps_per_round,
+                batch_size=self.s.batch_size, max_grad_norm=self.s.max_grad_norm,
+            )
+        with self.tracer.start_as_current_span(
+            "agent.local_round", context=extract_context(gv.traceparent),
+            attributes={"fedsynth.site": self.s.site, "fedsynth.base_version": gv.version},
+        ) as span:
+            try:
+                result = await asyncio.to_thread(
+                    self.trainer.train_round, gv.spec, gv.params, self.s.steps_per_round, self.rng)
+            except BudgetExceededError as exc:
+                log.warning("site %s stops training: %s", self.s.site, exc)
+                return False
+            self.state["trained_before"] = True
+            self.epsilon_spent = (result.epsilon_sgd + self.s.hist_epsilon) if self.s.dp else float("inf")
+            span.set_attribute("fedsynth.epsilon_spent", self.epsilon_spent)
+            span.set_attribute("fedsynth.train_loss", result.report.final_loss)
+            vector, raw = encode_vector(result.delta, UPDATE_CODEC, self.rng)
+            fields = {
+                "update_id": str(uuid.uuid4()), "site_id": self.s.site,
+                "base_version": gv.version, "n_samples": self.rows, "mode": "plain",
+                "cohort_id": None, "weight": 1.0, "codec": UPDATE_CODEC, "vector": vector,
+                "n_parameters": int(result.delta.size), "train_loss": result.report.final_loss,
+                "epsilon_spent": self.epsilon_spent,
+            }
+            headers: list[tuple[str, bytes]] = []
+            inject_headers(headers)
+            for out in self.factory.build_chunked("ModelUpdate", fields):
+                self.outbox.put(OutboxMessage(out.message_id, UPDATES.name, self.s.site.encode(),
+                                              out.value, tuple(headers)))
+        self.state["trained_version"] = gv.version
+        _write_json(self.state_path, self.state)
+        log.info("site %s: update from version %d sent (%d -> %d bytes, loss %.3f, eps %.2f)",
+                 self.s.site, gv.version, raw, len(vector), result.report.final_loss,
+                 self.epsilon_spent)
+        await self._flush_outbox()
+        return True
+
+    # ------------------------------------------------------------------ sending
+    async def _hello(self) -> None:
+        hist = site_histograms(self.frame, self.schema, self.s.hist_epsilon, self.rng)
+        out = self.factory.build("SiteHello", {
+            "site_id": self.s.site, "dataset": self.schema.name,
+            "schema_hash": self.schema.schema_hash(), "consent": self.s.consent,
+            "identity_public_key": self.factory.key.public_raw(), "n_samples": self.rows,
+            "histograms": hist.to_vector().astype("<f4").tobytes(),
+        })
+        self.outbox.put(OutboxMessage(out.message_id, SITE_EVENTS.name, self.s.site.encode(),
+                                      out.value))
+        self.state["hello_sent"] = True
+        _write_json(self.state_path, self.state)
+        await self._flush_outbox()
+        log.info("site %s: hello sent (%d rows, DP histograms at epsilon %.2f)",
+                 self.s.site, self.rows, self.s.hist_epsilon)
+
+    async def _heartbeat(self, status: str) -> None:
+        out = self.factory.build("Heartbeat", {
+            "site_id": self.s.site, "status": status, "epsilon_spent": self.epsilon_spent,
+            "model_version": self.latest.version if self.latest else -1,
+        })
+        await self.producer.send_and_wait(SITE_EVENTS.name, out.value, key=self.s.site.encode())
+
+    async def _flush_outbox(self) -> None:
+        for msg in self.outbox.pending():
+            await self.producer.send_and_wait(msg.topic, msg.value, key=msg.key,
+                                              headers=list(msg.headers))
+            self.outbox.ack(msg.message_id)
+
+
+def _load_schema(name_or_path: str) -> DatasetSchema:
+    return (DatasetSchema.load(name_or_path) if name_or_path.endswith(".json")
+            else DatasetSchema.load_named(name_or_path))
+
+
+def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:
+    try:
+        with open(path) as fh:
+            data: dict[str, Any] = json.load(fh)
+            return data
+    except FileNotFoundError:
+        return None
+
+
+def _write_json(path: os.PathLike[str], data: dict[str, Any]) -> None:
+    tmp = f"{os.fspath(path)}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,86 @@
+"""One local training round at a site: DP-SGD from a global version, returning the delta.
+
+The privacy ledger is charged *before* the steps run (a crash then over-counts, never
+under-counts), and a round the budget cannot afford is refused with BudgetExceededError before
+any parameter moves.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fedsynth.errors import ConfigError
+from fedsynth.federation import ModelSpec
+from fedsynth.model.tabddpm import TabularDiffusion
+from fedsynth.model.train import OpacusPrivacy, TrainReport, train_local
+from fedsynth.privacy import PrivacyBudget, RDPAccountant, SiteLedger, noise_for_budget
+
+__all__ = ["LocalTrainer", "RoundResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundResult:
+    """The delta of one round and what it cost."""
+
+    delta: np.ndarray
+    report: TrainReport
+    epsilon_sgd: float
+
+
+class LocalTrainer:
+    """Trains the federation's model on this site's encoded rows, with DP-SGD by default."""
+
+    def __init__(
+        self,
+        encoded: np.ndarray,
+        cond: np.ndarray,
+        *,
+        ledger: SiteLedger | None,
+        sgd_budget: PrivacyBudget | None,
+        planned_steps: int,
+        batch_size: int,
+        max_grad_norm: float,
+    ) -> None:
+        self.encoded, self.cond = encoded, cond
+        self.ledger, self.budget = ledger, sgd_budget
+        self.batch_size = max(2, min(batch_size, len(encoded) // 2))
+        self.sample_rate = self.batch_size / len(encoded)
+        self.max_grad_norm = max_grad_norm
+        self.noise = 0.0
+        if ledger is not None and sgd_budget is not None:
+            self.noise = noise_for_budget(
+                sgd_budget.epsilon, sgd_budget.delta, self.sample_rate, planned_steps
+            )
+            log.info("DP-SGD: noise multiplier %.3f for %d planned steps at q=%.3f",
+                     self.noise, planned_steps, self.sample_rate)
+        self._model: TabularDiffusion | None = None
+        self._spec: ModelSpec | None = None
+
+    def model_for(self, spec: ModelSpec, params: np.ndarray) -> TabularDiffusion:
+        """The site's model object, rebuilt only when the federation's spec changes."""
+        if self._model is None or spec != self._spec:
+            local = replace(spec, config=replace(spec.config, batch_size=self.batch_size))
+            self._model, self._spec = local.build(), spec
+        self._model.load_flat_parameters(params)
+        return self._model
+
+    def train_round(self, spec: ModelSpec, params: np.ndarray, steps: int,
+                    rng: np.random.Generator) -> RoundResult:
+        """Charge the ledger, train ``steps`` steps from ``params``, return the delta."""
+        privacy = None
+        if self.ledger is not None:
+            self.ledger.record(self.noise, self.sample_rate, steps, budget=self.budget)
+            privacy = OpacusPrivacy(self.noise, self.max_grad_norm, RDPAccountant(),
+                                    self.budget.delta if self.budget else 1e-5)
+        model = self.model_for(spec, params)
+        report = train_local(model, self.encoded, self.cond, steps=steps, rng=rng, privacy=privacy)
+        delta = model.flat_parameters() - params.astype(np.float32)
+        if not np.all(np.isfinite(delta)):
+            raise ConfigError("local training diverged (non-finite parameters); update not sent")
+        eps = self.ledger.spent() if self.ledger is not None else float("inf")
+        return RoundResult(delta, report, eps)

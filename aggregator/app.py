@@ -1,0 +1,261 @@
+"""The aggregator as a faust-streaming app: decode, call the core, send, checkpoint.
+
+Wiring is declared in :func:`build_app`; the agents stay short and hand each message to
+:class:`AggregatorRuntime`, which calls the I/O-free :class:`~aggregator.service.AggregatorService`
+and then does the I/O it asks for, in this order: send the outbound messages, dead-letter the
+rejected ones, write the encrypted checkpoint (state + resume offsets), and only then let faust
+commit the offsets. Durable state is our checkpoint, never a faust table (ARCHITECTURE.md: the
+embedded broker's ``end_offsets()`` breaks changelog recovery).
+
+Resume offsets: the checkpoint stores, for each partition, the offset to start from after a
+restart: the first chunk of any payload still being reassembled, else the next unread message.
+On assignment the consumer seeks there. Messages re-read below the checkpoint's high-water mark
+were already handled (applied, or dead-lettered), so they are skipped quietly; the engine's
+replay protection (message and update ids in the checkpoint) makes a second application
+impossible anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from aggregator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from aggregator.service import AggregatorService, DeadLetterItem, Effects, Send
+from aggregator.settings import AggregatorSettings
+from fedsynth.data.schema import DatasetSchema
+from fedsynth.messages import MessageFactory, MessageReader, Outgoing
+from observability import AuditChain, AuditEvent, extract_context, inject_headers, setup_telemetry
+from schemas.signing import IdentityKey, KeyRing
+from topics.clients import faust_settings
+from topics.registry import AUDIT, CONTROL, DEAD_LETTER, GLOBAL_MODEL, SITE_EVENTS, UPDATES
+
+__all__ = ["AggregatorRuntime", "build_app", "load_dataset_schema"]
+
+log = logging.getLogger(__name__)
+TOPICS = {"global-model": GLOBAL_MODEL.name, "control": CONTROL.name}
+Headers = list[tuple[str, bytes]]
+
+
+def load_dataset_schema(name_or_path: str) -> DatasetSchema:
+    """A dataset schema by packaged name (``heart_disease_uci``) or by file path."""
+    path = Path(name_or_path)
+    return DatasetSchema.load(path) if path.suffix == ".json" else DatasetSchema.load_named(name_or_path)
+
+
+class AggregatorRuntime:
+    """The I/O around the service: producer, checkpoint, offsets, audit, traces."""
+
+    def __init__(self, app: faust.App, settings: AggregatorSettings, key: bytes) -> None:
+        self.app = app
+        self.settings = settings
+        self.checkpoint_key = key
+        self.lock = asyncio.Lock()
+        keys = KeyRing.from_dir(settings.keys_dir)
+        identity = IdentityKey.load(settings.keys_dir, "aggregator")
+        self.factory = MessageFactory(settings.federation_id, "aggregator", identity)
+        reader = MessageReader(settings.federation_id, keys, chunk_timeout_s=settings.chunk_timeout_s)
+        self.service = AggregatorService(
+            settings, load_dataset_schema(settings.dataset), reader, self.factory, TOPICS
+        )
+        self.telemetry = setup_telemetry("fedsynth-aggregator", settings.run_dir)
+        self.tracer = self.telemetry.tracer("fedsynth.aggregator")
+        self.audit = AuditChain()
+        self.audit_last: AuditEvent | None = None
+        self.next_offset: dict[tuple[str, int], int] = {}
+        self.high_water: dict[tuple[str, int], int] = {}
+        self.chunk_start: dict[tuple[str, int], dict[str, int]] = {}
+        self.resume: dict[tuple[str, int], int] = {}
+        self.checkpoint_path = settings.state_dir / "checkpoint.bin"
+        self._restore()
+
+    # ---------------------------------------------------------------- restore
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.checkpoint_path, self.checkpoint_key, self.settings.federation_id)
+        if ckpt is None:
+            return
+        self.service.restore(ckpt.state, ckpt.extra["service"])
+        self.resume = dict(ckpt.offsets)
+        self.high_water = {(t, int(p)): int(o) for t, p, o in ckpt.extra.get("high_water", [])}
+        head = ckpt.extra.get("audit_head")
+        if head:
+            self.audit_last = AuditEvent.from_dict(head)
+            self.audit = AuditChain(head=self.audit_last)
+        log.info("resumed from checkpoint at version %d (%s)", ckpt.state.model_version,
+                 self.service.phase)
+
+    async def on_assigned(self, assigned: Iterable[TP]) -> None:
+        """Seek every assigned partition to its checkpointed resume offset."""
+        for tp in assigned:
+            offset = self.resume.get((tp.topic, tp.partition))
+            if offset is not None:
+                await self.app.consumer.seek(tp, offset)
+                log.info("seek %s[%d] -> %d", tp.topic, tp.partition, offset)
+
+    # ---------------------------------------------------------------- messages
+    async def on_message(self, topic: str, partition: int, offset: int, key: bytes | None,
+                         value: bytes, headers: Headers) -> None:
+        """Handle one consumed message end to end."""
+        async with self.lock:
+            tp = (topic, partition)
+            replayed = offset < self.high_water.get(tp, -1)
+            with self.tracer.start_as_current_span(
+                f"aggregator.consume {topic}", context=extract_context(headers),
+                attributes={"messaging.kafka.offset": offset, "messaging.destination": topic},
+            ):
+                try:
+                    fx = self.service.handle(value)
+                except Exception as exc:  # a bug must not stop the federation: keep the evidence
+                    log.exception("internal error on %s[%d]@%d", topic, partition, offset)
+                    fx = Effects(dead=[DeadLetterItem(f"internal error: {exc!r}", "InternalError")])
+                self._track_chunks(tp, offset, value, fx)
+                self.next_offset[tp] = offset + 1
+                self.high_water[tp] = max(self.high_water.get(tp, 0), offset + 1)
+                if replayed:
+                    fx.dead.clear()
+                await self._apply_or_die(fx, origin=(topic, partition, offset, key, value))
+
+    def _track_chunks(self, tp: tuple[str, int], offset: int, value: bytes, fx: Effects) -> None:
+        pending = self.service.reader.reassembler.pending_ids
+        starts = self.chunk_start.setdefault(tp, {})
+        for pid in pending - set(starts):
+            starts[pid] = offset
+        for pid in set(starts) - pending:
+            del starts[pid]
+
+    async def on_tick(self) -> None:
+        """Deadlines and chunk expiry."""
+        async with self.lock:
+            await self._apply_or_die(self.service.tick(), origin=None)
+
+    async def _apply_or_die(self, fx: Effects,
+                            origin: tuple[str, int, int, bytes | None, bytes] | None) -> None:
+        """Do the I/O; if it fails, exit so a restart resumes from the last checkpoint.
+
+        Crash-only by design: a half-done send/checkpoint sequence must not be continued from
+        memory, and a faust agent that crashed would otherwise stop consuming silently.
+        """
+        try:
+            await self._apply(fx, origin)
+        except Exception:
+            log.exception("aggregator I/O failed; exiting so that a restart resumes exactly")
+            logging.shutdown()
+            os._exit(70)
+
+    async def _apply(self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None) -> None:
+        for send in fx.sends:
+            await self._send(send)
+        for item in fx.dead:
+            await self._dead_letter(item.reason, item.error_class, origin)
+        if fx.events and any(type(e).__name__ == "GlobalVersionPublished" for e in fx.events):
+            await self._audit_versions(fx)
+        if fx.changed and self.service.state is not None:
+            self._checkpoint()
+
+    async def _produce(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None) -> None:
+        await self.app.producer.send_and_wait(topic, key, value, None, None, headers or [])
+
+    async def _send(self, send: Send) -> None:
+        for i, msg in enumerate(send.messages):
+            headers: Headers = []
+            inject_headers(headers)
+            key = f"{send.key}/{i}" if send.topic == GLOBAL_MODEL.name else send.key
+            await self._produce(send.topic, key.encode(), msg.value, headers)
+
+    async def _dead_letter(self, reason: str, error_class: str,
+                           origin: tuple[str, int, int, bytes | None, bytes] | None) -> None:
+        topic, partition, offset, key, value = origin or ("(timer)", -1, -1, None, b"")
+        log.warning("dead-letter %s[%d]@%d: %s", topic, partition, offset, reason)
+        msg = self.factory.build("DeadLetter", {
+            "origin_topic": topic, "origin_partition": partition, "origin_offset": offset,
+            "key": key, "reason": reason[:4000], "error_class": error_class, "payload": value,
+        })
+        await self._produce(DEAD_LETTER.name, topic.encode(), msg.value)
+
+    async def _audit_versions(self, fx: Effects) -> None:
+        for ev in fx.events:
+            if type(ev).__name__ != "GlobalVersionPublished":
+                continue
+            entry = self.audit.append("aggregator", "publish_version", {
+                "version": ev.version, "contributors": list(ev.contributors),
+                "phase": str(self.service.phase),
+            })
+            self.audit_last = entry
+            msg = self.factory.build("AuditEvent", {
+                "actor": entry.actor, "action": entry.action,
+                "detail": json.dumps(entry.to_dict(), sort_keys=True),
+                "prev_hash": bytes.fromhex(entry.prev_hash), "hash": bytes.fromhex(entry.hash),
+            })
+            await self._produce(AUDIT.name, b"aggregator", msg.value)
+
+    def _checkpoint(self) -> None:
+        assert self.service.state is not None  # noqa: S101 - checked by the caller
+        offsets = dict(self.next_offset)
+        for tp, starts in self.chunk_start.items():
+            if starts:
+                offsets[tp] = min(starts.values())
+        extra: dict[str, Any] = {
+            "service": self.service.extra_state(),
+            "high_water": [[t, p, o] for (t, p), o in self.high_water.items()],
+            "audit_head": self.audit_head(),
+        }
+        save_checkpoint(self.checkpoint_path, Checkpoint(self.service.state, offsets, extra),
+                        self.checkpoint_key, self.settings.federation_id)
+
+    def audit_head(self) -> dict[str, Any] | None:
+        return self.audit_last.to_dict() if self.audit_last is not None else None
+
+
+def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: bytes) -> faust.App:
+    """The faust app: one agent per inbound topic and a timer; all logic in the runtime."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        f"fedsynth-aggregator-{settings.federation_id}",
+        broker=f"kafka://{bootstrap}",
+        datadir=str(settings.state_dir / "faust"),
+        **faust_settings(),
+    )
+    runtime = AggregatorRuntime(app, settings, checkpoint_key)
+    app.fedsynth_runtime = runtime  # type: ignore[attr-defined]
+
+    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    async def _assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+        await runtime.on_assigned(assigned)
+
+    for spec in (SITE_EVENTS, UPDATES):
+        _consume(app, runtime, spec.name)
+
+    @app.timer(interval=1.0)  # type: ignore[misc]
+    async def _tick() -> None:
+        await runtime.on_tick()
+
+    return app
+
+
+def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
+    topic = app.topic(name, value_serializer="raw", key_serializer="raw")
+
+    async def consume(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await runtime.on_message(msg.topic, msg.partition, msg.offset, msg.key,
+                                     event.value, _headers(msg.headers))
+
+    app.agent(topic, name=f"consume-{name}")(consume)
+
+
+def _headers(raw: Any) -> Headers:
+    """faust gives headers as a list of pairs or a mapping; normalise to pairs."""
+    if not raw:
+        return []
+    items = raw.items() if hasattr(raw, "items") else raw
+    return [(str(k), bytes(v)) for k, v in items]

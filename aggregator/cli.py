@@ -1,0 +1,99 @@
+"""``fedsynth aggregator``: run the streaming aggregator (a faust-streaming worker)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from aggregator.settings import AggregatorSettings
+from fedsynth.errors import ConfigError
+
+__all__ = ["configure", "load_checkpoint_key", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``fedsynth aggregator`` (each also settable as ``FEDSYNTH_<NAME>``)."""
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (else FEDSYNTH_BOOTSTRAP, "
+                        "else the embedded broker recorded by `fedsynth broker`)")
+    parser.add_argument("--run-dir", type=Path, help="state, keys and traces (default .fedsynth/run)")
+    parser.add_argument("--federation", help="federation id")
+    parser.add_argument("--sites", help="comma-separated roster of site ids")
+    parser.add_argument("--rounds", type=int, help="global versions to publish")
+    parser.add_argument("--dataset", help="dataset schema name or path")
+    parser.add_argument("--strategy", help='strategy as JSON, e.g. \'{"name": "fedbuff", "buffer_size": 3}\'')
+    parser.add_argument("--plain", action="store_true",
+                        help="plain mode: the aggregator sees each site's update (NOT the default)")
+
+
+def _settings(args: argparse.Namespace) -> AggregatorSettings:
+    over: dict[str, object] = {}
+    if args.run_dir:
+        over["run_dir"] = args.run_dir
+    if args.federation:
+        over["federation_id"] = args.federation
+    if args.sites:
+        over["sites"] = tuple(s.strip() for s in args.sites.split(",") if s.strip())
+    if args.rounds:
+        over["rounds"] = args.rounds
+    if args.dataset:
+        over["dataset"] = args.dataset
+    if args.strategy:
+        try:
+            over["strategy"] = json.loads(args.strategy)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--strategy is not valid JSON: {exc}") from exc
+    if args.plain:
+        over["mode"] = "plain"
+    try:
+        return AggregatorSettings(**over)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"aggregator settings: {exc}") from exc
+
+
+def load_checkpoint_key(settings: AggregatorSettings) -> bytes:
+    """The 32-byte checkpoint key: FEDSYNTH_CHECKPOINT_KEY (hex), else a 0600 key file."""
+    env = os.environ.get("FEDSYNTH_CHECKPOINT_KEY")
+    if env:
+        try:
+            key = bytes.fromhex(env)
+        except ValueError as exc:
+            raise ConfigError("FEDSYNTH_CHECKPOINT_KEY must be 64 hex digits") from exc
+        if len(key) != 32:
+            raise ConfigError("FEDSYNTH_CHECKPOINT_KEY must be 64 hex digits (32 bytes)")
+        return key
+    path = settings.state_dir / "checkpoint.key"
+    if not path.exists():
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        log.warning("created checkpoint key %s; in production pass FEDSYNTH_CHECKPOINT_KEY "
+                    "from a secret store instead", path)
+    return bytes.fromhex(path.read_text().strip())
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the worker; returns when it is stopped (Ctrl-C or SIGTERM)."""
+    from faust.worker import Worker
+
+    from aggregator.app import build_app
+    from topics.discovery import resolve_bootstrap
+
+    settings = _settings(args)
+    if settings.mode == "secure":
+        raise ConfigError(
+            "secure aggregation over Kafka is not wired into the aggregator yet; "
+            "run with --plain to aggregate plain updates (the aggregator then sees every update)"
+        )
+    log.warning("PLAIN MODE: secure aggregation is off; the aggregator sees each site's update")
+    bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
+    app = build_app(settings, bootstrap, load_checkpoint_key(settings))
+    worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0

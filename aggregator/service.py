@@ -1,0 +1,308 @@
+"""The aggregator's coordination logic, without I/O.
+
+The faust app (:mod:`aggregator.app`) hands every consumed message to :meth:`AggregatorService.handle`
+and calls :meth:`AggregatorService.tick` on a timer; both return :class:`Effects`: messages to send,
+messages to dead-letter, and whether state changed (so the adapter checkpoints before it commits).
+
+Phases: ``gathering`` (waiting for every roster site's ``SiteHello`` with its DP histograms) ->
+``training`` (the global model exists; updates go through the pure engine) -> ``done`` (the last
+version is published and marked final). Federated preprocessing happens at the end of gathering:
+the sites' DP histograms are summed and the feature encoder is fitted from the sum, never from any
+one site's values (ARCHITECTURE.md, Privacy).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from aggregator.engine import (
+    AggregatorEngine,
+    Applied,
+    EngineConfig,
+    EngineState,
+    GlobalVersionPublished,
+    Rejected,
+    RoundTimeout,
+    UpdateReceived,
+)
+from aggregator.settings import AggregatorSettings
+from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
+from fedsynth.data.encoder import FeatureEncoder
+from fedsynth.data.preprocess import Histograms
+from fedsynth.data.schema import DatasetSchema
+from fedsynth.errors import MessageError
+from fedsynth.federation import MODEL_CODEC, ModelSpec, decode_vector, encode_vector
+from fedsynth.messages import Inbound, MessageFactory, MessageReader, Outgoing, Rejection, Waiting
+from fedsynth.model.config import DiffusionConfig
+
+__all__ = ["DeadLetterItem", "Effects", "Phase", "SiteInfo", "AggregatorService", "Send"]
+
+log = logging.getLogger(__name__)
+AGGREGATOR = "aggregator"
+
+
+class Phase(StrEnum):
+    """Where the federation stands."""
+
+    GATHERING = "gathering"
+    TRAINING = "training"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Messages for one topic and key (chunks of one payload stay in order)."""
+
+    topic: str
+    key: str
+    messages: tuple[Outgoing, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterItem:
+    """A refused message and why."""
+
+    reason: str
+    error_class: str
+
+
+@dataclass
+class Effects:
+    """What one call asks the adapter to do."""
+
+    sends: list[Send] = field(default_factory=list)
+    dead: list[DeadLetterItem] = field(default_factory=list)
+    changed: bool = False
+    events: list[Any] = field(default_factory=list)
+
+    def merge(self, other: Effects) -> Effects:
+        self.sends += other.sends
+        self.dead += other.dead
+        self.changed |= other.changed
+        self.events += other.events
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class SiteInfo:
+    """What a site told us in its hello, and the privacy it reported since."""
+
+    n_samples: int
+    histograms: bytes
+    epsilon_spent: float = 0.0
+
+
+class AggregatorService:
+    """Gathers sites, fits the encoder, drives the engine, publishes versions."""
+
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        schema: DatasetSchema,
+        reader: MessageReader,
+        factory: MessageFactory,
+        topics: dict[str, str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.schema = schema
+        self.reader = reader
+        self.factory = factory
+        self.topics = topics
+        self.clock = clock
+        self.phase = Phase.GATHERING
+        self.sites: dict[str, SiteInfo] = {}
+        self.spec: ModelSpec | None = None
+        self.engine: AggregatorEngine | None = None
+        self.state: EngineState | None = None
+        self.started = clock()
+        self.version_started = clock()
+        self.rng = np.random.default_rng(settings.seed)
+
+    # ----------------------------------------------------------------- inbound
+    def handle(self, data: bytes) -> Effects:
+        """One consumed message of any topic; never raises for bad input."""
+        got = self.reader.read(data)
+        if isinstance(got, Waiting):
+            return Effects()
+        if isinstance(got, Rejection):
+            return Effects(dead=[DeadLetterItem(got.reason, got.error_class)])
+        try:
+            return self._dispatch(got)
+        except MessageError as exc:
+            return Effects(dead=[DeadLetterItem(str(exc), type(exc).__name__)])
+
+    def _dispatch(self, msg: Inbound) -> Effects:
+        if msg.name == "SiteHello":
+            return self._on_hello(msg.record)
+        if msg.name == "Heartbeat":
+            return self._on_heartbeat(msg.record)
+        if msg.name == "ModelUpdate":
+            return self._on_update(msg.record)
+        return Effects(
+            dead=[DeadLetterItem(f"{msg.name} is not expected by the aggregator", "Unexpected")]
+        )
+
+    def _on_hello(self, rec: dict[str, Any]) -> Effects:
+        site = rec["site_id"]
+        if site != rec["sender"] or site not in self.settings.sites:
+            raise MessageError(f"hello for site {site!r} from {rec['sender']!r} is not on the roster")
+        if rec["schema_hash"] != self.schema.schema_hash():
+            raise MessageError(
+                f"site {site!r} uses dataset schema {rec['schema_hash'][:12]}, the federation "
+                f"uses {self.schema.schema_hash()[:12]}"
+            )
+        if not rec["consent"]:
+            raise MessageError(f"site {site!r} has not given consent to take part")
+        if self.phase is not Phase.GATHERING:
+            return Effects()  # a restarted agent says hello again; nothing to do
+        self.sites[site] = SiteInfo(int(rec["n_samples"]), rec["histograms"] or b"")
+        log.info("hello from %s (%d rows); %d/%d sites", site, rec["n_samples"],
+                 len(self.sites), len(self.settings.sites))
+        if set(self.sites) == set(self.settings.sites):
+            return self._start_training()
+        return Effects(changed=True)
+
+    def _on_heartbeat(self, rec: dict[str, Any]) -> Effects:
+        site = rec["sender"]
+        if site in self.sites:
+            info = self.sites[site]
+            eps = max(info.epsilon_spent, float(rec["epsilon_spent"]))
+            self.sites[site] = SiteInfo(info.n_samples, info.histograms, eps)
+        return Effects()
+
+    def _on_update(self, rec: dict[str, Any]) -> Effects:
+        if self.phase is Phase.GATHERING or self.engine is None or self.state is None:
+            raise MessageError("update arrived before the first global version")
+        if self.phase is Phase.DONE:
+            return Effects()
+        if rec["site_id"] != rec["sender"]:
+            raise MessageError(f"update for {rec['site_id']!r} signed by {rec['sender']!r}")
+        if rec["mode"] != "plain":
+            raise MessageError("masked updates need secure mode, which this aggregator is not in")
+        delta = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
+        update = ClientUpdate(
+            update_id=rec["update_id"], site_id=rec["site_id"],
+            base_version=int(rec["base_version"]), n_samples=int(rec["n_samples"]),
+            delta=delta, weight_hint=float(rec["weight"]),
+        )
+        site = self.sites.get(rec["site_id"])
+        if site is not None:
+            eps = max(site.epsilon_spent, float(rec["epsilon_spent"]))
+            self.sites[rec["site_id"]] = SiteInfo(site.n_samples, site.histograms, eps)
+        return self._step(UpdateReceived(update, rec["message_id"]))
+
+    # ----------------------------------------------------------------- timers
+    def tick(self) -> Effects:
+        """Expire chunk sets and deadlines."""
+        fx = Effects(dead=[
+            DeadLetterItem(
+                f"chunk set {e.payload_id} ({e.payload_schema}) incomplete after {e.age_s:.0f}s: "
+                f"{e.have}/{e.count} chunks", "ChunkSetExpired")
+            for e in self.reader.expire()
+        ])
+        now = self.clock()
+        if self.phase is Phase.GATHERING and self.sites and \
+                now - self.started > self.settings.hello_timeout_s:
+            log.warning("hello deadline passed with %d/%d sites; starting with those",
+                        len(self.sites), len(self.settings.sites))
+            fx.merge(self._start_training())
+        elif self.phase is Phase.TRAINING and self.state is not None and \
+                now - self.version_started > self.settings.round_timeout_s:
+            self.version_started = now
+            fx.merge(self._step(RoundTimeout(self.state.model_version)))
+        return fx
+
+    # ----------------------------------------------------------------- training
+    def _start_training(self) -> Effects:
+        total = Histograms.zeros(self.schema)
+        for info in self.sites.values():
+            if info.histograms:
+                vec = np.frombuffer(info.histograms, dtype="<f4").astype(np.float64)
+                total = total + Histograms.from_vector(self.schema, vec)
+        encoder = FeatureEncoder.from_histograms(self.schema, total)
+        config = DiffusionConfig(hidden=self.settings.hidden, n_timesteps=self.settings.n_timesteps)
+        self.spec = ModelSpec(encoder, config, self.settings.seed)
+        params = self.spec.build().flat_parameters()
+        self._make_engine(len(params))
+        assert self.engine is not None  # noqa: S101 - set just above
+        self.state = self.engine.initial_state(params, frozenset(self.sites))
+        self.phase = Phase.TRAINING
+        log.info("training starts with %s; %d parameters", sorted(self.sites), len(params))
+        return self._publish(self.state.model_version, self.state.params, ())
+
+    def _make_engine(self, n_parameters: int) -> None:
+        raw = self.settings.strategy or {"name": "fedavg", "sites_per_round": len(self.sites)}
+        strategy = build_strategy(StrategyConfig.model_validate(raw))
+        self.engine = AggregatorEngine(strategy, EngineConfig(
+            n_parameters=n_parameters, max_staleness=self.settings.max_staleness,
+            max_norm=self.settings.max_norm,
+        ))
+
+    def _step(self, event: Any) -> Effects:
+        assert self.engine is not None and self.state is not None  # noqa: S101
+        self.state, out = self.engine.step(self.state, event)
+        fx = Effects(changed=True, events=list(out))
+        for ev in out:
+            if isinstance(ev, Rejected):
+                fx.dead.append(DeadLetterItem(
+                    f"{ev.reason.reason_code}: {ev.reason.detail}", "UpdateRejected"))
+            elif isinstance(ev, GlobalVersionPublished):
+                self.version_started = self.clock()
+                fx.merge(self._publish(ev.version, ev.vector, ev.contributors))
+            elif isinstance(ev, Applied):
+                log.info("applied %s (staleness %d, weight %.3g)", ev.update_id, ev.staleness, ev.weight)
+        return fx
+
+    def _publish(self, version: int, vector: np.ndarray, contributors: tuple[str, ...]) -> Effects:
+        assert self.spec is not None  # noqa: S101
+        final = version >= self.settings.rounds
+        if final:
+            self.phase = Phase.DONE
+        data, _ = encode_vector(np.asarray(vector, np.float32), MODEL_CODEC, self.rng)
+        fields = {
+            "model_name": self.schema.name, "version": version, "vector": data,
+            "codec": MODEL_CODEC, "n_parameters": int(np.asarray(vector).size),
+            "encoder": self.spec.to_bytes(), "contributors": list(contributors),
+            "epsilon_by_site": {s: i.epsilon_spent for s, i in self.sites.items()},
+            "final": final,
+        }
+        chunks = self.factory.build_chunked("GlobalModel", fields)
+        notice = self.factory.build("GlobalVersionNotice", {
+            "model_name": self.schema.name, "version": version,
+            "n_parameters": int(np.asarray(vector).size),
+        })
+        log.info("published global version %d%s (contributors %s)", version,
+                 " (final)" if final else "", ", ".join(contributors) or "-")
+        return Effects(changed=True, sends=[
+            Send(self.topics["global-model"], self.schema.name, tuple(chunks)),
+            Send(self.topics["control"], self.settings.federation_id, (notice,)),
+        ], events=[GlobalVersionPublished(version, vector, contributors)])
+
+    # ----------------------------------------------------------------- checkpoint
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-ready state beside the engine's, for the checkpoint."""
+        return {
+            "phase": str(self.phase),
+            "spec": base64.b64encode(self.spec.to_bytes()).decode() if self.spec else None,
+            "sites": {s: [i.n_samples, base64.b64encode(i.histograms).decode(), i.epsilon_spent]
+                      for s, i in self.sites.items()},
+        }
+
+    def restore(self, state: EngineState, extra: dict[str, Any]) -> None:
+        """Resume from a checkpoint taken in the training or done phase."""
+        self.phase = Phase(extra["phase"])
+        self.spec = ModelSpec.from_bytes(base64.b64decode(extra["spec"]))
+        self.sites = {s: SiteInfo(int(n), base64.b64decode(h), float(e))
+                      for s, (n, h, e) in extra["sites"].items()}
+        self._make_engine(int(np.asarray(state.params).size))
+        self.state = state
+        self.version_started = self.clock()

@@ -1,0 +1,49 @@
+"""Aggregator settings, validated once at start from the environment (``FEDSYNTH_*``) and flags."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+__all__ = ["AggregatorSettings"]
+
+log = logging.getLogger(__name__)
+
+
+class AggregatorSettings(BaseSettings):
+    """Everything the aggregator needs to run one federation."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDSYNTH_", extra="ignore", frozen=True)
+
+    federation_id: str = "fedsynth-demo"
+    bootstrap: str | None = None
+    run_dir: Path = Path(".fedsynth/run")
+    dataset: str = Field(default="heart_disease_uci", description="dataset schema name or path")
+    sites: tuple[str, ...] = Field(description="site ids whose identity keys form the roster")
+    rounds: int = Field(default=5, ge=1, description="global versions to publish, then stop")
+    mode: Literal["plain", "secure"] = "secure"
+    strategy: dict[str, Any] | None = Field(
+        default=None, description="strategy config, e.g. {\"name\": \"fedbuff\", \"buffer_size\": 3};"
+        " synchronous FedAvg over every roster site when unset",
+    )
+    seed: int = 0
+    hello_timeout_s: float = Field(default=300.0, gt=0)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+    chunk_timeout_s: float = Field(default=120.0, gt=0)
+    max_norm: float | None = Field(default=None, gt=0)
+    max_staleness: int | None = Field(default=None, ge=0)
+    hidden: tuple[int, ...] = (256, 256, 256)
+    n_timesteps: int = 100
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.run_dir / "keys"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "aggregator"

@@ -1,0 +1,83 @@
+"""What every party of a federation must agree on, as plain values that travel in messages.
+
+The aggregator fits the feature encoder from the sites' summed DP histograms, picks the model
+configuration and seed, and publishes them with every global model version (the ``encoder``
+field of ``GlobalModel``). A site or the gateway rebuilds the identical model from that blob and
+loads the version's flat parameter vector into it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedsynth.codec.pipeline import Pipeline
+from fedsynth.data.encoder import FeatureEncoder
+from fedsynth.errors import MessageError
+from fedsynth.model.config import DiffusionConfig
+from fedsynth.model.tabddpm import TabularDiffusion
+
+__all__ = ["MODEL_CODEC", "UPDATE_CODEC", "ModelSpec", "decode_vector", "encode_vector"]
+
+#: Plain-mode model updates: 8-bit stochastic quantization, then zstd.
+UPDATE_CODEC = "quantize8|zstd"
+#: Global model versions are published losslessly.
+MODEL_CODEC = "float32|zstd"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Encoder, model configuration and initialisation seed of one federation's model."""
+
+    encoder: FeatureEncoder
+    config: DiffusionConfig
+    seed: int
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON bytes for the ``GlobalModel.encoder`` field."""
+        return json.dumps(
+            {"encoder": self.encoder.to_dict(), "config": self.config.to_dict(), "seed": self.seed},
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ModelSpec:
+        """Inverse of :meth:`to_bytes`; a MessageError names what is malformed."""
+        try:
+            blob: dict[str, Any] = json.loads(raw)
+            return cls(
+                FeatureEncoder.from_dict(blob["encoder"]),
+                DiffusionConfig.from_dict(blob["config"]),
+                int(blob["seed"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MessageError(f"malformed model spec in GlobalModel: {exc}") from exc
+
+    def build(self, params: np.ndarray | None = None) -> TabularDiffusion:
+        """A fresh model; loads ``params`` when given."""
+        model = TabularDiffusion(self.encoder, self.config, self.seed)
+        if params is not None:
+            model.load_flat_parameters(params)
+        return model
+
+
+def encode_vector(vector: np.ndarray, codec: str, rng: np.random.Generator) -> tuple[bytes, int]:
+    """Encode a float vector with the named codec pipeline; returns bytes and raw size."""
+    data, reports = Pipeline.parse(codec).encode(vector, rng)
+    return data, reports[0].bytes_in if reports else vector.nbytes
+
+
+def decode_vector(data: bytes, codec: str, n_parameters: int) -> np.ndarray:
+    """Decode a float32 vector of ``n_parameters`` values; MessageError if it does not fit."""
+    try:
+        vector = Pipeline.parse(codec).decode(data, np.float32)
+    except MessageError:
+        raise
+    except Exception as exc:  # the codec's own errors are ConfigError or library errors
+        raise MessageError(f"cannot decode vector with codec {codec!r}: {exc}") from exc
+    if vector.shape != (n_parameters,):
+        raise MessageError(f"vector has {vector.size} values, message says {n_parameters}")
+    return vector.astype(np.float32, copy=False)
