@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from opentelemetry import trace
+from opentelemetry.context import Context
 from faust.types import TP
 
 from aggregator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -165,6 +167,18 @@ class AggregatorRuntime:
         await self.app.producer.send_and_wait(topic, key, value, None, None, headers or [])
 
     async def _send(self, send: Send) -> None:
+        if send.topic == GLOBAL_MODEL.name:
+            # each global version starts the trace of the round it opens, linked to its cause
+            cause = trace.get_current_span().get_span_context()
+            with self.tracer.start_as_current_span(
+                "fedsynth.round", context=Context(), links=[trace.Link(cause)],
+                attributes={"fedsynth.model": send.key},
+            ):
+                await self._send_all(send)
+        else:
+            await self._send_all(send)
+
+    async def _send_all(self, send: Send) -> None:
         for i, msg in enumerate(send.messages):
             headers: Headers = []
             inject_headers(headers)

@@ -1,0 +1,48 @@
+"""A shortened `fedsynth demo` end to end: processes, broker, files, and no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from fedsynth.data.schema import DatasetSchema
+from fedsynth.data.validate import validate_frame
+
+
+
+def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsynth.cli", "demo", "--quick", "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "120"},
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "fedsynth demo summary" in proc.stdout
+    (parquet,) = (run_dir / "gateway" / "releases").glob("*.parquet")
+    rows = pd.read_parquet(parquet)
+    assert len(rows) == 200
+    schema = DatasetSchema.load_named("heart_disease_uci")
+    assert set(rows.columns) == {c.name for c in schema.modelled_columns}
+    validate_frame(rows, schema)  # raises, naming row and column, if any value breaks the schema
+    con = duckdb.connect(str(run_dir / "gateway" / "releases.duckdb"), read_only=True)
+    (n, version, contributors) = con.execute(
+        "SELECT n_rows, model_version, contributors FROM releases").fetchone()
+    assert (n, version) == (200, 2)
+    assert sorted(json.loads(contributors)) == ["Cleveland", "Hungary", "Switzerland",
+                                                "VA_Long_Beach"]
+    spans = [json.loads(line) for line in (run_dir / "traces.jsonl").read_text().splitlines()]
+    services_by_trace: dict[str, set[str]] = {}
+    for span in spans:
+        services_by_trace.setdefault(span["trace_id"], set()).add(span["service"])
+    rounds = [s for s in spans if s["name"] == "fedsynth.round"]
+    assert len(rounds) >= 2
+    # a round is one trace: the aggregator's round span and the agents' local rounds share it
+    assert any(len(services_by_trace[r["trace_id"]]) >= 3 for r in rounds), services_by_trace
+    leftovers = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout
+    assert leftovers.strip() == "", leftovers
