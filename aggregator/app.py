@@ -21,21 +21,20 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.types import TP
 from opentelemetry import trace
 from opentelemetry.context import Context
-from faust.types import TP
 
 from aggregator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from aggregator.service import AggregatorService, DeadLetterItem, Effects, Send
 from aggregator.settings import AggregatorSettings
 from fedsynth.data.schema import DatasetSchema
-from fedsynth.messages import MessageFactory, MessageReader, Outgoing
+from fedsynth.messages import MessageFactory, MessageReader
 from observability import AuditChain, AuditEvent, extract_context, inject_headers, setup_telemetry
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import faust_settings
@@ -51,7 +50,11 @@ Headers = list[tuple[str, bytes]]
 def load_dataset_schema(name_or_path: str) -> DatasetSchema:
     """A dataset schema by packaged name (``heart_disease_uci``) or by file path."""
     path = Path(name_or_path)
-    return DatasetSchema.load(path) if path.suffix == ".json" else DatasetSchema.load_named(name_or_path)
+    return (
+        DatasetSchema.load(path)
+        if path.suffix == ".json"
+        else DatasetSchema.load_named(name_or_path)
+    )
 
 
 class AggregatorRuntime:
@@ -65,7 +68,9 @@ class AggregatorRuntime:
         keys = KeyRing.from_dir(settings.keys_dir)
         identity = IdentityKey.load(settings.keys_dir, "aggregator")
         self.factory = MessageFactory(settings.federation_id, "aggregator", identity)
-        reader = MessageReader(settings.federation_id, keys, chunk_timeout_s=settings.chunk_timeout_s)
+        reader = MessageReader(
+            settings.federation_id, keys, chunk_timeout_s=settings.chunk_timeout_s
+        )
         self.service = AggregatorService(
             settings, load_dataset_schema(settings.dataset), reader, self.factory, TOPICS
         )
@@ -82,7 +87,9 @@ class AggregatorRuntime:
 
     # ---------------------------------------------------------------- restore
     def _restore(self) -> None:
-        ckpt = load_checkpoint(self.checkpoint_path, self.checkpoint_key, self.settings.federation_id)
+        ckpt = load_checkpoint(
+            self.checkpoint_path, self.checkpoint_key, self.settings.federation_id
+        )
         if ckpt is None:
             return
         self.service.restore(ckpt.state, ckpt.extra["service"])
@@ -92,8 +99,11 @@ class AggregatorRuntime:
         if head:
             self.audit_last = AuditEvent.from_dict(head)
             self.audit = AuditChain(head=self.audit_last)
-        log.info("resumed from checkpoint at version %d (%s)", ckpt.state.model_version,
-                 self.service.phase)
+        log.info(
+            "resumed from checkpoint at version %d (%s)",
+            ckpt.state.model_version,
+            self.service.phase,
+        )
 
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
         """Seek every assigned partition to its checkpointed resume offset."""
@@ -104,14 +114,22 @@ class AggregatorRuntime:
                 log.info("seek %s[%d] -> %d", tp.topic, tp.partition, offset)
 
     # ---------------------------------------------------------------- messages
-    async def on_message(self, topic: str, partition: int, offset: int, key: bytes | None,
-                         value: bytes, headers: Headers) -> None:
+    async def on_message(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+    ) -> None:
         """Handle one consumed message end to end."""
         async with self.lock:
             tp = (topic, partition)
             replayed = offset < self.high_water.get(tp, -1)
             with self.tracer.start_as_current_span(
-                f"aggregator.consume {topic}", context=extract_context(headers),
+                f"aggregator.consume {topic}",
+                context=extract_context(headers),
                 attributes={"messaging.kafka.offset": offset, "messaging.destination": topic},
             ):
                 try:
@@ -139,8 +157,9 @@ class AggregatorRuntime:
         async with self.lock:
             await self._apply_or_die(self.service.tick(), origin=None)
 
-    async def _apply_or_die(self, fx: Effects,
-                            origin: tuple[str, int, int, bytes | None, bytes] | None) -> None:
+    async def _apply_or_die(
+        self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None
+    ) -> None:
         """Do the I/O; if it fails, exit so a restart resumes from the last checkpoint.
 
         Crash-only by design: a half-done send/checkpoint sequence must not be continued from
@@ -153,7 +172,9 @@ class AggregatorRuntime:
             logging.shutdown()
             os._exit(70)
 
-    async def _apply(self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None) -> None:
+    async def _apply(
+        self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None
+    ) -> None:
         for send in fx.sends:
             await self._send(send)
         for item in fx.dead:
@@ -163,7 +184,9 @@ class AggregatorRuntime:
         if fx.changed and self.service.state is not None:
             self._checkpoint()
 
-    async def _produce(self, topic: str, key: bytes, value: bytes, headers: Headers | None = None) -> None:
+    async def _produce(
+        self, topic: str, key: bytes, value: bytes, headers: Headers | None = None
+    ) -> None:
         await self.app.producer.send_and_wait(topic, key, value, None, None, headers or [])
 
     async def _send(self, send: Send) -> None:
@@ -171,7 +194,9 @@ class AggregatorRuntime:
             # each global version starts the trace of the round it opens, linked to its cause
             cause = trace.get_current_span().get_span_context()
             with self.tracer.start_as_current_span(
-                "fedsynth.round", context=Context(), links=[trace.Link(cause)],
+                "fedsynth.round",
+                context=Context(),
+                links=[trace.Link(cause)],
                 attributes={"fedsynth.model": send.key},
             ):
                 await self._send_all(send)
@@ -185,30 +210,52 @@ class AggregatorRuntime:
             key = f"{send.key}/{i}" if send.topic == GLOBAL_MODEL.name else send.key
             await self._produce(send.topic, key.encode(), msg.value, headers)
 
-    async def _dead_letter(self, reason: str, error_class: str,
-                           origin: tuple[str, int, int, bytes | None, bytes] | None) -> None:
+    async def _dead_letter(
+        self,
+        reason: str,
+        error_class: str,
+        origin: tuple[str, int, int, bytes | None, bytes] | None,
+    ) -> None:
         topic, partition, offset, key, value = origin or ("(timer)", -1, -1, None, b"")
         log.warning("dead-letter %s[%d]@%d: %s", topic, partition, offset, reason)
-        msg = self.factory.build("DeadLetter", {
-            "origin_topic": topic, "origin_partition": partition, "origin_offset": offset,
-            "key": key, "reason": reason[:4000], "error_class": error_class, "payload": value,
-        })
+        msg = self.factory.build(
+            "DeadLetter",
+            {
+                "origin_topic": topic,
+                "origin_partition": partition,
+                "origin_offset": offset,
+                "key": key,
+                "reason": reason[:4000],
+                "error_class": error_class,
+                "payload": value,
+            },
+        )
         await self._produce(DEAD_LETTER.name, topic.encode(), msg.value)
 
     async def _audit_versions(self, fx: Effects) -> None:
         for ev in fx.events:
             if type(ev).__name__ != "GlobalVersionPublished":
                 continue
-            entry = self.audit.append("aggregator", "publish_version", {
-                "version": ev.version, "contributors": list(ev.contributors),
-                "phase": str(self.service.phase),
-            })
+            entry = self.audit.append(
+                "aggregator",
+                "publish_version",
+                {
+                    "version": ev.version,
+                    "contributors": list(ev.contributors),
+                    "phase": str(self.service.phase),
+                },
+            )
             self.audit_last = entry
-            msg = self.factory.build("AuditEvent", {
-                "actor": entry.actor, "action": entry.action,
-                "detail": json.dumps(entry.to_dict(), sort_keys=True),
-                "prev_hash": bytes.fromhex(entry.prev_hash), "hash": bytes.fromhex(entry.hash),
-            })
+            msg = self.factory.build(
+                "AuditEvent",
+                {
+                    "actor": entry.actor,
+                    "action": entry.action,
+                    "detail": json.dumps(entry.to_dict(), sort_keys=True),
+                    "prev_hash": bytes.fromhex(entry.prev_hash),
+                    "hash": bytes.fromhex(entry.hash),
+                },
+            )
             await self._produce(AUDIT.name, b"aggregator", msg.value)
 
     def _checkpoint(self) -> None:
@@ -222,8 +269,12 @@ class AggregatorRuntime:
             "high_water": [[t, p, o] for (t, p), o in self.high_water.items()],
             "audit_head": self.audit_head(),
         }
-        save_checkpoint(self.checkpoint_path, Checkpoint(self.service.state, offsets, extra),
-                        self.checkpoint_key, self.settings.federation_id)
+        save_checkpoint(
+            self.checkpoint_path,
+            Checkpoint(self.service.state, offsets, extra),
+            self.checkpoint_key,
+            self.settings.federation_id,
+        )
 
     def audit_head(self) -> dict[str, Any] | None:
         return self.audit_last.to_dict() if self.audit_last is not None else None
@@ -261,8 +312,9 @@ def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
     async def consume(stream: faust.StreamT) -> None:
         async for event in stream.events():
             msg = event.message
-            await runtime.on_message(msg.topic, msg.partition, msg.offset, msg.key,
-                                     event.value, _headers(msg.headers))
+            await runtime.on_message(
+                msg.topic, msg.partition, msg.offset, msg.key, event.value, _headers(msg.headers)
+            )
 
     app.agent(topic, name=f"consume-{name}")(consume)
 

@@ -19,16 +19,26 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Flags of ``fedsynth aggregator`` (each also settable as ``FEDSYNTH_<NAME>``)."""
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (else FEDSYNTH_BOOTSTRAP, "
-                        "else the embedded broker recorded by `fedsynth broker`)")
-    parser.add_argument("--run-dir", type=Path, help="state, keys and traces (default .fedsynth/run)")
+    parser.add_argument(
+        "--bootstrap",
+        help="Kafka bootstrap servers (else FEDSYNTH_BOOTSTRAP, "
+        "else the embedded broker recorded by `fedsynth broker`)",
+    )
+    parser.add_argument(
+        "--run-dir", type=Path, help="state, keys and traces (default .fedsynth/run)"
+    )
     parser.add_argument("--federation", help="federation id")
     parser.add_argument("--sites", help="comma-separated roster of site ids")
     parser.add_argument("--rounds", type=int, help="global versions to publish")
     parser.add_argument("--dataset", help="dataset schema name or path")
-    parser.add_argument("--strategy", help='strategy as JSON, e.g. \'{"name": "fedbuff", "buffer_size": 3}\'')
-    parser.add_argument("--plain", action="store_true",
-                        help="plain mode: the aggregator sees each site's update (NOT the default)")
+    parser.add_argument(
+        "--strategy", help='strategy as JSON, e.g. \'{"name": "fedbuff", "buffer_size": 3}\''
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain mode: the aggregator sees each site's update (NOT the default)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> AggregatorSettings:
@@ -73,8 +83,11 @@ def load_checkpoint_key(settings: AggregatorSettings) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
-        log.warning("created checkpoint key %s; in production pass FEDSYNTH_CHECKPOINT_KEY "
-                    "from a secret store instead", path)
+        log.warning(
+            "created checkpoint key %s; in production pass FEDSYNTH_CHECKPOINT_KEY "
+            "from a secret store instead",
+            path,
+        )
     return bytes.fromhex(path.read_text().strip())
 
 

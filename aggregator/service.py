@@ -1,8 +1,9 @@
 """The aggregator's coordination logic, without I/O.
 
-The faust app (:mod:`aggregator.app`) hands every consumed message to :meth:`AggregatorService.handle`
-and calls :meth:`AggregatorService.tick` on a timer; both return :class:`Effects`: messages to send,
-messages to dead-letter, and whether state changed (so the adapter checkpoints before it commits).
+The faust app (:mod:`aggregator.app`) hands every consumed message to
+:meth:`AggregatorService.handle` and calls :meth:`AggregatorService.tick` on a timer; both return
+:class:`Effects`: messages to send, messages to dead-letter, and whether state changed (so the
+adapter checkpoints before it commits).
 
 Phases: ``gathering`` (waiting for every roster site's ``SiteHello`` with its DP histograms) ->
 ``training`` (the global model exists; updates go through the pure engine) -> ``done`` (the last
@@ -154,7 +155,9 @@ class AggregatorService:
     def _on_hello(self, rec: dict[str, Any]) -> Effects:
         site = rec["site_id"]
         if site != rec["sender"] or site not in self.settings.sites:
-            raise MessageError(f"hello for site {site!r} from {rec['sender']!r} is not on the roster")
+            raise MessageError(
+                f"hello for site {site!r} from {rec['sender']!r} is not on the roster"
+            )
         if rec["schema_hash"] != self.schema.schema_hash():
             raise MessageError(
                 f"site {site!r} uses dataset schema {rec['schema_hash'][:12]}, the federation "
@@ -165,8 +168,13 @@ class AggregatorService:
         if self.phase is not Phase.GATHERING:
             return Effects()  # a restarted agent says hello again; nothing to do
         self.sites[site] = SiteInfo(int(rec["n_samples"]), rec["histograms"] or b"")
-        log.info("hello from %s (%d rows); %d/%d sites", site, rec["n_samples"],
-                 len(self.sites), len(self.settings.sites))
+        log.info(
+            "hello from %s (%d rows); %d/%d sites",
+            site,
+            rec["n_samples"],
+            len(self.sites),
+            len(self.settings.sites),
+        )
         if set(self.sites) == set(self.settings.sites):
             return self._start_training()
         return Effects(changed=True)
@@ -190,9 +198,12 @@ class AggregatorService:
             raise MessageError("masked updates need secure mode, which this aggregator is not in")
         delta = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
         update = ClientUpdate(
-            update_id=rec["update_id"], site_id=rec["site_id"],
-            base_version=int(rec["base_version"]), n_samples=int(rec["n_samples"]),
-            delta=delta, weight_hint=float(rec["weight"]),
+            update_id=rec["update_id"],
+            site_id=rec["site_id"],
+            base_version=int(rec["base_version"]),
+            n_samples=int(rec["n_samples"]),
+            delta=delta,
+            weight_hint=float(rec["weight"]),
         )
         site = self.sites.get(rec["site_id"])
         if site is not None:
@@ -203,20 +214,33 @@ class AggregatorService:
     # ----------------------------------------------------------------- timers
     def tick(self) -> Effects:
         """Expire chunk sets and deadlines."""
-        fx = Effects(dead=[
-            DeadLetterItem(
-                f"chunk set {e.payload_id} ({e.payload_schema}) incomplete after {e.age_s:.0f}s: "
-                f"{e.have}/{e.count} chunks", "ChunkSetExpired")
-            for e in self.reader.expire()
-        ])
+        fx = Effects(
+            dead=[
+                DeadLetterItem(
+                    f"chunk set {e.payload_id} ({e.payload_schema}) incomplete after "
+                    f"{e.age_s:.0f}s: {e.have}/{e.count} chunks",
+                    "ChunkSetExpired",
+                )
+                for e in self.reader.expire()
+            ]
+        )
         now = self.clock()
-        if self.phase is Phase.GATHERING and self.sites and \
-                now - self.started > self.settings.hello_timeout_s:
-            log.warning("hello deadline passed with %d/%d sites; starting with those",
-                        len(self.sites), len(self.settings.sites))
+        if (
+            self.phase is Phase.GATHERING
+            and self.sites
+            and now - self.started > self.settings.hello_timeout_s
+        ):
+            log.warning(
+                "hello deadline passed with %d/%d sites; starting with those",
+                len(self.sites),
+                len(self.settings.sites),
+            )
             fx.merge(self._start_training())
-        elif self.phase is Phase.TRAINING and self.state is not None and \
-                now - self.version_started > self.settings.round_timeout_s:
+        elif (
+            self.phase is Phase.TRAINING
+            and self.state is not None
+            and now - self.version_started > self.settings.round_timeout_s
+        ):
             self.version_started = now
             fx.merge(self._step(RoundTimeout(self.state.model_version)))
         return fx
@@ -242,10 +266,14 @@ class AggregatorService:
     def _make_engine(self, n_parameters: int) -> None:
         raw = self.settings.strategy or {"name": "fedavg", "sites_per_round": len(self.sites)}
         strategy = build_strategy(StrategyConfig.model_validate(raw))
-        self.engine = AggregatorEngine(strategy, EngineConfig(
-            n_parameters=n_parameters, max_staleness=self.settings.max_staleness,
-            max_norm=self.settings.max_norm,
-        ))
+        self.engine = AggregatorEngine(
+            strategy,
+            EngineConfig(
+                n_parameters=n_parameters,
+                max_staleness=self.settings.max_staleness,
+                max_norm=self.settings.max_norm,
+            ),
+        )
 
     def _step(self, event: Any) -> Effects:
         assert self.engine is not None and self.state is not None  # noqa: S101
@@ -253,13 +281,16 @@ class AggregatorService:
         fx = Effects(changed=True, events=list(out))
         for ev in out:
             if isinstance(ev, Rejected):
-                fx.dead.append(DeadLetterItem(
-                    f"{ev.reason.reason_code}: {ev.reason.detail}", "UpdateRejected"))
+                fx.dead.append(
+                    DeadLetterItem(f"{ev.reason.reason_code}: {ev.reason.detail}", "UpdateRejected")
+                )
             elif isinstance(ev, GlobalVersionPublished):
                 self.version_started = self.clock()
                 fx.merge(self._publish(ev.version, ev.vector, ev.contributors))
             elif isinstance(ev, Applied):
-                log.info("applied %s (staleness %d, weight %.3g)", ev.update_id, ev.staleness, ev.weight)
+                log.info(
+                    "applied %s (staleness %d, weight %.3g)", ev.update_id, ev.staleness, ev.weight
+                )
         return fx
 
     def _publish(self, version: int, vector: np.ndarray, contributors: tuple[str, ...]) -> Effects:
@@ -269,23 +300,39 @@ class AggregatorService:
             self.phase = Phase.DONE
         data, _ = encode_vector(np.asarray(vector, np.float32), MODEL_CODEC, self.rng)
         fields = {
-            "model_name": self.schema.name, "version": version, "vector": data,
-            "codec": MODEL_CODEC, "n_parameters": int(np.asarray(vector).size),
-            "encoder": self.spec.to_bytes(), "contributors": list(contributors),
+            "model_name": self.schema.name,
+            "version": version,
+            "vector": data,
+            "codec": MODEL_CODEC,
+            "n_parameters": int(np.asarray(vector).size),
+            "encoder": self.spec.to_bytes(),
+            "contributors": list(contributors),
             "epsilon_by_site": {s: i.epsilon_spent for s, i in self.sites.items()},
             "final": final,
         }
         chunks = self.factory.build_chunked("GlobalModel", fields)
-        notice = self.factory.build("GlobalVersionNotice", {
-            "model_name": self.schema.name, "version": version,
-            "n_parameters": int(np.asarray(vector).size),
-        })
-        log.info("published global version %d%s (contributors %s)", version,
-                 " (final)" if final else "", ", ".join(contributors) or "-")
-        return Effects(changed=True, sends=[
-            Send(self.topics["global-model"], self.schema.name, tuple(chunks)),
-            Send(self.topics["control"], self.settings.federation_id, (notice,)),
-        ], events=[GlobalVersionPublished(version, vector, contributors)])
+        notice = self.factory.build(
+            "GlobalVersionNotice",
+            {
+                "model_name": self.schema.name,
+                "version": version,
+                "n_parameters": int(np.asarray(vector).size),
+            },
+        )
+        log.info(
+            "published global version %d%s (contributors %s)",
+            version,
+            " (final)" if final else "",
+            ", ".join(contributors) or "-",
+        )
+        return Effects(
+            changed=True,
+            sends=[
+                Send(self.topics["global-model"], self.schema.name, tuple(chunks)),
+                Send(self.topics["control"], self.settings.federation_id, (notice,)),
+            ],
+            events=[GlobalVersionPublished(version, vector, contributors)],
+        )
 
     # ----------------------------------------------------------------- checkpoint
     def extra_state(self) -> dict[str, Any]:
@@ -293,16 +340,20 @@ class AggregatorService:
         return {
             "phase": str(self.phase),
             "spec": base64.b64encode(self.spec.to_bytes()).decode() if self.spec else None,
-            "sites": {s: [i.n_samples, base64.b64encode(i.histograms).decode(), i.epsilon_spent]
-                      for s, i in self.sites.items()},
+            "sites": {
+                s: [i.n_samples, base64.b64encode(i.histograms).decode(), i.epsilon_spent]
+                for s, i in self.sites.items()
+            },
         }
 
     def restore(self, state: EngineState, extra: dict[str, Any]) -> None:
         """Resume from a checkpoint taken in the training or done phase."""
         self.phase = Phase(extra["phase"])
         self.spec = ModelSpec.from_bytes(base64.b64decode(extra["spec"]))
-        self.sites = {s: SiteInfo(int(n), base64.b64decode(h), float(e))
-                      for s, (n, h, e) in extra["sites"].items()}
+        self.sites = {
+            s: SiteInfo(int(n), base64.b64decode(h), float(e))
+            for s, (n, h, e) in extra["sites"].items()
+        }
         self._make_engine(int(np.asarray(state.params).size))
         self.state = state
         self.version_started = self.clock()

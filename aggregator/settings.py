@@ -9,7 +9,6 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 __all__ = ["AggregatorSettings"]
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,8 @@ class AggregatorSettings(BaseSettings):
     rounds: int = Field(default=5, ge=1, description="global versions to publish, then stop")
     mode: Literal["plain", "secure"] = "secure"
     strategy: dict[str, Any] | None = Field(
-        default=None, description="strategy config, e.g. {\"name\": \"fedbuff\", \"buffer_size\": 3};"
+        default=None,
+        description='strategy config, e.g. {"name": "fedbuff", "buffer_size": 3};'
         " synchronous FedAvg over every roster site when unset",
     )
     seed: int = 0

@@ -33,7 +33,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "demo": Command("agents.demo_cli", "run the whole federation on this machine (embedded broker)"),
+    "demo": Command(
+        "agents.demo_cli", "run the whole federation on this machine (embedded broker)"
+    ),
     "broker": Command("topics.cli", "start the embedded Kafka-protocol broker (Tansu)"),
     "topics": Command("topics.cli_create", "create every registered topic on a cluster"),
     "keys": Command("schemas.cli", "manage site identity keys (keys new --site NAME)"),

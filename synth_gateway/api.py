@@ -4,7 +4,7 @@ Routes:
     GET  /                         dashboard page (current model, recent releases)
     GET  /healthz                  liveness
     GET  /v1/model                 current model version, contributors, epsilon per site
-    POST /v1/synthesize            body ``{"n": 1000, "where": "age>=40 and age<=60", "format": "csv"}``;
+    POST /v1/synthesize            body ``{"n": 1000, "where": "age>=40", "format": "csv"}``;
                                    streams rows (csv or ndjson) as they are sampled, or returns
                                    a Parquet file; every release is stored with provenance
     GET  /v1/releases              the release catalogue
@@ -154,28 +154,42 @@ class _Api:
         return await self._stream(request, model, req, rng, first, release_id)
 
     async def _draw_rest(
-        self, model: ReleasedModel, req: SynthesisRequest, rng: np.random.Generator,
+        self,
+        model: ReleasedModel,
+        req: SynthesisRequest,
+        rng: np.random.Generator,
         parts: list[pd.DataFrame],
     ) -> pd.DataFrame:
         have = sum(len(p) for p in parts)
         while have < req.n:
-            part = await asyncio.to_thread(model.sample, min(BATCH_ROWS, req.n - have), req.where, rng)
+            part = await asyncio.to_thread(
+                model.sample, min(BATCH_ROWS, req.n - have), req.where, rng
+            )
             parts.append(part)
             have += len(part)
         return pd.concat(parts, ignore_index=True)
 
     async def _stream(
-        self, request: web.Request, model: ReleasedModel, req: SynthesisRequest,
-        rng: np.random.Generator, first: pd.DataFrame, release_id: str,
+        self,
+        request: web.Request,
+        model: ReleasedModel,
+        req: SynthesisRequest,
+        rng: np.random.Generator,
+        first: pd.DataFrame,
+        release_id: str,
     ) -> web.StreamResponse:
         ctype = "text/csv" if req.format == "csv" else "application/x-ndjson"
-        resp = web.StreamResponse(headers={"Content-Type": ctype, **_release_headers(release_id, model)})
+        resp = web.StreamResponse(
+            headers={"Content-Type": ctype, **_release_headers(release_id, model)}
+        )
         await resp.prepare(request)
         parts = [first]
         await resp.write(_render(first, req.format, header=True))
         have = len(first)
         while have < req.n:
-            part = await asyncio.to_thread(model.sample, min(BATCH_ROWS, req.n - have), req.where, rng)
+            part = await asyncio.to_thread(
+                model.sample, min(BATCH_ROWS, req.n - have), req.where, rng
+            )
             parts.append(part)
             have += len(part)
             await resp.write(_render(part, req.format, header=False))
@@ -187,8 +201,11 @@ class _Api:
         self, release_id: str, frame: pd.DataFrame, model: ReleasedModel, req: SynthesisRequest
     ) -> Any:
         prov = Provenance(
-            dataset=model.dataset, model_name=model.model_name, model_version=model.version,
-            contributors=model.contributors, query=req.where or "",
+            dataset=model.dataset,
+            model_name=model.model_name,
+            model_version=model.version,
+            contributors=model.contributors,
+            query=req.where or "",
             epsilon_by_site=dict(model.epsilon_by_site),
         )
         info = await asyncio.to_thread(self.store.record, release_id, frame, prov)
@@ -250,8 +267,10 @@ def _dashboard_html(model: ReleasedModel | None, releases: list[dict[str, Any]])
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>fedsynth gateway</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}</style>"
+        "<style>body{font-family:sans-serif;margin:2em}"
+        "td,th{padding:2px 8px;text-align:left}</style>"
         f"</head><body><h1>fedsynth synthesis gateway</h1>{head}<h2>Releases</h2>"
-        "<table><tr><th>release</th><th>created</th><th>rows</th><th>query</th><th>model</th></tr>"
+        "<table><tr><th>release</th><th>created</th><th>rows</th><th>query</th>"
+        "<th>model</th></tr>"
         f"{rows}</table></body></html>"
     )

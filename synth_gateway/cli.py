@@ -31,8 +31,12 @@ log = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     """Flags of ``fedsynth gateway``."""
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers")
-    parser.add_argument("--run-dir", type=Path, default=Path(os.environ.get("FEDSYNTH_RUN_DIR", ".fedsynth/run")))
-    parser.add_argument("--federation", default=os.environ.get("FEDSYNTH_FEDERATION_ID", "fedsynth-demo"))
+    parser.add_argument(
+        "--run-dir", type=Path, default=Path(os.environ.get("FEDSYNTH_RUN_DIR", ".fedsynth/run"))
+    )
+    parser.add_argument(
+        "--federation", default=os.environ.get("FEDSYNTH_FEDERATION_ID", "fedsynth-demo")
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--no-auth", action="store_true", help="serve WITHOUT bearer-token auth")
@@ -71,14 +75,33 @@ async def _serve(args: argparse.Namespace, bootstrap: str) -> None:
             await ensure_topics(bootstrap, [spec])
             published.add(spec.name)
         for i, row in enumerate(frame.to_dict(orient="records")):
-            values = {k: (None if pd.isna(v) else (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)))
-                      for k, v in row.items()}
-            out = factory.build("SyntheticRow", {"release_id": release_id, "dataset": model.dataset,
-                                                 "row_index": i, "values": values})
+            values = {
+                k: (
+                    None
+                    if pd.isna(v)
+                    else (
+                        float(v)
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                        else str(v)
+                    )
+                )
+                for k, v in row.items()
+            }
+            out = factory.build(
+                "SyntheticRow",
+                {
+                    "release_id": release_id,
+                    "dataset": model.dataset,
+                    "row_index": i,
+                    "values": values,
+                },
+            )
             await producer.send(spec.name, out.value, key=model.dataset.encode())
         await producer.flush()
 
-    app = build_app(source, store, tokens=_tokens(args.run_dir, args.no_auth), on_release=on_release)
+    app = build_app(
+        source, store, tokens=_tokens(args.run_dir, args.no_auth), on_release=on_release
+    )
     runner = web.AppRunner(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -103,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     from topics.discovery import resolve_bootstrap
 
     if not (args.run_dir / "keys").is_dir():
-        raise ConfigError(f"no keys in {args.run_dir / 'keys'}: create them with `fedsynth keys new`")
+        raise ConfigError(
+            f"no keys in {args.run_dir / 'keys'}: create them with `fedsynth keys new`"
+        )
     asyncio.run(_serve(args, resolve_bootstrap(args.bootstrap)))
     return 0

@@ -47,23 +47,28 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
             return _sample(model, n, conditions, rng)
 
     return ReleasedModel(
-        model_name=record["model_name"], dataset=schema.name, version=int(record["version"]),
+        model_name=record["model_name"],
+        dataset=schema.name,
+        version=int(record["version"]),
         contributors=tuple(record["contributors"]),
         epsilon_by_site={k: float(v) for k, v in record["epsilon_by_site"].items()},
-        sample=sample, columns=tuple(c.name for c in schema.modelled_columns),
+        sample=sample,
+        columns=tuple(c.name for c in schema.modelled_columns),
     )
 
 
-def _sample(model: TabularDiffusion, n: int, conditions: Constraints | None,
-            rng: np.random.Generator) -> pd.DataFrame:
+def _sample(
+    model: TabularDiffusion, n: int, conditions: Constraints | None, rng: np.random.Generator
+) -> pd.DataFrame:
     return model.sample(n, conditions=conditions, rng=rng)
 
 
 class ModelFollower:
     """A background task reading the global-model topic into a model source."""
 
-    def __init__(self, bootstrap: str, federation_id: str, keys: KeyRing,
-                 source: StaticModelSource) -> None:
+    def __init__(
+        self, bootstrap: str, federation_id: str, keys: KeyRing, source: StaticModelSource
+    ) -> None:
         self.bootstrap = bootstrap
         self.federation_id = federation_id
         self.keys = keys
@@ -92,7 +97,9 @@ class ModelFollower:
             try:
                 await self._follow()
             except (KafkaError, OSError) as exc:
-                log.warning("global-model follower lost the broker (%s); retry in %.0fs", exc, backoff)
+                log.warning(
+                    "global-model follower lost the broker (%s); retry in %.0fs", exc, backoff
+                )
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, 30.0)
 
@@ -106,8 +113,11 @@ class ModelFollower:
             reader = MessageReader(self.federation_id, self.keys)
             async for rec in consumer:
                 got = reader.read(rec.value)
-                if isinstance(got, Inbound) and got.name == "GlobalModel" \
-                        and got.record["sender"] == "aggregator":
+                if (
+                    isinstance(got, Inbound)
+                    and got.name == "GlobalModel"
+                    and got.record["sender"] == "aggregator"
+                ):
                     await self._load(got.record)
         finally:
             await consumer.stop()

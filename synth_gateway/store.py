@@ -126,22 +126,32 @@ class ReleaseStore:
             self.con.execute(
                 "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    release_id, created.replace(tzinfo=None), prov.dataset, prov.model_name,
-                    prov.model_version, json.dumps(list(prov.contributors)), prov.query,
-                    len(rows), json.dumps(prov.epsilon_by_site, sort_keys=True), str(path),
-                    digest, prov.requested_by,
+                    release_id,
+                    created.replace(tzinfo=None),
+                    prov.dataset,
+                    prov.model_name,
+                    prov.model_version,
+                    json.dumps(list(prov.contributors)),
+                    prov.query,
+                    len(rows),
+                    json.dumps(prov.epsilon_by_site, sort_keys=True),
+                    str(path),
+                    digest,
+                    prov.requested_by,
                 ],
             )
         log.info("release %s: %d rows -> %s", release_id, len(rows), path)
         return ReleaseInfo(release_id, path, digest, len(rows), created)
 
     def _append_rows(self, release_id: str, path: Path) -> None:
-        src = f"(SELECT ? AS release_id, * FROM read_parquet(?))"
+        src = "(SELECT ? AS release_id, * FROM read_parquet(?))"
         exists = self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'synthetic_rows'"
         ).fetchone()
         if exists is None or exists[0] == 0:
-            self.con.execute(f"CREATE TABLE synthetic_rows AS SELECT * FROM {src}", [release_id, str(path)])
+            self.con.execute(
+                f"CREATE TABLE synthetic_rows AS SELECT * FROM {src}", [release_id, str(path)]
+            )
         else:
             self.con.execute(
                 f"INSERT INTO synthetic_rows BY NAME SELECT * FROM {src}", [release_id, str(path)]
@@ -158,5 +168,6 @@ class ReleaseStore:
         """The rows of one release, read back from DuckDB."""
         with self._lock:
             return self.con.execute(
-                "SELECT * EXCLUDE (release_id) FROM synthetic_rows WHERE release_id = ?", [release_id]
+                "SELECT * EXCLUDE (release_id) FROM synthetic_rows WHERE release_id = ?",
+                [release_id],
             ).df()

@@ -110,39 +110,82 @@ class TopicSpec:
 
 
 CONTROL = TopicSpec(
-    "fedsynth.control", 1, "federation_id",
-    ("RoundOpen", "CohortOpen", "CohortRoster", "MaskRequest", "UnmaskRequest",
-     "GlobalVersionNotice"), 7 * DAY_MS,
+    "fedsynth.control",
+    1,
+    "federation_id",
+    (
+        "RoundOpen",
+        "CohortOpen",
+        "CohortRoster",
+        "MaskRequest",
+        "UnmaskRequest",
+        "GlobalVersionNotice",
+    ),
+    7 * DAY_MS,
 )
 SITE_EVENTS = TopicSpec(
-    "fedsynth.site-events", DEFAULT_PARTITIONS, "site_id",
-    ("SiteHello", "Heartbeat", "CohortJoin"), 7 * DAY_MS,
+    "fedsynth.site-events",
+    DEFAULT_PARTITIONS,
+    "site_id",
+    ("SiteHello", "Heartbeat", "CohortJoin"),
+    7 * DAY_MS,
 )
 SHARE_RELAY = TopicSpec(
-    "fedsynth.share-relay", DEFAULT_PARTITIONS, "recipient site_id",
-    ("EncryptedShare",), 1 * DAY_MS,
+    "fedsynth.share-relay",
+    DEFAULT_PARTITIONS,
+    "recipient site_id",
+    ("EncryptedShare",),
+    1 * DAY_MS,
 )
 UPDATES = TopicSpec(
-    "fedsynth.updates", DEFAULT_PARTITIONS, "site_id",
-    ("Chunk",), 3 * DAY_MS, max_message_bytes=2 * MIB,
+    "fedsynth.updates",
+    DEFAULT_PARTITIONS,
+    "site_id",
+    ("Chunk",),
+    3 * DAY_MS,
+    max_message_bytes=2 * MIB,
 )
 UNMASK = TopicSpec(
-    "fedsynth.unmask", DEFAULT_PARTITIONS, "site_id", ("UnmaskResponse",), 1 * DAY_MS,
+    "fedsynth.unmask",
+    DEFAULT_PARTITIONS,
+    "site_id",
+    ("UnmaskResponse",),
+    1 * DAY_MS,
 )
 GLOBAL_MODEL = TopicSpec(
-    "fedsynth.global-model", 1, "model name/chunk index (one key per chunk index, so compaction keeps a whole version)",
-    ("Chunk",), FOREVER, CleanupPolicy.COMPACT, max_message_bytes=2 * MIB,
+    "fedsynth.global-model",
+    1,
+    "model name/chunk index (one key per chunk index, so compaction keeps a whole version)",
+    ("Chunk",),
+    FOREVER,
+    CleanupPolicy.COMPACT,
+    max_message_bytes=2 * MIB,
 )
 AUDIT = TopicSpec(
-    "fedsynth.audit", 1, "actor", ("AuditEvent",), FOREVER,
+    "fedsynth.audit",
+    1,
+    "actor",
+    ("AuditEvent",),
+    FOREVER,
 )
 DEAD_LETTER = TopicSpec(
-    "fedsynth.dead-letter", DEFAULT_PARTITIONS, "origin topic",
-    ("DeadLetter",), 30 * DAY_MS, max_message_bytes=2 * MIB,
+    "fedsynth.dead-letter",
+    DEFAULT_PARTITIONS,
+    "origin topic",
+    ("DeadLetter",),
+    30 * DAY_MS,
+    max_message_bytes=2 * MIB,
 )
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
-    CONTROL, SITE_EVENTS, SHARE_RELAY, UPDATES, UNMASK, GLOBAL_MODEL, AUDIT, DEAD_LETTER,
+    CONTROL,
+    SITE_EVENTS,
+    SHARE_RELAY,
+    UPDATES,
+    UNMASK,
+    GLOBAL_MODEL,
+    AUDIT,
+    DEAD_LETTER,
 )
 TOPICS_BY_NAME: Mapping[str, TopicSpec] = {spec.name: spec for spec in ALL_TOPICS}
 
@@ -162,8 +205,11 @@ def synthetic_topic(dataset: str) -> TopicSpec:
     if not _DATASET_RE.match(dataset):
         raise ConfigError(f"dataset id {dataset!r} is not usable in a topic name")
     return TopicSpec(
-        f"fedsynth.synthetic.{dataset}", DEFAULT_PARTITIONS, "dataset id",
-        ("SyntheticRow",), 7 * DAY_MS,
+        f"fedsynth.synthetic.{dataset}",
+        DEFAULT_PARTITIONS,
+        "dataset id",
+        ("SyntheticRow",),
+        7 * DAY_MS,
     )
 
 

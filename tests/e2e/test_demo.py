@@ -15,12 +15,14 @@ from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import validate_frame
 
 
-
 def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "fedsynth.cli", "demo", "--quick", "--run-dir", str(run_dir)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "120"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fedsynth demo summary" in proc.stdout
@@ -32,10 +34,15 @@ def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
     validate_frame(rows, schema)  # raises, naming row and column, if any value breaks the schema
     con = duckdb.connect(str(run_dir / "gateway" / "releases.duckdb"), read_only=True)
     (n, version, contributors) = con.execute(
-        "SELECT n_rows, model_version, contributors FROM releases").fetchone()
+        "SELECT n_rows, model_version, contributors FROM releases"
+    ).fetchone()
     assert (n, version) == (200, 2)
-    assert sorted(json.loads(contributors)) == ["Cleveland", "Hungary", "Switzerland",
-                                                "VA_Long_Beach"]
+    assert sorted(json.loads(contributors)) == [
+        "Cleveland",
+        "Hungary",
+        "Switzerland",
+        "VA_Long_Beach",
+    ]
     spans = [json.loads(line) for line in (run_dir / "traces.jsonl").read_text().splitlines()]
     services_by_trace: dict[str, set[str]] = {}
     for span in spans:

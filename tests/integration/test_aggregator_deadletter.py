@@ -35,22 +35,40 @@ async def test_bad_messages_are_dead_lettered_and_honest_ones_applied(
     fed = Federation.create(tmp_path, ["A", "B"])
     proc = start_aggregator(fed, fresh, rounds=2)
     try:
-        impostor = fed.factory("A", IdentityKey.generate()).build(
-            "Heartbeat", {"site_id": "A", "model_version": 0, "status": "x", "epsilon_spent": 0.0}
-        ).value
-        stranger = fed.factory("Mallory", IdentityKey.generate()).build(
-            "Heartbeat", {"site_id": "Mallory", "model_version": 0, "status": "x",
-                          "epsilon_spent": 0.0}).value
-        await produce(fresh, SITE_EVENTS.name, [b"not avro at all", impostor, stranger,
-                                                fed.hello("A"), fed.hello("B", seed=1)])
+        impostor = (
+            fed.factory("A", IdentityKey.generate())
+            .build(
+                "Heartbeat",
+                {"site_id": "A", "model_version": 0, "status": "x", "epsilon_spent": 0.0},
+            )
+            .value
+        )
+        stranger = (
+            fed.factory("Mallory", IdentityKey.generate())
+            .build(
+                "Heartbeat",
+                {"site_id": "Mallory", "model_version": 0, "status": "x", "epsilon_spent": 0.0},
+            )
+            .value
+        )
+        await produce(
+            fresh,
+            SITE_EVENTS.name,
+            [b"not avro at all", impostor, stranger, fed.hello("A"), fed.hello("B", seed=1)],
+        )
         await produce(fresh, UPDATES.name, [b"\xc3\x01" + b"\x00" * 20])
         control = await read_all(fresh, CONTROL.name, 1, until=lambda d: 0 in notices(d))
         assert 0 in notices(control), dump(tmp_path / "aggregator.log")
-        dead = await read_all(fresh, DEAD_LETTER.name, DEAD_LETTER.partitions,
-                              until=lambda d: len(d) >= 4)
+        dead = await read_all(
+            fresh, DEAD_LETTER.name, DEAD_LETTER.partitions, until=lambda d: len(d) >= 4
+        )
         reasons = {r["error_class"]: r for n, r in dead if n == "DeadLetter"}
-        assert {"BadMarkerError", "BadSignatureError", "UnknownSenderError",
-                "UnknownFingerprintError"} <= set(reasons), reasons.keys()
+        assert {
+            "BadMarkerError",
+            "BadSignatureError",
+            "UnknownSenderError",
+            "UnknownFingerprintError",
+        } <= set(reasons), reasons.keys()
         assert reasons["BadMarkerError"]["payload"] == b"not avro at all"
         assert reasons["UnknownSenderError"]["origin_topic"] == SITE_EVENTS.name
         assert "Mallory" in reasons["UnknownSenderError"]["reason"]

@@ -19,18 +19,38 @@ KEY = IdentityKey.generate()
 FED = "it-fed"
 
 SAMPLES: dict[str, tuple[str, dict[str, object]]] = {
-    "fedsynth.control": ("GlobalVersionNotice", {"model_name": "m", "version": 3, "n_parameters": 10}),
-    "fedsynth.site-events": ("Heartbeat", {"site_id": "A", "model_version": 1, "status": "ok",
-                                           "epsilon_spent": 0.5}),
-    "fedsynth.share-relay": ("EncryptedShare", {"cohort_id": "c", "recipient": "B",
-                                                "nonce": b"n" * 12, "ciphertext": b"x" * 40}),
-    "fedsynth.unmask": ("UnmaskResponse", {"cohort_id": "c", "site_id": "A",
-                                           "self_mask_shares": [], "key_shares": []}),
-    "fedsynth.audit": ("AuditEvent", {"actor": "A", "action": "x", "detail": "{}",
-                                      "prev_hash": b"\0" * 32, "hash": b"\1" * 32}),
-    "fedsynth.dead-letter": ("DeadLetter", {"origin_topic": "t", "origin_partition": 0,
-                                            "origin_offset": 1, "key": None, "reason": "r",
-                                            "error_class": "E", "payload": b"p"}),
+    "fedsynth.control": (
+        "GlobalVersionNotice",
+        {"model_name": "m", "version": 3, "n_parameters": 10},
+    ),
+    "fedsynth.site-events": (
+        "Heartbeat",
+        {"site_id": "A", "model_version": 1, "status": "ok", "epsilon_spent": 0.5},
+    ),
+    "fedsynth.share-relay": (
+        "EncryptedShare",
+        {"cohort_id": "c", "recipient": "B", "nonce": b"n" * 12, "ciphertext": b"x" * 40},
+    ),
+    "fedsynth.unmask": (
+        "UnmaskResponse",
+        {"cohort_id": "c", "site_id": "A", "self_mask_shares": [], "key_shares": []},
+    ),
+    "fedsynth.audit": (
+        "AuditEvent",
+        {"actor": "A", "action": "x", "detail": "{}", "prev_hash": b"\0" * 32, "hash": b"\1" * 32},
+    ),
+    "fedsynth.dead-letter": (
+        "DeadLetter",
+        {
+            "origin_topic": "t",
+            "origin_partition": 0,
+            "origin_offset": 1,
+            "key": None,
+            "reason": "r",
+            "error_class": "E",
+            "payload": b"p",
+        },
+    ),
 }
 
 
@@ -68,9 +88,15 @@ async def _drain(bootstrap: str, topic: str, partitions: int, want: int) -> list
 async def test_every_topic_round_trips_a_signed_message(fresh: str) -> None:
     factory = MessageFactory(FED, "A", KEY)
     samples = dict(SAMPLES)
-    samples["fedsynth.synthetic.heart"] = ("SyntheticRow", {
-        "release_id": "r", "dataset": "heart", "row_index": 0, "values": {"age": 50.0, "sex": "Male",
-                                                                          "ca": None}})
+    samples["fedsynth.synthetic.heart"] = (
+        "SyntheticRow",
+        {
+            "release_id": "r",
+            "dataset": "heart",
+            "row_index": 0,
+            "values": {"age": 50.0, "sex": "Male", "ca": None},
+        },
+    )
     producer = make_producer(fresh)
     await producer.start()
     sent: dict[str, str] = {}
@@ -93,10 +119,20 @@ async def test_every_topic_round_trips_a_signed_message(fresh: str) -> None:
 
 async def test_five_megabyte_update_travels_in_chunks(fresh: str) -> None:
     vector = os.urandom(5 * 1024 * 1024)
-    fields = {"update_id": str(uuid.uuid4()), "site_id": "A", "base_version": 0, "n_samples": 1,
-              "mode": "plain", "cohort_id": None, "weight": 1.0, "codec": "float32",
-              "vector": vector, "n_parameters": len(vector) // 4, "train_loss": 0.0,
-              "epsilon_spent": 0.0}
+    fields = {
+        "update_id": str(uuid.uuid4()),
+        "site_id": "A",
+        "base_version": 0,
+        "n_samples": 1,
+        "mode": "plain",
+        "cohort_id": None,
+        "weight": 1.0,
+        "codec": "float32",
+        "vector": vector,
+        "n_parameters": len(vector) // 4,
+        "train_loss": 0.0,
+        "epsilon_spent": 0.0,
+    }
     chunks = MessageFactory(FED, "A", KEY).build_chunked("ModelUpdate", fields)
     assert len(chunks) == 6
     producer = make_producer(fresh)

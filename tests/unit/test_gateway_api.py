@@ -27,8 +27,15 @@ def _sampler(n: int, where: str | None, rng: np.random.Generator) -> pd.DataFram
     return pd.DataFrame({"age": age.astype(float), "sex": rng.choice(["Male", "Female"], size=n)})
 
 
-MODEL = ReleasedModel("heart", "heart_disease_uci", 3, ("Cleveland", "Hungary"),
-                      {"Cleveland": 1.5, "Hungary": 2.0}, _sampler, ("age", "sex"))
+MODEL = ReleasedModel(
+    "heart",
+    "heart_disease_uci",
+    3,
+    ("Cleveland", "Hungary"),
+    {"Cleveland": 1.5, "Hungary": 2.0},
+    _sampler,
+    ("age", "sex"),
+)
 
 
 @pytest.fixture
@@ -48,7 +55,9 @@ async def test_requires_a_token(client: tuple[TestClient, ReleaseStore]) -> None
 
 async def test_streams_csv_and_records_the_release(client: tuple[TestClient, ReleaseStore]) -> None:
     c, store = client
-    resp = await c.post("/v1/synthesize", json={"n": 600, "where": "age>=40", "seed": 1}, headers=AUTH)
+    resp = await c.post(
+        "/v1/synthesize", json={"n": 600, "where": "age>=40", "seed": 1}, headers=AUTH
+    )
     assert resp.status == 200
     body = await resp.text()
     frame = pd.read_csv(io.StringIO(body))

@@ -21,15 +21,25 @@ def _reader(fed: str = "fed1") -> MessageReader:
 
 def _update(vector: bytes) -> dict[str, object]:
     return {
-        "update_id": "u1", "site_id": "Cleveland", "base_version": 3, "n_samples": 300,
-        "mode": "plain", "cohort_id": None, "weight": 1.0, "codec": "raw", "vector": vector,
-        "n_parameters": len(vector) // 4, "train_loss": 0.5, "epsilon_spent": 1.25,
+        "update_id": "u1",
+        "site_id": "Cleveland",
+        "base_version": 3,
+        "n_samples": 300,
+        "mode": "plain",
+        "cohort_id": None,
+        "weight": 1.0,
+        "codec": "raw",
+        "vector": vector,
+        "n_parameters": len(vector) // 4,
+        "train_loss": 0.5,
+        "epsilon_spent": 1.25,
     }
 
 
 def test_small_message_round_trip() -> None:
     out = MessageFactory("fed1", "Cleveland", SITE).build(
-        "Heartbeat", {"site_id": "Cleveland", "model_version": 2, "status": "idle", "epsilon_spent": 0.5}
+        "Heartbeat",
+        {"site_id": "Cleveland", "model_version": 2, "status": "idle", "epsilon_spent": 0.5},
     )
     got = _reader().read(out.value)
     assert isinstance(got, Inbound) and got.name == "Heartbeat"
@@ -51,23 +61,47 @@ def test_five_megabyte_update_in_shuffled_chunks() -> None:
 
 def test_bad_messages_are_rejections_with_reasons() -> None:
     factory = MessageFactory("fed1", "Cleveland", SITE)
-    good = factory.build("Heartbeat", {"site_id": "Cleveland", "model_version": 1, "status": "x",
-                                       "epsilon_spent": 0.0}).value
+    good = factory.build(
+        "Heartbeat",
+        {"site_id": "Cleveland", "model_version": 1, "status": "x", "epsilon_spent": 0.0},
+    ).value
     tampered = bytearray(good)
     tampered[-1] ^= 1
-    foreign = MessageFactory("fed2", "Cleveland", SITE).build(
-        "Heartbeat", {"site_id": "Cleveland", "model_version": 1, "status": "x", "epsilon_spent": 0.0}
-    ).value
-    impostor = MessageFactory("fed1", "Cleveland", OTHER).build(
-        "Heartbeat", {"site_id": "Cleveland", "model_version": 1, "status": "x", "epsilon_spent": 0.0}
-    ).value
-    unknown = MessageFactory("fed1", "Basel", OTHER).build(
-        "Heartbeat", {"site_id": "Basel", "model_version": 1, "status": "x", "epsilon_spent": 0.0}
-    ).value
+    foreign = (
+        MessageFactory("fed2", "Cleveland", SITE)
+        .build(
+            "Heartbeat",
+            {"site_id": "Cleveland", "model_version": 1, "status": "x", "epsilon_spent": 0.0},
+        )
+        .value
+    )
+    impostor = (
+        MessageFactory("fed1", "Cleveland", OTHER)
+        .build(
+            "Heartbeat",
+            {"site_id": "Cleveland", "model_version": 1, "status": "x", "epsilon_spent": 0.0},
+        )
+        .value
+    )
+    unknown = (
+        MessageFactory("fed1", "Basel", OTHER)
+        .build(
+            "Heartbeat",
+            {"site_id": "Basel", "model_version": 1, "status": "x", "epsilon_spent": 0.0},
+        )
+        .value
+    )
     reader = _reader()
-    reasons = {k: reader.read(v) for k, v in
-               {"tampered": bytes(tampered), "foreign": foreign, "impostor": impostor,
-                "unknown": unknown, "garbage": b"\x00\x01junk"}.items()}
+    reasons = {
+        k: reader.read(v)
+        for k, v in {
+            "tampered": bytes(tampered),
+            "foreign": foreign,
+            "impostor": impostor,
+            "unknown": unknown,
+            "garbage": b"\x00\x01junk",
+        }.items()
+    }
     assert all(isinstance(r, Rejection) for r in reasons.values())
     assert "fed2" in reasons["foreign"].reason  # type: ignore[union-attr]
     assert reasons["impostor"].error_class == "BadSignatureError"  # type: ignore[union-attr]

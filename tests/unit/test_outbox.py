@@ -4,7 +4,9 @@ from agents.outbox import Outbox, OutboxMessage
 
 
 def _msg(i: int) -> OutboxMessage:
-    return OutboxMessage(f"id-{i}", "fedsynth.updates", b"site", bytes([i]) * 10, (("traceparent", b"00-x"),))
+    return OutboxMessage(
+        f"id-{i}", "fedsynth.updates", b"site", bytes([i]) * 10, (("traceparent", b"00-x"),)
+    )
 
 
 def test_pending_survives_a_restart_in_order(tmp_path: Path) -> None:
