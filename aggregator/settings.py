@@ -37,6 +37,9 @@ class AggregatorSettings(BaseSettings):
     chunk_timeout_s: float = Field(default=120.0, gt=0)
     max_norm: float | None = Field(default=None, gt=0)
     max_staleness: int | None = Field(default=None, ge=0)
+    session_timeout_s: float = Field(
+        default=10.0, gt=0, description="faust group session timeout (it joins in about half)"
+    )
     hidden: tuple[int, ...] = (256, 256, 256)
     n_timesteps: int = 100
 

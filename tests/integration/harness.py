@@ -26,7 +26,11 @@ from schemas.codec import decode
 from schemas.signing import IdentityKey
 from topics.clients import make_consumer, make_producer
 
-SMALL_MODEL_ENV = {"FEDSYNTH_HIDDEN": "[16, 16]", "FEDSYNTH_N_TIMESTEPS": "5"}
+SMALL_MODEL_ENV = {
+    "FEDSYNTH_HIDDEN": "[16, 16]",
+    "FEDSYNTH_N_TIMESTEPS": "5",
+    "FEDSYNTH_SESSION_TIMEOUT_S": "3",
+}
 FED = "it-fed"
 
 
