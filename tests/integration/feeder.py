@@ -45,7 +45,9 @@ class Feeder:
             self.cache[key] = [c.value for c in chunks]
         return self.cache[key]
 
-    async def run(self, bootstrap: str, final: int, sent: set[int] | None = None) -> dict[int, np.ndarray]:
+    async def run(
+        self, bootstrap: str, final: int, sent: set[int] | None = None
+    ) -> dict[int, np.ndarray]:
         """Feed until version ``final`` is published; returns every version's vector."""
         sent = set() if sent is None else sent
         await produce(bootstrap, SITE_EVENTS.name, self.hellos)

@@ -1,0 +1,389 @@
+"""Secure-mode coordination without I/O: one SecAgg+ cohort per FedBuff buffer, one at a time.
+
+FedBuff (Nguyen et al., "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022)
+applies the weighted mean of ``K`` buffered updates; in secure mode the buffer is a SecAgg+ cohort
+(Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020), since
+masks cancel only inside a cohort. :class:`CohortCoordinator` drives the pure server state machine
+of :mod:`fedsynth.secagg.server` from decoded, signature-verified records and returns the records to
+publish; the Kafka adapter signs and sends them and feeds :attr:`CoordinatorOutput.event` to the
+engine. It reads no clock (``now`` is passed in, in seconds since the Unix epoch, as
+``CohortOpen.join_deadline_ms`` is epoch milliseconds) and draws no random numbers.
+
+Topics: ``CohortOpen``, ``CohortRoster``, ``MaskRequest`` and ``UnmaskRequest`` go to
+``fedsynth.control``. Sites publish ``CohortJoin`` (site-events), ``EncryptedShare`` (share-relay,
+keyed by recipient: the coordinator reads them only to learn who has shared and never relays),
+masked ``ModelUpdate`` (updates) and ``UnmaskResponse`` (unmask).
+
+Target version: cohorts are sequential and in secure mode only cohorts make versions, so a cohort
+opened at global version ``v`` has its result applied *to* ``v`` (producing ``v + 1``). The
+coordinator announces ``v_c = v`` and each site weights its update by ``n_i * s(v_c - b_i)``,
+exactly the staleness ``t = v - b`` that plain mode computes at application; the engine then records
+a cohort staleness of ``v - v_c = 0`` (anything else: another path moved the version mid-cohort).
+
+Restart: :meth:`CohortCoordinator.to_state` keeps ids, not key material. After
+:meth:`CohortCoordinator.from_state` the in-flight cohort is abandoned (its late records are
+dead-lettered with that reason) and the adapter opens a new one; sites leave the old cohort when
+they see the new ``CohortOpen`` and rejoin with the same pending update, unless the old cohort had
+already named them survivors (then the update is spent, see :mod:`agents.secure`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aggregator.engine import CohortAggregated
+from aggregator.strategies.staleness import StalenessFn, make_staleness
+from fedsynth.errors import ConfigError, FedSynthError, ProtocolError
+from fedsynth.secagg.fixedpoint import FixedPointSpec
+from fedsynth.secagg.messages import (
+    CohortJoin,
+    CohortResult,
+    Deadline,
+    EncryptedShare,
+    MaskedInput,
+)
+from fedsynth.secagg.server import ServerConfig, ServerStage, ServerState, server_step, start_server
+from fedsynth.secagg.wire import from_record, to_fields
+
+__all__ = ["CohortConfig", "CohortCoordinator", "CoordinatorOutput", "Send"]
+
+log = logging.getLogger(__name__)
+
+Send = tuple[str, dict[str, Any]]
+"""``(schema name, record fields without the envelope)``."""
+
+INBOUND = frozenset({"CohortJoin", "EncryptedShare", "ModelUpdate", "UnmaskResponse"})
+_STATE_FORMAT = 1
+_PAST_KEPT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class CohortConfig:
+    """Fixed secure-mode settings; the quantization and staleness terms are shared with sites.
+
+    Attributes:
+        federation_id: the federation.
+        spec: fixed-point parameters (clip, levels, max weight); sites hold the same values.
+        vector_length: length of every update.
+        buffer_size: ``K``; joins close when ``K`` sites have joined.
+        min_members: fewest members at the join deadline; fewer cancels the cohort.
+        threshold: Shamir ``t``; ``None`` for ``max(2, ceil(2h/3))`` with ``h`` holders per
+            secret in a full cohort (``h = min(degree, K - 1) + 1``).
+        degree: neighbour-graph degree (even); ``None`` for the complete graph (SecAgg).
+        join_deadline_s, share_deadline_s, input_deadline_s, unmask_deadline_s: how long each
+            stage may last, from the moment it starts.
+        max_staleness: joins with ``v_c - b`` above it are refused (``None``: no bound).
+        staleness_kind, staleness_a, staleness_b: the staleness function ``s`` sites apply
+            (see :func:`aggregator.strategies.staleness.make_staleness`).
+    """
+
+    federation_id: str
+    spec: FixedPointSpec
+    vector_length: int
+    buffer_size: int = 4
+    min_members: int = 3
+    threshold: int | None = None
+    degree: int | None = None
+    join_deadline_s: float = 60.0
+    share_deadline_s: float = 30.0
+    input_deadline_s: float = 60.0
+    unmask_deadline_s: float = 30.0
+    max_staleness: int | None = None
+    staleness_kind: str = "polynomial"
+    staleness_a: float = 0.5
+    staleness_b: float = 0.0
+
+    def __post_init__(self) -> None:
+        deadlines = (self.join_deadline_s, self.share_deadline_s, self.input_deadline_s,
+                     self.unmask_deadline_s)
+        if not all(math.isfinite(d) and d > 0 for d in deadlines):
+            raise ConfigError("every cohort deadline must be positive and finite")
+        if self.degree is not None and (self.degree < 2 or self.degree % 2):
+            raise ConfigError(f"degree must be even and >= 2 (or None), got {self.degree}")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ConfigError("max_staleness must be >= 0 or None")
+        make_staleness(self.staleness_kind, self.staleness_a, self.staleness_b)
+        try:
+            self.server_config("check", 0)
+        except FedSynthError as exc:
+            raise ConfigError(f"unsafe cohort parameters: {exc}") from exc
+
+    @property
+    def graph_degree(self) -> int:
+        """The degree published in rosters (``K - 1`` for the complete graph)."""
+        return self.buffer_size - 1 if self.degree is None else self.degree
+
+    @property
+    def shamir_threshold(self) -> int:
+        """The threshold published in rosters."""
+        if self.threshold is not None:
+            return self.threshold
+        holders = min(self.graph_degree, self.buffer_size - 1) + 1
+        return max(2, math.ceil(2 * holders / 3))
+
+    def staleness(self) -> StalenessFn:
+        """The staleness function sites pre-scale with."""
+        return make_staleness(self.staleness_kind, self.staleness_a, self.staleness_b)
+
+    def site_terms(self) -> dict[str, Any]:
+        """JSON-ready terms every site needs besides the roster (publish with the model spec)."""
+        return {
+            "clip": self.spec.clip, "levels": self.spec.levels,
+            "max_weight": self.spec.max_weight, "weight_levels": self.spec.weight_levels,
+            "max_staleness": self.max_staleness,
+            "staleness": {"kind": self.staleness_kind, "a": self.staleness_a,
+                          "b": self.staleness_b},
+        }
+
+    def server_config(self, cohort_id: str, target_version: int) -> ServerConfig:
+        """The SecAgg+ server configuration of one cohort."""
+        return ServerConfig(self.federation_id, cohort_id, target_version, self.spec,
+                            self.vector_length, self.shamir_threshold, self.graph_degree,
+                            self.buffer_size, self.min_members)
+
+    def stage_seconds(self, stage: ServerStage) -> float:
+        """How long ``stage`` may last."""
+        return {
+            ServerStage.JOINING: self.join_deadline_s,
+            ServerStage.SHARING: self.share_deadline_s,
+            ServerStage.MASKING: self.input_deadline_s,
+            ServerStage.UNMASKING: self.unmask_deadline_s,
+        }.get(stage, math.inf)
+
+
+@dataclass
+class CoordinatorOutput:
+    """What one call asks the adapter to do.
+
+    Attributes:
+        sends: records to sign and publish on ``fedsynth.control``, in order.
+        result: the unmasked cohort sum when the cohort finished in this call.
+        event: ``result`` as the engine event to step (``None`` without a result).
+        rejections: reasons for refused records (one per record, for the dead-letter topic).
+        finished: the cohort ended (done or failed) in this call; the coordinator is idle.
+        failed: why the cohort failed, when it did.
+    """
+
+    sends: list[Send] = field(default_factory=list)
+    result: CohortResult | None = None
+    event: CohortAggregated | None = None
+    rejections: list[str] = field(default_factory=list)
+    finished: bool = False
+    failed: str | None = None
+
+
+@dataclass(slots=True)
+class _Open:
+    server: ServerState
+    stage_started: float
+
+
+class CohortCoordinator:
+    """Runs one secure cohort at a time (see the module docstring)."""
+
+    def __init__(self, config: CohortConfig) -> None:
+        self.config = config
+        self._open: _Open | None = None
+        self._seq = 0
+        self._past: deque[tuple[str, str]] = deque(maxlen=_PAST_KEPT)  # (cohort id, how it ended)
+        self._done: ServerState | None = None  # the last finished cohort takes late responses
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def cohort_id(self) -> str | None:
+        """Id of the open cohort, if any."""
+        return None if self._open is None else self._open.server.config.cohort_id
+
+    @property
+    def stage(self) -> ServerStage | None:
+        """Stage of the open cohort, if any."""
+        return None if self._open is None else self._open.server.stage
+
+    @property
+    def target_version(self) -> int | None:
+        """``v_c`` of the open cohort, if any."""
+        return None if self._open is None else self._open.server.config.target_version
+
+    def deadline(self) -> float | None:
+        """When the open cohort's current stage times out (seconds since the epoch)."""
+        if self._open is None:
+            return None
+        return self._open.stage_started + self.config.stage_seconds(self._open.server.stage)
+
+    # ------------------------------------------------------------------ commands
+    def open_cohort(self, current_version: int, now: float) -> CoordinatorOutput:
+        """Open the next cohort, to be applied to ``current_version`` (``v_c``).
+
+        Raises:
+            ProtocolError: a cohort is already open (cohorts are sequential).
+        """
+        if self._open is not None:
+            raise ProtocolError(f"cohort {self.cohort_id} is still open")
+        self._seq += 1
+        cohort_id = f"c{self._seq}-{secrets.token_hex(6)}"
+        server = start_server(self.config.server_config(cohort_id, current_version))
+        self._open = _Open(server, now)
+        deadline_ms = int((now + self.config.join_deadline_s) * 1000)
+        log.info("cohort %s opened for version %d", cohort_id, current_version)
+        fields = {"cohort_id": cohort_id, "target_version": current_version,
+                  "join_deadline_ms": deadline_ms}
+        return CoordinatorOutput(sends=[("CohortOpen", fields)])
+
+    def on_record(self, name: str, record: Mapping[str, Any], now: float) -> CoordinatorOutput:
+        """One decoded, verified record; what it cannot use becomes a rejection (never raises)."""
+        short = name.removeprefix("fedsynth.")
+        try:
+            return self._on_record(short, record, now)
+        except FedSynthError as exc:
+            return _rejected(short, record, f"{type(exc).__name__}: {exc}")
+        except (KeyError, TypeError, ValueError) as exc:
+            return _rejected(short, record, f"malformed record ({type(exc).__name__}: {exc})")
+
+    def tick(self, now: float) -> CoordinatorOutput:
+        """Fire the current stage's deadline once ``now`` has reached it."""
+        deadline = self.deadline()
+        if self._open is None or deadline is None or now < deadline:
+            return CoordinatorOutput()
+        server = self._open.server
+        return self._step(Deadline(server.config.cohort_id, str(server.stage)), now)
+
+    # ------------------------------------------------------------------ checkpoint
+    def to_state(self) -> dict[str, Any]:
+        """JSON-ready state: the cohort counter, the open cohort's id and stage, past cohorts."""
+        open_ = None
+        if self._open is not None:
+            server = self._open.server
+            open_ = {"cohort_id": server.config.cohort_id, "stage": str(server.stage),
+                     "target_version": server.config.target_version}
+        return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
+                "past": [list(p) for p in self._past]}
+
+    @classmethod
+    def from_state(cls, config: CohortConfig, state: Mapping[str, Any]) -> CohortCoordinator:
+        """Restore after a restart: idle, with the in-flight cohort (if any) abandoned.
+
+        Raises:
+            ConfigError: a state of another format.
+        """
+        if state.get("format") != _STATE_FORMAT:
+            raise ConfigError(f"cohort state format {state.get('format')!r} is not {_STATE_FORMAT}")
+        coordinator = cls(config)
+        coordinator._seq = int(state["seq"])
+        coordinator._past.extend((str(c), str(how)) for c, how in state["past"])
+        if state["open"] is not None:
+            cohort_id = str(state["open"]["cohort_id"])
+            coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
+            log.warning("cohort %s abandoned by the restart (was %s)", cohort_id,
+                        state["open"]["stage"])
+        return coordinator
+
+    # ------------------------------------------------------------------ internals
+    def _on_record(self, name: str, record: Mapping[str, Any], now: float) -> CoordinatorOutput:
+        if name not in INBOUND:
+            return _rejected(name, record, "not a message the cohort coordinator takes")
+        if record["federation_id"] != self.config.federation_id:
+            return _rejected(name, record, f"federation {record['federation_id']!r}")
+        message = from_record(name, record)
+        cohort_id = getattr(message, "cohort_id", None)
+        done = self._done
+        if done is not None and cohort_id == done.config.cohort_id and name == "UnmaskResponse":
+            try:  # the sum needed no more shares; still refuse a duplicate or a stranger
+                self._done, _ = server_step(done, message)  # type: ignore[arg-type]
+            except FedSynthError as exc:
+                return _rejected(name, record, f"{type(exc).__name__}: {exc}")
+            return CoordinatorOutput()
+        if self._open is None or cohort_id != self.cohort_id:
+            return _rejected(name, record, self._why_foreign(str(cohort_id)))
+        problem = self._precheck(message, record)
+        if problem is not None:
+            return _rejected(name, record, problem)
+        out = self._step(message, now)
+        if out.rejections:
+            out.rejections = [_reason(name, record, r) for r in out.rejections]
+        return out
+
+    def _require_open(self) -> _Open:
+        if self._open is None:
+            raise ProtocolError("no cohort is open")
+        return self._open
+
+    def _why_foreign(self, cohort_id: str) -> str:
+        ended = dict(self._past).get(cohort_id)
+        if ended is not None:
+            return f"cohort {cohort_id} {ended}; a pending update rejoins a later cohort"
+        now_open = self.cohort_id or "none"
+        return f"foreign cohort {cohort_id} (open: {now_open})"
+
+    def _precheck(self, message: object, record: Mapping[str, Any]) -> str | None:
+        server = self._require_open().server
+        target = server.config.target_version
+        if isinstance(message, CohortJoin) and self.config.max_staleness is not None:
+            if target - message.base_version > self.config.max_staleness:
+                return f"base version {message.base_version} too stale for target {target}"
+        if isinstance(message, MaskedInput):
+            join = server.joins.get(message.site_id)
+            if join is not None and join.base_version != record["base_version"]:
+                return (f"masked update base version {record['base_version']} differs from "
+                        f"the join's {join.base_version}")
+        return None
+
+    def _step(self, message: object, now: float) -> CoordinatorOutput:
+        open_ = self._require_open()
+        before = open_.server
+        try:
+            server, outbound = server_step(before, message)  # type: ignore[arg-type]
+        except FedSynthError as exc:
+            if isinstance(message, Deadline):  # a deadline cannot be refused: end the cohort
+                return self._end(before, f"{type(exc).__name__}: {exc}")
+            return CoordinatorOutput(rejections=[f"{type(exc).__name__}: {exc}"])
+        open_.server = server
+        if server.stage != before.stage:
+            open_.stage_started = now
+            log.info("cohort %s: %s -> %s", server.config.cohort_id, before.stage, server.stage)
+        out = CoordinatorOutput()
+        for item in outbound:
+            if isinstance(item, CohortResult):
+                out.result = item
+            elif not isinstance(item, EncryptedShare):  # sites relay their own shares
+                out.sends.append(to_fields(item))
+        if server.stage == ServerStage.DONE:
+            return self._finish(server, out)
+        if server.stage == ServerStage.FAILED:
+            failed = self._end(before, server.failure)
+            out.finished, out.failed = True, failed.failed
+        return out
+
+    def _finish(self, server: ServerState, out: CoordinatorOutput) -> CoordinatorOutput:
+        result = out.result
+        if result is None:  # pragma: no cover - DONE always carries the result
+            raise ProtocolError("cohort done without a result")
+        out.event = CohortAggregated(result.cohort_id, result.sum_vector, result.weight_sum,
+                                     result.survivors, server.config.target_version)
+        out.finished = True
+        self._past.append((result.cohort_id, "already finished"))
+        self._open, self._done = None, server
+        log.info("cohort %s done: %d survivors, weight %.6g", result.cohort_id,
+                 len(result.survivors), result.weight_sum)
+        return out
+
+    def _end(self, server: ServerState, reason: str) -> CoordinatorOutput:
+        cohort_id = server.config.cohort_id
+        self._past.append((cohort_id, f"failed ({reason})"))
+        self._open = None
+        log.warning("cohort %s failed in %s: %s", cohort_id, server.stage, reason)
+        return CoordinatorOutput(finished=True, failed=reason)
+
+
+def _reason(name: str, record: Mapping[str, Any], why: str) -> str:
+    sender = record.get("sender", "?") if isinstance(record, Mapping) else "?"
+    return f"{name} from {sender!r}: {why}"
+
+
+def _rejected(name: str, record: Mapping[str, Any], why: str) -> CoordinatorOutput:
+    return CoordinatorOutput(rejections=[_reason(name, record, why)])
