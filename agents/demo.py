@@ -55,6 +55,7 @@ class DemoOptions:
     hidden: tuple[int, ...] = (256, 256)
     n_timesteps: int = 100
     timeout_s: float = 900.0
+    plain: bool = False
 
 
 @dataclass
@@ -114,7 +115,7 @@ def start_services(
             *cli,
             "aggregator",
             *fed,
-            "--plain",
+            *(["--plain"] if opts.plain else []),
             "--sites",
             ",".join(files),
             "--rounds",

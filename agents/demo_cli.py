@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=1000, help="synthetic patients to draw")
     parser.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per site")
     parser.add_argument("--quick", action="store_true", help="a tiny model and 2 rounds (tests)")
+    parser.add_argument(
+        "--plain", action="store_true", help="plain aggregation (the aggregator sees each update)"
+    )
 
 
 def marginals_table(real: pd.DataFrame, synth: pd.DataFrame) -> Table:
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         steps_per_round=args.steps_per_round,
         rows=args.rows,
         epsilon=args.epsilon,
+        plain=args.plain,
     )
     if args.quick:
         opts = DemoOptions(
@@ -94,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             hidden=(32, 32),
             n_timesteps=10,
             timeout_s=300,
+            plain=args.plain,
         )
     console.rule("[bold]fedsynth demo: four hospitals, one model, no record leaves a site")
     result = run_demo(opts, console)

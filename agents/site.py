@@ -24,6 +24,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from agents.outbox import Outbox, OutboxMessage
+from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from agents.settings import AgentSettings
 from agents.training import LocalTrainer
 from fedsynth.data.preprocess import site_histograms
@@ -33,14 +34,19 @@ from fedsynth.errors import BudgetExceededError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import Inbound, MessageFactory, MessageReader
 from fedsynth.privacy import PrivacyBudget, SiteLedger
+from fedsynth.secagg.fixedpoint import FixedPointSpec
+from fedsynth.staleness import make_staleness
 from observability import extract_context, inject_headers, setup_telemetry
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import make_consumer, make_producer
-from topics.registry import GLOBAL_MODEL, SITE_EVENTS, UPDATES
+from topics.registry import CONTROL, GLOBAL_MODEL, SHARE_RELAY, SITE_EVENTS, UNMASK, UPDATES
 
 __all__ = ["GlobalVersion", "SiteAgent"]
 
 log = logging.getLogger(__name__)
+_COHORT_RECORDS = frozenset(
+    {"CohortOpen", "CohortRoster", "MaskRequest", "UnmaskRequest", "EncryptedShare"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +77,10 @@ class SiteAgent:
         self.outbox = Outbox(settings.site_dir / "outbox")
         identity = IdentityKey.load(settings.keys_dir, settings.site)
         self.factory = MessageFactory(settings.federation_id, settings.site, identity)
-        keys = KeyRing()
-        keys.add("aggregator", KeyRing.from_dir(settings.keys_dir).get("aggregator"))
-        self.keys = keys
+        # the roster's public keys: the aggregator's (control, models) and the sites' (shares)
+        self.keys = KeyRing.from_dir(settings.keys_dir)
+        self.secure: SecureSite | None = None
+        self.early: list[tuple[str, dict[str, Any]]] = []
         self.rng = np.random.default_rng(settings.seed)
         self.tracer = setup_telemetry(f"fedsynth-agent-{settings.site}", settings.run_dir).tracer(
             "fedsynth.agent"
@@ -127,9 +134,11 @@ class SiteAgent:
         await producer.start()
         try:
             await consumer.start()
-            tp = TopicPartition(GLOBAL_MODEL.name, 0)
-            consumer.assign([tp])
-            await consumer.seek_to_beginning(tp)
+            tps = [TopicPartition(GLOBAL_MODEL.name, 0), TopicPartition(CONTROL.name, 0)] + [
+                TopicPartition(SHARE_RELAY.name, p) for p in range(SHARE_RELAY.partitions)
+            ]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
             self.producer = producer
             await self._flush_outbox()
             if not self.state["hello_sent"]:
@@ -144,17 +153,26 @@ class SiteAgent:
         last_beat = 0.0
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=64)
-            for records in batch.values():
+            for tp, records in batch.items():
                 for rec in records:
-                    self._on_model_message(reader, rec.value, list(rec.headers or []))
+                    if tp.topic == GLOBAL_MODEL.name:
+                        self._on_model_message(reader, rec.value, list(rec.headers or []))
+                    else:
+                        await self._on_cohort_message(reader, rec.value)
             if time.monotonic() - last_beat > self.s.heartbeat_s:
                 await self._heartbeat("training" if self.latest else "waiting")
                 last_beat = time.monotonic()
             if batch:
                 continue  # drain what is there before training on the newest version
+            if self.secure is not None and self.early:
+                early, self.early = self.early, []
+                for name, record in early:
+                    await self._send_secure(self.secure.on_record(name, record, time.time()))
             latest = self.latest
             if latest is None or latest.version <= self.state["trained_version"]:
                 continue
+            if self.secure is not None and self.secure.has_pending_update and not latest.final:
+                continue  # one update at a time waits for its cohort
             if latest.final:
                 log.info("final version %d received; site %s is done", latest.version, self.s.site)
                 await self._heartbeat("done")
@@ -186,6 +204,8 @@ class SiteAgent:
         self.latest = GlobalVersion(
             int(rec["version"]), params, spec, bool(rec.get("final")), headers
         )
+        if spec.secure_terms is not None and self.secure is None:
+            self.secure = self._secure_site(spec.secure_terms)
 
     # ------------------------------------------------------------------ training
     async def _train_and_send(self, gv: GlobalVersion) -> bool:
@@ -220,6 +240,17 @@ class SiteAgent:
             )
             span.set_attribute("fedsynth.epsilon_spent", self.epsilon_spent)
             span.set_attribute("fedsynth.train_loss", result.report.final_loss)
+            if self.secure is not None:
+                update = PendingUpdate(
+                    str(uuid.uuid4()), result.delta, self.rows, gv.version,
+                    result.report.final_loss, self.epsilon_spent,
+                )
+                await self._send_secure(self.secure.submit(update, time.time()))
+                self.state["trained_version"] = gv.version
+                _write_json(self.state_path, self.state)
+                log.info("site %s: update from version %d waits for a secure cohort",
+                         self.s.site, gv.version)
+                return True
             vector, raw = encode_vector(result.delta, UPDATE_CODEC, self.rng)
             fields = {
                 "update_id": str(uuid.uuid4()),
@@ -260,6 +291,50 @@ class SiteAgent:
         )
         await self._flush_outbox()
         return True
+
+    # ------------------------------------------------------------------ secure mode
+    def _secure_site(self, terms: dict[str, Any]) -> SecureSite:
+        spec = FixedPointSpec(
+            clip=float(terms["clip"]), levels=int(terms["levels"]),
+            max_weight=float(terms["max_weight"]), weight_levels=int(terms["weight_levels"]),
+        )
+        st = terms["staleness"]
+        config = SecureSiteConfig(
+            self.s.federation_id, self.s.site, spec,
+            staleness=make_staleness(st["kind"], st.get("a", 0.0), st.get("b", 0.0)),
+            max_staleness=terms.get("max_staleness"),
+        )
+        log.info("site %s: secure aggregation (SecAgg+) with clip %.3g", self.s.site, spec.clip)
+        return SecureSite(config, self.rng)
+
+    async def _on_cohort_message(self, reader: MessageReader, value: bytes) -> None:
+        got = reader.read(value)
+        if not isinstance(got, Inbound):
+            return
+        if got.name not in _COHORT_RECORDS:
+            return  # version notices and other control records are not cohort business
+        if got.name == "EncryptedShare" and got.record.get("recipient") != self.s.site:
+            return  # someone else's (encrypted) share
+        if self.secure is None:
+            self.early.append((got.name, got.record))  # the secure terms come with version 0
+            return
+        await self._send_secure(self.secure.on_record(got.name, got.record, time.time()))
+        for reason in self.secure.drain_rejections():
+            log.warning("site %s refused a cohort message: %s", self.s.site, reason)
+
+    async def _send_secure(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
+        """Cohort messages are tied to in-memory keys: a crash makes this site a dropout."""
+        routes = {"CohortJoin": SITE_EVENTS.name, "UnmaskResponse": UNMASK.name}
+        for name, fields in sends:
+            if name == "ModelUpdate":
+                for out in self.factory.build_chunked(name, fields):
+                    await self.producer.send_and_wait(UPDATES.name, out.value,
+                                                      key=self.s.site.encode())
+                continue
+            out = self.factory.build(name, fields)
+            topic = SHARE_RELAY.name if name == "EncryptedShare" else routes[name]
+            key = fields["recipient"] if name == "EncryptedShare" else self.s.site
+            await self.producer.send_and_wait(topic, out.value, key=key.encode())
 
     # ------------------------------------------------------------------ sending
     async def _hello(self) -> None:

@@ -8,6 +8,7 @@ any parameter moves.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -21,6 +22,8 @@ from fedsynth.privacy import PrivacyBudget, RDPAccountant, SiteLedger, noise_for
 __all__ = ["LocalTrainer", "RoundResult"]
 
 log = logging.getLogger(__name__)
+# Opacus' per-sample hooks trip this torch warning on every step; it says nothing to an operator.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,16 @@ from fedsynth.messages import MessageFactory, MessageReader
 from observability import AuditChain, AuditEvent, extract_context, inject_headers, setup_telemetry
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import faust_settings
-from topics.registry import AUDIT, CONTROL, DEAD_LETTER, GLOBAL_MODEL, SITE_EVENTS, UPDATES
+from topics.registry import (
+    AUDIT,
+    CONTROL,
+    DEAD_LETTER,
+    GLOBAL_MODEL,
+    SHARE_RELAY,
+    SITE_EVENTS,
+    UNMASK,
+    UPDATES,
+)
 
 __all__ = ["AggregatorRuntime", "build_app", "load_dataset_schema"]
 
@@ -296,7 +305,7 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
     async def _assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         await runtime.on_assigned(assigned)
 
-    for spec in (SITE_EVENTS, UPDATES):
+    for spec in (SITE_EVENTS, UPDATES, SHARE_RELAY, UNMASK):
         _consume(app, runtime, spec.name)
 
     @app.timer(interval=1.0)  # type: ignore[misc]

@@ -99,14 +99,14 @@ def run(args: argparse.Namespace) -> int:
     from topics.discovery import resolve_bootstrap
 
     settings = _settings(args)
-    if settings.mode == "secure":
-        raise ConfigError(
-            "secure aggregation over Kafka is not wired into the aggregator yet; "
-            "run with --plain to aggregate plain updates (the aggregator then sees every update)"
+    if settings.mode == "plain":
+        log.warning(
+            "PLAIN MODE: secure aggregation is OFF; the aggregator sees each site's update"
         )
-    log.warning("PLAIN MODE: secure aggregation is off; the aggregator sees each site's update")
     bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
     app = build_app(settings, bootstrap, load_checkpoint_key(settings))
-    worker = Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker = Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+    for noisy in ("faust", "mode", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     worker.execute_from_commandline()
     return 0

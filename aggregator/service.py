@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from aggregator.cohorts import INBOUND as COHORT_INBOUND
+from aggregator.cohorts import CohortConfig, CohortCoordinator, CoordinatorOutput
 from aggregator.engine import (
     AggregatorEngine,
     Applied,
@@ -43,6 +45,7 @@ from fedsynth.errors import MessageError
 from fedsynth.federation import MODEL_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Outgoing, Rejection, Waiting
 from fedsynth.model.config import DiffusionConfig
+from fedsynth.secagg.fixedpoint import FixedPointSpec
 
 __all__ = ["DeadLetterItem", "Effects", "Phase", "SiteInfo", "AggregatorService", "Send"]
 
@@ -112,6 +115,7 @@ class AggregatorService:
         factory: MessageFactory,
         topics: dict[str, str],
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.schema = schema
@@ -119,6 +123,8 @@ class AggregatorService:
         self.factory = factory
         self.topics = topics
         self.clock = clock
+        self.wall_clock = wall_clock
+        self.coordinator: CohortCoordinator | None = None
         self.phase = Phase.GATHERING
         self.sites: dict[str, SiteInfo] = {}
         self.spec: ModelSpec | None = None
@@ -142,6 +148,11 @@ class AggregatorService:
             return Effects(dead=[DeadLetterItem(str(exc), type(exc).__name__)])
 
     def _dispatch(self, msg: Inbound) -> Effects:
+        if self.settings.mode == "secure" and msg.name in COHORT_INBOUND:
+            if self.coordinator is None or self.phase is not Phase.TRAINING:
+                return Effects()  # before training or after the final version: nothing to do
+            out = self.coordinator.on_record(msg.name, msg.record, self.wall_clock())
+            return self._cohort_effects(out)
         if msg.name == "SiteHello":
             return self._on_hello(msg.record)
         if msg.name == "Heartbeat":
@@ -254,17 +265,65 @@ class AggregatorService:
                 total = total + Histograms.from_vector(self.schema, vec)
         encoder = FeatureEncoder.from_histograms(self.schema, total)
         config = DiffusionConfig(hidden=self.settings.hidden, n_timesteps=self.settings.n_timesteps)
-        self.spec = ModelSpec(encoder, config, self.settings.seed)
+        n_parameters = ModelSpec(encoder, config, self.settings.seed).build().n_parameters
+        terms = None
+        if self.settings.mode == "secure":
+            self.coordinator = CohortCoordinator(self._cohort_config(n_parameters))
+            terms = self.coordinator.config.site_terms()
+        self.spec = ModelSpec(encoder, config, self.settings.seed, terms)
         params = self.spec.build().flat_parameters()
         self._make_engine(len(params))
         assert self.engine is not None  # noqa: S101 - set just above
         self.state = self.engine.initial_state(params, frozenset(self.sites))
         self.phase = Phase.TRAINING
         log.info("training starts with %s; %d parameters", sorted(self.sites), len(params))
-        return self._publish(self.state.model_version, self.state.params, ())
+        fx = self._publish(self.state.model_version, self.state.params, ())
+        if self.coordinator is not None:
+            fx.merge(self._open_cohort())
+        return fx
+
+    # ----------------------------------------------------------------- secure cohorts
+    def _cohort_config(self, n_parameters: int) -> CohortConfig:
+        s = self.settings
+        size = s.cohort_size or len(self.sites)
+        return CohortConfig(
+            federation_id=s.federation_id,
+            spec=FixedPointSpec(clip=s.secure_clip, max_weight=float(s.secure_max_weight)),
+            vector_length=n_parameters, buffer_size=size, min_members=min(size, max(2, size - 1)),
+            join_deadline_s=s.join_deadline_s, input_deadline_s=s.input_deadline_s,
+            share_deadline_s=s.input_deadline_s, unmask_deadline_s=s.input_deadline_s,
+            max_staleness=s.max_staleness,
+        )
+
+    def _open_cohort(self) -> Effects:
+        assert self.coordinator is not None and self.state is not None  # noqa: S101
+        if self.phase is not Phase.TRAINING or self.coordinator.stage is not None:
+            return Effects()
+        out = self.coordinator.open_cohort(self.state.model_version, self.wall_clock())
+        log.info("cohort %s open for version %d", self.coordinator.cohort_id,
+                 self.state.model_version)
+        return self._cohort_effects(out)
+
+    def _cohort_effects(self, out: CoordinatorOutput) -> Effects:
+        fx = Effects(changed=bool(out.sends or out.event or out.finished or out.failed))
+        if out.sends:
+            msgs = tuple(self.factory.build(name, fields) for name, fields in out.sends)
+            fx.sends.append(Send(self.topics["control"], self.settings.federation_id, msgs))
+        fx.dead += [DeadLetterItem(reason, "CohortRejected") for reason in out.rejections]
+        if out.failed:
+            log.warning("cohort failed: %s", out.failed)
+        if out.event is not None:
+            fx.merge(self._step(out.event))
+        if (out.finished or out.failed) and self.phase is Phase.TRAINING:
+            fx.merge(self._open_cohort())
+        return fx
 
     def _make_engine(self, n_parameters: int) -> None:
-        raw = self.settings.strategy or {"name": "fedavg", "sites_per_round": len(self.sites)}
+        default: dict[str, Any] = {"name": "fedavg", "sites_per_round": len(self.sites)}
+        if self.settings.mode == "secure":  # cohort results are applied as FedBuff steps
+            size = self.settings.cohort_size or len(self.sites)
+            default = {"name": "fedbuff", "buffer_size": size}
+        raw = self.settings.strategy or default
         strategy = build_strategy(StrategyConfig.model_validate(raw))
         self.engine = AggregatorEngine(
             strategy,
@@ -356,4 +415,8 @@ class AggregatorService:
         }
         self._make_engine(int(np.asarray(state.params).size))
         self.state = state
+        if extra.get("cohorts") is not None:
+            # a restart abandons the in-flight cohort; its sites rejoin the next one (cohorts.py)
+            config = self._cohort_config(int(np.asarray(state.params).size))
+            self.coordinator = CohortCoordinator.from_state(config, extra["cohorts"])
         self.version_started = self.clock()

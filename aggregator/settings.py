@@ -37,6 +37,11 @@ class AggregatorSettings(BaseSettings):
     chunk_timeout_s: float = Field(default=120.0, gt=0)
     max_norm: float | None = Field(default=None, gt=0)
     max_staleness: int | None = Field(default=None, ge=0)
+    cohort_size: int | None = Field(default=None, ge=2, description="K; every roster site if unset")
+    secure_clip: float = Field(default=0.5, gt=0, description="per-coordinate clip of w*delta / w")
+    secure_max_weight: int = Field(default=10_000, ge=1, description="largest n_samples weight")
+    join_deadline_s: float = Field(default=120.0, gt=0)
+    input_deadline_s: float = Field(default=300.0, gt=0)
     session_timeout_s: float = Field(
         default=10.0, gt=0, description="faust group session timeout (it joins in about half)"
     )

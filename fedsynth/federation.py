@@ -30,16 +30,26 @@ MODEL_CODEC = "float32|zstd"
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """Encoder, model configuration and initialisation seed of one federation's model."""
+    """Encoder, model configuration and initialisation seed of one federation's model.
+
+    ``secure_terms`` (secure mode only) are the fixed-point and staleness terms every site needs
+    besides the cohort roster (:meth:`aggregator.cohorts.CohortConfig.site_terms`).
+    """
 
     encoder: FeatureEncoder
     config: DiffusionConfig
     seed: int
+    secure_terms: dict[str, Any] | None = None
 
     def to_bytes(self) -> bytes:
         """Canonical JSON bytes for the ``GlobalModel.encoder`` field."""
         return json.dumps(
-            {"encoder": self.encoder.to_dict(), "config": self.config.to_dict(), "seed": self.seed},
+            {
+                "encoder": self.encoder.to_dict(),
+                "config": self.config.to_dict(),
+                "seed": self.seed,
+                "secure_terms": self.secure_terms,
+            },
             sort_keys=True,
         ).encode()
 
@@ -52,6 +62,7 @@ class ModelSpec:
                 FeatureEncoder.from_dict(blob["encoder"]),
                 DiffusionConfig.from_dict(blob["config"]),
                 int(blob["seed"]),
+                blob.get("secure_terms"),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise MessageError(f"malformed model spec in GlobalModel: {exc}") from exc
