@@ -28,6 +28,7 @@ from fedsynth.codec.chunk import (
     Pending,
     Reassembler,
     Rejected,
+    SetStage,
     split,
 )
 from schemas.errors import SchemaError
@@ -176,6 +177,13 @@ class MessageReader:
         if isinstance(event, Pending):
             return Waiting(event.payload_id, event.have, event.count)
         if isinstance(event, Duplicate):
+            if self.reassembler.stage(event.payload_id) is SetStage.COMPLETE:
+                return Rejection(
+                    f"replay: chunk {event.index} of payload {event.payload_id}, which was "
+                    "already complete (a resend, or a replayed message)",
+                    "Replay",
+                    record["message_id"],
+                )
             return Waiting(event.payload_id, -1, -1)
         raise TypeError(f"unexpected reassembly event {event!r}")  # pragma: no cover
 

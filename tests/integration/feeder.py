@@ -24,8 +24,9 @@ from topics.registry import GLOBAL_MODEL, SITE_EVENTS, UPDATES
 class Feeder:
     """Sends the sites' hellos, then each site's update for every new global version once."""
 
-    def __init__(self, fed: Federation) -> None:
+    def __init__(self, fed: Federation, max_chunk: int = 900 * 1024) -> None:
         self.fed = fed
+        self.max_chunk = max_chunk
         self.cache: dict[tuple[str, int], list[bytes]] = {}
         self.hellos = [fed.hello(s, seed=i) for i, s in enumerate(fed.sites)]
 
@@ -35,13 +36,20 @@ class Feeder:
             seed = abs(hash((site, version))) % 2**32
             delta = np.random.default_rng(seed).normal(0, 0.01, n_parameters).astype(np.float32)
             fields = {
-                "update_id": str(uuid.UUID(int=seed * 1000 + version)), "site_id": site,
-                "base_version": version, "n_samples": 100 + 10 * self.fed.sites.index(site),
-                "mode": "plain", "cohort_id": None, "weight": 1.0, "codec": "float32",
-                "vector": delta.tobytes(), "n_parameters": n_parameters, "train_loss": 0.0,
+                "update_id": str(uuid.UUID(int=seed * 1000 + version)),
+                "site_id": site,
+                "base_version": version,
+                "n_samples": 100 + 10 * self.fed.sites.index(site),
+                "mode": "plain",
+                "cohort_id": None,
+                "weight": 1.0,
+                "codec": "float32",
+                "vector": delta.tobytes(),
+                "n_parameters": n_parameters,
+                "train_loss": 0.0,
                 "epsilon_spent": 1.0,
             }
-            chunks = self.fed.factory(site).build_chunked("ModelUpdate", fields)
+            chunks = self.fed.factory(site).build_chunked("ModelUpdate", fields, self.max_chunk)
             self.cache[key] = [c.value for c in chunks]
         return self.cache[key]
 
@@ -71,16 +79,22 @@ class Feeder:
             await consumer.stop()
         return versions
 
-    async def _on_version(self, bootstrap: str, rec: dict[str, Any],
-                          versions: dict[int, np.ndarray], sent: set[int]) -> None:
+    async def _on_version(
+        self, bootstrap: str, rec: dict[str, Any], versions: dict[int, np.ndarray], sent: set[int]
+    ) -> None:
         v = int(rec["version"])
         versions[v] = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
         if v in sent or rec.get("final"):
             return
         sent.add(v)
+        await self.send_updates(bootstrap, v, int(rec["n_parameters"]))
+
+    async def send_updates(self, bootstrap: str, version: int, n_parameters: int) -> None:
+        """Every site's update for ``version`` (tests override this to disturb the sending)."""
         for site in self.fed.sites:
-            await produce(bootstrap, UPDATES.name, self.update(site, v, int(rec["n_parameters"])),
-                          key=site.encode())
+            await produce(
+                bootstrap, UPDATES.name, self.update(site, version, n_parameters), key=site.encode()
+            )
 
 
 __all__ = ["Feeder", "asyncio"]

@@ -116,3 +116,17 @@ def test_payload_relayed_by_another_sender_is_rejected() -> None:
     (chunk,) = [relay.build("Chunk", c) for c in split(inner.value, "ModelUpdate")]
     got = _reader().read(chunk.value)
     assert isinstance(got, Rejection) and got.error_class == "SenderMismatch"
+
+
+def test_a_chunk_of_a_completed_payload_is_a_replay() -> None:
+    chunks = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(b"\0" * 4000), max_chunk=1000
+    )
+    reader = _reader()
+    results = [reader.read(c.value) for c in chunks]
+    assert isinstance(results[-1], Inbound)
+    again = reader.read(chunks[0].value)
+    assert isinstance(again, Rejection) and again.error_class == "Replay"
+    fresh = _reader()
+    fresh.read(chunks[0].value)
+    assert isinstance(fresh.read(chunks[0].value), Waiting)  # a resend while still collecting
