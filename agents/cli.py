@@ -23,6 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps-per-round", type=int, help="local DP-SGD steps per update")
     parser.add_argument("--planned-rounds", type=int, help="rounds the DP noise is planned for")
     parser.add_argument("--threads", type=int, help="torch threads")
+    parser.add_argument("--max-minutes-per-update", type=float, help="local training time cap")
     parser.add_argument("--no-dp", action="store_true", help="train WITHOUT differential privacy")
 
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
         ("steps_per_round", "steps_per_round"),
         ("planned_rounds", "planned_rounds"),
         ("threads", "threads"),
+        ("max_minutes_per_update", "max_minutes_per_update"),
     ):
         value = getattr(args, flag)
         if value is not None:

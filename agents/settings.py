@@ -30,6 +30,9 @@ class AgentSettings(BaseSettings):
     steps_per_round: int = Field(default=40, ge=1)
     batch_size: int = Field(default=64, ge=2)
     threads: int = Field(default=1, ge=1, description="torch threads for local training")
+    max_minutes_per_update: float | None = Field(
+        default=None, gt=0, description="cap on local training time per update (steps shrink)"
+    )
     heartbeat_s: float = Field(default=10.0, gt=0)
     seed: int | None = None
     dp: bool = Field(default=True, description="DP-SGD on (turning it off warns loudly)")

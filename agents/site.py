@@ -228,8 +228,12 @@ class SiteAgent:
             attributes={"fedsynth.site": self.s.site, "fedsynth.base_version": gv.version},
         ) as span:
             try:
+                limit = self.s.max_minutes_per_update
+                steps = self.trainer.steps_within(
+                    self.s.steps_per_round, limit * 60 if limit is not None else None
+                )
                 result = await asyncio.to_thread(
-                    self.trainer.train_round, gv.spec, gv.params, self.s.steps_per_round, self.rng
+                    self.trainer.train_round, gv.spec, gv.params, steps, self.rng
                 )
             except BudgetExceededError as exc:
                 log.warning("site %s stops training: %s", self.s.site, exc)
@@ -242,14 +246,21 @@ class SiteAgent:
             span.set_attribute("fedsynth.train_loss", result.report.final_loss)
             if self.secure is not None:
                 update = PendingUpdate(
-                    str(uuid.uuid4()), result.delta, self.rows, gv.version,
-                    result.report.final_loss, self.epsilon_spent,
+                    str(uuid.uuid4()),
+                    result.delta,
+                    self.rows,
+                    gv.version,
+                    result.report.final_loss,
+                    self.epsilon_spent,
                 )
                 await self._send_secure(self.secure.submit(update, time.time()))
                 self.state["trained_version"] = gv.version
                 _write_json(self.state_path, self.state)
-                log.info("site %s: update from version %d waits for a secure cohort",
-                         self.s.site, gv.version)
+                log.info(
+                    "site %s: update from version %d waits for a secure cohort",
+                    self.s.site,
+                    gv.version,
+                )
                 return True
             vector, raw = encode_vector(result.delta, UPDATE_CODEC, self.rng)
             fields = {
@@ -295,12 +306,16 @@ class SiteAgent:
     # ------------------------------------------------------------------ secure mode
     def _secure_site(self, terms: dict[str, Any]) -> SecureSite:
         spec = FixedPointSpec(
-            clip=float(terms["clip"]), levels=int(terms["levels"]),
-            max_weight=float(terms["max_weight"]), weight_levels=int(terms["weight_levels"]),
+            clip=float(terms["clip"]),
+            levels=int(terms["levels"]),
+            max_weight=float(terms["max_weight"]),
+            weight_levels=int(terms["weight_levels"]),
         )
         st = terms["staleness"]
         config = SecureSiteConfig(
-            self.s.federation_id, self.s.site, spec,
+            self.s.federation_id,
+            self.s.site,
+            spec,
             staleness=make_staleness(st["kind"], st.get("a", 0.0), st.get("b", 0.0)),
             max_staleness=terms.get("max_staleness"),
         )
@@ -328,8 +343,9 @@ class SiteAgent:
         for name, fields in sends:
             if name == "ModelUpdate":
                 for out in self.factory.build_chunked(name, fields):
-                    await self.producer.send_and_wait(UPDATES.name, out.value,
-                                                      key=self.s.site.encode())
+                    await self.producer.send_and_wait(
+                        UPDATES.name, out.value, key=self.s.site.encode()
+                    )
                 continue
             out = self.factory.build(name, fields)
             topic = SHARE_RELAY.name if name == "EncryptedShare" else routes[name]

@@ -67,6 +67,13 @@ class LocalTrainer:
             )
         self._model: TabularDiffusion | None = None
         self._spec: ModelSpec | None = None
+        self.seconds_per_step: float | None = None
+
+    def steps_within(self, steps: int, max_seconds: float | None) -> int:
+        """``steps``, or fewer if the last round's pace says they would not fit ``max_seconds``."""
+        if max_seconds is None or self.seconds_per_step is None:
+            return steps
+        return max(1, min(steps, int(max_seconds / self.seconds_per_step)))
 
     def model_for(self, spec: ModelSpec, params: np.ndarray) -> TabularDiffusion:
         """The site's model object, rebuilt only when the federation's spec changes."""
@@ -91,6 +98,7 @@ class LocalTrainer:
             )
         model = self.model_for(spec, params)
         report = train_local(model, self.encoded, self.cond, steps=steps, rng=rng, privacy=privacy)
+        self.seconds_per_step = report.seconds / max(1, report.steps)
         delta = model.flat_parameters() - params.astype(np.float32)
         if not np.all(np.isfinite(delta)):
             raise ConfigError("local training diverged (non-finite parameters); update not sent")
