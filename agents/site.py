@@ -32,7 +32,7 @@ from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
 from fedsynth.errors import BudgetExceededError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
-from fedsynth.messages import Inbound, MessageFactory, MessageReader
+from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from fedsynth.privacy import PrivacyBudget, SiteLedger
 from fedsynth.secagg.fixedpoint import FixedPointSpec
 from fedsynth.staleness import make_staleness
@@ -88,14 +88,18 @@ class SiteAgent:
         self.latest: GlobalVersion | None = None
         self.epsilon_spent = 0.0
         self.rows = 0
+        self.trainer: LocalTrainer | None = None
+        self.ledger: SiteLedger | None = None
+        self.budget: PrivacyBudget | None = None
 
     # ------------------------------------------------------------------ setup
-    def prepare(self) -> LocalTrainer:
-        """Validate the site's data (errors name row and column; nothing is sent) and encode."""
+    def prepare(self) -> None:
+        """Validate the site's data (errors name row and column; nothing is sent yet) and open
+        the privacy ledger. The encoder arrives later, with global version 0."""
         frame = load_site_file(self.s.data, self.schema)
         self.rows = len(frame)
-        ledger = None
-        budget = None
+        ledger: SiteLedger | None = None
+        budget: PrivacyBudget | None = None
         if self.s.dp:
             ledger = SiteLedger.open_or_create(
                 self.s.site_dir / "ledger.json",
@@ -109,16 +113,13 @@ class SiteAgent:
                 "DP-SGD is OFF for site %s: its updates are not differentially private", self.s.site
             )
         self.frame = frame
-        return ledger, budget  # type: ignore[return-value]
+        self.ledger, self.budget = ledger, budget
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> int:
         """Run until the federation's final version arrives; returns an exit code."""
         torch.set_num_threads(self.s.threads)
-        ledger, budget = self.prepare()  # type: ignore[misc]
-        spec_placeholder = None  # the encoder comes from the aggregator with version 0
-        del spec_placeholder
-        self.trainer_args = (ledger, budget)
+        self.prepare()
         backoff = 1.0
         while True:
             try:
@@ -185,9 +186,9 @@ class SiteAgent:
         self, reader: MessageReader, value: bytes, headers: list[tuple[str, bytes]]
     ) -> None:
         got = reader.read(value)
+        if isinstance(got, Rejection):
+            log.warning("ignoring global-model message: %s", got.reason)
         if not isinstance(got, Inbound):
-            if hasattr(got, "reason"):
-                log.warning("ignoring global-model message: %s", got.reason)  # type: ignore[union-attr]
             return
         rec = got.record
         if got.name != "GlobalModel" or rec["sender"] != "aggregator":
@@ -209,15 +210,14 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ training
     async def _train_and_send(self, gv: GlobalVersion) -> bool:
-        ledger, budget = self.trainer_args
-        if not hasattr(self, "trainer"):
+        if self.trainer is None:
             encoded = gv.spec.encoder.encode(self.frame)
             cond = gv.spec.encoder.encode_condition(self.frame)
             self.trainer = LocalTrainer(
                 encoded,
                 cond,
-                ledger=ledger,
-                sgd_budget=budget,
+                ledger=self.ledger,
+                sgd_budget=self.budget,
                 planned_steps=self.s.planned_rounds * self.s.steps_per_round,
                 batch_size=self.s.batch_size,
                 max_grad_norm=self.s.max_grad_norm,

@@ -301,14 +301,14 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
     runtime = AggregatorRuntime(app, settings, checkpoint_key)
     app.fedsynth_runtime = runtime  # type: ignore[attr-defined]
 
-    @app.on_partitions_assigned.connect  # type: ignore[misc]
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         await runtime.on_assigned(assigned)
 
     for spec in (SITE_EVENTS, UPDATES, SHARE_RELAY, UNMASK):
         _consume(app, runtime, spec.name)
 
-    @app.timer(interval=1.0)  # type: ignore[misc]
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def _tick() -> None:
         await runtime.on_tick()
 
@@ -318,7 +318,7 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
 def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
     topic = app.topic(name, value_serializer="raw", key_serializer="raw")
 
-    async def consume(stream: faust.StreamT) -> None:
+    async def consume(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
             msg = event.message
             await runtime.on_message(

@@ -229,8 +229,8 @@ def _release_headers(release_id: str, model: ReleasedModel) -> dict[str, str]:
 
 def _render(frame: pd.DataFrame, fmt: str, *, header: bool) -> bytes:
     if fmt == "csv":
-        return frame.to_csv(index=False, header=header).encode()
-    text = frame.to_json(orient="records", lines=True)
+        return str(frame.to_csv(index=False, header=header)).encode()
+    text = str(frame.to_json(orient="records", lines=True))
     return (text if text.endswith("\n") else text + "\n").encode()
 
 
