@@ -99,7 +99,7 @@ def dequantize(
         return wide.astype(dtype, copy=False)
     table = (low + np.arange(top + 1, dtype=np.float64) * ((high - low) / top)).astype(dtype)
     if table.dtype == np.float32 and bits == 8 and count >= _PAIR_LOOKUP_MIN:
-        return _lookup_pairs(table, levels)
+        return _lookup_pairs(table, levels.astype(np.uint8, copy=False))
     out: npt.NDArray[np.floating] = np.take(table, levels)
     return out
 

@@ -52,7 +52,7 @@ class NumericTransform:
         u = np.interp(x, self.xs, self.us)
         if self.gaussianize:
             return np.asarray(ndtri(np.clip(u, _U_EPS, 1 - _U_EPS)))
-        return 2 * u - 1
+        return np.asarray(2 * u - 1)
 
     def inverse(self, z: np.ndarray) -> np.ndarray:
         """Back to the value scale (inside the outer knots)."""

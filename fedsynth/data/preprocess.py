@@ -151,7 +151,7 @@ def value_bins(values: pd.Series, spec: ColumnSpec) -> np.ndarray:
         lookup = {level: i for i, level in enumerate(levels)}
         index = np.array(
             [
-                len(levels) if m else lookup[_level_key(v, spec)]
+                len(levels) if m else lookup[_level_key(v, spec)]  # type: ignore[index]
                 for v, m in zip(values, missing, strict=True)
             ],
             dtype=np.int64,
