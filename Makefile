@@ -25,11 +25,16 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 demo: $(STAMP)
 	$(VENV)/bin/fedsynth demo
 
+# One thread per BLAS/OpenMP pool: on 2 cores, spinning pools (sklearn's OpenMP, OpenBLAS) slow
+# tests twentyfold while the suite's broker and aggregator processes are busy.
+THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(VENV)/bin/ruff check .
+	$(THREADS) $(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q tests/unit tests/property tests/known_answer
+	$(THREADS) $(PY) -m pytest -q tests/unit tests/property tests/known_answer
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
