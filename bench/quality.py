@@ -1,0 +1,288 @@
+"""Benchmark: quality, utility and privacy of synthetic UCI heart data, ours against SDV.
+
+``python -m bench.quality [--quick] [--json FILE]``. One fixed real held-out split (20% of each
+hospital and diagnosis stratum, seed 0; see ``bench.quality_setup``), one table with a row per
+generator: our TabDDPM-style model centralized non-private and with DP at epsilon 1, 4 and 8;
+federated over the 4 hospitals (in-process FedAvg, same training budget; see
+``bench.quality_runs``) non-private and at epsilon 8 per hospital; each hospital alone; SDV's
+GaussianCopula and CTGAN (the ``bench`` extra; rows marked ``not installed`` without SDV).
+
+DP rows use a smaller denoiser and fewer steps than the non-private ones (the DP-SGD noise grows
+with the number of parameters and steps); the table's ``setup`` column says which. The targets are
+printed under the table; the last line is
+``RESULT federated_eps8_quality_gap=<x> target=0.05 met=yes|no``, the gap being the centralized
+non-private minus the federated epsilon-8 quality (SDMetrics score when installed, ours otherwise).
+``--quick`` trains tiny models for a few steps and keeps three rows (no SDV), for tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from bench.quality_runs import Fitted, Training, fit_centralized, fit_federated, fit_sdv, site_batch
+from bench.quality_setup import HeartSplit, RowResult, load_heart, make_split, score_row
+from fedsynth.data import DatasetSchema
+from fedsynth.eval import ColumnKind
+from fedsynth.eval.columns import categorical_values, numeric_values
+from fedsynth.model import DiffusionConfig
+
+__all__ = ["FULL", "QUICK", "Plan", "Target", "main", "targets"]
+
+GAP_TARGET = 0.05
+SEED = 0
+CENTRAL, FED8 = "centralized non-private", "federated DP eps=8"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What one bench run trains.
+
+    Attributes:
+        plain: Non-private training (centralized, federated and hospital-alone rows).
+        private: DP training (model, steps, rounds; epsilon set per row).
+        epsilons: Centralized DP rows.
+        federated: Include the federated non-private row and the hospital-alone rows.
+        sdv: Include SDV rows.
+        ctgan_epochs: CTGAN epochs (SDV's default is 300).
+    """
+
+    plain: Training
+    private: Training
+    epsilons: tuple[float, ...]
+    federated: bool
+    sdv: bool
+    ctgan_epochs: int = 300
+
+
+FULL = Plan(
+    plain=Training(DiffusionConfig(), steps=3000, rounds=30),
+    private=Training(
+        DiffusionConfig(hidden=(64, 64), embed_dim=32, lr=1e-2), steps=1000, rounds=10
+    ),
+    epsilons=(1.0, 4.0, 8.0),
+    federated=True,
+    sdv=True,
+)
+QUICK = Plan(
+    plain=Training(
+        DiffusionConfig(hidden=(32,), embed_dim=16, n_timesteps=10, batch_size=128), steps=20,
+        rounds=2,
+    ),
+    private=Training(
+        DiffusionConfig(hidden=(32,), embed_dim=16, n_timesteps=10, batch_size=128), steps=6,
+        rounds=2,
+    ),
+    epsilons=(8.0,),
+    federated=False,
+    sdv=False,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One target and whether it is met (None: could not be checked)."""
+
+    name: str
+    value: str
+    goal: str
+    met: bool | None
+
+
+def _row(name: str, setup: str, fitted: Fitted, split: HeartSplit,
+         members: pd.DataFrame | None = None, non_members: pd.DataFrame | None = None,
+         ) -> RowResult:
+    return score_row(
+        name, setup, fitted.synthetic, split,
+        members=split.train if members is None else members,
+        non_members=split.holdout if non_members is None else non_members,
+        train_s=fitted.seconds, epsilon=fitted.epsilon,
+    )
+
+
+def _ours(plan: Plan, split: HeartSplit, say: Callable[[str], None]) -> list[RowResult]:
+    schema, n = split.schema, len(split.train)
+    sites = split.train_sites()
+    rows = []
+    say(CENTRAL)
+    rows.append(_row(CENTRAL, plan.plain.describe(), fit_centralized(
+        split.train, schema, plan.plain, n_synthetic=n, seed=SEED), split))
+    for eps in plan.epsilons:
+        name, priv = f"centralized DP eps={eps:g}", _with_eps(plan.private, eps)
+        say(name)
+        rows.append(_row(name, priv.describe() + " (DP model)", fit_centralized(
+            split.train, schema, priv, n_synthetic=n, seed=SEED), split))
+    if plan.federated:
+        say("federated non-private")
+        rows.append(_row("federated non-private", plan.plain.describe(True), fit_federated(
+            sites, schema, plan.plain, n_synthetic=n, seed=SEED), split))
+    say(FED8)
+    priv = _with_eps(plan.private, 8.0)
+    rows.append(_row(FED8, priv.describe(True) + " (DP model)", fit_federated(
+        sites, schema, priv, n_synthetic=n, seed=SEED), split))
+    if plan.federated:
+        rows.extend(_alone(plan.plain, split, sites, say))
+    return rows
+
+
+def _with_eps(training: Training, eps: float) -> Training:
+    return Training(training.config, training.steps, training.rounds, eps)
+
+
+def _alone(plain: Training, split: HeartSplit, sites: dict[str, pd.DataFrame],
+           say: Callable[[str], None]) -> list[RowResult]:
+    rows, n = [], len(split.train)
+    for site, frame in sites.items():
+        name = f"{site} alone"
+        say(name)
+        batch = site_batch(plain.config.batch_size, len(frame), n)
+        config = DiffusionConfig.from_dict({**plain.config.to_dict(), "batch_size": batch})
+        training = Training(config, plain.steps)
+        fitted = fit_centralized(frame, split.schema, training, n_synthetic=n, seed=SEED)
+        rows.append(_row(name, f"{training.describe()}, batch {batch}", fitted, split,
+                         frame, split.holdout_of(site)))
+    return rows
+
+
+def _sdv_rows(plan: Plan, split: HeartSplit, say: Callable[[str], None]) -> list[RowResult]:
+    columns = {s.name: s.kind for s in split.specs}
+    plain = pd.DataFrame({
+        name: numeric_values(split.train[name]) if kind is ColumnKind.NUMERIC
+        else categorical_values(split.train[name]).to_numpy()
+        for name, kind in columns.items()
+    })
+    sdtypes = {n: "numerical" if k is ColumnKind.NUMERIC else "categorical"
+               for n, k in columns.items()}
+    rows = []
+    for kind, name, setup in (("copula", "SDV GaussianCopula", "defaults"),
+                              ("ctgan", "SDV CTGAN", f"{plan.ctgan_epochs} epochs")):
+        say(name)
+        try:
+            fitted = fit_sdv(kind, plain, sdtypes, n_synthetic=len(plain), seed=SEED,
+                             epochs=plan.ctgan_epochs)
+        except ImportError as exc:
+            rows.append(RowResult(name, setup, f"not installed ({exc.name or exc})"))
+            continue
+        rows.append(_row(name, setup, fitted, split))
+    return rows
+
+
+def _find(rows: Sequence[RowResult], name: str) -> RowResult | None:
+    return next((r for r in rows if r.name == name and r.quality is not None), None)
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def quality_gap(rows: Sequence[RowResult]) -> tuple[float | None, str]:
+    """Centralized non-private minus federated eps=8 quality, and which score was used."""
+    central, fed = _find(rows, CENTRAL), _find(rows, FED8)
+    if central is None or fed is None:
+        return None, "none"
+    if central.sdmetrics is not None and fed.sdmetrics is not None:
+        return central.sdmetrics - fed.sdmetrics, "SDMetrics quality"
+    if central.quality is None or fed.quality is None:
+        return None, "none"
+    return central.quality - fed.quality, "fedsynth quality"
+
+
+def targets(rows: Sequence[RowResult]) -> list[Target]:
+    """The issue's targets, checked against the rows (``met`` None when a row is absent)."""
+    central, ctgan, fed = _find(rows, CENTRAL), _find(rows, "SDV CTGAN"), _find(rows, FED8)
+    out = []
+    sdm = central.sdmetrics if central else None
+    out.append(Target("centralized non-private SDMetrics quality", _fmt(sdm), ">= 0.85",
+                      None if sdm is None else sdm >= 0.85))
+    ct = ctgan.sdmetrics if ctgan else None
+    out.append(Target("centralized non-private SDMetrics vs CTGAN", f"{_fmt(sdm)} vs {_fmt(ct)}",
+                      ">= CTGAN", None if sdm is None or ct is None else sdm >= ct))
+    gap, metric = quality_gap(rows)
+    out.append(Target(f"federated eps=8 quality gap ({metric})", _fmt(gap), f"<= {GAP_TARGET}",
+                      None if gap is None else gap <= GAP_TARGET))
+    for label, row in (("centralized non-private", central), ("federated eps=8", fed)):
+        ratio = row.auc_ratio if row else None
+        out.append(Target(f"{label} TSTR/TRTR AUC", _fmt(ratio), ">= 0.9",
+                          None if ratio is None else ratio >= 0.9))
+    return out
+
+
+def _table(rows: Sequence[RowResult]) -> Table:
+    table = Table(title="bench.quality: UCI heart, held-out 20% by hospital x diagnosis (seed 0)")
+    for header in ("row", "setup", "SDMetrics", "quality", "TSTR AUC", "TRTR AUC", "TSTR/TRTR",
+                   "DCR closer", "MIA AUC", "eps spent", "train s"):
+        table.add_column(header, justify="left" if header in ("row", "setup") else "right")
+    for r in rows:
+        setup = escape(r.setup if r.status == "ok" else f"{r.setup} [{r.status[:60]}]")
+        table.add_row(r.name, setup, _fmt(r.sdmetrics), _fmt(r.quality), _fmt(r.tstr_auc),
+                      _fmt(r.trtr_auc), _fmt(r.auc_ratio), _fmt(r.dcr_share), _fmt(r.mia_auc),
+                      _fmt(r.epsilon, 2), _fmt(r.train_s, 1))
+    return table
+
+
+def _targets_table(found: Sequence[Target]) -> Table:
+    table = Table(title="targets")
+    for header in ("target", "value", "goal", "met"):
+        table.add_column(header)
+    for t in found:
+        table.add_row(t.name, t.value, t.goal, "n/a" if t.met is None else "yes" if t.met else "NO")
+    return table
+
+
+def run_rows(plan: Plan, split: HeartSplit, say: Callable[[str], None]) -> list[RowResult]:
+    """Trains and scores every row of ``plan``."""
+    rows = _ours(plan, split, say)
+    if plan.sdv:
+        rows.extend(_sdv_rows(plan, split, say))
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; prints the table, the targets and the RESULT line."""
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, three rows, no SDV")
+    parser.add_argument("--json", help="also write the rows and targets to this JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore")  # SDV, SDMetrics and Opacus warn on every call
+    console = Console(width=190)
+    plan = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    schema = DatasetSchema.load_named("heart_disease_uci")
+    split = make_split(load_heart(schema), schema)
+    console.print(f"{len(split.train)} training rows, {len(split.holdout)} held out")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads per process thrash a shared 2-core CPU (30x slower)
+    try:
+        rows = run_rows(plan, split, lambda name: console.print(f"[dim]training {name}[/]"))
+    finally:
+        torch.set_num_threads(threads)
+    found = targets(rows)
+    console.print(_table(rows))
+    console.print(_targets_table(found))
+    total = time.perf_counter() - start
+    console.print(f"total {total:.0f} s")
+    if args.json:
+        payload = {"rows": [asdict(r) for r in rows], "targets": [asdict(t) for t in found],
+                   "seconds": total, "quick": args.quick}
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=2)
+    gap, _ = quality_gap(rows)
+    met = "yes" if gap is not None and gap <= GAP_TARGET else "no"
+    print(f"RESULT federated_eps8_quality_gap={_fmt(gap)} target={GAP_TARGET} met={met}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
