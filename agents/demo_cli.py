@@ -20,8 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir", type=Path, help="where everything goes (default runs/demo-TIME)"
     )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps-per-round", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--steps-per-round", type=int, default=100)
     parser.add_argument("--rows", type=int, default=1000, help="synthetic patients to draw")
     parser.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per site")
     parser.add_argument("--quick", action="store_true", help="a tiny model and 2 rounds (tests)")

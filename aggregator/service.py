@@ -264,7 +264,10 @@ class AggregatorService:
                 vec = np.frombuffer(info.histograms, dtype="<f4").astype(np.float64)
                 total = total + Histograms.from_vector(self.schema, vec)
         encoder = FeatureEncoder.from_histograms(self.schema, total)
-        config = DiffusionConfig(hidden=self.settings.hidden, n_timesteps=self.settings.n_timesteps)
+        config = DiffusionConfig(
+            hidden=self.settings.hidden, n_timesteps=self.settings.n_timesteps,
+            embed_dim=self.settings.embed_dim, lr=self.settings.lr,
+        )
         n_parameters = ModelSpec(encoder, config, self.settings.seed).build().n_parameters
         terms = None
         if self.settings.mode == "secure":

@@ -47,6 +47,8 @@ class AggregatorSettings(BaseSettings):
     )
     hidden: tuple[int, ...] = (256, 256, 256)
     n_timesteps: int = 100
+    embed_dim: int = Field(default=128, ge=2)
+    lr: float = Field(default=2e-3, gt=0, description="local AdamW learning rate")
 
     @property
     def keys_dir(self) -> Path:
