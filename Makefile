@@ -31,6 +31,7 @@ THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(THREADS) $(PY) -m pytest -q -p no:cacheprovider
 
 test-unit: $(STAMP)

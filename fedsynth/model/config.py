@@ -9,6 +9,8 @@ from fedsynth.errors import ConfigError
 
 __all__ = ["DiffusionConfig"]
 
+_DEFAULT_HIDDEN = (256, 256, 256)
+
 
 @dataclass(frozen=True, slots=True)
 class DiffusionConfig:
@@ -28,7 +30,7 @@ class DiffusionConfig:
         lr_anneal: decay the learning rate linearly to 0 over one ``train_local`` call.
     """
 
-    hidden: tuple[int, ...] = (256, 256, 256)
+    hidden: tuple[int, ...] = _DEFAULT_HIDDEN
     embed_dim: int = 128
     n_timesteps: int = 100
     cond_drop_prob: float = 0.1
@@ -58,6 +60,7 @@ class DiffusionConfig:
     def from_dict(cls, raw: dict[str, Any]) -> DiffusionConfig:
         """Inverse of :meth:`to_dict` (unknown keys are an error)."""
         try:
-            return cls(**{**raw, "hidden": tuple(int(h) for h in raw.get("hidden", cls.hidden))})
+            hidden = tuple(int(h) for h in raw.get("hidden", _DEFAULT_HIDDEN))
+            return cls(**{**raw, "hidden": hidden})
         except TypeError as exc:
             raise ConfigError(f"invalid diffusion config: {exc}") from exc

@@ -297,14 +297,14 @@ def _column_mask(series: pd.Series, cc: ColumnConstraint) -> np.ndarray:
     if series.dtype == object:
         values = series.astype(object).where(series.notna(), None)
         ok = np.array([v is not None and cc.admits(str(v)) for v in values], dtype=bool)
-        return present & ok
+        return np.asarray(present & ok, dtype=bool)
     if str(series.dtype) == "boolean":
         filled = series.fillna(False).astype(bool)
-        return present & np.array([cc.admits(bool(v)) for v in filled], dtype=bool)
+        return np.asarray(present & np.array([cc.admits(bool(v)) for v in filled], dtype=bool))
     x = series.to_numpy(dtype=np.float64, na_value=np.nan)
     ok = cc.interval.contains(x)
     if cc.allowed is not None:
         ok &= np.isin(x, [float(v) for v in cc.allowed if not isinstance(v, str)])
     if cc.excluded:
         ok &= ~np.isin(x, [float(v) for v in cc.excluded if not isinstance(v, str)])
-    return present & ok
+    return np.asarray(present & ok, dtype=bool)

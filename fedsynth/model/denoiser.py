@@ -48,4 +48,5 @@ class MLPDenoiser(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x_t``: ``(B, d_in)``; ``t``: ``(B,)`` timesteps; ``y``: ``(B,)`` int64 labels."""
         emb = self.time_embed(timestep_embedding(t, self.embed_dim)) + self.label_embed(y)
-        return self.head(self.body(nn.functional.silu(self.proj(x_t) + emb)))
+        out: torch.Tensor = self.head(self.body(nn.functional.silu(self.proj(x_t) + emb)))
+        return out

@@ -35,15 +35,15 @@ def label_distribution(model: TabularDiffusion, conditions: Constraints | None) 
     prior = np.asarray(model.encoder.cond_prior, dtype=np.float64)
     schema = model.encoder.schema
     if conditions is None or schema.conditioning is None:
-        return prior / prior.sum()
+        return np.asarray(prior / prior.sum())
     if conditions.get(schema.conditioning) is None:
-        return prior / prior.sum()
+        return np.asarray(prior / prior.sum())
     allowed = conditions.allowed_levels(schema.column(schema.conditioning))
     probs = np.zeros_like(prior)
     probs[allowed] = prior[allowed]
     if probs.sum() <= 0:
         probs[allowed] = 1.0
-    return probs / probs.sum()
+    return np.asarray(probs / probs.sum())
 
 
 def sample_with_constraints(

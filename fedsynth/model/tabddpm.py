@@ -147,11 +147,13 @@ class TabularDiffusion:
     def _guided(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         scale = self.config.guidance_scale
         if scale == 1.0:
-            return self.denoiser(x, t.float(), y)
+            out: torch.Tensor = self.denoiser(x, t.float(), y)
+            return out
         null = torch.full_like(y, self.null_label)
         both = self.denoiser(torch.cat([x, x]), torch.cat([t, t]).float(), torch.cat([y, null]))
         cond_out, uncond_out = both.chunk(2)
-        return uncond_out + scale * (cond_out - uncond_out)
+        guided: torch.Tensor = uncond_out + scale * (cond_out - uncond_out)
+        return guided
 
     def sample(
         self,

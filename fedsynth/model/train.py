@@ -70,7 +70,7 @@ class OpacusPrivacy:
             from fedsynth.privacy import make_private
         except ImportError as exc:
             raise ConfigError(f"DP training needs fedsynth.privacy: {exc}") from exc
-        return make_private(  # type: ignore[no-any-return]
+        return make_private(
             module,
             optimizer,
             data_loader,
@@ -147,7 +147,7 @@ def train_local(
             xb, yb = next(batches)
             optimizer.zero_grad()
             loss = model.loss(xb, yb, module=module)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             losses.append(float(loss.detach()))
     finally:
