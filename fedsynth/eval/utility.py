@@ -174,6 +174,12 @@ def _fit_score(
         _log.warning("training labels hold one class only; predicting it for every row")
         proba = np.full(len(y_test), float(y_train[0]))
     else:
+        # scikit-learn's binning fails on a feature with no value at all (a site without a
+        # column, or a generator that never emits it); a constant carries the same information
+        empty = [c for c in x_train.columns if x_train[c].isna().all()]
+        if empty:
+            _log.warning("columns with no value in the training rows: %s", empty)
+            x_train = x_train.assign(**{c: 0.0 for c in empty})
         proba = _classifier(specs).fit(x_train, y_train).predict_proba(x_test)[:, 1]
     auc = float(roc_auc_score(y_test, proba)) if np.unique(y_test).size == 2 else None
     f1 = float(f1_score(y_test, (proba >= 0.5).astype(int), zero_division=0.0))
