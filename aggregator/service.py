@@ -235,6 +235,11 @@ class AggregatorService:
                 for e in self.reader.expire()
             ]
         )
+        if self.coordinator is not None and self.phase is Phase.TRAINING:
+            if self.coordinator.stage is None:
+                fx.merge(self._open_cohort())
+            else:
+                fx.merge(self._cohort_effects(self.coordinator.tick(self.wall_clock())))
         now = self.clock()
         if (
             self.phase is Phase.GATHERING
@@ -250,6 +255,7 @@ class AggregatorService:
         elif (
             self.phase is Phase.TRAINING
             and self.state is not None
+            and self.coordinator is None  # secure cohorts have their own deadlines
             and now - self.version_started > self.settings.round_timeout_s
         ):
             self.version_started = now
@@ -406,6 +412,7 @@ class AggregatorService:
                 s: [i.n_samples, base64.b64encode(i.histograms).decode(), i.epsilon_spent]
                 for s, i in self.sites.items()
             },
+            "cohorts": self.coordinator.to_state() if self.coordinator is not None else None,
         }
 
     def restore(self, state: EngineState, extra: dict[str, Any]) -> None:

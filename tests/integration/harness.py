@@ -82,8 +82,10 @@ def start_aggregator(
     rounds: int = 3,
     extra: tuple[str, ...] = (),
     log_name: str = "aggregator.log",
+    plain: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``fedsynth aggregator --plain`` as a child process in its own process group."""
+    """``fedsynth aggregator [--plain]`` as a child process in its own process group."""
     log = open(fed.run_dir / log_name, "ab")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [
@@ -91,7 +93,7 @@ def start_aggregator(
             "-m",
             "fedsynth.cli",
             "aggregator",
-            "--plain",
+            *(["--plain"] if plain else []),
             "--bootstrap",
             bootstrap,
             "--run-dir",
@@ -107,7 +109,7 @@ def start_aggregator(
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, **SMALL_MODEL_ENV, "FEDSYNTH_CHECKPOINT_KEY": "11" * 32},
+        env={**os.environ, **SMALL_MODEL_ENV, "FEDSYNTH_CHECKPOINT_KEY": "11" * 32, **(env or {})},
     )
 
 
