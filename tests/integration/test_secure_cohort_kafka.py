@@ -4,6 +4,7 @@ finishes, and the new global version is the staleness-weighted mean of the survi
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -65,7 +66,9 @@ async def _send(fed: Federation, bootstrap: str, site: str, sends: list[tuple[st
         await produce(bootstrap, ROUTES[name], values, key=key.encode())
 
 
-async def _drive(fed: Federation, bootstrap: str, dropped: str) -> tuple[dict, dict, dict]:
+async def _drive(
+    fed: Federation, bootstrap: str, dropped: str | None, on_joined: Any = None
+) -> tuple[dict, dict, dict]:
     reader = MessageReader(FED, KeyRing.from_dir(fed.run_dir / "keys"))
     consumer = make_consumer(bootstrap, group_id=None)
     await consumer.start()
@@ -109,6 +112,9 @@ async def _drive(fed: Federation, bootstrap: str, dropped: str) -> tuple[dict, d
                         continue  # vanished after joining
                     sends = site.on_record(got.name, got.record, time.time())
                     joined |= {name for n, _ in sends if n == "CohortJoin"}
+                    if on_joined is not None and joined == set(fed.sites):
+                        on_joined()
+                        on_joined = None
                     await _send(fed, bootstrap, name, sends)
         return versions, deltas, {n: 100 + 50 * i for i, n in enumerate(fed.sites)}
     finally:
@@ -140,3 +146,33 @@ async def test_cohort_finishes_without_a_site_that_vanished_after_joining(tmp_pa
     # exact survivor sum up to fixed-point rounding (clip 0.5 over 2^16 levels)
     assert np.max(np.abs(versions[1] - expected)) < 1e-4
     assert np.max(np.abs(versions[1] - versions[0])) > 1e-3  # the update really moved the model
+
+
+async def test_cohort_interrupted_by_an_aggregator_crash_is_redone(tmp_path: Path) -> None:
+    fed = Federation.create(tmp_path, ["A", "B", "C"])
+    env = {"FEDSYNTH_INPUT_DEADLINE_S": "4", "FEDSYNTH_JOIN_DEADLINE_S": "20"}
+    async with EmbeddedBroker(record=False) as broker:
+        await ensure_topics(broker.bootstrap)
+        procs = [start_aggregator(fed, broker.bootstrap, rounds=2, plain=False, env=env)]
+
+        def crash_and_restart() -> None:  # kill -9 while the cohort is sharing
+            stop(procs[-1], signal.SIGKILL)
+            procs.append(start_aggregator(fed, broker.bootstrap, rounds=2, plain=False, env=env))
+
+        try:
+            await produce(
+                broker.bootstrap,
+                SITE_EVENTS.name,
+                [fed.hello(s, seed=i) for i, s in enumerate(fed.sites)],
+            )
+            versions, deltas, n = await asyncio.wait_for(
+                _drive(fed, broker.bootstrap, None, crash_and_restart), 150
+            )
+        finally:
+            for proc in procs:
+                stop(proc)
+    assert len(procs) == 2
+    assert 1 in versions, dump(tmp_path / "aggregator.log")
+    total = sum(n.values())
+    expected = versions[0] + sum(n[s] * deltas[s] for s in fed.sites) / total
+    assert np.max(np.abs(versions[1] - expected)) < 1e-4
