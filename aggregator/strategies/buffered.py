@@ -33,6 +33,7 @@ from fedsynth.errors import ConfigError
 __all__ = [
     "Batch",
     "BufferSpec",
+    "BufferedRule",
     "Combiner",
     "buffered_on_timeout",
     "buffered_on_update",
@@ -150,3 +151,29 @@ def buffered_on_timeout(
     if floor is None or len(state.buffer) < floor:
         return StrategyResult(state)
     return _flush(state, version, params, spec, combine)
+
+
+class BufferedRule:
+    """The protocol methods every buffered rule shares; a rule adds ``spec``, ``name`` and
+    :meth:`combine` (how ``K`` buffered deltas become one direction), nothing else."""
+
+    __slots__ = ()
+    spec: BufferSpec
+
+    def combine(self, deltas: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(deltas (k, d), weights (k,))`` -> ``(direction (d,), weight per update (k,))``."""
+        raise NotImplementedError
+
+    def initial_state(self, n_parameters: int) -> StrategyState:
+        """An empty buffer."""
+        return StrategyState()
+
+    def on_update(
+        self, state: StrategyState, update: ClientUpdate, version: int, params: np.ndarray
+    ) -> StrategyResult:
+        """Buffer the update; aggregate when ``K`` are buffered."""
+        return buffered_on_update(state, update, version, params, self.spec, self.combine)
+
+    def on_timeout(self, state: StrategyState, version: int, params: np.ndarray) -> StrategyResult:
+        """Aggregate a partial buffer if ``spec.min_updates_on_timeout`` allows."""
+        return buffered_on_timeout(state, version, params, self.spec, self.combine)

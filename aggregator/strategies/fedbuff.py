@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggregator.strategies.base import ClientUpdate, StrategyResult, StrategyState
-from aggregator.strategies.buffered import BufferSpec, buffered_on_timeout, buffered_on_update
+from aggregator.strategies.buffered import BufferedRule, BufferSpec
 from aggregator.strategies.kernels import weighted_mean
 
 __all__ = ["FedBuff", "weighted_combine"]
@@ -25,7 +24,7 @@ def weighted_combine(deltas: np.ndarray, weights: np.ndarray) -> tuple[np.ndarra
 
 
 @dataclass(frozen=True, slots=True)
-class FedBuff:
+class FedBuff(BufferedRule):
     """FedBuff rule.
 
     Attributes:
@@ -39,16 +38,6 @@ class FedBuff:
         """``"fedbuff"``."""
         return "fedbuff"
 
-    def initial_state(self, n_parameters: int) -> StrategyState:
-        """An empty buffer."""
-        return StrategyState()
-
-    def on_update(
-        self, state: StrategyState, update: ClientUpdate, version: int, params: np.ndarray
-    ) -> StrategyResult:
-        """Buffer the update; aggregate when ``K`` are buffered."""
-        return buffered_on_update(state, update, version, params, self.spec, weighted_combine)
-
-    def on_timeout(self, state: StrategyState, version: int, params: np.ndarray) -> StrategyResult:
-        """Aggregate a partial buffer if ``spec.min_updates_on_timeout`` allows."""
-        return buffered_on_timeout(state, version, params, self.spec, weighted_combine)
+    def combine(self, deltas: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted mean of the deltas."""
+        return weighted_combine(deltas, weights)

@@ -10,18 +10,11 @@ arrival order (the lower buffer index wins), which keeps replays deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 import numpy as np
 
-from aggregator.strategies.base import ClientUpdate, StrategyResult, StrategyState
-from aggregator.strategies.buffered import (
-    BufferSpec,
-    Combiner,
-    buffered_on_timeout,
-    buffered_on_update,
-)
+from aggregator.strategies.buffered import BufferedRule, BufferSpec
 from aggregator.strategies.kernels import krum_select
 from fedsynth.errors import ConfigError
 
@@ -40,7 +33,7 @@ def krum_combine(
 
 
 @dataclass(frozen=True, slots=True)
-class Krum:
+class Krum(BufferedRule):
     """(Multi-)Krum rule.
 
     Attributes:
@@ -52,7 +45,6 @@ class Krum:
     spec: BufferSpec
     n_byzantine: int
     n_selected: int = 1
-    _combine: Combiner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         smallest = self.spec.min_updates_on_timeout or self.spec.buffer_size
@@ -63,24 +55,14 @@ class Krum:
             )
         if not 1 <= self.n_selected <= self.spec.buffer_size:
             raise ConfigError(f"n_selected must be in 1..{self.spec.buffer_size}")
-        combine = partial(krum_combine, n_byzantine=self.n_byzantine, n_selected=self.n_selected)
-        object.__setattr__(self, "_combine", combine)
 
     @property
     def name(self) -> str:
         """``"krum"``."""
         return "krum"
 
-    def initial_state(self, n_parameters: int) -> StrategyState:
-        """An empty buffer."""
-        return StrategyState()
-
-    def on_update(
-        self, state: StrategyState, update: ClientUpdate, version: int, params: np.ndarray
-    ) -> StrategyResult:
-        """Buffer the update; aggregate when ``K`` are buffered."""
-        return buffered_on_update(state, update, version, params, self.spec, self._combine)
-
-    def on_timeout(self, state: StrategyState, version: int, params: np.ndarray) -> StrategyResult:
-        """Aggregate a partial buffer if ``spec.min_updates_on_timeout`` allows."""
-        return buffered_on_timeout(state, version, params, self.spec, self._combine)
+    def combine(self, deltas: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean of the multi-Krum selection."""
+        return krum_combine(
+            deltas, weights, n_byzantine=self.n_byzantine, n_selected=self.n_selected
+        )

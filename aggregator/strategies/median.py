@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aggregator.strategies.base import ClientUpdate, StrategyResult, StrategyState
-from aggregator.strategies.buffered import BufferSpec, buffered_on_timeout, buffered_on_update
+from aggregator.strategies.buffered import BufferedRule, BufferSpec
 from aggregator.strategies.kernels import coordinate_median
 
 __all__ = ["CoordinateMedian", "median_combine"]
@@ -27,7 +26,7 @@ def median_combine(deltas: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray,
 
 
 @dataclass(frozen=True, slots=True)
-class CoordinateMedian:
+class CoordinateMedian(BufferedRule):
     """Coordinate-wise median rule.
 
     Attributes:
@@ -41,16 +40,6 @@ class CoordinateMedian:
         """``"median"``."""
         return "median"
 
-    def initial_state(self, n_parameters: int) -> StrategyState:
-        """An empty buffer."""
-        return StrategyState()
-
-    def on_update(
-        self, state: StrategyState, update: ClientUpdate, version: int, params: np.ndarray
-    ) -> StrategyResult:
-        """Buffer the update; aggregate when ``K`` are buffered."""
-        return buffered_on_update(state, update, version, params, self.spec, median_combine)
-
-    def on_timeout(self, state: StrategyState, version: int, params: np.ndarray) -> StrategyResult:
-        """Aggregate a partial buffer if ``spec.min_updates_on_timeout`` allows."""
-        return buffered_on_timeout(state, version, params, self.spec, median_combine)
+    def combine(self, deltas: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinate-wise median."""
+        return median_combine(deltas, weights)

@@ -9,18 +9,11 @@ so that a claimed sample count cannot buy influence). Each update is reported wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 
 import numpy as np
 
-from aggregator.strategies.base import ClientUpdate, StrategyResult, StrategyState
-from aggregator.strategies.buffered import (
-    BufferSpec,
-    Combiner,
-    buffered_on_timeout,
-    buffered_on_update,
-)
+from aggregator.strategies.buffered import BufferedRule, BufferSpec
 from aggregator.strategies.kernels import trimmed_mean
 from fedsynth.errors import ConfigError
 
@@ -36,7 +29,7 @@ def trimmed_combine(
 
 
 @dataclass(frozen=True, slots=True)
-class TrimmedMean:
+class TrimmedMean(BufferedRule):
     """Trimmed-mean rule.
 
     Attributes:
@@ -46,28 +39,16 @@ class TrimmedMean:
 
     spec: BufferSpec
     beta: float
-    _combine: Combiner = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta < 0.5:
             raise ConfigError(f"trimmed mean beta must be in [0, 0.5), got {self.beta}")
-        object.__setattr__(self, "_combine", partial(trimmed_combine, beta=self.beta))
 
     @property
     def name(self) -> str:
         """``"trimmed_mean"``."""
         return "trimmed_mean"
 
-    def initial_state(self, n_parameters: int) -> StrategyState:
-        """An empty buffer."""
-        return StrategyState()
-
-    def on_update(
-        self, state: StrategyState, update: ClientUpdate, version: int, params: np.ndarray
-    ) -> StrategyResult:
-        """Buffer the update; aggregate when ``K`` are buffered."""
-        return buffered_on_update(state, update, version, params, self.spec, self._combine)
-
-    def on_timeout(self, state: StrategyState, version: int, params: np.ndarray) -> StrategyResult:
-        """Aggregate a partial buffer if ``spec.min_updates_on_timeout`` allows."""
-        return buffered_on_timeout(state, version, params, self.spec, self._combine)
+    def combine(self, deltas: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coordinate-wise trimmed mean."""
+        return trimmed_combine(deltas, weights, beta=self.beta)
