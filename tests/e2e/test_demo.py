@@ -53,3 +53,42 @@ def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
     assert any(len(services_by_trace[r["trace_id"]]) >= 3 for r in rounds), services_by_trace
     leftovers = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout
     assert leftovers.strip() == "", leftovers
+
+
+def test_interrupted_demo_stops_every_process(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    def brokers() -> set[str]:
+        return set(
+            subprocess.run(
+                ["pgrep", "-f", "broker --listener-url"], capture_output=True, text=True
+            ).stdout.split()
+        )
+
+    before = brokers()
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedsynth.cli", "demo", "--quick", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "logs" / "agent-Cleveland.log").exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        time.sleep(3)  # the services are starting up
+        children = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True)
+        assert len(children.stdout.split()) >= 6  # aggregator, gateway, 4 agents
+        assert brokers() - before  # the demo's own broker is up
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    leftovers = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout
+    assert brokers() - before == set()
