@@ -25,6 +25,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--max-minutes-per-update", type=float, help="local training time cap")
     parser.add_argument("--no-dp", action="store_true", help="train WITHOUT differential privacy")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="the federation is in plain mode: send DP histograms in the clear with the hello",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
             over[name] = value
     if args.no_dp:
         over["dp"] = False
+    if args.plain:
+        over["secure"] = False
     try:
         settings = AgentSettings(**over)  # type: ignore[arg-type]
     except ValueError as exc:

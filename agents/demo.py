@@ -137,6 +137,7 @@ def start_services(
                 *cli,
                 "agent",
                 *fed,
+                *(["--plain"] if opts.plain else []),
                 "--site",
                 sid,
                 "--data",

@@ -82,8 +82,10 @@ def _summary(console: Console, opts: DemoOptions, result: DemoResult, real: pd.D
     table.add_row("release catalogue (DuckDB)", str(opts.run_dir / "gateway" / "releases.duckdb"))
     table.add_row("traces (OpenTelemetry JSON lines)", str(opts.run_dir / "traces.jsonl"))
     if result.synthetic is not None:
-        table.add_row("fidelity (column shapes + pair trends, 1 = identical)",
-                      f"{fidelity_score(real, result.synthetic):.3f}")
+        table.add_row(
+            "fidelity (column shapes + pair trends, 1 = identical)",
+            f"{fidelity_score(real, result.synthetic):.3f}",
+        )
     console.print(table)
     if result.synthetic is not None:
         console.print(marginals_table(real, result.synthetic))

@@ -224,8 +224,12 @@ class SecureSite:
         cohort_id = str(record["cohort_id"])
         self._open = (cohort_id, int(record["target_version"]), int(record["join_deadline_ms"]))
         if self._client is not None and self.cohort_id != cohort_id:
-            log.info("site %s leaves cohort %s: cohort %s opened", self.config.site_id,
-                     self.cohort_id, cohort_id)
+            log.info(
+                "site %s leaves cohort %s: cohort %s opened",
+                self.config.site_id,
+                self.cohort_id,
+                cohort_id,
+            )
             self._leave(SiteOutcome.ABANDONED)
         return self._try_join(now)
 
@@ -242,11 +246,16 @@ class SecureSite:
         client_cfg = ClientConfig(cfg.federation_id, cohort_id, cfg.site_id, cfg.spec, self.rng)
         weight = float(upd.n_samples)
         if weight > cfg.spec.max_weight:
-            log.warning("site %s: weight %d clamped to max_weight %g", cfg.site_id,
-                        upd.n_samples, cfg.spec.max_weight)
+            log.warning(
+                "site %s: weight %d clamped to max_weight %g",
+                cfg.site_id,
+                upd.n_samples,
+                cfg.spec.max_weight,
+            )
             weight = cfg.spec.max_weight
-        update = ClientUpdate(np.asarray(upd.delta).reshape(-1), weight, upd.base_version,
-                              self._clamped_staleness)
+        update = ClientUpdate(
+            np.asarray(upd.delta).reshape(-1), weight, upd.base_version, self._clamped_staleness
+        )
         self._client, joins = start_client(client_cfg, update)
         self._tried, self._early, self._deferred = cohort_id, [], None
         self._spent_here = False
@@ -294,8 +303,10 @@ class SecureSite:
         client, request = self._client, self._deferred
         if client is None or request is None or client.stage != ClientStage.MASKED:
             return []
-        if self.config.site_id in request.survivors and \
-                not (client.neighbours & client.sharers) <= client.held.keys():
+        if (
+            self.config.site_id in request.survivors
+            and not (client.neighbours & client.sharers) <= client.held.keys()
+        ):
             return []  # wait for the remaining shares of neighbouring sharers
         self._deferred = None
         out = self._step(request)
@@ -326,8 +337,14 @@ class SecureSite:
         upd, roster = self.pending, state.roster
         if upd is None or roster is None:  # pragma: no cover - masking needs both
             raise ProtocolError("masked input without a pending update and roster")
-        info = MaskedUpdateInfo(upd.update_id, upd.n_samples, upd.base_version, upd.train_loss,
-                                upd.epsilon_spent, roster.modulus_bits)
+        info = MaskedUpdateInfo(
+            upd.update_id,
+            upd.n_samples,
+            upd.base_version,
+            upd.train_loss,
+            upd.epsilon_spent,
+            roster.modulus_bits,
+        )
         return to_fields(message, info)
 
     def _leave(self, outcome: SiteOutcome) -> None:

@@ -36,6 +36,9 @@ class AgentSettings(BaseSettings):
     heartbeat_s: float = Field(default=10.0, gt=0)
     seed: int | None = None
     dp: bool = Field(default=True, description="DP-SGD on (turning it off warns loudly)")
+    secure: bool = Field(
+        default=True, description="histograms travel only masked (the federation is in secure mode)"
+    )
 
     @property
     def site_dir(self) -> Path:

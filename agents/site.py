@@ -80,6 +80,9 @@ class SiteAgent:
         # the roster's public keys: the aggregator's (control, models) and the sites' (shares)
         self.keys = KeyRing.from_dir(settings.keys_dir)
         self.secure: SecureSite | None = None
+        self.hist_site: SecureSite | None = None
+        self.hist_cohorts: set[str] = set()
+        self.histograms: np.ndarray | None = None
         self.early: list[tuple[str, dict[str, Any]]] = []
         self.rng = np.random.default_rng(settings.seed)
         self.tracer = setup_telemetry(f"fedsynth-agent-{settings.site}", settings.run_dir).tracer(
@@ -330,12 +333,35 @@ class SiteAgent:
             return  # version notices and other control records are not cohort business
         if got.name == "EncryptedShare" and got.record.get("recipient") != self.s.site:
             return  # someone else's (encrypted) share
-        if self.secure is None:
+        if got.name == "CohortOpen" and got.record.get("purpose") == "histograms":
+            await self._join_histogram_cohort(got.record)
+            return
+        if self.hist_site is not None and got.record.get("cohort_id") in self.hist_cohorts:
+            site = self.hist_site
+        elif self.secure is None:
             self.early.append((got.name, got.record))  # the secure terms come with version 0
             return
-        await self._send_secure(self.secure.on_record(got.name, got.record, time.time()))
-        for reason in self.secure.drain_rejections():
+        else:
+            site = self.secure
+        await self._send_secure(site.on_record(got.name, got.record, time.time()))
+        for reason in site.drain_rejections():
             log.warning("site %s refused a cohort message: %s", self.s.site, reason)
+
+    async def _join_histogram_cohort(self, record: dict[str, Any]) -> None:
+        """Submit this site's DP histograms to a secure histogram cohort (before version 0)."""
+        if self.latest is not None or self.histograms is None:
+            return  # training has started: the histograms were summed already
+        if record["join_deadline_ms"] / 1000 < time.time():
+            return  # an old cohort read back from the topic
+        if self.hist_site is None:
+            self.hist_site = self._secure_site(json.loads(record["terms"]))
+        self.hist_cohorts.add(record["cohort_id"])
+        pending = PendingUpdate(
+            str(uuid.uuid4()), self.histograms, 1, int(record["target_version"])
+        )
+        sends = [] if self.hist_site.in_cohort else self.hist_site.submit(pending, time.time())
+        sends += self.hist_site.on_record("CohortOpen", record, time.time())
+        await self._send_secure(sends)
 
     async def _send_secure(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
         """Cohort messages are tied to in-memory keys: a crash makes this site a dropout."""
@@ -354,7 +380,9 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ sending
     async def _hello(self) -> None:
+        # DP either way; in secure mode the histograms travel only masked, in their own cohort
         hist = site_histograms(self.frame, self.schema, self.s.hist_epsilon, self.rng)
+        self.histograms = hist.to_vector().astype(np.float32)
         out = self.factory.build(
             "SiteHello",
             {
@@ -364,7 +392,7 @@ class SiteAgent:
                 "consent": self.s.consent,
                 "identity_public_key": self.factory.key.public_raw(),
                 "n_samples": self.rows,
-                "histograms": hist.to_vector().astype("<f4").tobytes(),
+                "histograms": None if self.s.secure else self.histograms.astype("<f4").tobytes(),
             },
         )
         self.outbox.put(

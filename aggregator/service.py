@@ -15,6 +15,7 @@ one site's values (ARCHITECTURE.md, Privacy).
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -125,6 +126,7 @@ class AggregatorService:
         self.clock = clock
         self.wall_clock = wall_clock
         self.coordinator: CohortCoordinator | None = None
+        self.hist: CohortCoordinator | None = None
         self.phase = Phase.GATHERING
         self.sites: dict[str, SiteInfo] = {}
         self.spec: ModelSpec | None = None
@@ -149,6 +151,9 @@ class AggregatorService:
 
     def _dispatch(self, msg: Inbound) -> Effects:
         if self.settings.mode == "secure" and msg.name in COHORT_INBOUND:
+            if self.hist is not None and self.phase is Phase.GATHERING:
+                out = self.hist.on_record(msg.name, msg.record, self.wall_clock())
+                return self._histogram_effects(out)
             if self.coordinator is None or self.phase is not Phase.TRAINING:
                 return Effects()  # before training or after the final version: nothing to do
             out = self.coordinator.on_record(msg.name, msg.record, self.wall_clock())
@@ -187,7 +192,7 @@ class AggregatorService:
             len(self.settings.sites),
         )
         if set(self.sites) == set(self.settings.sites):
-            return self._start_training()
+            return self._sites_gathered()
         return Effects(changed=True)
 
     def _on_heartbeat(self, rec: dict[str, Any]) -> Effects:
@@ -235,6 +240,11 @@ class AggregatorService:
                 for e in self.reader.expire()
             ]
         )
+        if self.hist is not None and self.phase is Phase.GATHERING:
+            if self.hist.stage is None:
+                fx.merge(self._open_histogram_cohort())
+            else:
+                fx.merge(self._histogram_effects(self.hist.tick(self.wall_clock())))
         if self.coordinator is not None and self.phase is Phase.TRAINING:
             if self.coordinator.stage is None:
                 fx.merge(self._open_cohort())
@@ -244,6 +254,7 @@ class AggregatorService:
         if (
             self.phase is Phase.GATHERING
             and self.sites
+            and self.hist is None
             and now - self.started > self.settings.hello_timeout_s
         ):
             log.warning(
@@ -251,7 +262,7 @@ class AggregatorService:
                 len(self.sites),
                 len(self.settings.sites),
             )
-            fx.merge(self._start_training())
+            fx.merge(self._sites_gathered())
         elif (
             self.phase is Phase.TRAINING
             and self.state is not None
@@ -263,16 +274,75 @@ class AggregatorService:
         return fx
 
     # ----------------------------------------------------------------- training
-    def _start_training(self) -> Effects:
+    def _sites_gathered(self) -> Effects:
+        """Every roster site said hello (or the deadline passed): sum their DP histograms."""
+        if self.settings.mode == "secure" and self.settings.secure_histograms:
+            return self._open_histogram_cohort()
         total = Histograms.zeros(self.schema)
         for info in self.sites.values():
             if info.histograms:
                 vec = np.frombuffer(info.histograms, dtype="<f4").astype(np.float64)
                 total = total + Histograms.from_vector(self.schema, vec)
+        return self._start_training(total)
+
+    def _open_histogram_cohort(self) -> Effects:
+        """Secure mode: the DP histograms are summed in a SecAgg+ cohort of their own, so the
+        aggregator learns only their sum, never one site's histogram."""
+        if self.hist is None:
+            size = len(self.sites)
+            self.hist = CohortCoordinator(
+                CohortConfig(
+                    federation_id=self.settings.federation_id,
+                    spec=FixedPointSpec(clip=self.settings.histogram_clip, levels=1 << 20),
+                    vector_length=len(Histograms.zeros(self.schema).to_vector()),
+                    buffer_size=size,
+                    min_members=max(2, size - 1) if size > 2 else size,
+                    join_deadline_s=self.settings.join_deadline_s,
+                    input_deadline_s=self.settings.input_deadline_s,
+                    share_deadline_s=self.settings.input_deadline_s,
+                    unmask_deadline_s=self.settings.input_deadline_s,
+                )
+            )
+        if self.hist.stage is not None:
+            return Effects()
+        out = self.hist.open_cohort(0, self.wall_clock())
+        log.info("histogram cohort %s open for %s", self.hist.cohort_id, sorted(self.sites))
+        return self._histogram_effects(out)
+
+    def _histogram_effects(self, out: CoordinatorOutput) -> Effects:
+        assert self.hist is not None  # noqa: S101
+        terms = json.dumps(self.hist.config.site_terms(), sort_keys=True)
+        sends = [
+            (
+                name,
+                {**fields, "purpose": "histograms", "terms": terms}
+                if name == "CohortOpen"
+                else fields,
+            )
+            for name, fields in out.sends
+        ]
+        fx = Effects(changed=bool(sends))
+        if sends:
+            msgs = tuple(self.factory.build(name, fields) for name, fields in sends)
+            fx.sends.append(Send(self.topics["control"], self.settings.federation_id, msgs))
+        fx.dead += [DeadLetterItem(reason, "CohortRejected") for reason in out.rejections]
+        if out.failed:
+            log.warning("histogram cohort failed (%s); opening another", out.failed)
+        if out.event is not None:
+            total = Histograms.from_vector(self.schema, np.asarray(out.event.weighted_delta_sum))
+            log.info("histograms of %s summed securely", ", ".join(out.event.contributors))
+            fx.merge(self._start_training(total))
+        elif out.finished or out.failed:
+            fx.merge(self._open_histogram_cohort())
+        return fx
+
+    def _start_training(self, total: Histograms) -> Effects:
         encoder = FeatureEncoder.from_histograms(self.schema, total)
         config = DiffusionConfig(
-            hidden=self.settings.hidden, n_timesteps=self.settings.n_timesteps,
-            embed_dim=self.settings.embed_dim, lr=self.settings.lr,
+            hidden=self.settings.hidden,
+            n_timesteps=self.settings.n_timesteps,
+            embed_dim=self.settings.embed_dim,
+            lr=self.settings.lr,
         )
         n_parameters = ModelSpec(encoder, config, self.settings.seed).build().n_parameters
         terms = None
@@ -298,9 +368,13 @@ class AggregatorService:
         return CohortConfig(
             federation_id=s.federation_id,
             spec=FixedPointSpec(clip=s.secure_clip, max_weight=float(s.secure_max_weight)),
-            vector_length=n_parameters, buffer_size=size, min_members=min(size, max(2, size - 1)),
-            join_deadline_s=s.join_deadline_s, input_deadline_s=s.input_deadline_s,
-            share_deadline_s=s.input_deadline_s, unmask_deadline_s=s.input_deadline_s,
+            vector_length=n_parameters,
+            buffer_size=size,
+            min_members=min(size, max(2, size - 1)),
+            join_deadline_s=s.join_deadline_s,
+            input_deadline_s=s.input_deadline_s,
+            share_deadline_s=s.input_deadline_s,
+            unmask_deadline_s=s.input_deadline_s,
             max_staleness=s.max_staleness,
         )
 
@@ -309,8 +383,9 @@ class AggregatorService:
         if self.phase is not Phase.TRAINING or self.coordinator.stage is not None:
             return Effects()
         out = self.coordinator.open_cohort(self.state.model_version, self.wall_clock())
-        log.info("cohort %s open for version %d", self.coordinator.cohort_id,
-                 self.state.model_version)
+        log.info(
+            "cohort %s open for version %d", self.coordinator.cohort_id, self.state.model_version
+        )
         return self._cohort_effects(out)
 
     def _cohort_effects(self, out: CoordinatorOutput) -> Effects:

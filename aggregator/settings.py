@@ -40,6 +40,10 @@ class AggregatorSettings(BaseSettings):
     cohort_size: int | None = Field(default=None, ge=2, description="K; every roster site if unset")
     secure_clip: float = Field(default=0.5, gt=0, description="per-coordinate clip of w*delta / w")
     secure_max_weight: int = Field(default=10_000, ge=1, description="largest n_samples weight")
+    secure_histograms: bool = Field(
+        default=True, description="secure mode: sum the sites' DP histograms in a SecAgg+ cohort"
+    )
+    histogram_clip: float = Field(default=10_000.0, gt=0, description="largest count per bin")
     join_deadline_s: float = Field(default=120.0, gt=0)
     input_deadline_s: float = Field(default=300.0, gt=0)
     session_timeout_s: float = Field(

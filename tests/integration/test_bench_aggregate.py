@@ -23,6 +23,11 @@ def test_quick_run_prints_tables_and_result(
     assert met == ("yes" if ratio >= 0.8 else "no")
     text = "\n".join(lines)
     assert "4 updates x 100,000 params" in text
-    for part in ("bare aiokafka", "aggregator ingest", "signature verify", "engine step",
-                 "raw numpy sum"):
+    for part in (
+        "bare aiokafka",
+        "aggregator ingest",
+        "signature verify",
+        "engine step",
+        "raw numpy sum",
+    ):
         assert part in text

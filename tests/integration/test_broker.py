@@ -96,8 +96,9 @@ if sys.argv[1] == "hang":
 @pytest.mark.parametrize("ending", ["exit", "hang"])
 def test_owner_exit_or_kill_takes_broker_down(ending: str) -> None:
     """atexit stops the broker on a normal exit; PDEATHSIG kills it when the owner is SIGKILLed."""
-    owner = subprocess.Popen([PYTHON, "-c", _CHILD, ending], cwd=ROOT, stdout=subprocess.PIPE,
-                             text=True)
+    owner = subprocess.Popen(
+        [PYTHON, "-c", _CHILD, ending], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     assert owner.stdout is not None
     pid = int(owner.stdout.readline())
     if ending == "hang":
@@ -108,10 +109,15 @@ def test_owner_exit_or_kill_takes_broker_down(ending: str) -> None:
 
 
 def test_cli_broker_runs_until_sigterm(tmp_path: Path) -> None:
-    env = {**os.environ, "FEDSYNTH_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1",
-           "COLUMNS": "200"}
-    cli = subprocess.Popen([PYTHON, "-m", "fedsynth.cli", "broker"], cwd=ROOT, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "FEDSYNTH_HOME": str(tmp_path), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    cli = subprocess.Popen(
+        [PYTHON, "-m", "fedsynth.cli", "broker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert cli.stdout is not None
     try:
         lines = []

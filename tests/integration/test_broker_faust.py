@@ -55,8 +55,12 @@ async def test_faust_join_time_follows_session_timeout(broker: str) -> None:
     await ensure_topics(broker, [TopicSpec(topic, 3, "k", ("X",), 60_000)])
     short, long = 2.0, 6.0
     done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", _APP, broker, topic, str(short), str(long)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        subprocess.run,
+        [sys.executable, "-c", _APP, broker, topic, str(short), str(long)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     t_short, t_long = json.loads(done.stdout.strip().splitlines()[-1])

@@ -155,8 +155,9 @@ async def test_alter_configs_unsupported_so_configs_are_set_at_creation(
     await admin.start()
     try:
         with pytest.raises(IncompatibleBrokerVersion):
-            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name,
-                                                      configs={"retention.ms": "1"})])
+            await admin.alter_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": "1"})]
+            )
         described = await admin.describe_configs([resource])
     finally:
         await admin.close()

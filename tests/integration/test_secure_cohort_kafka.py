@@ -4,6 +4,7 @@ finishes, and the new global version is the staleness-weighted mean of the survi
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import uuid
@@ -14,6 +15,7 @@ import numpy as np
 from aiokafka import TopicPartition
 
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
+from fedsynth.data import DatasetSchema, FeatureEncoder, Histograms
 from fedsynth.federation import ModelSpec, decode_vector
 from fedsynth.messages import Inbound, MessageReader
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -66,6 +68,14 @@ async def _send(fed: Federation, bootstrap: str, site: str, sends: list[tuple[st
         await produce(bootstrap, ROUTES[name], values, key=key.encode())
 
 
+def _check_encoder_from_secure_sum(fed: Federation, spec: ModelSpec) -> None:
+    """Version 0's encoder was fitted from the securely summed histograms of every site."""
+    schema = DatasetSchema.load_named("heart_disease_uci")
+    total = sum(Federation.histograms(seed=i) for i in range(len(fed.sites)))
+    expected = FeatureEncoder.from_histograms(schema, Histograms.from_vector(schema, total))
+    assert np.allclose(spec.encoder.cond_prior, expected.cond_prior, atol=1e-4)
+
+
 async def _drive(
     fed: Federation, bootstrap: str, dropped: str | None, on_joined: Any = None
 ) -> tuple[dict, dict, dict]:
@@ -78,6 +88,8 @@ async def _drive(
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
     sites: dict[str, SecureSite] = {}
+    hist_sites: dict[str, SecureSite] = {}
+    hist_cohorts: set[str] = set()
     deltas: dict[str, np.ndarray] = {}
     versions: dict[int, np.ndarray] = {}
     joined: set[str] = set()
@@ -95,7 +107,9 @@ async def _drive(
                         got.record["vector"], got.record["codec"], int(got.record["n_parameters"])
                     )
                     if v == 0:
-                        terms = ModelSpec.from_bytes(got.record["encoder"]).secure_terms
+                        spec = ModelSpec.from_bytes(got.record["encoder"])
+                        _check_encoder_from_secure_sum(fed, spec)
+                        terms = spec.secure_terms
                         assert terms is not None, "the aggregator is not in secure mode"
                         for i, name in enumerate(fed.sites):
                             sites[name] = _site(fed, name, terms)
@@ -106,6 +120,21 @@ async def _drive(
                             )
                             upd = PendingUpdate(str(uuid.uuid4()), deltas[name], 100 + 50 * i, 0)
                             await _send(fed, bootstrap, name, sites[name].submit(upd, time.time()))
+                    continue
+                if got.name == "CohortOpen" and got.record["purpose"] == "histograms":
+                    hist_cohorts.add(got.record["cohort_id"])
+                    for i, name in enumerate(fed.sites):
+                        hist_sites[name] = _site(fed, name, json.loads(got.record["terms"]))
+                        hist = Federation.histograms(seed=i).astype(np.float32)
+                        upd = PendingUpdate(str(uuid.uuid4()), hist, 1, 0)
+                        sends = hist_sites[name].submit(upd, time.time())
+                        sends += hist_sites[name].on_record("CohortOpen", got.record, time.time())
+                        await _send(fed, bootstrap, name, sends)
+                    continue
+                if got.record.get("cohort_id") in hist_cohorts:
+                    for name, site in hist_sites.items():
+                        sends = site.on_record(got.name, got.record, time.time())
+                        await _send(fed, bootstrap, name, sends)
                     continue
                 for name, site in sites.items():
                     if name == dropped and name in joined:

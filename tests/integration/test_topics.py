@@ -30,9 +30,23 @@ async def test_cli_topics_creates_the_registry(broker: str) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "fedsynth.cli", "topics", "--bootstrap", broker,
-         "--dataset", DATASET, "--wait", "5"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "fedsynth.cli",
+            "topics",
+            "--bootstrap",
+            broker,
+            "--dataset",
+            DATASET,
+            "--wait",
+            "5",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     specs = [*ALL_TOPICS, synthetic_topic(DATASET)]
@@ -51,8 +65,9 @@ async def test_keyed_round_trip_through_every_topic(broker: str) -> None:
     try:
         for spec in specs:
             key, value = spec.name.encode(), f"round-trip {spec.name}".encode()
-            meta = await producer.send_and_wait(spec.name, value, key=key,
-                                                headers=[("message_id", key)])
+            meta = await producer.send_and_wait(
+                spec.name, value, key=key, headers=[("message_id", key)]
+            )
             sent[spec.name] = (key, value, meta.partition)
     finally:
         await producer.stop()
