@@ -3,9 +3,17 @@
 Wiring is declared in :func:`build_app`; the agents stay short and hand each message to
 :class:`AggregatorRuntime`, which calls the I/O-free :class:`~aggregator.service.AggregatorService`
 and then does the I/O it asks for, in this order: send the outbound messages, dead-letter the
-rejected ones, write the encrypted checkpoint (state + resume offsets), and only then let faust
-commit the offsets. Durable state is our checkpoint, never a faust table (ARCHITECTURE.md: the
-embedded broker's ``end_offsets()`` breaks changelog recovery).
+rejected ones, write the encrypted checkpoint (state + resume offsets), and only then ack the event
+so that faust may commit its offset.
+
+Each agent reads ahead: the pure part of reading (:func:`aggregator.service.prepare`: signatures,
+Avro decoding, zstd, dequantization) runs on a thread pool for the next ``prefetch_depth``
+messages through :class:`~aggregator.pipeline.OrderedPrefetch`, while the stateful part runs on the
+event loop in consumption order; events are consumed with manual acks, so an event read ahead is
+not committed before it was handled and checkpointed.
+
+Durable state is our checkpoint, never a faust table (ARCHITECTURE.md: the embedded broker's
+``end_offsets()`` breaks changelog recovery).
 
 Resume offsets: the checkpoint stores, for each partition, the offset to start from after a
 restart: the first chunk of any payload still being reassembled, else the next unread message.
@@ -22,16 +30,25 @@ import json
 import logging
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.types import TP
+from faust.types import TP, EventT
 from opentelemetry import trace
 from opentelemetry.context import Context
 
 from aggregator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from aggregator.service import AggregatorService, DeadLetterItem, Effects, Send
+from aggregator.pipeline import OrderedPrefetch
+from aggregator.service import (
+    AggregatorService,
+    DeadLetterItem,
+    Effects,
+    Prepared,
+    Send,
+    prepare,
+)
 from aggregator.settings import AggregatorSettings
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.messages import MessageFactory, MessageReader
@@ -92,6 +109,7 @@ class AggregatorRuntime:
         self.chunk_start: dict[tuple[str, int], dict[str, int]] = {}
         self.resume: dict[tuple[str, int], int] = {}
         self.checkpoint_path = settings.state_dir / "checkpoint.bin"
+        self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
         self._restore()
 
     # ---------------------------------------------------------------- restore
@@ -123,6 +141,10 @@ class AggregatorRuntime:
                 log.info("seek %s[%d] -> %d", tp.topic, tp.partition, offset)
 
     # ---------------------------------------------------------------- messages
+    def prepare(self, value: bytes) -> Prepared:
+        """The pure part of reading a message (runs on :attr:`pool`)."""
+        return prepare(self.service.reader, value)
+
     async def on_message(
         self,
         topic: str,
@@ -131,8 +153,9 @@ class AggregatorRuntime:
         key: bytes | None,
         value: bytes,
         headers: Headers,
+        prepared: Prepared | None = None,
     ) -> None:
-        """Handle one consumed message end to end."""
+        """Handle one consumed message end to end (``prepared``: its :meth:`prepare` result)."""
         async with self.lock:
             tp = (topic, partition)
             replayed = offset < self.high_water.get(tp, -1)
@@ -142,7 +165,7 @@ class AggregatorRuntime:
                 attributes={"messaging.kafka.offset": offset, "messaging.destination": topic},
             ):
                 try:
-                    fx = self.service.handle(value)
+                    fx = self.service.handle(value if prepared is None else prepared)
                 except Exception as exc:  # a bug must not stop the federation: keep the evidence
                     log.exception("internal error on %s[%d]@%d", topic, partition, offset)
                     fx = Effects(dead=[DeadLetterItem(f"internal error: {exc!r}", "InternalError")])
@@ -318,12 +341,28 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
 def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
     topic = app.topic(name, value_serializer="raw", key_serializer="raw")
 
+    def prepare(event: EventT[bytes]) -> Prepared:
+        return runtime.prepare(event.value)
+
+    async def handle(event: EventT[bytes], prepared: Prepared) -> None:
+        msg = event.message
+        await runtime.on_message(
+            msg.topic,
+            msg.partition,
+            msg.offset,
+            msg.key,
+            event.value,
+            _headers(msg.headers),
+            prepared,
+        )
+        event.ack()  # only now may faust commit this offset
+
     async def consume(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            msg = event.message
-            await runtime.on_message(
-                msg.topic, msg.partition, msg.offset, msg.key, event.value, _headers(msg.headers)
-            )
+        depth = runtime.settings.prefetch_depth
+        async with OrderedPrefetch(prepare, handle, runtime.pool, depth) as pipe:
+            manual_acks = cast("faust.Stream[bytes]", stream).noack()
+            async for event in manual_acks.events():
+                await pipe.put(event)
 
     app.agent(topic, name=f"consume-{name}")(consume)
 

@@ -10,6 +10,11 @@ Phases: ``gathering`` (waiting for every roster site's ``SiteHello`` with its DP
 version is published and marked final). Federated preprocessing happens at the end of gathering:
 the sites' DP histograms are summed and the feature encoder is fitted from the sum, never from any
 one site's values (ARCHITECTURE.md, Privacy).
+
+Reading a message is split so that the adapter can overlap its expensive part with consumption:
+:func:`prepare` (signatures, Avro decoding, and for a plain update its zstd and dequantization) is
+pure and thread-safe; :meth:`AggregatorService.handle` takes its result, in consumption order, for
+everything that touches state. ``handle(data)`` on raw bytes does both in one go.
 """
 
 from __future__ import annotations
@@ -44,11 +49,28 @@ from fedsynth.data.preprocess import Histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.errors import MessageError
 from fedsynth.federation import MODEL_CODEC, ModelSpec, decode_vector, encode_vector
-from fedsynth.messages import Inbound, MessageFactory, MessageReader, Outgoing, Rejection, Waiting
+from fedsynth.messages import (
+    Inbound,
+    MessageFactory,
+    MessageReader,
+    Outgoing,
+    Rejection,
+    Verified,
+    Waiting,
+)
 from fedsynth.model.config import DiffusionConfig
 from fedsynth.secagg.fixedpoint import FixedPointSpec
 
-__all__ = ["DeadLetterItem", "Effects", "Phase", "SiteInfo", "AggregatorService", "Send"]
+__all__ = [
+    "AggregatorService",
+    "DeadLetterItem",
+    "Effects",
+    "Phase",
+    "Prepared",
+    "Send",
+    "SiteInfo",
+    "prepare",
+]
 
 log = logging.getLogger(__name__)
 AGGREGATOR = "aggregator"
@@ -105,6 +127,37 @@ class SiteInfo:
     epsilon_spent: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The pure, up-front part of reading one message (see :func:`prepare`).
+
+    Attributes:
+        verified: The reader's verification result.
+        delta: For a verified plain ``ModelUpdate`` that arrived whole in one chunk: its decoded
+            float32 delta; None when there is nothing to decode or decoding failed (the ordered
+            path then decodes again and reports the error).
+    """
+
+    verified: Verified | Rejection
+    delta: np.ndarray | None = None
+
+
+def prepare(reader: MessageReader, data: bytes) -> Prepared:
+    """Verify ``data`` and decode a plain update's vector; pure, safe on worker threads."""
+    verified = reader.verify(data)
+    inner = verified.inner if isinstance(verified, Verified) else None
+    if not isinstance(inner, Inbound) or inner.name != "ModelUpdate":
+        return Prepared(verified)
+    rec = inner.record
+    if rec["mode"] != "plain":
+        return Prepared(verified)
+    try:
+        delta = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
+    except MessageError:
+        return Prepared(verified)
+    return Prepared(verified, delta)
+
+
 class AggregatorService:
     """Gathers sites, fits the encoder, drives the engine, publishes versions."""
 
@@ -137,19 +190,25 @@ class AggregatorService:
         self.rng = np.random.default_rng(settings.seed)
 
     # ----------------------------------------------------------------- inbound
-    def handle(self, data: bytes) -> Effects:
-        """One consumed message of any topic; never raises for bad input."""
-        got = self.reader.read(data)
+    def handle(self, data: bytes | Prepared) -> Effects:
+        """One consumed message of any topic, raw or :func:`prepare`-d; never raises for bad input.
+
+        Prepared messages must be handed over in consumption order.
+        """
+        prepared = data if isinstance(data, Prepared) else prepare(self.reader, data)
+        got = self.reader.accept(prepared.verified)
         if isinstance(got, Waiting):
             return Effects()
         if isinstance(got, Rejection):
             return Effects(dead=[DeadLetterItem(got.reason, got.error_class)])
+        verified = prepared.verified
+        same = isinstance(verified, Verified) and got is verified.inner
         try:
-            return self._dispatch(got)
+            return self._dispatch(got, prepared.delta if same else None)
         except MessageError as exc:
             return Effects(dead=[DeadLetterItem(str(exc), type(exc).__name__)])
 
-    def _dispatch(self, msg: Inbound) -> Effects:
+    def _dispatch(self, msg: Inbound, delta: np.ndarray | None = None) -> Effects:
         if self.settings.mode == "secure" and msg.name in COHORT_INBOUND:
             if self.hist is not None and self.phase is Phase.GATHERING:
                 out = self.hist.on_record(msg.name, msg.record, self.wall_clock())
@@ -163,7 +222,7 @@ class AggregatorService:
         if msg.name == "Heartbeat":
             return self._on_heartbeat(msg.record)
         if msg.name == "ModelUpdate":
-            return self._on_update(msg.record)
+            return self._on_update(msg.record, delta)
         return Effects(
             dead=[DeadLetterItem(f"{msg.name} is not expected by the aggregator", "Unexpected")]
         )
@@ -203,7 +262,7 @@ class AggregatorService:
             self.sites[site] = SiteInfo(info.n_samples, info.histograms, eps)
         return Effects()
 
-    def _on_update(self, rec: dict[str, Any]) -> Effects:
+    def _on_update(self, rec: dict[str, Any], decoded: np.ndarray | None = None) -> Effects:
         if self.phase is Phase.GATHERING or self.engine is None or self.state is None:
             raise MessageError("update arrived before the first global version")
         if self.phase is Phase.DONE:
@@ -212,7 +271,11 @@ class AggregatorService:
             raise MessageError(f"update for {rec['site_id']!r} signed by {rec['sender']!r}")
         if rec["mode"] != "plain":
             raise MessageError("masked updates need secure mode, which this aggregator is not in")
-        delta = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
+        delta = (
+            decoded
+            if decoded is not None
+            else decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
+        )
         update = ClientUpdate(
             update_id=rec["update_id"],
             site_id=rec["site_id"],

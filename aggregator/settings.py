@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +54,14 @@ class AggregatorSettings(BaseSettings):
     n_timesteps: int = 100
     embed_dim: int = Field(default=128, ge=2)
     lr: float = Field(default=2e-3, gt=0, description="local AdamW learning rate")
+    ingest_workers: int = Field(
+        default_factory=lambda: min(8, os.cpu_count() or 1),
+        ge=1,
+        description="threads that verify and decode inbound messages ahead of the engine",
+    )
+    prefetch_depth: int = Field(
+        default=8, ge=1, description="messages verified ahead of the engine, per inbound topic"
+    )
 
     @property
     def keys_dir(self) -> Path:

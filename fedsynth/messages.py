@@ -10,10 +10,17 @@ checks the federation id, and feeds chunks to a :class:`~fedsynth.codec.chunk.Re
 completed payload is verified and decoded again as the record it carries. Every failure is a
 :class:`Rejection` with a reason the adapter sends to the dead-letter topic; nothing raises out of
 :meth:`MessageReader.read` for bad input.
+
+Reading is two steps so that the expensive part can run in parallel: :meth:`MessageReader.verify`
+is pure (signature, Avro decoding, federation id, and for a payload that fits in one chunk, the
+payload's SHA-256, signature and decoding as well) and safe to call from worker threads, in any
+order; :meth:`MessageReader.accept` is the stateful rest (reassembly, replay of chunks) and must see
+the verified messages in consumption order. ``read(data)`` is ``accept(verify(data))``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -40,6 +47,7 @@ __all__ = [
     "MessageReader",
     "Outgoing",
     "Rejection",
+    "Verified",
     "Waiting",
 ]
 
@@ -80,6 +88,25 @@ class Waiting:
     payload_id: str
     have: int
     count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A message whose signature verified and which decoded, not yet checked against any state.
+
+    Attributes:
+        name: The schema's short name.
+        record: The decoded record.
+        size: Encoded size in bytes.
+        inner: For a ``Chunk`` that carries a whole payload (count 1) whose SHA-256 matched: the
+            payload, verified and decoded the same way (an :class:`Inbound`, or the
+            :class:`Rejection` it earns); None otherwise.
+    """
+
+    name: str
+    record: dict[str, Any]
+    size: int
+    inner: Inbound | Rejection | None = None
 
 
 class MessageFactory:
@@ -139,6 +166,31 @@ class MessageReader:
 
     def read(self, data: bytes) -> Inbound | Waiting | Rejection:
         """Verify and decode ``data``; for a chunk, return the payload when it completes."""
+        return self.accept(self.verify(data))
+
+    def verify(self, data: bytes) -> Verified | Rejection:
+        """The pure part of :meth:`read`: signature, decoding, federation id; no state is touched.
+
+        Thread-safe (the key ring is only read), so a consumer may verify several messages at
+        once on worker threads; ``hashlib``, Ed25519 and Avro decoding of large bytes fields
+        spend most of their time outside the GIL or in C.
+        """
+        got = self._verify_one(data)
+        if isinstance(got, Rejection) or got.name != "Chunk":
+            return got
+        rec = got.record
+        payload = rec.get("data")
+        if (
+            rec.get("count") == 1
+            and rec.get("index") == 0
+            and isinstance(payload, bytes)
+            and hashlib.sha256(payload).digest() == rec.get("sha256")
+        ):
+            inner = _as_inbound(self._verify_one(payload))
+            return Verified(got.name, rec, got.size, inner)
+        return got
+
+    def _verify_one(self, data: bytes) -> Verified | Rejection:
         try:
             name, record = decode_verified(data, self.keys)
         except SchemaError as exc:
@@ -150,14 +202,26 @@ class MessageReader:
                 "ForeignFederation",
                 record["message_id"],
             )
-        if name != "Chunk":
-            return Inbound(name, record, len(data))
-        return self._chunk(record)
+        return Verified(name, record, len(data))
 
-    def _chunk(self, record: dict[str, Any]) -> Inbound | Waiting | Rejection:
-        event = self.reassembler.add(record)
+    def accept(self, verified: Verified | Rejection) -> Inbound | Waiting | Rejection:
+        """The stateful part of :meth:`read`, in consumption order: chunk reassembly and replay."""
+        if isinstance(verified, Rejection):
+            return verified
+        if verified.name != "Chunk":
+            return Inbound(verified.name, verified.record, verified.size)
+        return self._chunk(verified)
+
+    def _chunk(self, verified: Verified) -> Inbound | Waiting | Rejection:
+        record = verified.record
+        known = verified.inner is not None  # the payload's SHA-256 was checked in verify()
+        event = self.reassembler.add(record, digest_checked=known)
         if isinstance(event, Complete):
-            inner = self.read(event.payload)
+            inner = verified.inner
+            if inner is None:
+                inner = _as_inbound(self._verify_one(event.payload))
+            if isinstance(inner, Inbound) and inner.name == "Chunk":
+                return Rejection("a chunk payload is itself a chunk", "NestedChunk")
             if isinstance(inner, Inbound) and inner.record["sender"] != record["sender"]:
                 return Rejection(
                     f"payload signed by {inner.record['sender']!r} arrived in chunks from "
@@ -165,8 +229,6 @@ class MessageReader:
                     "SenderMismatch",
                     inner.record["message_id"],
                 )
-            if isinstance(inner, Waiting):
-                return Rejection("a chunk payload is itself a chunk", "NestedChunk")
             return inner
         if isinstance(event, Rejected):
             return Rejection(
@@ -190,3 +252,7 @@ class MessageReader:
     def expire(self) -> list[Expired]:
         """Chunk sets that timed out incomplete (the adapter dead-letters them)."""
         return self.reassembler.expire()
+
+
+def _as_inbound(got: Verified | Rejection) -> Inbound | Rejection:
+    return Inbound(got.name, got.record, got.size) if isinstance(got, Verified) else got

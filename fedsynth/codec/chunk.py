@@ -284,8 +284,15 @@ class Reassembler:
             return SetStage.COLLECTING
         return self._finished.get(payload_id)
 
-    def add(self, chunk: Mapping[str, Any]) -> ReassemblyEvent:
-        """Take one Chunk record (envelope fields may be present and are ignored)."""
+    def add(self, chunk: Mapping[str, Any], *, digest_checked: bool = False) -> ReassemblyEvent:
+        """Take one Chunk record (envelope fields may be present and are ignored).
+
+        Args:
+            chunk: The decoded Chunk record.
+            digest_checked: The caller has already checked that SHA-256 of this chunk's data
+                equals its ``sha256`` field; for a one-chunk set the hash is then not computed
+                again (sets of several chunks are always hashed whole).
+        """
         view = _parse(chunk)
         if isinstance(view, str):
             pid = chunk.get("payload_id")
@@ -306,7 +313,7 @@ class Reassembler:
                 view.payload_schema, view.count, view.total_size, view.sha256, self._clock()
             )
             self._pending[view.payload_id] = partial
-        return self._store(view, partial)
+        return self._store(view, partial, digest_checked)
 
     def _late(self, view: _ChunkView, done: SetStage) -> ReassemblyEvent:
         if done is SetStage.COMPLETE:
@@ -315,7 +322,9 @@ class Reassembler:
         reason = RejectReason.ALREADY_EXPIRED if expired else RejectReason.ALREADY_REJECTED
         return Rejected(view.payload_id, reason, f"payload {view.payload_id} was already {done}")
 
-    def _store(self, view: _ChunkView, partial: _PartialSet) -> ReassemblyEvent:
+    def _store(
+        self, view: _ChunkView, partial: _PartialSet, digest_checked: bool = False
+    ) -> ReassemblyEvent:
         pid = view.payload_id
         header = (view.payload_schema, view.count, view.total_size, view.sha256)
         if header != (partial.payload_schema, partial.count, partial.total_size, partial.sha256):
@@ -351,9 +360,11 @@ class Reassembler:
         self._pending_bytes += len(view.data)
         if len(partial.parts) < partial.count:
             return Pending(pid, len(partial.parts), partial.count)
-        return self._complete(pid, partial)
+        return self._complete(pid, partial, digest_checked and partial.count == 1)
 
-    def _complete(self, pid: str, partial: _PartialSet) -> ReassemblyEvent:
+    def _complete(
+        self, pid: str, partial: _PartialSet, digest_checked: bool = False
+    ) -> ReassemblyEvent:
         payload = b"".join(partial.parts[i] for i in range(partial.count))
         if len(payload) != partial.total_size:
             return self._reject(
@@ -361,7 +372,7 @@ class Reassembler:
                 RejectReason.SIZE_MISMATCH,
                 f"chunks hold {len(payload)} bytes, total_size says {partial.total_size}",
             )
-        if hashlib.sha256(payload).digest() != partial.sha256:
+        if not digest_checked and hashlib.sha256(payload).digest() != partial.sha256:
             return self._reject(
                 pid, RejectReason.CHECKSUM_MISMATCH, "SHA-256 of the reassembled payload differs"
             )

@@ -26,7 +26,9 @@ def test_quick_run_prints_tables_and_result(
     for part in (
         "bare aiokafka",
         "aggregator ingest",
-        "signature verify",
+        "signature checks",
+        "one thread",
+        "prepare on workers",
         "engine step",
         "raw numpy sum",
     ):

@@ -130,3 +130,60 @@ def test_a_chunk_of_a_completed_payload_is_a_replay() -> None:
     fresh = _reader()
     fresh.read(chunks[0].value)
     assert isinstance(fresh.read(chunks[0].value), Waiting)  # a resend while still collecting
+
+
+def _mixed_stream() -> list[bytes]:
+    """Single-chunk and multi-chunk payloads, a replay, a relayed payload and garbage."""
+    from fedsynth.codec.chunk import split
+
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    single = site.build_chunked("ModelUpdate", _update(os.urandom(4000)))
+    multi = site.build_chunked("ModelUpdate", _update(os.urandom(4000)), max_chunk=1500)
+    inner = site.build("ModelUpdate", _update(b"\0" * 8))
+    relayed = [
+        MessageFactory("fed1", "Hungary", OTHER).build("Chunk", c).value
+        for c in split(inner.value, "ModelUpdate")
+    ]
+    nested = [
+        site.build("Chunk", c).value
+        for c in split(single[0].value, "Chunk", payload_id="nested-1")
+    ]
+    beat = site.build(
+        "Heartbeat",
+        {"site_id": "Cleveland", "model_version": 1, "status": "x", "epsilon_spent": 0.0},
+    ).value
+    values = [c.value for c in single] + [c.value for c in multi] + relayed + nested
+    return values + [single[0].value, multi[1].value, beat, b"\x00\x01junk"]
+
+
+def test_verify_then_accept_equals_read_and_verify_is_pure() -> None:
+    values = _mixed_stream()
+    reader = _reader()
+    sequential = [reader.read(v) for v in values]
+    split_reader = _reader()
+    verified = [split_reader.verify(v) for v in values]
+    assert split_reader.reassembler.pending_payloads == 0  # verify touched no state
+    assert [split_reader.verify(v) for v in values] == verified  # and is deterministic
+    assert [split_reader.accept(v) for v in verified] == sequential
+    kinds = [type(r).__name__ + ":" + getattr(r, "error_class", "") for r in sequential]
+    assert kinds == [
+        "Inbound:", "Waiting:", "Waiting:", "Inbound:", "Rejection:SenderMismatch",
+        "Rejection:NestedChunk", "Rejection:Replay", "Rejection:Replay", "Inbound:",
+        "Rejection:TruncatedMessageError",
+    ]
+
+
+def test_single_chunk_payload_is_verified_up_front_and_a_bad_digest_is_still_caught() -> None:
+    from fedsynth.codec.chunk import split
+
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    inner = site.build("ModelUpdate", _update(b"\1" * 64))
+    (good,) = split(inner.value, "ModelUpdate")
+    got = _reader().verify(site.build("Chunk", good).value)
+    assert not isinstance(got, Rejection) and isinstance(got.inner, Inbound)
+    assert got.inner.record["message_id"] == inner.message_id
+    bad = site.build("Chunk", {**good, "sha256": bytes(32)}).value
+    checked = _reader().verify(bad)
+    assert not isinstance(checked, Rejection) and checked.inner is None
+    result = _reader().accept(checked)
+    assert isinstance(result, Rejection) and "checksum" in result.reason.lower()

@@ -19,10 +19,12 @@ from schemas.errors import (
 from schemas.keyring import KeyRing, load_public_key
 from schemas.registry import default_registry
 from schemas.signing import (
+    SIGNING_DOMAIN,
     IdentityKey,
     decode_verified,
     encode_signed,
     sign_record,
+    signed_digest,
     verify_message,
     verify_record,
 )
@@ -61,6 +63,21 @@ def test_sign_and_verify_a_record() -> None:
 def test_encode_signed_equals_sign_then_encode() -> None:
     record = chunk(b"x" * 5000)
     assert encode_signed("Chunk", record, KEY) == encode("Chunk", sign_record("Chunk", record, KEY))
+
+
+def test_signature_is_over_the_tagged_digest_of_the_unsigned_body() -> None:
+    record = chunk(b"y" * 3000)
+    unsigned = encode("Chunk", {**record, "signature": b""})
+    digest = signed_digest(unsigned)
+    assert digest.startswith(SIGNING_DOMAIN) and len(digest) == len(SIGNING_DOMAIN) + 32
+    assert signed_digest(unsigned[:7], unsigned[7:100], unsigned[100:]) == digest
+    KEY.public_key.verify(sign_record("Chunk", record, KEY)["signature"], digest)
+    # A signature over the body itself (pure Ed25519 without the digest) is refused.
+    raw = {**record, "signature": KEY.sign(unsigned)}
+    with pytest.raises(BadSignatureError):
+        verify_record("Chunk", raw, KEY.public_key)
+    with pytest.raises(BadSignatureError):
+        verify_message(encode("Chunk", raw), KEY.public_key)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aggregator.strategies import ClientUpdate
-from aggregator.validation import ReasonCode, ValidationContext, validate_update
+from aggregator.validation import ReasonCode, ValidationContext, check_finite, validate_update
 
 
 def ctx(**overrides) -> ValidationContext:
@@ -78,3 +78,15 @@ def test_first_failing_check_wins() -> None:
     both = upd(site_id="intruder", delta=np.array([np.nan, 0, 0], dtype=np.float32))
     rejection = validate_update(both, ctx(), "m-old")
     assert rejection is not None and rejection.reason_code == ReasonCode.UNKNOWN_SITE
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_finite_check_fast_path_neither_misses_nor_invents_bad_values(dtype: type) -> None:
+    big = np.full(3, np.finfo(dtype).max / 2, dtype=dtype)  # finite, but its squares overflow
+    assert check_finite(upd(delta=big), ctx()) is None
+    for bad in (np.nan, np.inf, -np.inf):
+        values = np.zeros(1000, dtype=dtype)
+        values[[3, 999]] = bad
+        rejection = check_finite(upd(delta=values), ctx())
+        assert rejection is not None and ReasonCode.NON_FINITE in repr(rejection)
+        assert "2 non-finite" in repr(rejection)
