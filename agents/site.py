@@ -24,6 +24,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
 from agents.outbox import Outbox, OutboxMessage
+from agents.pending import PendingStore
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from agents.settings import AgentSettings
 from agents.training import LocalTrainer
@@ -75,6 +76,7 @@ class SiteAgent:
             "trained_before": False,
         }
         self.outbox = Outbox(settings.site_dir / "outbox")
+        self.pending_store = PendingStore(settings.site_dir / "pending-update.npz")
         identity = IdentityKey.load(settings.keys_dir, settings.site)
         self.factory = MessageFactory(settings.federation_id, settings.site, identity)
         # the roster's public keys: the aggregator's (control, models) and the sites' (shares)
@@ -210,6 +212,16 @@ class SiteAgent:
         )
         if spec.secure_terms is not None and self.secure is None:
             self.secure = self._secure_site(spec.secure_terms)
+            restored = self.pending_store.load()
+            if restored is not None:  # trained before a crash, never masked: join a cohort
+                self.secure.pending = restored
+                log.info(
+                    "site %s: update %s from version %d survived a restart; it waits for a "
+                    "secure cohort",
+                    self.s.site,
+                    restored.update_id,
+                    restored.base_version,
+                )
 
     # ------------------------------------------------------------------ training
     async def _train_and_send(self, gv: GlobalVersion) -> bool:
@@ -256,6 +268,7 @@ class SiteAgent:
                     result.report.final_loss,
                     self.epsilon_spent,
                 )
+                self.pending_store.save(update)  # survives a crash until it is masked
                 await self._send_secure(self.secure.submit(update, time.time()))
                 self.state["trained_version"] = gv.version
                 _write_json(self.state_path, self.state)
@@ -364,9 +377,14 @@ class SiteAgent:
         await self._send_secure(sends)
 
     async def _send_secure(self, sends: list[tuple[str, dict[str, Any]]]) -> None:
-        """Cohort messages are tied to in-memory keys: a crash makes this site a dropout."""
+        """Cohort messages are tied to in-memory keys: a crash makes this site a dropout.
+
+        The saved pending update is deleted before its masked input goes out: from then on it
+        may be counted in a sum, so it must never be resubmitted (``agents/pending.py``).
+        """
         routes = {"CohortJoin": SITE_EVENTS.name, "UnmaskResponse": UNMASK.name}
         for name, fields in sends:
+            self.pending_store.before_send(name, fields)
             if name == "ModelUpdate":
                 for out in self.factory.build_chunked(name, fields):
                     await self.producer.send_and_wait(

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agents.pending import PendingStore
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig, SiteOutcome
 from aggregator.cohorts import CohortConfig, CohortCoordinator, CoordinatorOutput
 from aggregator.engine import (
@@ -88,6 +89,7 @@ class Net:
     outcomes: list[CoordinatorOutput] = field(default_factory=list)
     rejections: list[str] = field(default_factory=list)
     seq: itertools.count = field(default_factory=itertools.count)
+    stores: dict[str, PendingStore] = field(default_factory=dict)  # as agents/site.py keeps them
 
     def __post_init__(self) -> None:
         ring = KeyRing()
@@ -110,6 +112,8 @@ class Net:
         if sender in self.dead:
             return
         for name, fields in sends:
+            if sender in self.stores:
+                self.stores[sender].before_send(name, fields)
             factory = self.factories[sender]
             if name == "ModelUpdate":
                 values = [o.value for o in factory.build_chunked(name, fields, max_chunk=96)]
@@ -265,6 +269,63 @@ def test_failed_cohort_keeps_updates_for_the_next_one() -> None:
     want_sum, want_w = expected(("s0", "s1", "s4"))
     assert event.contributors == ("s0", "s1", "s4")
     assert np.array_equal(event.weighted_delta_sum, want_sum) and event.weight_sum == want_w
+
+
+def _restart(net: Net, site: str, store: PendingStore) -> None:
+    """The agent process of ``site`` starts again: new keys and reader, the saved update back."""
+    net.dead.discard(site)
+    net.die_after.pop(site, None)
+    fresh = SecureSite(
+        SecureSiteConfig(FED, site, SPEC, config().staleness()), np.random.default_rng(99)
+    )
+    restored = store.load()
+    if restored is not None:
+        fresh.pending = restored
+    net.sites[site] = fresh
+    ring = KeyRing()
+    for name, key in KEYS.items():
+        ring.add(name, key.public_raw())
+    net.readers[site] = MessageReader(FED, ring, clock=net.clock)
+
+
+def test_a_site_restarted_before_masking_brings_its_saved_update_to_the_next_cohort(
+    tmp_path: Any,
+) -> None:
+    net = make_net(ALL_SITES, die_after={"s3": "EncryptedShare"})
+    store = PendingStore(tmp_path / "s3" / "pending-update.npz")
+    net.stores["s3"] = store
+    store.save(update_of("s3"))  # the agent saves it when training ends
+    net.open(version=5)
+    net.submit()
+    net.settle()
+    assert finished_result(net).contributors == ("s0", "s1", "s2")  # s3 crashed while sharing
+    saved = store.load()
+    assert saved is not None and saved.update_id == "u-s3"  # never masked: still there
+    _restart(net, "s3", store)
+    net.open(version=5)
+    net.publish("s0", net.sites["s0"].submit(
+        PendingUpdate("u-s0-2", delta_of("s0"), N_SAMPLES["s0"], 5), net.clock.now))
+    net.publish("s4", net.sites["s4"].submit(update_of("s4"), net.clock.now))
+    net.settle()
+    event = finished_result(net)
+    want_sum, want_w = expected(("s0", "s3", "s4"))
+    assert event.contributors == ("s0", "s3", "s4")
+    assert np.array_equal(event.weighted_delta_sum, want_sum) and event.weight_sum == want_w
+    assert store.load() is None  # deleted before its masked input went out
+
+
+def test_a_site_that_crashed_after_masking_never_resubmits(tmp_path: Any) -> None:
+    net = make_net(die_after={"s3": "ModelUpdate"})
+    store = PendingStore(tmp_path / "pending-update.npz")
+    net.stores["s3"] = store
+    store.save(update_of("s3"))
+    net.open(version=5)
+    net.submit()
+    net.settle()
+    assert finished_result(net).contributors == ("s0", "s1", "s2", "s3")  # counted once
+    assert store.load() is None
+    _restart(net, "s3", store)
+    assert not net.sites["s3"].has_pending_update  # the restarted agent trains a new one
 
 
 def test_failure_while_unmasking_spends_the_survivors_updates() -> None:

@@ -1,0 +1,106 @@
+"""A secure-mode update that waits for a cohort survives a crash of its agent.
+
+In secure mode an update cannot go through the outbox: what is sent depends on the cohort (keys,
+roster, masks), and the cohort's in-memory keys die with the process. What can survive is the
+update itself. The agent writes it here when training finishes and reads it back after a restart,
+so the restarted site joins the next cohort with the same update instead of training a new one
+(which would spend privacy budget again) or losing it.
+
+Never counted twice: the file is deleted *before* the site sends its masked input, because from
+that moment the update may end up in a cohort's sum (the survivor set is fixed by who sent masked
+inputs). A crash after that point therefore loses the update rather than risking a second count;
+a crash before it (join, shares) makes the site a dropout whose update is safely resubmitted.
+
+Format: one ``.npz`` file (numpy, no pickling) with the delta and a JSON header, written to a
+temporary name, fsynced and renamed, so a crash while writing leaves the old file or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.secure import PendingUpdate
+from fedsynth.errors import ConfigError
+
+__all__ = ["PendingStore"]
+
+_FIELDS = ("update_id", "n_samples", "base_version", "train_loss", "epsilon_spent")
+
+
+class PendingStore:
+    """The one pending secure update of a site, on disk (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save(self, update: PendingUpdate) -> None:
+        """Write ``update`` atomically, replacing any earlier one."""
+        header = {name: getattr(update, name) for name in _FIELDS}
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                delta=np.asarray(update.delta),
+                header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+
+    def load(self) -> PendingUpdate | None:
+        """The saved update, or None when there is none.
+
+        Raises:
+            ConfigError: The file exists but cannot be read (named, with the cause).
+        """
+        if not self.path.exists():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                header = json.loads(bytes(data["header"]).decode())
+                delta = np.array(data["delta"])
+            return PendingUpdate(
+                str(header["update_id"]),
+                delta,
+                int(header["n_samples"]),
+                int(header["base_version"]),
+                float(header["train_loss"]),
+                float(header["epsilon_spent"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"pending update file {self.path} is unreadable: {exc}") from exc
+
+    def before_send(self, name: str, fields: Mapping[str, Any]) -> None:
+        """Call before sending any cohort message: a masked input of the saved update deletes
+        it first (write-ahead), so that a crash can never lead to its being counted twice."""
+        if name == "ModelUpdate":
+            self.discard(str(fields["update_id"]))
+
+    def discard(self, update_id: str | None = None) -> bool:
+        """Delete the saved update (only if it is ``update_id``, when given); True if deleted."""
+        if update_id is not None:
+            saved = self.load()
+            if saved is None or saved.update_id != update_id:
+                return False
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.path.parent)
+        return True
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,47 @@
+"""agents.pending.PendingStore: a secure update waiting for a cohort survives a restart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.pending import PendingStore
+from agents.secure import PendingUpdate
+from fedsynth.errors import ConfigError
+
+
+def _update(uid: str = "u-1") -> PendingUpdate:
+    delta = np.random.default_rng(3).normal(size=1000).astype(np.float32)
+    return PendingUpdate(uid, delta, 243, 4, 0.625, 2.5)
+
+
+def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
+    store = PendingStore(tmp_path / "site" / "pending-update.npz")
+    assert store.load() is None
+    update = _update()
+    store.save(update)
+    back = PendingStore(store.path).load()  # a new process would build a new store
+    assert back is not None
+    assert (back.update_id, back.n_samples, back.base_version) == ("u-1", 243, 4)
+    assert (back.train_loss, back.epsilon_spent) == (0.625, 2.5)
+    assert back.delta.dtype == np.float32 and np.array_equal(back.delta, update.delta)
+    assert not list(store.path.parent.glob("*.tmp"))
+
+
+def test_discard_only_the_named_update(tmp_path: Path) -> None:
+    store = PendingStore(tmp_path / "pending-update.npz")
+    store.save(_update("u-1"))
+    store.save(_update("u-2"))  # replaces
+    assert not store.discard("u-1")
+    assert store.load() is not None and store.load().update_id == "u-2"  # type: ignore[union-attr]
+    assert store.discard("u-2") and store.load() is None
+    assert not store.discard()
+
+
+def test_a_corrupt_file_is_named(tmp_path: Path) -> None:
+    store = PendingStore(tmp_path / "pending-update.npz")
+    store.path.write_bytes(b"not a numpy file")
+    with pytest.raises(ConfigError, match="pending-update.npz"):
+        store.load()
