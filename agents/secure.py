@@ -19,9 +19,11 @@ against the spec: a modulus that could wrap is refused), ``threshold``, ``degree
 
 Update lifetime: an update stays pending through cancelled, abandoned and failed cohorts and through
 being left out (not a sharer, or dropped for a late input), and rejoins the next cohort with fresh
-keys. Once an ``UnmaskRequest`` names the site a survivor its update is *spent*, even if that
-cohort then fails: the aggregator may already hold enough shares to unmask a sum containing it, and
-putting the same update into a second sum would let two sums be subtracted (a differencing leak).
+keys. It is dropped when a cohort opens for a version more than ``max_staleness`` past its base
+(the site then trains a new one from the newest version). Once an ``UnmaskRequest`` names the
+site a survivor its update is *spent*, even if that cohort then fails: the aggregator may already
+hold enough shares to unmask a sum containing it, and putting the same update into a second sum
+would let two sums be subtracted (a differencing leak).
 
 Shares may arrive before the roster (the two topics are not ordered with each other): they wait and
 are applied after it. An ``UnmaskRequest`` waits until the shares of every neighbouring sharer have
@@ -125,6 +127,9 @@ class SiteOutcome(StrEnum):
     """A newer cohort opened (the old one failed or was cancelled): the update stays pending."""
     REFUSED = "refused"
     """The site refused the cohort's parameters: the update stays pending."""
+    STALE = "stale"
+    """A cohort opened for a version too far past the update's base (``max_staleness``): the
+    update is dropped, so that the site trains a fresh one instead of waiting forever."""
 
 
 class SecureSite:
@@ -240,7 +245,20 @@ class SecureSite:
         cohort_id, target, deadline_ms = opened
         staleness = target - upd.base_version
         limit = self.config.max_staleness
-        if now * 1000 >= deadline_ms or staleness < 0 or (limit is not None and staleness > limit):
+        if limit is not None and staleness > limit:
+            log.info(
+                "site %s drops update %s: cohort %s is for version %d, %d past its base "
+                "(max_staleness %d)",
+                self.config.site_id,
+                upd.update_id,
+                cohort_id,
+                target,
+                staleness,
+                limit,
+            )
+            self.pending, self.last_outcome = None, SiteOutcome.STALE
+            return []
+        if now * 1000 >= deadline_ms or staleness < 0:
             return []
         cfg = self.config
         client_cfg = ClientConfig(cfg.federation_id, cohort_id, cfg.site_id, cfg.spec, self.rng)

@@ -357,6 +357,8 @@ class SiteAgent:
         else:
             site = self.secure
         await self._send_secure(site.on_record(got.name, got.record, time.time()))
+        if site is self.secure and site.pending is None:
+            self.pending_store.discard()  # spent, or dropped as too stale
         for reason in site.drain_rejections():
             log.warning("site %s refused a cohort message: %s", self.s.site, reason)
 

@@ -481,6 +481,28 @@ def test_clients_prescale_by_staleness_of_the_target_version() -> None:
     assert np.max(np.abs(event.weighted_delta_sum - want)) <= 4 * SPEC.clip / SPEC.levels
 
 
+def test_an_update_too_stale_for_the_open_cohort_is_dropped_not_kept_forever() -> None:
+    site = SecureSite(
+        SecureSiteConfig(FED, "s0", SPEC, config().staleness(), max_staleness=2),
+        np.random.default_rng(1),
+    )
+    open_record = {
+        "federation_id": FED, "sender": AGG, "cohort_id": "c-9", "target_version": 9,
+        "join_deadline_ms": int(T0 * 1000) + 60_000,
+    }
+    assert site.submit(update_of("s0", base=7), T0) == []  # no cohort open yet
+    assert site.has_pending_update
+    sends = site.on_record("CohortOpen", open_record, T0)
+    assert [name for name, _ in sends] == ["CohortJoin"]  # staleness 2: still within bounds
+    fresh = SecureSite(
+        SecureSiteConfig(FED, "s1", SPEC, config().staleness(), max_staleness=2),
+        np.random.default_rng(2),
+    )
+    fresh.submit(update_of("s1", base=6), T0)
+    assert fresh.on_record("CohortOpen", open_record, T0) == []
+    assert not fresh.has_pending_update and fresh.last_outcome is SiteOutcome.STALE
+
+
 # ------------------------------------------------------------------------------- restart
 def test_restart_abandons_the_cohort_and_sites_rejoin_with_the_same_update() -> None:
     net = make_net()
