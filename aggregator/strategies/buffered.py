@@ -109,8 +109,15 @@ def with_update(state: StrategyState, update: ClientUpdate, version: int) -> Str
 def take_buffer(
     state: StrategyState, version: int, staleness: StalenessFn
 ) -> tuple[StrategyState, Batch]:
-    """Empty the buffer and return its contents weighted for application at ``version``."""
-    updates = state.buffer
+    """Empty the buffer and return its contents weighted for application at ``version``.
+
+    The updates are combined in a canonical order (site, then update id), not in arrival order:
+    float sums of three or more vectors depend on their order, and arrival order across Kafka
+    partitions differs from run to run (and after a restart), while the set of updates in a
+    synchronous round does not. Sorted, a FedAvg round gives the same bits however its updates
+    arrived.
+    """
+    updates = tuple(sorted(state.buffer, key=lambda u: (u.site_id, u.update_id)))
     ts = tuple(version - u.base_version for u in updates)
     weights = np.array(
         [u.n_samples * staleness(t) for u, t in zip(updates, ts, strict=True)], dtype=np.float64

@@ -1,8 +1,9 @@
 """Issue 5 (a): kill -9 the aggregator at random points; the final model is bit-identical.
 
-The inputs are byte-identical in every run (see :mod:`tests.integration.feeder`). Two sites keep
-FedAvg's float sums order-free, so the only thing that differs between runs is where the
-aggregator died and how it resumed from its encrypted checkpoint.
+The inputs are byte-identical in every run (see :mod:`tests.integration.feeder`). Four sites on
+the four partitions of the updates topic arrive in a different order in every run; FedAvg combines
+each round in canonical (site, update id) order, so the only thing that differs between runs is
+where the aggregator died and how it resumed from its encrypted checkpoint.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ async def _run(fed: Federation, feeder: Feeder, kill_after: list[float]) -> dict
 
 @pytest.mark.slow
 async def test_killed_aggregator_resumes_bit_for_bit(tmp_path: Path) -> None:
-    fed = Federation.create(tmp_path, ["A", "B"])
+    fed = Federation.create(tmp_path, ["A", "B", "C", "D"])
     feeder = Feeder(fed)
     reference = await _run(fed, feeder, kill_after=[])
     assert sorted(reference) == list(range(ROUNDS + 1))
