@@ -39,7 +39,7 @@ from faust.types import TP, EventT
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from aggregator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from aggregator.checkpoint import Checkpoint, CheckpointStore
 from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import (
     AggregatorService,
@@ -109,14 +109,13 @@ class AggregatorRuntime:
         self.chunk_start: dict[tuple[str, int], dict[str, int]] = {}
         self.resume: dict[tuple[str, int], int] = {}
         self.checkpoint_path = settings.state_dir / "checkpoint.bin"
+        self.checkpoints = CheckpointStore(self.checkpoint_path, key, settings.federation_id)
         self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
         self._restore()
 
     # ---------------------------------------------------------------- restore
     def _restore(self) -> None:
-        ckpt = load_checkpoint(
-            self.checkpoint_path, self.checkpoint_key, self.settings.federation_id
-        )
+        ckpt = self.checkpoints.load()
         if ckpt is None:
             return
         self.service.restore(ckpt.state, ckpt.extra["service"])
@@ -301,12 +300,7 @@ class AggregatorRuntime:
             "high_water": [[t, p, o] for (t, p), o in self.high_water.items()],
             "audit_head": self.audit_head(),
         }
-        save_checkpoint(
-            self.checkpoint_path,
-            Checkpoint(self.service.state, offsets, extra),
-            self.checkpoint_key,
-            self.settings.federation_id,
-        )
+        self.checkpoints.save(Checkpoint(self.service.state, offsets, extra))
 
     def audit_head(self) -> dict[str, Any] | None:
         return self.audit_last.to_dict() if self.audit_last is not None else None

@@ -9,6 +9,16 @@ On disk: ``MAGIC || nonce (12 bytes) || AES-256-GCM(plaintext)`` with associated
 ``b"fedsynth-checkpoint-v1" + federation_id``, so a checkpoint of another federation does not load.
 Writes go to a temporary file in the same directory, are fsynced, ``os.replace``-d over the old
 file and the directory is fsynced: a crash at any point leaves either the old or the new checkpoint.
+
+Two layouts share that envelope. :func:`save_checkpoint` writes everything into one file (magic
+``FSCKPT1``). :class:`CheckpointStore`, which the aggregator writes after every message that changes
+state, writes a small manifest (magic ``FSCKPT2``) and keeps every array in its own encrypted blob
+beside it (``<name>.blobs/<id>.bin``), written once when the array first appears and deleted when
+no manifest refers to it any more. Arrays in the engine state are immutable, so a new update costs
+one blob (its delta) and a manifest instead of rewriting the model and the whole buffer: with 1M
+parameters and three buffered updates, about a third of the time (``python -m bench.aggregate``).
+A blob is written and fsynced before the manifest that names it; a blob's associated data binds
+its id, so blobs cannot be swapped; a manifest naming a missing or altered blob does not load.
 """
 
 from __future__ import annotations
@@ -18,12 +28,14 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Mapping
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -38,6 +50,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "KEY_BYTES",
+    "CheckpointStore",
     "decode_checkpoint",
     "encode_checkpoint",
     "load_checkpoint",
@@ -46,6 +59,8 @@ __all__ = [
 ]
 
 MAGIC = b"FSCKPT1\n"
+MANIFEST_MAGIC = b"FSCKPT2\n"
+BLOB_MAGIC = b"FSBLOB1\n"
 ASSOCIATED_DATA_PREFIX = b"fedsynth-checkpoint-v1"
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -83,12 +98,16 @@ class _Arrays:
     def __init__(self) -> None:
         self.items: list[np.ndarray] = []
 
-    def ref(self, arr: np.ndarray) -> dict[str, int]:
+    def ref(self, arr: np.ndarray) -> dict[str, Any]:
         self.items.append(np.ascontiguousarray(arr))
         return {"$array": len(self.items) - 1}
 
 
-def _state_doc(state: EngineState, arrays: _Arrays) -> dict[str, Any]:
+class _ArrayRefs(Protocol):
+    def ref(self, arr: np.ndarray) -> dict[str, Any]: ...
+
+
+def _state_doc(state: EngineState, arrays: _ArrayRefs) -> dict[str, Any]:
     strat = state.strategy_state
     buffer = [
         {
@@ -116,9 +135,13 @@ def _state_doc(state: EngineState, arrays: _Arrays) -> dict[str, Any]:
     }
 
 
-def _state_from_doc(doc: Mapping[str, Any], arrays: list[np.ndarray]) -> EngineState:
-    def arr(ref: Mapping[str, int]) -> np.ndarray:
-        return frozen_array(arrays[ref["$array"]])
+def _state_from_doc(
+    doc: Mapping[str, Any], resolve: list[np.ndarray] | Callable[[Mapping[str, Any]], np.ndarray]
+) -> EngineState:
+    def arr(ref: Mapping[str, Any]) -> np.ndarray:
+        if callable(resolve):
+            return resolve(ref)
+        return frozen_array(resolve[ref["$array"]])
 
     strat = doc["strategy"]
     buffer = tuple(
@@ -219,7 +242,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -231,7 +254,8 @@ def _write_atomic(path: Path, data: bytes) -> None:
         with suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def save_checkpoint(
@@ -268,15 +292,171 @@ def load_checkpoint(
         blob = Path(path).read_bytes()
     except FileNotFoundError:
         return None
-    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + NONCE_BYTES + 16:
+    if blob.startswith(MANIFEST_MAGIC):
+        return CheckpointStore(path, key, federation_id).load()
+    return decode_checkpoint(_open_sealed(aead, blob, MAGIC, _associated_data(federation_id), path))
+
+
+def _open_sealed(aead: AESGCM, blob: bytes, magic: bytes, ad: bytes, path: object) -> bytes:
+    if not blob.startswith(magic) or len(blob) < len(magic) + NONCE_BYTES + 16:
         raise CheckpointError(f"{path} is not a fedsynth checkpoint")
-    nonce = blob[len(MAGIC) : len(MAGIC) + NONCE_BYTES]
+    nonce = blob[len(magic) : len(magic) + NONCE_BYTES]
     try:
-        plaintext = aead.decrypt(
-            nonce, blob[len(MAGIC) + NONCE_BYTES :], _associated_data(federation_id)
-        )
+        return aead.decrypt(nonce, blob[len(magic) + NONCE_BYTES :], ad)
     except InvalidTag as exc:
         raise CheckpointError(
             f"{path}: authentication failed (wrong key, wrong federation or tampered file)"
         ) from exc
-    return decode_checkpoint(plaintext)
+
+
+# ----------------------------------------------------------------------------- manifest + blobs
+_BLOB_SUFFIX = ".bin"
+
+
+def _encode_array(arr: np.ndarray) -> bytes:
+    data = np.ascontiguousarray(arr)
+    header = json.dumps({"dtype": data.dtype.str, "shape": list(data.shape)}).encode()
+    return _LEN.pack(len(header)) + header + data.tobytes()
+
+
+def _decode_array(plaintext: bytes) -> np.ndarray:
+    view = memoryview(plaintext)
+    header, pos = _read_chunk(view, 0)
+    meta = json.loads(bytes(header))
+    dtype = np.dtype(meta["dtype"])
+    if dtype.hasobject:
+        raise CheckpointError("checkpoint blob holds Python objects")
+    shape = tuple(int(n) for n in meta["shape"])
+    flat = np.frombuffer(view[pos:], dtype=dtype)
+    if flat.size != int(np.prod(shape, dtype=np.int64)):
+        raise CheckpointError("checkpoint blob size does not match its shape")
+    return frozen_array(flat.reshape(shape))
+
+
+class _BlobRefs:
+    """Replaces each array by ``{"$blob": id}``, reusing the id of an array already stored."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+        self.names: list[str] = []
+        self.new: list[tuple[str, np.ndarray]] = []
+
+    def ref(self, arr: np.ndarray) -> dict[str, Any]:
+        name = self.store.known_name(arr)
+        if name is None:
+            name = uuid.uuid4().hex
+            self.new.append((name, arr))
+        self.names.append(name)
+        return {"$blob": name}
+
+
+class CheckpointStore:
+    """Manifest-and-blobs checkpoints at one path (see the module docstring).
+
+    Example::
+
+        store = CheckpointStore(state_dir / "checkpoint.bin", key, federation_id)
+        restored = store.load()                 # None on the first start
+        store.save(Checkpoint(state, offsets, extra))
+    """
+
+    def __init__(self, path: str | os.PathLike[str], key: bytes, federation_id: str) -> None:
+        """Configure the store.
+
+        Raises:
+            ConfigError: The key is not 32 bytes.
+        """
+        self.path = Path(path)
+        self.blob_dir = self.path.with_name(self.path.name + ".blobs")
+        self._aead = _aead(key)
+        self._ad = _associated_data(federation_id)
+        self._known: dict[int, tuple[weakref.ref[np.ndarray], str]] = {}
+
+    def known_name(self, arr: np.ndarray) -> str | None:
+        """The blob id of this very array object, if it was saved or loaded before."""
+        entry = self._known.get(id(arr))
+        if entry is None or entry[0]() is not arr:
+            return None
+        return entry[1]
+
+    def _remember(self, arr: np.ndarray, name: str) -> None:
+        self._known[id(arr)] = (weakref.ref(arr), name)
+
+    def _blob_ad(self, name: str) -> bytes:
+        return self._ad + b"\x00blob:" + name.encode()
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Write new arrays as blobs, then the manifest, then delete unreferenced blobs.
+
+        Raises:
+            OSError: The file system refused a write (the previous checkpoint stays loadable).
+        """
+        refs = _BlobRefs(self)
+        doc = {
+            "format": 2,
+            "engine": _state_doc(checkpoint.state, refs),
+            "offsets": sorted([t, p, o] for (t, p), o in checkpoint.offsets.items()),
+            "extra": dict(checkpoint.extra),
+        }
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        for name, arr in refs.new:
+            nonce = os.urandom(NONCE_BYTES)
+            sealed = self._aead.encrypt(nonce, _encode_array(arr), self._blob_ad(name))
+            _write_atomic(
+                self.blob_dir / (name + _BLOB_SUFFIX), BLOB_MAGIC + nonce + sealed, sync_dir=False
+            )
+        if refs.new:
+            _fsync_dir(self.blob_dir)
+        header = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, header, self._ad)
+        _write_atomic(self.path, MANIFEST_MAGIC + nonce + sealed)
+        for name, arr in refs.new:
+            self._remember(arr, name)
+        self._collect(set(refs.names))
+
+    def _collect(self, live: set[str]) -> None:
+        self._known = {k: v for k, v in self._known.items() if v[0]() is not None}
+        for entry in self.blob_dir.iterdir():
+            if entry.name.removesuffix(_BLOB_SUFFIX) not in live:
+                with suppress(FileNotFoundError):
+                    entry.unlink()
+
+    def load(self) -> Checkpoint | None:
+        """The checkpoint at :attr:`path` (either layout), or None when there is none.
+
+        Raises:
+            CheckpointError: Wrong key or federation, a tampered, missing or foreign file.
+        """
+        try:
+            blob = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if not blob.startswith(MANIFEST_MAGIC):
+            return decode_checkpoint(_open_sealed(self._aead, blob, MAGIC, self._ad, self.path))
+        header = _open_sealed(self._aead, blob, MANIFEST_MAGIC, self._ad, self.path)
+        try:
+            doc = json.loads(header)
+            if doc.get("format") != 2:
+                raise CheckpointError(f"unknown checkpoint format {doc.get('format')!r}")
+            offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
+            state = _state_from_doc(doc["engine"], self._load_blob)
+        except CheckpointError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+            raise CheckpointError(f"checkpoint is malformed: {exc}") from exc
+        return Checkpoint(state, MappingProxyType(offsets), MappingProxyType(doc["extra"]))
+
+    def _load_blob(self, ref: Mapping[str, Any]) -> np.ndarray:
+        name = str(ref["$blob"])
+        if not name.isalnum():
+            raise CheckpointError(f"checkpoint names a bad blob id {name!r}")
+        path = self.blob_dir / (name + _BLOB_SUFFIX)
+        try:
+            sealed = path.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint blob {path} is missing") from None
+        plaintext = _open_sealed(self._aead, sealed, BLOB_MAGIC, self._blob_ad(name), path)
+        arr = _decode_array(plaintext)
+        self._remember(arr, name)
+        return arr

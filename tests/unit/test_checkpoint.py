@@ -12,6 +12,7 @@ from aggregator import checkpoint as ckpt
 from aggregator.checkpoint import (
     Checkpoint,
     CheckpointError,
+    CheckpointStore,
     load_checkpoint,
     new_key,
     save_checkpoint,
@@ -162,3 +163,79 @@ def test_half_written_temp_file_does_not_affect_loading(tmp_path: Path) -> None:
     loaded = load_checkpoint(path, key, FED)
     assert loaded is not None
     assert_same_state(loaded.state, old)
+
+
+# ------------------------------------------------------------------ manifest + blobs (the app's)
+def test_store_round_trip_resume_and_only_new_arrays_are_written(tmp_path: Path) -> None:
+    evts = events(12)
+    straight = run(evts)
+    key, path = new_key(), tmp_path / "checkpoint.bin"
+    store = CheckpointStore(path, key, FED)
+    assert store.load() is None
+    state = run([])
+    for i, event in enumerate(evts):
+        state, _ = ENGINE.step(state, event)
+        before = {p.name: p.stat().st_mtime_ns for p in store.blob_dir.glob("*")} if i else {}
+        store.save(Checkpoint(state, {("fedsynth.updates", 0): i + 1}, {"i": i}))
+        after = {p.name: p.stat().st_mtime_ns for p in store.blob_dir.glob("*")}
+        rewritten = [n for n in before.keys() & after.keys() if before[n] != after[n]]
+        assert not rewritten, f"event {i}: blobs rewritten {rewritten}"
+        # every blob on disk is referenced: one per live array, nothing left behind
+        live = 1 + len(state.strategy_state.buffer) + len(state.strategy_state.slots)
+        assert len(after) == live
+        fresh = CheckpointStore(path, key, FED).load()  # a restarted process
+        assert fresh is not None and dict(fresh.extra) == {"i": i}
+        assert_same_state(fresh.state, state)
+        assert_same_state(run(evts[i + 1 :], fresh.state), straight)
+    # load_checkpoint reads the store's layout as well
+    loaded = load_checkpoint(path, key, FED)
+    assert loaded is not None
+    assert_same_state(loaded.state, straight)
+
+
+def test_store_refuses_tampered_swapped_or_missing_blobs(tmp_path: Path) -> None:
+    key, path = new_key(), tmp_path / "checkpoint.bin"
+    CheckpointStore(path, key, FED).save(Checkpoint(run(events(3))))
+    blobs = sorted(CheckpointStore(path, key, FED).blob_dir.iterdir())
+    assert len(blobs) >= 2
+    first, second = blobs[0].read_bytes(), blobs[1].read_bytes()
+    blobs[0].write_bytes(second)  # a valid blob under another id
+    with pytest.raises(CheckpointError, match="authentication failed"):
+        CheckpointStore(path, key, FED).load()
+    flipped = bytearray(first)
+    flipped[-3] ^= 0x01
+    blobs[0].write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="authentication failed"):
+        CheckpointStore(path, key, FED).load()
+    blobs[0].unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        CheckpointStore(path, key, FED).load()
+    with pytest.raises(CheckpointError, match="authentication failed"):
+        CheckpointStore(path, new_key(), FED).load()
+
+
+def test_store_crash_before_the_manifest_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, path = new_key(), tmp_path / "checkpoint.bin"
+    store = CheckpointStore(path, key, FED)
+    old = run(events(3))
+    store.save(Checkpoint(old))
+    real_replace = ckpt.os.replace
+
+    def crash_on_manifest(src: str, dst: str) -> None:
+        if Path(dst) == path:
+            raise OSError("power cut")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", crash_on_manifest)
+    with pytest.raises(OSError, match="power cut"):
+        store.save(Checkpoint(run(events(8))))
+    monkeypatch.undo()
+    loaded = CheckpointStore(path, key, FED).load()
+    assert loaded is not None
+    assert_same_state(loaded.state, old)
+    newer = run(events(9))
+    store.save(Checkpoint(newer))  # the next save removes the orphaned blobs
+    live = 1 + len(newer.strategy_state.buffer) + len(newer.strategy_state.slots)
+    assert len(list(store.blob_dir.iterdir())) == live
