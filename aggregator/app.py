@@ -4,7 +4,10 @@ Wiring is declared in :func:`build_app`; the agents stay short and hand each mes
 :class:`AggregatorRuntime`, which calls the I/O-free :class:`~aggregator.service.AggregatorService`
 and then does the I/O it asks for, in this order: send the outbound messages, dead-letter the
 rejected ones, write the encrypted checkpoint (state + resume offsets), and only then ack the event
-so that faust may commit its offset.
+so that faust may commit its offset. Checkpoints are group-committed: messages handled back to back
+(up to ``checkpoint_every``, or until no prefetched message waits) share one checkpoint, written
+before any of them is acked. A crash before it replays them, exactly as a crash between a send
+and its checkpoint always did.
 
 Each agent reads ahead: the pure part of reading (:func:`aggregator.service.prepare`: signatures,
 Avro decoding, zstd, dequantization) runs on a thread pool for the next ``prefetch_depth``
@@ -111,6 +114,7 @@ class AggregatorRuntime:
         self.checkpoint_path = settings.state_dir / "checkpoint.bin"
         self.checkpoints = CheckpointStore(self.checkpoint_path, key, settings.federation_id)
         self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
+        self.dirty = False  # state changed since the last checkpoint
         self._restore()
 
     # ---------------------------------------------------------------- restore
@@ -187,6 +191,7 @@ class AggregatorRuntime:
         """Deadlines and chunk expiry."""
         async with self.lock:
             await self._apply_or_die(self.service.tick(), origin=None)
+            self._flush_locked()
 
     async def _apply_or_die(
         self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None
@@ -213,7 +218,23 @@ class AggregatorRuntime:
         if fx.events and any(type(e).__name__ == "GlobalVersionPublished" for e in fx.events):
             await self._audit_versions(fx)
         if fx.changed and self.service.state is not None:
+            self.dirty = True
+
+    async def flush(self) -> None:
+        """Write the checkpoint if state changed since the last one (exit if the write fails)."""
+        async with self.lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self.dirty or self.service.state is None:
+            return
+        try:
             self._checkpoint()
+        except Exception:
+            log.exception("checkpoint failed; exiting so that a restart resumes exactly")
+            logging.shutdown()
+            os._exit(70)
+        self.dirty = False
 
     async def _produce(
         self, topic: str, key: bytes, value: bytes, headers: Headers | None = None
@@ -338,6 +359,9 @@ def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
     def prepare(event: EventT[bytes]) -> Prepared:
         return runtime.prepare(event.value)
 
+    unacked: list[EventT[bytes]] = []
+    pipes: list[OrderedPrefetch[EventT[bytes], Prepared]] = []
+
     async def handle(event: EventT[bytes], prepared: Prepared) -> None:
         msg = event.message
         await runtime.on_message(
@@ -349,11 +373,18 @@ def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
             _headers(msg.headers),
             prepared,
         )
-        event.ack()  # only now may faust commit this offset
+        unacked.append(event)
+        # group commit: one checkpoint for the messages handled back to back, then their acks
+        if len(unacked) >= runtime.settings.checkpoint_every or pipes[0].backlog == 0:
+            await runtime.flush()
+            for done in unacked:
+                done.ack()  # only now may faust commit these offsets
+            unacked.clear()
 
     async def consume(stream: faust.StreamT[bytes]) -> None:
         depth = runtime.settings.prefetch_depth
         async with OrderedPrefetch(prepare, handle, runtime.pool, depth) as pipe:
+            pipes[:] = [pipe]
             manual_acks = cast("faust.Stream[bytes]", stream).noack()
             async for event in manual_acks.events():
                 await pipe.put(event)

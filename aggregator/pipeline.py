@@ -86,6 +86,11 @@ class OrderedPrefetch(Generic[T, R]):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
+    @property
+    def backlog(self) -> int:
+        """Items put but not yet taken by the handler (0: the handler has caught up)."""
+        return self._queue.qsize()
+
     async def put(self, item: T) -> None:
         """Start preparing ``item`` and queue it; waits while the pipeline is full."""
         self._check()

@@ -62,6 +62,9 @@ class AggregatorSettings(BaseSettings):
     prefetch_depth: int = Field(
         default=8, ge=1, description="messages verified ahead of the engine, per inbound topic"
     )
+    checkpoint_every: int = Field(
+        default=16, ge=1, description="most messages handled back to back under one checkpoint"
+    )
 
     @property
     def keys_dir(self) -> Path:
