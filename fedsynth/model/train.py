@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from fedsynth.errors import ConfigError
+from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY
 from fedsynth.model.tabddpm import TabularDiffusion
 
 __all__ = [
@@ -39,9 +40,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: Draws of (timestep, noise) averaged per row before clipping under DP-SGD (see module doc).
-DEFAULT_NOISE_MULTIPLICITY = 16
 
 
 class PrivacyHook(Protocol):
