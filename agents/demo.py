@@ -27,6 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from agents.processes import ProcessGroup, raise_on_sigterm
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.errors import FedSynthError
+from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY, DP_CONFIG
 from schemas.signing import IdentityKey
 from topics.broker import EmbeddedBroker, free_port
 from topics.clients import make_consumer
@@ -52,12 +53,13 @@ class DemoOptions:
     steps_per_round: int = 100
     rows: int = 1000
     epsilon: float = 8.0
-    # DP-SGD noise grows with parameters: a small denoiser with a larger learning rate does best
-    # under DP on 920 rows (docs/bench-quality.md)
-    hidden: tuple[int, ...] = (64, 64)
-    embed_dim: int = 32
-    lr: float = 1e-2
-    n_timesteps: int = 100
+    # the DP model of fedsynth.model.DP_CONFIG (small denoiser, high learning rate, 10 diffusion
+    # steps) and its noise multiplicity: what does best under DP-SGD (docs/bench-quality.md)
+    hidden: tuple[int, ...] = DP_CONFIG.hidden
+    embed_dim: int = DP_CONFIG.embed_dim
+    lr: float = DP_CONFIG.lr
+    n_timesteps: int = DP_CONFIG.n_timesteps
+    noise_multiplicity: int = DEFAULT_NOISE_MULTIPLICITY
     timeout_s: float = 900.0
     plain: bool = False
 
@@ -113,6 +115,7 @@ def start_services(
         "FEDSYNTH_N_TIMESTEPS": str(opts.n_timesteps),
         "FEDSYNTH_EMBED_DIM": str(opts.embed_dim),
         "FEDSYNTH_LR": str(opts.lr),
+        "FEDSYNTH_NOISE_MULTIPLICITY": str(opts.noise_multiplicity),
         "PYTHONUNBUFFERED": "1",
     }
     group.start(

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY
+
 __all__ = ["AgentSettings"]
 
 
@@ -26,6 +28,11 @@ class AgentSettings(BaseSettings):
     delta: float = Field(default=1e-5, gt=0, lt=1)
     hist_epsilon: float = Field(default=1.0, gt=0, description="part of epsilon for histograms")
     max_grad_norm: float = Field(default=1.0, gt=0)
+    noise_multiplicity: int = Field(
+        default=DEFAULT_NOISE_MULTIPLICITY,
+        ge=1,
+        description="DP-SGD: timestep/noise draws averaged per row before clipping (free)",
+    )
     planned_rounds: int = Field(default=5, ge=1, description="rounds the DP noise is planned for")
     steps_per_round: int = Field(default=40, ge=1)
     batch_size: int = Field(default=64, ge=2)

@@ -236,6 +236,7 @@ class SiteAgent:
                 planned_steps=self.s.planned_rounds * self.s.steps_per_round,
                 batch_size=self.s.batch_size,
                 max_grad_norm=self.s.max_grad_norm,
+                noise_multiplicity=self.s.noise_multiplicity,
             )
         with self.tracer.start_as_current_span(
             "agent.local_round",

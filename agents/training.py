@@ -15,6 +15,7 @@ import numpy as np
 
 from fedsynth.errors import ConfigError
 from fedsynth.federation import ModelSpec
+from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY
 from fedsynth.model.tabddpm import TabularDiffusion
 from fedsynth.model.train import OpacusPrivacy, TrainReport, train_local
 from fedsynth.privacy import PrivacyBudget, RDPAccountant, SiteLedger, noise_for_budget
@@ -48,12 +49,14 @@ class LocalTrainer:
         planned_steps: int,
         batch_size: int,
         max_grad_norm: float,
+        noise_multiplicity: int = DEFAULT_NOISE_MULTIPLICITY,
     ) -> None:
         self.encoded, self.cond = encoded, cond
         self.ledger, self.budget = ledger, sgd_budget
         self.batch_size = max(2, min(batch_size, len(encoded) // 2))
         self.sample_rate = self.batch_size / len(encoded)
         self.max_grad_norm = max_grad_norm
+        self.noise_multiplicity = noise_multiplicity
         self.noise = 0.0
         if ledger is not None and sgd_budget is not None:
             self.noise = noise_for_budget(
@@ -95,6 +98,7 @@ class LocalTrainer:
                 self.max_grad_norm,
                 RDPAccountant(),
                 self.budget.delta if self.budget else 1e-5,
+                noise_multiplicity=self.noise_multiplicity,
             )
         model = self.model_for(spec, params)
         report = train_local(model, self.encoded, self.cond, steps=steps, rng=rng, privacy=privacy)

@@ -15,7 +15,14 @@ centralized ones.
 Privacy accounting per DP run or hospital: ``HIST_SHARE`` of epsilon pays for the Laplace
 histograms that fit the numeric normalization (``fedsynth.data.site_histograms``), the rest for
 DP-SGD with the noise multiplier from ``fedsynth.privacy.noise_for_budget`` for the planned steps
-(RDP accountant, delta ``DELTA``); the two compose by simple addition.
+(RDP accountant, delta ``DELTA``); the two compose by simple addition. DP-SGD averages each row's
+loss over ``Training.noise_multiplicity`` draws of timestep and noise before clipping (noise
+multiplicity, Dockhorn et al. 2023; no privacy cost).
+
+With ``Training.rake`` the fitted model also gives a second set of synthetic rows: ``n`` of
+``RAKE_POOL * n`` rows from the model, raked to the released histograms
+(``fedsynth.model.calibration``). That is post-processing of the DP model and of the DP histograms,
+so it spends no further epsilon.
 """
 
 from __future__ import annotations
@@ -32,12 +39,20 @@ import pandas as pd
 
 from aggregator.strategies.kernels import stack_deltas, weighted_mean
 from fedsynth.data import DatasetSchema, FeatureEncoder, Histograms, site_histograms
-from fedsynth.model import DiffusionConfig, OpacusPrivacy, TabularDiffusion, train_local
+from fedsynth.model import (
+    DEFAULT_NOISE_MULTIPLICITY,
+    DiffusionConfig,
+    OpacusPrivacy,
+    TabularDiffusion,
+    train_local,
+)
+from fedsynth.model.calibration import rake_to_histograms
 
 __all__ = [
     "DELTA",
     "HIST_SHARE",
     "MAX_GRAD_NORM",
+    "RAKE_POOL",
     "Fitted",
     "Training",
     "fedavg_step",
@@ -50,6 +65,7 @@ __all__ = [
 DELTA = 1e-5
 HIST_SHARE = 0.1
 MAX_GRAD_NORM = 1.0
+RAKE_POOL = 8
 Clock = Callable[[], float]
 
 
@@ -62,12 +78,16 @@ class Training:
         steps: Centralized optimizer steps (per hospital in federated runs, see module doc).
         rounds: Federated rounds (ignored by centralized runs).
         epsilon: Total (histograms + DP-SGD) budget per site, or None for no DP.
+        noise_multiplicity: Draws of (timestep, noise) averaged per row before clipping (DP only).
+        rake: Also sample rows raked to the released histograms (see the module docstring).
     """
 
     config: DiffusionConfig
     steps: int
     rounds: int = 1
     epsilon: float | None = None
+    noise_multiplicity: int = DEFAULT_NOISE_MULTIPLICITY
+    rake: bool = False
 
     def describe(self, federated: bool = False) -> str:
         """Short text for the table, e.g. ``MLP 256x3 T=100, 3000 steps``."""
@@ -75,7 +95,9 @@ class Training:
         if len(set(self.config.hidden)) == 1:
             width = f"{self.config.hidden[0]}x{len(self.config.hidden)}"
         text = f"MLP {width} T={self.config.n_timesteps}, {self.steps} steps"
-        return f"{text}, {self.rounds} rounds" if federated else text
+        if federated:
+            text = f"{text}, {self.rounds} rounds"
+        return f"{text}, K={self.noise_multiplicity}" if self.epsilon is not None else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,11 +108,13 @@ class Fitted:
         synthetic: Sampled rows.
         seconds: Wall seconds of fitting (histograms, encoder, training).
         epsilon: Largest epsilon spent by a site (histograms + DP-SGD), None without DP.
+        raked: Rows raked to the released histograms (only with ``Training.rake``).
     """
 
     synthetic: pd.DataFrame
     seconds: float
     epsilon: float | None
+    raked: pd.DataFrame | None = None
 
 
 def site_batch(batch: int, n_site: int, n_total: int) -> int:
@@ -119,14 +143,15 @@ def _histograms(
     return total
 
 
-def _privacy(epsilon: float | None, n_rows: int, batch: int, steps: int) -> OpacusPrivacy | None:
-    if epsilon is None:
+def _privacy(plan: Training, n_rows: int, batch: int, steps: int) -> OpacusPrivacy | None:
+    if plan.epsilon is None:
         return None
     from fedsynth.privacy import make_accountant
 
     sample_rate = 1.0 / math.ceil(n_rows / batch)  # what Opacus's Poisson loader uses
-    sigma = _noise((1.0 - HIST_SHARE) * epsilon, sample_rate, steps)
-    return OpacusPrivacy(sigma, MAX_GRAD_NORM, make_accountant("rdp"), DELTA)
+    sigma = _noise((1.0 - HIST_SHARE) * plan.epsilon, sample_rate, steps)
+    return OpacusPrivacy(sigma, MAX_GRAD_NORM, make_accountant("rdp"), DELTA,
+                         noise_multiplicity=plan.noise_multiplicity)
 
 
 @functools.lru_cache(maxsize=32)
@@ -148,6 +173,17 @@ def _sample(model: TabularDiffusion, n: int, seed: int) -> pd.DataFrame:
     return model.sample(n, rng=np.random.default_rng(seed + 7919))
 
 
+def _raked(
+    model: TabularDiffusion, n: int, seed: int, hist: Histograms, rake: bool
+) -> pd.DataFrame | None:
+    """``n`` of ``RAKE_POOL * n`` rows from the model, raked to ``hist`` (None unless ``rake``)."""
+    if not rake:
+        return None
+    rng = np.random.default_rng(seed + 104_729)
+    pool = model.sample(RAKE_POOL * n, rng=rng)
+    return rake_to_histograms(pool, hist, model.encoder.schema, n, rng)
+
+
 def fit_centralized(
     train: pd.DataFrame, schema: DatasetSchema, plan: Training, *, n_synthetic: int,
     seed: int, clock: Clock = time.perf_counter,
@@ -155,16 +191,16 @@ def fit_centralized(
     """One model on ``train`` (pooled data, or one hospital alone)."""
     rng = np.random.default_rng(seed)
     start = clock()
-    encoder = FeatureEncoder.from_histograms(
-        schema, _histograms({"all": train}, schema, plan.epsilon, rng)
-    )
+    hist = _histograms({"all": train}, schema, plan.epsilon, rng)
+    encoder = FeatureEncoder.from_histograms(schema, hist)
     model = TabularDiffusion(encoder, plan.config, seed=seed)
     batch = min(plan.config.batch_size, len(train))
-    hook = _privacy(plan.epsilon, len(train), batch, plan.steps)
+    hook = _privacy(plan, len(train), batch, plan.steps)
     train_local(model, encoder.encode(train), encoder.encode_condition(train),
                 steps=plan.steps, rng=rng, privacy=hook)
     seconds = clock() - start
-    return Fitted(_sample(model, n_synthetic, seed), seconds, _spent(plan.epsilon, [hook]))
+    return Fitted(_sample(model, n_synthetic, seed), seconds, _spent(plan.epsilon, [hook]),
+                  _raked(model, n_synthetic, seed, hist, plan.rake))
 
 
 def fit_federated(
@@ -174,7 +210,8 @@ def fit_federated(
     """FedAvg over the hospitals, simulated in process (see the module docstring)."""
     rng = np.random.default_rng(seed)
     start = clock()
-    encoder = FeatureEncoder.from_histograms(schema, _histograms(sites, schema, plan.epsilon, rng))
+    hist = _histograms(sites, schema, plan.epsilon, rng)
+    encoder = FeatureEncoder.from_histograms(schema, hist)
     n_total = sum(len(f) for f in sites.values())
     base = dataclasses.replace(plan.config, lr_anneal=False)
     server = TabularDiffusion(encoder, base, seed=seed)
@@ -184,7 +221,7 @@ def fit_federated(
         batch = site_batch(plan.config.batch_size, len(frame), n_total)
         locals_.append(TabularDiffusion(
             encoder, dataclasses.replace(base, batch_size=batch), seed=seed + 1 + i))
-        hooks.append(_privacy(plan.epsilon, len(frame), batch, per_round * plan.rounds))
+        hooks.append(_privacy(plan, len(frame), batch, per_round * plan.rounds))
         data.append((encoder.encode(frame), encoder.encode_condition(frame), len(frame)))
     params = server.flat_parameters()
     for r in range(plan.rounds):
@@ -198,7 +235,8 @@ def fit_federated(
         params = fedavg_step(params, updated, [float(n) for _, _, n in data])
     server.load_flat_parameters(params)
     seconds = clock() - start
-    return Fitted(_sample(server, n_synthetic, seed), seconds, _spent(plan.epsilon, hooks))
+    return Fitted(_sample(server, n_synthetic, seed), seconds, _spent(plan.epsilon, hooks),
+                  _raked(server, n_synthetic, seed, hist, plan.rake))
 
 
 def fit_sdv(

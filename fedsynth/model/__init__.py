@@ -1,11 +1,13 @@
 """Tabular diffusion model (TabDDPM-style), constrained sampling and local training."""
 
-from fedsynth.model.config import DiffusionConfig
+from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY, DP_CONFIG, DiffusionConfig
 from fedsynth.model.constraints import ColumnConstraint, Constraints, Interval
 from fedsynth.model.tabddpm import TabularDiffusion
 from fedsynth.model.train import OpacusPrivacy, PrivacyHook, TrainReport, train_local
 
 __all__ = [
+    "DEFAULT_NOISE_MULTIPLICITY",
+    "DP_CONFIG",
     "ColumnConstraint",
     "Constraints",
     "DiffusionConfig",

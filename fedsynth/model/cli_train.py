@@ -2,12 +2,15 @@
 
 Without ``--epsilon`` the model (and the histograms that fit its normalization) are NOT private; the
 command says so loudly. With it, the denoiser is trained with DP-SGD (``fedsynth.privacy``) at
-``(epsilon, delta)`` and the histograms are released with their own ``--hist-epsilon``.
+``(epsilon, delta)`` and the histograms are released with their own ``--hist-epsilon``; the private
+model is :data:`fedsynth.model.config.DP_CONFIG` (smaller, fewer diffusion steps) trained with noise
+multiplicity ``--noise-multiplicity``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -20,7 +23,7 @@ from fedsynth.data.preprocess import site_histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
 from fedsynth.errors import ConfigError
-from fedsynth.model.config import DiffusionConfig
+from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY, DP_CONFIG, DiffusionConfig
 from fedsynth.model.tabddpm import TabularDiffusion
 from fedsynth.model.train import OpacusPrivacy, train_local
 
@@ -37,6 +40,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilon", type=float, help="DP-SGD budget epsilon (omit: NOT private)")
     parser.add_argument("--delta", type=float, default=1e-5, help="DP delta (default 1e-5)")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="DP clipping norm")
+    parser.add_argument(
+        "--noise-multiplicity", type=int, default=DEFAULT_NOISE_MULTIPLICITY,
+        help=f"DP: timestep/noise draws averaged per row before clipping "
+        f"(default {DEFAULT_NOISE_MULTIPLICITY})",
+    )
     parser.add_argument("--hist-epsilon", type=float, default=1.0, help="histogram release epsilon")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per step")
@@ -54,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         console.print("[bold red]WARNING[/]: training WITHOUT differential privacy (no --epsilon)")
     hist = site_histograms(df, schema, args.hist_epsilon if private else math.inf, rng)
     encoder = FeatureEncoder.from_histograms(schema, hist)
-    config = DiffusionConfig(batch_size=args.batch_size)
+    base = DP_CONFIG if private else DiffusionConfig()
+    config = dataclasses.replace(base, batch_size=args.batch_size)
     model = TabularDiffusion(encoder, config, seed=args.seed)
     privacy = _privacy(args, len(df), config.batch_size) if private else None
     report = train_local(
@@ -89,4 +98,5 @@ def _privacy(args: argparse.Namespace, n_rows: int, batch_size: int) -> OpacusPr
         accountant=make_accountant("rdp"),
         delta=args.delta,
         budget=dp.budget,
+        noise_multiplicity=args.noise_multiplicity,
     )

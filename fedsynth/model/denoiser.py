@@ -19,10 +19,10 @@ __all__ = ["MLPDenoiser", "timestep_embedding"]
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
-    """Sinusoidal embedding (Vaswani et al. 2017) of float timesteps ``t`` of shape ``(B,)``."""
+    """Sinusoidal embedding (Vaswani et al. 2017) of float timesteps ``t`` of shape ``(B, ...)``."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None, :]
+    args = t.float()[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
@@ -46,7 +46,11 @@ class MLPDenoiser(nn.Module):
         self.head = nn.Linear(width, d_in)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``x_t``: ``(B, d_in)``; ``t``: ``(B,)`` timesteps; ``y``: ``(B,)`` int64 labels."""
+        """``x_t``: ``(B, d_in)``; ``t``: ``(B,)`` timesteps; ``y``: ``(B,)`` int64 labels.
+
+        Extra leading dimensions after the batch one are allowed (``(B, K, d_in)``, ``(B, K)``,
+        ``(B, K)``): noise multiplicity passes a row's K draws as one sample this way.
+        """
         emb = self.time_embed(timestep_embedding(t, self.embed_dim)) + self.label_embed(y)
         out: torch.Tensor = self.head(self.body(nn.functional.silu(self.proj(x_t) + emb)))
         return out
