@@ -199,7 +199,10 @@ class FeatureEncoder:
                     out[spec.name] = _levels_to_series(spec, np.asarray(cond, dtype=np.int64))
                 continue
             block = next(b for b in self.blocks if b.name == spec.name)
-            index = matrix[:, block.offset : block.offset + block.width].argmax(axis=1)
+            scores = matrix[:, block.offset : block.offset + block.width]
+            if spec.required:  # never missing: the last level (missing) does not compete
+                scores = scores[:, :-1]
+            index = scores.argmax(axis=1)
             if block.value_index is None:
                 out[spec.name] = _levels_to_series(spec, index)
             else:

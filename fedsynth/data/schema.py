@@ -57,6 +57,12 @@ class ColumnRole(StrEnum):
     TARGET = "target"
 
 
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Bounds:
     """Closed clinical interval ``[lo, hi]`` of plausible values."""
@@ -80,6 +86,8 @@ class ColumnSpec:
         missing_codes: values that mean "not measured" (e.g. ``chol == 0``); read as missing.
         resolution: smallest step of recorded values (1 for integers); decoded values are rounded.
         n_bins: histogram bins for federated preprocessing of a numeric column.
+        required: always recorded (e.g. age): a site row without it is refused, and synthetic
+            rows never leave it missing (the model's missing indicator for it is ignored).
     """
 
     name: str
@@ -92,6 +100,7 @@ class ColumnSpec:
     missing_codes: tuple[float | str, ...] = ()
     resolution: float | None = None
     n_bins: int = 32
+    required: bool = False
 
     @property
     def modelled(self) -> bool:
@@ -138,6 +147,8 @@ class ColumnSpec:
             out["resolution"] = self.resolution
         if self.n_bins != 32:
             out["n_bins"] = self.n_bins
+        if self.required:
+            out["required"] = True
         return out
 
     @classmethod
@@ -162,6 +173,7 @@ class ColumnSpec:
                 missing_codes=tuple(raw.get("missing_codes", ())),
                 resolution=None if raw.get("resolution") is None else float(raw["resolution"]),
                 n_bins=int(raw.get("n_bins", 32)),
+                required=_flag(raw.get("required", False), "required"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"schema column {name!r}: {exc}") from exc

@@ -3,7 +3,8 @@
 :func:`validate_frame` returns a clean, typed copy (missing-value codes turned into missing values)
 or raises :class:`~fedsynth.errors.DataValidationError` listing every problem it found, up to a cap,
 each naming row and column. A missing-value code (``chol == 0``) is never an error even where it
-lies outside the clinical bounds: it means "not measured".
+lies outside the clinical bounds: it means "not measured"; but in a ``required`` column (one that is
+always recorded, such as age) a missing value is an error.
 
 Output dtypes: numeric -> ``float64``; integer -> ``Int64``; boolean -> ``boolean``; categorical ->
 ``object`` (``str`` or missing). Missing values are ``NaN``/``pd.NA``.
@@ -90,7 +91,8 @@ def validate_frame(
     problems: list[Problem] = []
     out: dict[str, pd.Series] = {}
     for spec in schema.columns:
-        if spec.name not in df.columns:
+        absent = spec.name not in df.columns
+        if absent:
             if spec.modelled and not allow_missing_columns:
                 problems.append(Problem(None, spec.name, "missing from the data"))
             if not spec.modelled:
@@ -101,6 +103,11 @@ def validate_frame(
         series, found = coerce_column(raw, spec)
         out[spec.name] = series
         problems.extend(found)
+        if spec.required and not absent:
+            problems.extend(
+                Problem(idx, spec.name, "is required (always recorded) but missing")
+                for idx in series.index[series.isna().to_numpy()]
+            )
     extra = [c for c in df.columns if not schema.has_column(str(c))]
     if extra:
         logger.warning("dropping columns not in schema %s: %s", schema.name, extra)

@@ -118,11 +118,19 @@ class BlockLayout:
         """Padded uniform distributions."""
         return (self.mask.float() / self.k).expand(batch, -1, -1)
 
-    def sample(self, probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """One-hot draws from padded probabilities (Gumbel-max)."""
+    def sample(
+        self, probs: torch.Tensor, gen: torch.Generator, forbid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """One-hot draws from padded probabilities (Gumbel-max).
+
+        ``forbid`` (``(n_blocks, K_max)`` bool) excludes levels: each block is drawn from its
+        distribution conditioned on the allowed levels.
+        """
         u = torch.rand(probs.shape, generator=gen).clamp_min(_TINY)
         scores = torch.log(probs.clamp_min(_TINY)) - torch.log(-torch.log(u))
         scores = scores.masked_fill(~self.mask, float("-inf"))
+        if forbid is not None:
+            scores = scores.masked_fill(forbid, float("-inf"))
         return torch.nn.functional.one_hot(scores.argmax(-1), probs.shape[-1]).float() * self.mask
 
 

@@ -62,6 +62,12 @@ class TabularDiffusion:
         self.seed = seed
         self.num_dims = encoder.num_dims
         self.layout = BlockLayout(encoder.cat_sizes)
+        # the "missing" level (always last) of columns the schema marks required: never drawn
+        self.never_missing = torch.zeros_like(self.layout.mask)
+        specs = {c.name: c for c in encoder.feature_columns}
+        for b, block in enumerate(encoder.blocks):
+            if specs[block.name].required:
+                self.never_missing[b, block.width - 1] = True
         self.schedule = cosine_schedule(config.n_timesteps)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -164,7 +170,8 @@ class TabularDiffusion:
             if self.layout.n_blocks:
                 p0_hat = self.layout.softmax(out[:, self.num_dims :])
                 post = multinomial_posterior(x_cat, p0_hat, t, self.schedule, self.layout)
-                x_cat = self.layout.sample(post, gen)
+                # last step: draw x0 from the model restricted to what the schema allows
+                x_cat = self.layout.sample(post, gen, forbid=self.never_missing if i == 0 else None)
         self.denoiser.train()
         return torch.cat([x_num, self.layout.unpad(x_cat)], 1).numpy().astype(np.float32)
 

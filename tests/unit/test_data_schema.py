@@ -194,3 +194,22 @@ def test_schema_cli_infer_and_validate(heart, tmp_path: Path) -> None:
     bad = heart.assign(sex=np.where(heart.index == 4, "X", heart["sex"]))
     bad.to_csv(data, index=False)
     assert main(["schema", "validate", str(data), "--schema", str(out)]) == 1
+
+
+def test_required_column_refuses_a_missing_value_by_row_and_column(schema, heart) -> None:
+    assert {c.name for c in schema.columns if c.required} == {"age", "sex", "cp"}
+    broken = heart.copy()
+    broken.loc[7, "age"] = None
+    broken.loc[11, "sex"] = None
+    with pytest.raises(DataValidationError) as err:
+        validate_frame(broken, schema)
+    text = str(err.value)
+    assert "row 7, column 'age': is required" in text and "row 11, column 'sex'" in text
+    # an optional column may be missing; the flag survives a round trip and changes the hash
+    assert DatasetSchema.from_dict(schema.to_dict()) == schema
+    raw = schema.to_dict()
+    raw["columns"][1] = {k: v for k, v in raw["columns"][1].items() if k != "required"}
+    assert DatasetSchema.from_dict(raw).schema_hash() != schema.schema_hash()
+    raw["columns"][1]["required"] = "yes"
+    with pytest.raises(ConfigError, match="required must be true or false"):
+        DatasetSchema.from_dict(raw)
