@@ -18,6 +18,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedsynth.durable import fsync_dir
+
 __all__ = ["Outbox", "OutboxMessage"]
 
 _LEN = struct.Struct(">I")
@@ -63,7 +65,7 @@ class Outbox:
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def pending(self) -> list[OutboxMessage]:
         """Messages not yet acknowledged, in the order they were put."""
@@ -90,10 +92,3 @@ class Outbox:
             headers=tuple((k, bytes.fromhex(v)) for k, v in head["headers"]),
         )
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from agents.secure import PendingUpdate
+from fedsynth.durable import fsync_dir
 from fedsynth.errors import ConfigError
 
 __all__ = ["PendingStore"]
@@ -53,7 +54,7 @@ class PendingStore:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def load(self) -> PendingUpdate | None:
         """The saved update, or None when there is none.
@@ -94,13 +95,6 @@ class PendingStore:
             self.path.unlink()
         except FileNotFoundError:
             return False
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         return True
 
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -43,6 +43,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aggregator.engine import EngineState, VersionRecord
 from aggregator.strategies.base import ClientUpdate, StrategyState, frozen_array
+from fedsynth.durable import fsync_dir
 from fedsynth.errors import ConfigError, FedSynthError
 
 __all__ = [
@@ -234,13 +235,6 @@ def _associated_data(federation_id: str) -> bytes:
     return ASSOCIATED_DATA_PREFIX + federation_id.encode("utf-8")
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 def _write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -255,7 +249,7 @@ def _write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
             os.unlink(tmp)
         raise
     if sync_dir:
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def save_checkpoint(
@@ -406,7 +400,7 @@ class CheckpointStore:
                 self.blob_dir / (name + _BLOB_SUFFIX), BLOB_MAGIC + nonce + sealed, sync_dir=False
             )
         if refs.new:
-            _fsync_dir(self.blob_dir)
+            fsync_dir(self.blob_dir)
         header = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, header, self._ad)
