@@ -109,12 +109,15 @@ class Fitted:
         seconds: Wall seconds of fitting (histograms, encoder, training).
         epsilon: Largest epsilon spent by a site (histograms + DP-SGD), None without DP.
         raked: Rows raked to the released histograms (only with ``Training.rake``).
+        calibrated: Rows from the model after its missing rates were calibrated to the released
+            histograms, as the gateway serves it (only with ``Training.rake``).
     """
 
     synthetic: pd.DataFrame
     seconds: float
     epsilon: float | None
     raked: pd.DataFrame | None = None
+    calibrated: pd.DataFrame | None = None
 
 
 def site_batch(batch: int, n_site: int, n_total: int) -> int:
@@ -184,6 +187,16 @@ def _raked(
     return rake_to_histograms(pool, hist, model.encoder.schema, n, rng)
 
 
+def _calibrated(
+    model: TabularDiffusion, n: int, seed: int, calibrate: bool
+) -> pd.DataFrame | None:
+    """``n`` rows after :meth:`TabularDiffusion.calibrate_missing` (changes ``model``; last)."""
+    if not calibrate:
+        return None
+    model.calibrate_missing(seed=seed)
+    return _sample(model, n, seed)
+
+
 def fit_centralized(
     train: pd.DataFrame, schema: DatasetSchema, plan: Training, *, n_synthetic: int,
     seed: int, clock: Clock = time.perf_counter,
@@ -200,7 +213,8 @@ def fit_centralized(
                 steps=plan.steps, rng=rng, privacy=hook)
     seconds = clock() - start
     return Fitted(_sample(model, n_synthetic, seed), seconds, _spent(plan.epsilon, [hook]),
-                  _raked(model, n_synthetic, seed, hist, plan.rake))
+                  _raked(model, n_synthetic, seed, hist, plan.rake),
+                  _calibrated(model, n_synthetic, seed, plan.rake))
 
 
 def fit_federated(
@@ -236,7 +250,8 @@ def fit_federated(
     server.load_flat_parameters(params)
     seconds = clock() - start
     return Fitted(_sample(server, n_synthetic, seed), seconds, _spent(plan.epsilon, hooks),
-                  _raked(server, n_synthetic, seed, hist, plan.rake))
+                  _raked(server, n_synthetic, seed, hist, plan.rake),
+                  _calibrated(server, n_synthetic, seed, plan.rake))
 
 
 def fit_sdv(

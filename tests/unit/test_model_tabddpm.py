@@ -171,3 +171,30 @@ def test_required_columns_are_never_sampled_missing(trained, heart) -> None:
                 trained.never_missing[b, block.width - 1] = True
     age = blocks["age"]
     assert raw[:, age.offset + age.width - 1].sum() > 0
+
+
+def test_missing_rates_are_calibrated_to_the_encoder_shares(trained) -> None:
+    import dataclasses
+
+    shares = dict(trained.encoder.missing_shares)
+    assert abs(shares["chol"] - 0.22) < 0.01  # from the (here exact) histograms' missing bins
+    wanted = {**shares, "chol": 0.5, "thal": 0.2, "trestbps": 0.01}
+    encoder = dataclasses.replace(trained.encoder, missing_shares=tuple(wanted.items()))
+    model = TabularDiffusion(encoder, trained.config, seed=0)
+    model.load_flat_parameters(trained.flat_parameters())
+
+    def rates() -> dict[str, float]:
+        out = model.sample(3000, rng=np.random.default_rng(11))
+        return {c: float(out[c].isna().mean()) for c in ("chol", "thal", "trestbps", "age")}
+
+    raw = rates()
+    drew = model.calibrate_missing(seed=3)
+    assert "age" not in drew and abs(drew["chol"] - raw["chol"]) < 0.05  # required: left alone
+    after = rates()
+    for column in ("chol", "thal", "trestbps"):
+        assert abs(after[column] - wanted[column]) < 0.04, (column, raw[column], after[column])
+        assert abs(raw[column] - wanted[column]) > 0.03  # it did have to move
+    assert after["age"] == 0.0
+    # without shares nothing changes
+    plain = TabularDiffusion(dataclasses.replace(encoder, missing_shares=()), trained.config, 0)
+    assert plain.calibrate_missing() == {} and not plain.missing_bias.any()
