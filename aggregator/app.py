@@ -92,7 +92,6 @@ class AggregatorRuntime:
     def __init__(self, app: faust.App, settings: AggregatorSettings, key: bytes) -> None:
         self.app = app
         self.settings = settings
-        self.checkpoint_key = key
         self.lock = asyncio.Lock()
         keys = KeyRing.from_dir(settings.keys_dir)
         identity = IdentityKey.load(settings.keys_dir, "aggregator")
@@ -111,8 +110,9 @@ class AggregatorRuntime:
         self.high_water: dict[tuple[str, int], int] = {}
         self.chunk_start: dict[tuple[str, int], dict[str, int]] = {}
         self.resume: dict[tuple[str, int], int] = {}
-        self.checkpoint_path = settings.state_dir / "checkpoint.bin"
-        self.checkpoints = CheckpointStore(self.checkpoint_path, key, settings.federation_id)
+        self.checkpoints = CheckpointStore(
+            settings.state_dir / "checkpoint.bin", key, settings.federation_id
+        )
         self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
         self.dirty = False  # state changed since the last checkpoint
         self._restore()

@@ -2,8 +2,9 @@
 
 Only versions signed by the aggregator's identity key are accepted. Each version is rebuilt into
 a :class:`~fedsynth.model.tabddpm.TabularDiffusion`, its missing-value rates are calibrated to the
-sites' released DP histograms (:meth:`~fedsynth.model.tabddpm.TabularDiffusion.calibrate_missing`,
-post-processing, deterministic), and it is wrapped as a :class:`~synth_gateway.ports.ReleasedModel`
+sites' released DP histograms on its first use
+(:meth:`~fedsynth.model.tabddpm.TabularDiffusion.calibrate_missing`, post-processing,
+deterministic), and it is wrapped as a :class:`~synth_gateway.ports.ReleasedModel`
 whose sampler parses the caller's constraints against the dataset schema.
 """
 
@@ -39,19 +40,17 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
     spec = ModelSpec.from_bytes(record["encoder"])
     params = decode_vector(record["vector"], record["codec"], int(record["n_parameters"]))
     model = spec.build(params)
-    before = model.calibrate_missing()
-    if before:
-        log.info(
-            "version %s: missing rates calibrated to the DP histograms (model drew %s)",
-            record["version"],
-            ", ".join(f"{k} {v:.0%}" for k, v in before.items()),
-        )
     schema = spec.encoder.schema
     lock = threading.Lock()
+    calibrated = False
 
     def sample(n: int, where: str | None, rng: np.random.Generator) -> pd.DataFrame:
+        nonlocal calibrated
         conditions = Constraints.parse(where, schema) if where else None
         with lock:
+            if not calibrated:  # on first use: versions superseded unused cost nothing
+                _calibrate(model, int(record["version"]))
+                calibrated = True
             return _sample(model, n, conditions, rng)
 
     return ReleasedModel(
@@ -63,6 +62,16 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
         sample=sample,
         columns=tuple(c.name for c in schema.modelled_columns),
     )
+
+
+def _calibrate(model: TabularDiffusion, version: int) -> None:
+    before = model.calibrate_missing()
+    if before:
+        log.info(
+            "version %d: missing rates calibrated to the DP histograms (model drew %s)",
+            version,
+            ", ".join(f"{k} {v:.0%}" for k, v in before.items()),
+        )
 
 
 def _sample(
