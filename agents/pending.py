@@ -66,7 +66,7 @@ class PendingStore:
             return None
         try:
             with np.load(self.path, allow_pickle=False) as data:
-                header = json.loads(bytes(data["header"]).decode())
+                header = _header(data)
                 delta = np.array(data["delta"])
             return PendingUpdate(
                 str(header["update_id"]),
@@ -79,6 +79,16 @@ class PendingStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"pending update file {self.path} is unreadable: {exc}") from exc
 
+    def saved_id(self) -> str | None:
+        """The saved update's id, reading only the header (not the delta); None when none."""
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                return str(_header(data)["update_id"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"pending update file {self.path} is unreadable: {exc}") from exc
+
     def before_send(self, name: str, fields: Mapping[str, Any]) -> None:
         """Call before sending any cohort message: a masked input of the saved update deletes
         it first (write-ahead), so that a crash can never lead to its being counted twice."""
@@ -87,10 +97,8 @@ class PendingStore:
 
     def discard(self, update_id: str | None = None) -> bool:
         """Delete the saved update (only if it is ``update_id``, when given); True if deleted."""
-        if update_id is not None:
-            saved = self.load()
-            if saved is None or saved.update_id != update_id:
-                return False
+        if update_id is not None and self.saved_id() != update_id:
+            return False
         try:
             self.path.unlink()
         except FileNotFoundError:
@@ -98,3 +106,7 @@ class PendingStore:
         fsync_dir(self.path.parent)
         return True
 
+
+def _header(data: Any) -> dict[str, Any]:
+    header: dict[str, Any] = json.loads(bytes(data["header"]).decode())
+    return header

@@ -45,3 +45,13 @@ def test_a_corrupt_file_is_named(tmp_path: Path) -> None:
     store.path.write_bytes(b"not a numpy file")
     with pytest.raises(ConfigError, match="pending-update.npz"):
         store.load()
+
+
+def test_saved_id_reads_the_header_only(tmp_path: Path) -> None:
+    store = PendingStore(tmp_path / "pending-update.npz")
+    assert store.saved_id() is None
+    store.save(_update("u-7"))
+    assert store.saved_id() == "u-7"
+    store.path.write_bytes(b"not a numpy file")
+    with pytest.raises(ConfigError, match="pending-update.npz"):
+        store.saved_id()
