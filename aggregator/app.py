@@ -11,9 +11,15 @@ and its checkpoint always did.
 
 Each agent reads ahead: the pure part of reading (:func:`aggregator.service.prepare`: signatures,
 Avro decoding, zstd, dequantization) runs on a thread pool for the next ``prefetch_depth``
-messages through :class:`~aggregator.pipeline.OrderedPrefetch`, while the stateful part runs on the
-event loop in consumption order; events are consumed with manual acks, so an event read ahead is
-not committed before it was handled and checkpointed.
+messages through :class:`~aggregator.pipeline.OrderedPrefetch`, while the stateful part runs in
+consumption order; events are consumed with manual acks, so an event read ahead is not committed
+before it was handled and checkpointed.
+
+The stateful part (:meth:`AggregatorService.handle` and ``tick``) and the checkpoint write run on
+one dedicated *engine thread*, always under :attr:`AggregatorRuntime.lock`, so exactly one of them
+runs at a time and in the order the lock was taken, while the event loop goes on fetching (the
+aggregation's numpy work and the checkpoint's fsyncs release the GIL). Nothing on the loop reads
+the service's state while a call is in flight: every such read happens under the same lock.
 
 Durable state is our checkpoint, never a faust table (ARCHITECTURE.md: the embedded broker's
 ``end_offsets()`` breaks changelog recovery).
@@ -29,13 +35,15 @@ impossible anyway.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import faust
 from faust.types import TP, EventT
@@ -72,6 +80,7 @@ from topics.registry import (
 __all__ = ["AggregatorRuntime", "build_app", "load_dataset_schema"]
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 TOPICS = {"global-model": GLOBAL_MODEL.name, "control": CONTROL.name}
 Headers = list[tuple[str, bytes]]
 
@@ -114,6 +123,7 @@ class AggregatorRuntime:
             settings.state_dir / "checkpoint.bin", key, settings.federation_id
         )
         self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
+        self.engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.dirty = False  # state changed since the last checkpoint
         self._restore()
 
@@ -143,6 +153,15 @@ class AggregatorRuntime:
                 await self.app.consumer.seek(tp, offset)
                 log.info("seek %s[%d] -> %d", tp.topic, tp.partition, offset)
 
+    async def on_engine(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` on the engine thread, in the caller's context (the current span).
+
+        Call it with :attr:`lock` held: the lock, not the thread, is what keeps the service's
+        state from being read on the loop while a call runs.
+        """
+        call = functools.partial(contextvars.copy_context().run, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.engine_thread, call)
+
     # ---------------------------------------------------------------- messages
     def prepare(self, value: bytes) -> Prepared:
         """The pure part of reading a message (runs on :attr:`pool`)."""
@@ -168,7 +187,9 @@ class AggregatorRuntime:
                 attributes={"messaging.kafka.offset": offset, "messaging.destination": topic},
             ):
                 try:
-                    fx = self.service.handle(value if prepared is None else prepared)
+                    fx = await self.on_engine(
+                        self.service.handle, value if prepared is None else prepared
+                    )
                 except Exception as exc:  # a bug must not stop the federation: keep the evidence
                     log.exception("internal error on %s[%d]@%d", topic, partition, offset)
                     fx = Effects(dead=[DeadLetterItem(f"internal error: {exc!r}", "InternalError")])
@@ -190,8 +211,8 @@ class AggregatorRuntime:
     async def on_tick(self) -> None:
         """Deadlines and chunk expiry."""
         async with self.lock:
-            await self._apply_or_die(self.service.tick(), origin=None)
-            self._flush_locked()
+            await self._apply_or_die(await self.on_engine(self.service.tick), origin=None)
+            await self.on_engine(self._flush_locked)
 
     async def _apply_or_die(
         self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None
@@ -223,7 +244,7 @@ class AggregatorRuntime:
     async def flush(self) -> None:
         """Write the checkpoint if state changed since the last one (exit if the write fails)."""
         async with self.lock:
-            self._flush_locked()
+            await self.on_engine(self._flush_locked)
 
     def _flush_locked(self) -> None:
         if not self.dirty or self.service.state is None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from aggregator.strategies.base import ClientUpdate, StrategyResult, StrategyState, UpdateRefused
 from aggregator.strategies.buffered import BufferSpec, buffered_on_timeout, buffered_on_update
-from aggregator.strategies.fedbuff import weighted_combine
+from aggregator.strategies.fedbuff import weighted_columns, weighted_combine
 from fedsynth.errors import ConfigError
 
 __all__ = ["FedAvg"]
@@ -68,8 +68,12 @@ class FedAvg:
             )
         if any(u.site_id == update.site_id for u in state.buffer):
             raise UpdateRefused("duplicate_site", f"{update.site_id} already reported in {version}")
-        return buffered_on_update(state, update, version, params, self._spec, weighted_combine)
+        return buffered_on_update(
+            state, update, version, params, self._spec, weighted_combine, weighted_columns
+        )
 
     def on_timeout(self, state: StrategyState, version: int, params: np.ndarray) -> StrategyResult:
         """Close the round with the sites that reported, if enough did."""
-        return buffered_on_timeout(state, version, params, self._spec, weighted_combine)
+        return buffered_on_timeout(
+            state, version, params, self._spec, weighted_combine, weighted_columns
+        )

@@ -17,6 +17,8 @@ References:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from fedsynth.errors import ConfigError
@@ -24,6 +26,7 @@ from fedsynth.errors import ConfigError
 __all__ = [
     "adam_server_step",
     "apply_direction",
+    "apply_direction_into",
     "clip_by_norm",
     "coordinate_median",
     "krum_scores",
@@ -32,11 +35,14 @@ __all__ = [
     "stack_deltas",
     "trimmed_mean",
     "weighted_mean",
+    "weighted_mean_rows",
 ]
 
 
-def stack_deltas(deltas: list[np.ndarray] | tuple[np.ndarray, ...]) -> np.ndarray:
-    """Stack 1-D vectors into a ``(k, d)`` float64 matrix.
+def stack_deltas(
+    deltas: list[np.ndarray] | tuple[np.ndarray, ...], columns: slice | None = None
+) -> np.ndarray:
+    """Stack 1-D vectors (or their ``columns``) into a ``(k, d)`` float64 matrix.
 
     Raises:
         ConfigError: No vectors, or vectors of different lengths.
@@ -46,14 +52,21 @@ def stack_deltas(deltas: list[np.ndarray] | tuple[np.ndarray, ...]) -> np.ndarra
     sizes = {int(np.asarray(d).size) for d in deltas}
     if len(sizes) != 1:
         raise ConfigError(f"updates have different sizes: {sorted(sizes)}")
-    out = np.empty((len(deltas), sizes.pop()), dtype=np.float64)
+    cols = slice(0, sizes.pop()) if columns is None else columns
+    width = len(range(*cols.indices(int(np.asarray(deltas[0]).size))))
+    out = np.empty((len(deltas), width), dtype=np.float64)
     for row, d in zip(out, deltas, strict=True):
-        row[:] = np.asarray(d).reshape(-1)  # one float32 -> float64 pass, no temporaries
+        row[:] = np.asarray(d).reshape(-1)[cols]  # one float32 -> float64 pass, no temporaries
     return out
 
 
 def weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """``sum_i w_i x_i / sum_i w_i`` over the rows of ``vectors``.
+
+    Computed coordinate by coordinate in row order (``x_0 c_0 + x_1 c_1 + ...`` with
+    ``c_i = w_i / sum w``, no fused multiply-add), so a coordinate's bits do not depend on the
+    other coordinates: the same result for the whole vector or any block of its columns, and
+    the same as :func:`weighted_mean_rows`.
 
     Args:
         vectors: ``(k, d)`` array.
@@ -67,15 +80,38 @@ def weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
             is not positive.
     """
     x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2:
+        raise ConfigError(f"vectors must be a (k, d) matrix, got shape {x.shape}")
+    return weighted_mean_rows(list(x), weights)
+
+
+def weighted_mean_rows(
+    rows: Sequence[np.ndarray], weights: np.ndarray, columns: slice | None = None
+) -> np.ndarray:
+    """:func:`weighted_mean` of 1-D rows (any float dtype), over their ``columns`` only.
+
+    No ``(k, d)`` stack is built: each row is converted to float64 as it is multiplied, so over
+    a cache-sized block of columns the work stays in cache.
+
+    Raises:
+        ConfigError: As :func:`weighted_mean`.
+    """
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if x.ndim != 2 or x.shape[0] != w.size:
-        raise ConfigError(f"weights {w.shape} do not match vectors {x.shape}")
+    if not rows or len(rows) != w.size:
+        raise ConfigError(f"weights {w.shape} do not match {len(rows)} vectors")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ConfigError(f"weights must be finite and >= 0, got {w.tolist()}")
     total = float(w.sum())
     if total <= 0:
         raise ConfigError("weights sum to zero")
-    return np.asarray((w / total) @ x, dtype=np.float64)
+    coeffs = w / total
+    cols = slice(None) if columns is None else columns
+    out = np.multiply(np.asarray(rows[0])[cols], coeffs[0], dtype=np.float64)
+    term = np.empty_like(out)
+    for row, c in zip(rows[1:], coeffs[1:], strict=True):
+        np.multiply(np.asarray(row)[cols], c, out=term, dtype=np.float64)
+        out += term
+    return np.asarray(out, dtype=np.float64)
 
 
 def clip_by_norm(vector: np.ndarray, max_norm: float) -> np.ndarray:
@@ -156,14 +192,21 @@ def krum_select(vectors: np.ndarray, n_byzantine: int, n_selected: int) -> np.nd
 
 def apply_direction(params: np.ndarray, direction: np.ndarray, lr: float) -> np.ndarray:
     """``params + lr * direction`` computed in float64, returned as read-only float32."""
+    out = np.empty(np.broadcast_shapes(np.shape(params), np.shape(direction)), dtype=np.float32)
+    apply_direction_into(out, params, direction, lr)
+    out.setflags(write=False)
+    return out
+
+
+def apply_direction_into(
+    out: np.ndarray, params: np.ndarray, direction: np.ndarray, lr: float
+) -> None:
+    """Write ``params + lr * direction`` (formed in float64, rounded once) into float32 ``out``."""
     step = np.asarray(direction, dtype=np.float64)
     if lr != 1.0:  # x * 1.0 == x exactly: skip a pass over the vector
         step = lr * step
     # one pass: the sum is formed in float64 and only the result is rounded to float32
-    out = np.empty(np.broadcast_shapes(np.shape(params), step.shape), dtype=np.float32)
     np.add(params, step, out=out, dtype=np.float64, casting="same_kind")
-    out.setflags(write=False)
-    return out
 
 
 def adam_server_step(

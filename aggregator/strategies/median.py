@@ -10,6 +10,7 @@ bounded by validation instead. Each update is reported with weight ``1 / K``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,6 +35,8 @@ class CoordinateMedian(BufferedRule):
     """
 
     spec: BufferSpec
+
+    coordinatewise: ClassVar[bool] = True
 
     @property
     def name(self) -> str:

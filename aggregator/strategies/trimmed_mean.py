@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -43,6 +44,8 @@ class TrimmedMean(BufferedRule):
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta < 0.5:
             raise ConfigError(f"trimmed mean beta must be in [0, 0.5), got {self.beta}")
+
+    coordinatewise: ClassVar[bool] = True
 
     @property
     def name(self) -> str:
