@@ -2,12 +2,19 @@
 
 Wiring is declared in :func:`build_app`; the agents stay short and hand each message to
 :class:`AggregatorRuntime`, which calls the I/O-free :class:`~aggregator.service.AggregatorService`
-and then does the I/O it asks for, in this order: send the outbound messages, dead-letter the
-rejected ones, write the encrypted checkpoint (state + resume offsets), and only then ack the event
-so that faust may commit its offset. Checkpoints are group-committed: messages handled back to back
-(up to ``checkpoint_every``, or until no prefetched message waits) share one checkpoint, written
-before any of them is acked. A crash before it replays them, exactly as a crash between a send
-and its checkpoint always did.
+and then does the I/O it asks for, in this order: when it has messages to send (a new global
+version and its audit event, cohort control messages), write the encrypted checkpoint with those
+messages in its outbox, then send them; dead-letter the rejected ones; and only after a checkpoint
+that covers the event ack it, so that faust may commit its offset. Checkpoints are
+group-committed: messages handled back to back (up to ``checkpoint_every``, or until no prefetched
+message waits) share one checkpoint, written before any of them is acked; a crash before it
+replays them, and since nothing they decided was sent yet, replaying them may decide afresh.
+
+Why write-ahead for sends: which updates share a FedBuff buffer depends on the order they arrive
+in across partitions, so replaying messages after a restart may group them differently. A
+decision that other parties may have seen must therefore be durable before it is sent: a restart
+then finds the version already made and sends the checkpoint's outbox again (receivers drop the
+duplicate by its message id), instead of making a different model under the same version number.
 
 Each agent reads ahead: the pure part of reading (:func:`aggregator.service.prepare`: signatures,
 Avro decoding, zstd, dequantization) runs on a thread pool for the next ``prefetch_depth``
@@ -50,7 +57,7 @@ from faust.types import TP, EventT
 from opentelemetry import trace
 from opentelemetry.context import Context
 
-from aggregator.checkpoint import Checkpoint, CheckpointStore
+from aggregator.checkpoint import Checkpoint, CheckpointStore, OutboxRecord
 from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import (
     AggregatorService,
@@ -125,6 +132,7 @@ class AggregatorRuntime:
         self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
         self.engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.dirty = False  # state changed since the last checkpoint
+        self.outbox: tuple[OutboxRecord, ...] = ()  # decided, checkpointed, maybe not yet sent
         self._restore()
 
     # ---------------------------------------------------------------- restore
@@ -134,6 +142,7 @@ class AggregatorRuntime:
             return
         self.service.restore(ckpt.state, ckpt.extra["service"])
         self.resume = dict(ckpt.offsets)
+        self.outbox = ckpt.outbox
         self.high_water = {(t, int(p)): int(o) for t, p, o in ckpt.extra.get("high_water", [])}
         head = ckpt.extra.get("audit_head")
         if head:
@@ -146,7 +155,17 @@ class AggregatorRuntime:
         )
 
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
-        """Seek every assigned partition to its checkpointed resume offset."""
+        """Send what the checkpoint's outbox holds, then seek every assigned partition to its
+        checkpointed resume offset."""
+        async with self.lock:
+            if self.outbox:
+                log.info("sending %d records again from the checkpoint's outbox", len(self.outbox))
+                try:
+                    await self._send_outbox()
+                except Exception:
+                    log.exception("resending the outbox failed; exiting")
+                    logging.shutdown()
+                    os._exit(70)
         for tp in assigned:
             offset = self.resume.get((tp.topic, tp.partition))
             if offset is not None:
@@ -232,14 +251,23 @@ class AggregatorRuntime:
     async def _apply(
         self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None
     ) -> None:
-        for send in fx.sends:
-            await self._send(send)
-        for item in fx.dead:
-            await self._dead_letter(item.reason, item.error_class, origin)
-        if fx.events and any(type(e).__name__ == "GlobalVersionPublished" for e in fx.events):
-            await self._audit_versions(fx)
         if fx.changed and self.service.state is not None:
             self.dirty = True
+        records = self._outbound(fx)
+        if records:
+            # write-ahead: the state that decided these records, and the records, first
+            self.outbox = records
+            self.dirty = True
+            await self.on_engine(self._flush_locked)
+            await self._send_outbox()
+        for item in fx.dead:
+            await self._dead_letter(item.reason, item.error_class, origin)
+
+    async def _send_outbox(self) -> None:
+        for record in self.outbox:
+            await self._produce(record.topic, record.key, record.value, list(record.headers))
+        self.outbox = ()
+        self.dirty = True  # the next checkpoint no longer needs them
 
     async def flush(self) -> None:
         """Write the checkpoint if state changed since the last one (exit if the write fails)."""
@@ -262,26 +290,34 @@ class AggregatorRuntime:
     ) -> None:
         await self.app.producer.send_and_wait(topic, key, value, None, None, headers or [])
 
-    async def _send(self, send: Send) -> None:
-        if send.topic == GLOBAL_MODEL.name:
-            # each global version starts the trace of the round it opens, linked to its cause
-            cause = trace.get_current_span().get_span_context()
-            with self.tracer.start_as_current_span(
-                "fedsynth.round",
-                context=Context(),
-                links=[trace.Link(cause)],
-                attributes={"fedsynth.model": send.key},
-            ):
-                await self._send_all(send)
-        else:
-            await self._send_all(send)
+    def _outbound(self, fx: Effects) -> tuple[OutboxRecord, ...]:
+        """The records ``fx`` asks to send, with trace headers, and the audit events of the
+        versions it publishes (appended to the audit chain here, before the checkpoint)."""
+        records: list[OutboxRecord] = []
+        for send in fx.sends:
+            if send.topic == GLOBAL_MODEL.name:
+                # each global version starts the trace of the round it opens, linked to its cause
+                cause = trace.get_current_span().get_span_context()
+                with self.tracer.start_as_current_span(
+                    "fedsynth.round",
+                    context=Context(),
+                    links=[trace.Link(cause)],
+                    attributes={"fedsynth.model": send.key},
+                ):
+                    records += self._records(send)
+            else:
+                records += self._records(send)
+        records += self._audit_records(fx)
+        return tuple(records)
 
-    async def _send_all(self, send: Send) -> None:
+    def _records(self, send: Send) -> list[OutboxRecord]:
+        out = []
         for i, msg in enumerate(send.messages):
             headers: Headers = []
             inject_headers(headers)
             key = f"{send.key}/{i}" if send.topic == GLOBAL_MODEL.name else send.key
-            await self._produce(send.topic, key.encode(), msg.value, headers)
+            out.append(OutboxRecord(send.topic, key.encode(), msg.value, tuple(headers)))
+        return out
 
     async def _dead_letter(
         self,
@@ -305,7 +341,8 @@ class AggregatorRuntime:
         )
         await self._produce(DEAD_LETTER.name, topic.encode(), msg.value)
 
-    async def _audit_versions(self, fx: Effects) -> None:
+    def _audit_records(self, fx: Effects) -> list[OutboxRecord]:
+        out = []
         for ev in fx.events:
             if type(ev).__name__ != "GlobalVersionPublished":
                 continue
@@ -329,7 +366,8 @@ class AggregatorRuntime:
                     "hash": bytes.fromhex(entry.hash),
                 },
             )
-            await self._produce(AUDIT.name, b"aggregator", msg.value)
+            out.append(OutboxRecord(AUDIT.name, b"aggregator", msg.value))
+        return out
 
     def _checkpoint(self) -> None:
         assert self.service.state is not None  # noqa: S101 - checked by the caller
@@ -342,7 +380,7 @@ class AggregatorRuntime:
             "high_water": [[t, p, o] for (t, p), o in self.high_water.items()],
             "audit_head": self.audit_head(),
         }
-        self.checkpoints.save(Checkpoint(self.service.state, offsets, extra))
+        self.checkpoints.save(Checkpoint(self.service.state, offsets, extra, self.outbox))
 
     def audit_head(self) -> dict[str, Any] | None:
         return self.audit_last.to_dict() if self.audit_last is not None else None

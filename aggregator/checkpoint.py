@@ -19,6 +19,11 @@ one blob (its delta) and a manifest instead of rewriting the model and the whole
 parameters and three buffered updates, about a third of the time (``python -m bench.aggregate``).
 A blob is written and fsynced before the manifest that names it; a blob's associated data binds
 its id, so blobs cannot be swapped; a manifest naming a missing or altered blob does not load.
+
+A checkpoint may also carry an *outbox*: Kafka records the aggregator decided to send together
+with the state that made them (a new global version, its audit event, cohort control messages).
+The app writes them before it sends them and sends them again after a restart, so a decision
+that became visible is never remade differently (the message bytes, in blobs like arrays).
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ __all__ = [
     "ASSOCIATED_DATA_PREFIX",
     "Checkpoint",
     "CheckpointError",
+    "OutboxRecord",
     "KEY_BYTES",
     "CheckpointStore",
     "decode_checkpoint",
@@ -72,6 +78,16 @@ class CheckpointError(FedSynthError):
     """A checkpoint exists but cannot be read: wrong key, tampering, or a foreign format."""
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    """One Kafka record to (re)send: topic, key, value and headers."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Checkpoint:
     """What is saved and restored together.
@@ -80,11 +96,39 @@ class Checkpoint:
         state: The engine state.
         offsets: ``(topic, partition) -> next offset to consume``.
         extra: Any JSON-serialisable settings (strategy name, run id, ...).
+        outbox: Records decided with this state and not yet known to be sent.
     """
 
     state: EngineState
     offsets: Mapping[tuple[str, int], int] = field(default_factory=lambda: MappingProxyType({}))
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    outbox: tuple[OutboxRecord, ...] = ()
+
+
+def _outbox_doc(outbox: tuple[OutboxRecord, ...], arrays: _ArrayRefs) -> list[dict[str, Any]]:
+    return [
+        {
+            "topic": r.topic,
+            "key": r.key.hex(),
+            "headers": [[k, v.hex()] for k, v in r.headers],
+            "value": arrays.ref(np.frombuffer(r.value, dtype=np.uint8)),
+        }
+        for r in outbox
+    ]
+
+
+def _outbox_from_doc(
+    docs: list[Mapping[str, Any]], arr: Callable[[Mapping[str, Any]], np.ndarray]
+) -> tuple[OutboxRecord, ...]:
+    return tuple(
+        OutboxRecord(
+            str(d["topic"]),
+            bytes.fromhex(d["key"]),
+            arr(d["value"]).tobytes(),
+            tuple((str(k), bytes.fromhex(v)) for k, v in d["headers"]),
+        )
+        for d in docs
+    )
 
 
 def new_key() -> bytes:
@@ -179,6 +223,7 @@ def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
         "engine": _state_doc(checkpoint.state, arrays),
         "offsets": sorted([t, p, o] for (t, p), o in checkpoint.offsets.items()),
         "extra": dict(checkpoint.extra),
+        "outbox": _outbox_doc(checkpoint.outbox, arrays),
     }
     header = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     parts = [_LEN.pack(len(header)), header, _LEN.pack(len(arrays.items))]
@@ -217,11 +262,12 @@ def decode_checkpoint(plaintext: bytes) -> Checkpoint:
             raise CheckpointError(f"unknown checkpoint format {doc.get('format')!r}")
         offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
         state = _state_from_doc(doc["engine"], arrays)
+        outbox = _outbox_from_doc(doc.get("outbox", []), lambda ref: arrays[ref["$array"]])
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
         raise CheckpointError(f"checkpoint is malformed: {exc}") from exc
-    return Checkpoint(state, MappingProxyType(offsets), MappingProxyType(doc["extra"]))
+    return Checkpoint(state, MappingProxyType(offsets), MappingProxyType(doc["extra"]), outbox)
 
 
 # ----------------------------------------------------------------------------- crypto + disk
@@ -391,6 +437,7 @@ class CheckpointStore:
             "engine": _state_doc(checkpoint.state, refs),
             "offsets": sorted([t, p, o] for (t, p), o in checkpoint.offsets.items()),
             "extra": dict(checkpoint.extra),
+            "outbox": _outbox_doc(checkpoint.outbox, refs),
         }
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         for name, arr in refs.new:
@@ -435,11 +482,13 @@ class CheckpointStore:
                 raise CheckpointError(f"unknown checkpoint format {doc.get('format')!r}")
             offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
             state = _state_from_doc(doc["engine"], self._load_blob)
+            outbox = _outbox_from_doc(doc.get("outbox", []), self._load_blob)
         except CheckpointError:
             raise
         except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
             raise CheckpointError(f"checkpoint is malformed: {exc}") from exc
-        return Checkpoint(state, MappingProxyType(offsets), MappingProxyType(doc["extra"]))
+        extra = MappingProxyType(doc["extra"])
+        return Checkpoint(state, MappingProxyType(offsets), extra, outbox)
 
     def _load_blob(self, ref: Mapping[str, Any]) -> np.ndarray:
         name = str(ref["$blob"])

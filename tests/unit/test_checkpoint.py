@@ -239,3 +239,29 @@ def test_store_crash_before_the_manifest_keeps_the_old_checkpoint(
     store.save(Checkpoint(newer))  # the next save removes the orphaned blobs
     live = 1 + len(newer.strategy_state.buffer) + len(newer.strategy_state.slots)
     assert len(list(store.blob_dir.iterdir())) == live
+
+
+def test_the_outbox_travels_with_the_state_in_both_layouts(tmp_path: Path) -> None:
+    """Records decided with a state are saved with it (write-ahead) and read back byte for
+    byte; once sent, a checkpoint without them drops their blobs."""
+    from aggregator.checkpoint import OutboxRecord
+
+    state = run(events(5))
+    outbox = (
+        OutboxRecord("fedsynth.global-model", b"model/0", os.urandom(3000), (("tp", b"00-ab"),)),
+        OutboxRecord("fedsynth.audit", b"aggregator", b""),
+    )
+    key = new_key()
+    save_checkpoint(tmp_path / "one.bin", Checkpoint(state, outbox=outbox), key, FED)
+    one = load_checkpoint(tmp_path / "one.bin", key, FED)
+    assert one is not None and one.outbox == outbox
+    store = CheckpointStore(tmp_path / "checkpoint.bin", key, FED)
+    store.save(Checkpoint(state, outbox=outbox))
+    loaded = CheckpointStore(tmp_path / "checkpoint.bin", key, FED).load()
+    assert loaded is not None and loaded.outbox == outbox
+    assert_same_state(loaded.state, state)
+    with_outbox = len(list(store.blob_dir.iterdir()))
+    store.save(Checkpoint(state))
+    assert len(list(store.blob_dir.iterdir())) == with_outbox - len(outbox)
+    reloaded = store.load()
+    assert reloaded is not None and reloaded.outbox == ()
