@@ -6,20 +6,19 @@ of an embedded broker. Then, alternating, (a) a bare aiokafka consumer only fetc
 and (b) the aggregator's ingest path consumes the same records the way the aggregator app does:
 :func:`aggregator.service.prepare` (signature verification, Avro decoding, zstd and
 dequantization) runs on a thread pool ahead of the consumer through
-:class:`~aggregator.pipeline.OrderedPrefetch`, and in consumption order
+:class:`~aggregator.pipeline.OrderedPrefetch`, and in consumption order, on one engine thread,
 :meth:`MessageReader.accept` (chunk reassembly, replay) and :class:`AggregatorEngine` with FedBuff
-(K=4) fed ``UpdateReceived`` events as ``aggregator.service`` builds them. Both consumers are
-group-less, assigned every partition and seeked to the beginning; the fastest of the repeats of
-each is kept. ``--workers N`` sets the pool (default: one per core). BLAS runs single-threaded
-(``threadpoolctl``), as an aggregator should be deployed: the FedBuff weighted mean is a
-matrix-vector product that multi-threaded OpenBLAS runs about 4x slower on a busy 2-core host, with
-the same result. The ratio is
+(K=4) fed ``UpdateReceived`` events as ``aggregator.service`` builds them. Two more rows show the
+same work on one thread and with the ordered part on the event loop (the previous design). Both
+consumers are group-less, assigned every partition and seeked to the beginning; the fastest of
+the repeats of each is kept. ``--workers N`` sets the pool (default: one per core). BLAS runs
+single-threaded (``threadpoolctl``), as an aggregator on a shared host should. The ratio is
 ``rate(b) / rate(a)``; the target is >= 0.8 (the aggregator is never the bottleneck).
 
 A per-update CPU breakdown follows, measured with ``time.perf_counter`` around each part of the
-path (``thread_time`` on the workers; the split of reading into signature, Avro and reassembly
-comes from a second, offline pass over the same bytes), next to a raw numpy summation of the same
-float32 arrays. The last line is
+path (``thread_time`` on the workers, and the CPU time of the engine and event-loop threads; the
+split of reading into signature, Avro and reassembly comes from a second, offline pass over the
+same bytes), next to a raw numpy summation of the same float32 arrays. The last line is
 ``RESULT ingest_vs_bare=<x> target=0.8 met=yes|no``.
 """
 
