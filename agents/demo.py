@@ -104,13 +104,9 @@ def prepare(
     return schema, real, files
 
 
-def start_services(
-    opts: DemoOptions, group: ProcessGroup, bootstrap: str, files: dict[str, Path], port: int
-) -> None:
-    """The aggregator, the gateway and one agent per site, each its own process."""
-    fed = ["--bootstrap", bootstrap, "--run-dir", str(opts.run_dir)]
-    cli = [sys.executable, "-m", "fedsynth.cli"]
-    env = {
+def service_env(opts: DemoOptions) -> dict[str, str]:
+    """The environment every demo process gets: the model recipe of ``opts``."""
+    return {
         "FEDSYNTH_HIDDEN": json.dumps(list(opts.hidden)),
         "FEDSYNTH_N_TIMESTEPS": str(opts.n_timesteps),
         "FEDSYNTH_EMBED_DIM": str(opts.embed_dim),
@@ -118,6 +114,46 @@ def start_services(
         "FEDSYNTH_NOISE_MULTIPLICITY": str(opts.noise_multiplicity),
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def agent_argv(opts: DemoOptions, bootstrap: str, site: str, data: Path) -> list[str]:
+    """The command line of one site's agent (the same after a restart)."""
+    return [
+        sys.executable,
+        "-m",
+        "fedsynth.cli",
+        "agent",
+        "--bootstrap",
+        bootstrap,
+        "--run-dir",
+        str(opts.run_dir),
+        *(["--plain"] if opts.plain else []),
+        "--site",
+        site,
+        "--data",
+        str(data),
+        "--steps-per-round",
+        str(opts.steps_per_round),
+        "--planned-rounds",
+        str(opts.rounds),
+        "--epsilon",
+        str(opts.epsilon),
+    ]
+
+
+def start_services(
+    opts: DemoOptions,
+    group: ProcessGroup,
+    bootstrap: str,
+    files: dict[str, Path],
+    port: int | None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """The aggregator, the gateway (unless ``port`` is None) and one agent per site, each its
+    own process; ``env`` is added to :func:`service_env`."""
+    fed = ["--bootstrap", bootstrap, "--run-dir", str(opts.run_dir)]
+    cli = [sys.executable, "-m", "fedsynth.cli"]
+    env = {**service_env(opts), **(env or {})}
     group.start(
         "aggregator",
         [
@@ -132,28 +168,10 @@ def start_services(
         ],
         env,
     )
-    group.start("gateway", [*cli, "gateway", *fed, "--port", str(port)], env)
+    if port is not None:
+        group.start("gateway", [*cli, "gateway", *fed, "--port", str(port)], env)
     for sid, path in files.items():
-        group.start(
-            f"agent-{sid}",
-            [
-                *cli,
-                "agent",
-                *fed,
-                *(["--plain"] if opts.plain else []),
-                "--site",
-                sid,
-                "--data",
-                str(path),
-                "--steps-per-round",
-                str(opts.steps_per_round),
-                "--planned-rounds",
-                str(opts.rounds),
-                "--epsilon",
-                str(opts.epsilon),
-            ],
-            env,
-        )
+        group.start(f"agent-{sid}", agent_argv(opts, bootstrap, sid, path), env)
 
 
 async def follow_versions(
