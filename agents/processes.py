@@ -4,6 +4,12 @@ Each child runs in its own session (process group), with its output in a log fil
 sends SIGTERM to every group, waits a grace period, then SIGKILLs what is left; it is safe to
 call twice and runs from ``__exit__`` and at interpreter exit, so Ctrl-C, SIGTERM or an
 exception in the parent all end with no child running.
+
+SIGTERM (:func:`raise_on_sigterm`) stops the children of every live group and the embedded
+brokers *in the handler*, before unwinding starts: a KeyboardInterrupt raised at an arbitrary
+point of an asyncio program can leave the unwinding stuck (a CI run once saw a demo hang for a
+minute after SIGTERM and its children outlive it). If unwinding still takes longer than a grace
+period, the process exits anyway.
 """
 
 from __future__ import annotations
@@ -13,14 +19,17 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Child", "ProcessGroup", "raise_on_sigterm"]
+__all__ = ["Child", "ProcessGroup", "raise_on_sigterm", "stop_everything"]
 
 log = logging.getLogger(__name__)
+_GROUPS: weakref.WeakSet[ProcessGroup] = weakref.WeakSet()
 
 
 @dataclass
@@ -51,6 +60,7 @@ class ProcessGroup:
         self.grace_s = grace_s
         self.children: list[Child] = []
         atexit.register(self.stop)
+        _GROUPS.add(self)
 
     def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
         """Start ``argv`` as ``name`` in its own process group, logging to ``log_dir/name.log``."""
@@ -115,10 +125,25 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks run and children are stopped."""
+def stop_everything() -> None:
+    """Stop the children of every live :class:`ProcessGroup`, then every embedded broker."""
+    from topics.broker import stop_all_brokers
+
+    for group in list(_GROUPS):
+        group.stop()
+    stop_all_brokers()
+
+
+def raise_on_sigterm(exit_after_s: float = 30.0) -> None:
+    """On SIGTERM: stop every child and broker at once, then raise KeyboardInterrupt so that
+    ``finally`` blocks run; exit with status 143 if that unwinding is not done in
+    ``exit_after_s`` seconds."""
 
     def _handler(signum: int, frame: object) -> None:
+        stop_everything()
+        timer = threading.Timer(exit_after_s, os._exit, (128 + signum,))
+        timer.daemon = True
+        timer.start()
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _handler)

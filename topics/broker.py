@@ -34,7 +34,7 @@ from topics.discovery import clear_record, resolve_bootstrap, write_record
 from topics.probe import metadata_broker_count
 
 __all__ = ["BrokerStartError", "EmbeddedBroker", "find_broker_binary", "free_port",
-           "resolve_bootstrap"]
+           "resolve_bootstrap", "stop_all_brokers"]
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,7 @@ def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
 
 
 @atexit.register
-def _stop_all() -> None:
+def stop_all_brokers() -> None:
+    """Stop every embedded broker this process started (also run at interpreter exit)."""
     for broker in list(_LIVE):
         broker.stop()
