@@ -111,6 +111,7 @@ class Fitted:
         raked: Rows raked to the released histograms (only with ``Training.rake``).
         calibrated: Rows from the model after its missing rates were calibrated to the released
             histograms, as the gateway serves it (only with ``Training.rake``).
+        model: The trained model (ours only; calibrated when ``calibrated`` is set).
     """
 
     synthetic: pd.DataFrame
@@ -118,6 +119,7 @@ class Fitted:
     epsilon: float | None
     raked: pd.DataFrame | None = None
     calibrated: pd.DataFrame | None = None
+    model: TabularDiffusion | None = None
 
 
 def site_batch(batch: int, n_site: int, n_total: int) -> int:
@@ -172,8 +174,10 @@ def _spent(epsilon: float | None, hooks: list[OpacusPrivacy | None]) -> float | 
     return HIST_SHARE * epsilon + sgd
 
 
-def _sample(model: TabularDiffusion, n: int, seed: int) -> pd.DataFrame:
-    return model.sample(n, rng=np.random.default_rng(seed + 7919))
+def _sample(
+    model: TabularDiffusion, n: int, seed: int, guidance: float | None = None
+) -> pd.DataFrame:
+    return model.sample(n, rng=np.random.default_rng(seed + 7919), guidance=guidance)
 
 
 def _raked(
@@ -214,7 +218,7 @@ def fit_centralized(
     seconds = clock() - start
     return Fitted(_sample(model, n_synthetic, seed), seconds, _spent(plan.epsilon, [hook]),
                   _raked(model, n_synthetic, seed, hist, plan.rake),
-                  _calibrated(model, n_synthetic, seed, plan.rake))
+                  _calibrated(model, n_synthetic, seed, plan.rake), model)
 
 
 def fit_federated(
@@ -251,7 +255,7 @@ def fit_federated(
     seconds = clock() - start
     return Fitted(_sample(server, n_synthetic, seed), seconds, _spent(plan.epsilon, hooks),
                   _raked(server, n_synthetic, seed, hist, plan.rake),
-                  _calibrated(server, n_synthetic, seed, plan.rake))
+                  _calibrated(server, n_synthetic, seed, plan.rake), server)
 
 
 def fit_sdv(

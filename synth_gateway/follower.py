@@ -44,14 +44,16 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
     lock = threading.Lock()
     calibrated = False
 
-    def sample(n: int, where: str | None, rng: np.random.Generator) -> pd.DataFrame:
+    def sample(
+        n: int, where: str | None, rng: np.random.Generator, guidance: float | None = None
+    ) -> pd.DataFrame:
         nonlocal calibrated
         conditions = Constraints.parse(where, schema) if where else None
         with lock:
             if not calibrated:  # on first use: versions superseded unused cost nothing
                 _calibrate(model, int(record["version"]))
                 calibrated = True
-            return _sample(model, n, conditions, rng)
+            return _sample(model, n, conditions, rng, guidance)
 
     return ReleasedModel(
         model_name=record["model_name"],
@@ -75,9 +77,13 @@ def _calibrate(model: TabularDiffusion, version: int) -> None:
 
 
 def _sample(
-    model: TabularDiffusion, n: int, conditions: Constraints | None, rng: np.random.Generator
+    model: TabularDiffusion,
+    n: int,
+    conditions: Constraints | None,
+    rng: np.random.Generator,
+    guidance: float | None,
 ) -> pd.DataFrame:
-    return model.sample(n, conditions=conditions, rng=rng)
+    return model.sample(n, conditions=conditions, rng=rng, guidance=guidance)
 
 
 class ModelFollower:

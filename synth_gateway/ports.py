@@ -16,9 +16,12 @@ __all__ = ["ModelSource", "ReleasedModel", "RowSampler", "StaticModelSource"]
 
 
 class RowSampler(Protocol):
-    """Draws ``n`` rows satisfying ``where`` (None: unconstrained)."""
+    """Draws ``n`` rows satisfying ``where`` (None: unconstrained) with classifier-free guidance
+    scale ``guidance`` (None: the model's own)."""
 
-    def __call__(self, n: int, where: str | None, rng: np.random.Generator) -> pd.DataFrame: ...
+    def __call__(
+        self, n: int, where: str | None, rng: np.random.Generator, guidance: float | None = None
+    ) -> pd.DataFrame: ...
 
 
 @dataclass(frozen=True, slots=True)

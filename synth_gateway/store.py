@@ -38,9 +38,18 @@ CREATE TABLE IF NOT EXISTS releases (
     epsilon_by_site VARCHAR,
     parquet_path VARCHAR,
     parquet_sha256 VARCHAR,
-    requested_by VARCHAR
+    requested_by VARCHAR,
+    guidance DOUBLE
 )
 """
+# a catalogue written before the guidance column existed gains it (those releases used 1.0)
+_RELEASES_MIGRATIONS = (
+    "ALTER TABLE releases ADD COLUMN IF NOT EXISTS guidance DOUBLE DEFAULT 1.0",
+)
+_RELEASE_COLUMNS = (
+    "release_id, created_at, dataset, model_name, model_version, contributors, query, n_rows, "
+    "epsilon_by_site, parquet_path, parquet_sha256, requested_by, guidance"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,7 @@ class Provenance:
     query: str
     epsilon_by_site: dict[str, float]
     requested_by: str = "anonymous"
+    guidance: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +103,8 @@ class ReleaseStore:
             self.parquet_dir.mkdir(parents=True, exist_ok=True)
             self._con = duckdb.connect(str(self.db_path))
             self._con.execute(_RELEASES_DDL)
+            for statement in _RELEASES_MIGRATIONS:
+                self._con.execute(statement)
         return self
 
     def close(self) -> None:
@@ -124,7 +136,8 @@ class ReleaseStore:
         with self._lock:
             self._append_rows(release_id, path)
             self.con.execute(
-                "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO releases ({_RELEASE_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     release_id,
                     created.replace(tzinfo=None),
@@ -138,6 +151,7 @@ class ReleaseStore:
                     str(path),
                     digest,
                     prov.requested_by,
+                    prov.guidance,
                 ],
             )
         log.info("release %s: %d rows -> %s", release_id, len(rows), path)

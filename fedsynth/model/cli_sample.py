@@ -23,6 +23,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output file (.csv or .parquet)")
     parser.add_argument("--max-tries", type=int, default=20, help="batches before giving up")
     parser.add_argument("--seed", type=int, help="seed (default: fresh randomness)")
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (default 1; above 1 follows the conditioning "
+        "column more closely: utility up, fidelity down)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
             conditions=conditions,
             rng=np.random.default_rng(args.seed),
             max_tries=args.max_tries,
+            guidance=args.guidance,
         )
     if suffix == ".csv":
         df.to_csv(args.out, index=False)

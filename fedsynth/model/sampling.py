@@ -46,16 +46,23 @@ def label_distribution(model: TabularDiffusion, conditions: Constraints | None) 
     return np.asarray(probs / probs.sum())
 
 
+MAX_GUIDANCE = 10.0
+"""Largest classifier-free guidance scale accepted at sampling time."""
+
+
 def sample_with_constraints(
     model: TabularDiffusion,
     n: int,
     conditions: Constraints | None,
     rng: np.random.Generator,
     max_tries: int,
+    guidance: float | None = None,
 ) -> pd.DataFrame:
     """See :meth:`fedsynth.model.tabddpm.TabularDiffusion.sample`."""
     if n < 0 or max_tries < 1:
         raise ConfigError("n must be >= 0 and max_tries >= 1")
+    if guidance is not None and not 0.0 <= guidance <= MAX_GUIDANCE:
+        raise ConfigError(f"guidance scale must be in [0, {MAX_GUIDANCE:g}], got {guidance}")
     if conditions is not None:
         conditions.validate(model.encoder.schema)
     probs = label_distribution(model, conditions)
@@ -69,7 +76,7 @@ def sample_with_constraints(
         need = n - got
         size = min(_MAX_BATCH, math.ceil(need / max(rate, 1.0 / (generated + 1)) * 1.1) + 16)
         labels = rng.choice(len(probs), size=size, p=probs)
-        frame = model.encoder.decode(model.generate(labels, gen), labels)
+        frame = model.encoder.decode(model.generate(labels, gen, guidance), labels)
         generated += size
         if conditions is not None:
             frame = frame[conditions.check(frame)]

@@ -20,7 +20,13 @@ TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _sampler(n: int, where: str | None, rng: np.random.Generator) -> pd.DataFrame:
+GUIDANCE_SEEN: list[float | None] = []
+
+
+def _sampler(
+    n: int, where: str | None, rng: np.random.Generator, guidance: float | None = None
+) -> pd.DataFrame:
+    GUIDANCE_SEEN.append(guidance)
     if where == "impossible":
         raise ConstraintError("age>=200 is outside the clinical bounds of age [0, 120]")
     age = rng.integers(40, 61, size=n) if where else rng.integers(20, 90, size=n)
@@ -88,3 +94,43 @@ async def test_model_endpoint_and_dashboard(client: tuple[TestClient, ReleaseSto
     assert info["version"] == 3 and info["epsilon_by_site"]["Hungary"] == 2.0
     page = await (await c.get("/", headers=AUTH)).text()
     assert "version <b>3</b>" in page
+
+
+async def test_guidance_reaches_the_model_and_the_provenance(
+    client: tuple[TestClient, ReleaseStore],
+) -> None:
+    c, store = client
+    GUIDANCE_SEEN.clear()
+    resp = await c.post("/v1/synthesize", json={"n": 700, "guidance": 1.5}, headers=AUTH)
+    assert resp.status == 200 and len(pd.read_csv(io.StringIO(await resp.text()))) == 700
+    assert GUIDANCE_SEEN and set(GUIDANCE_SEEN) == {1.5}  # every batch, not only the first
+    (release,) = store.releases()
+    assert release["guidance"] == 1.5
+    default = await c.post("/v1/synthesize", json={"n": 5, "format": "parquet"}, headers=AUTH)
+    assert default.status == 200 and GUIDANCE_SEEN[-1] == 1.0
+    bad = await c.post("/v1/synthesize", json={"n": 5, "guidance": -1}, headers=AUTH)
+    assert bad.status == 400 and "guidance" in (await bad.json())["error"]
+
+
+def test_a_catalogue_without_the_guidance_column_gains_it(tmp_path: Path) -> None:
+    """A releases table made before guidance was recorded is migrated on open; its rows read 1."""
+    import duckdb
+
+    old = tmp_path / "releases.duckdb"
+    con = duckdb.connect(str(old))
+    con.execute(
+        "CREATE TABLE releases (release_id VARCHAR PRIMARY KEY, created_at TIMESTAMP, "
+        "dataset VARCHAR, model_name VARCHAR, model_version BIGINT, contributors VARCHAR, "
+        "query VARCHAR, n_rows BIGINT, epsilon_by_site VARCHAR, parquet_path VARCHAR, "
+        "parquet_sha256 VARCHAR, requested_by VARCHAR)"
+    )
+    con.execute(
+        "INSERT INTO releases VALUES ('r0', now(), 'd', 'm', 1, '[]', '', 3, '{}', 'p', 'h', 'a')"
+    )
+    con.close()
+    store = ReleaseStore(tmp_path).open()
+    try:
+        (release,) = store.releases()
+        assert release["release_id"] == "r0" and release["guidance"] == 1.0
+    finally:
+        store.close()

@@ -101,6 +101,18 @@ def test_guidance_scale_runs_both_branches(trained, tmp_path: Path) -> None:
     assert (out["num"] == 4).all()
 
 
+def test_guidance_per_call_overrides_the_config_and_is_bounded(trained) -> None:
+    def draw(guidance: float | None) -> pd.DataFrame:
+        return trained.sample(300, rng=np.random.default_rng(5), guidance=guidance)
+
+    assert trained.config.guidance_scale == 1.0
+    pd.testing.assert_frame_equal(draw(None), draw(1.0))  # the config's scale by default
+    assert not draw(3.0).equals(draw(1.0))  # a per-call scale changes the draw
+    for bad in (-0.5, 11.0):
+        with pytest.raises(ConfigError, match="guidance scale"):
+            draw(bad)
+
+
 def test_save_load_round_trip(trained, tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     trained.save(path)

@@ -62,3 +62,9 @@ def test_train_and_sample_commands(heart, tmp_path: Path) -> None:
     assert main(["sample", str(model), "-n", "5", "--where", "sex=='F'",
                  "--out", str(tmp_path / "x.csv")]) == 1
     assert main(["sample", str(model), "-n", "5", "--out", str(tmp_path / "x.json")]) == 1
+    guided = tmp_path / "guided.csv"
+    assert main(["sample", str(model), "-n", "30", "--guidance", "2", "--seed", "1",
+                 "--out", str(guided)]) == 0
+    assert len(pd.read_csv(guided)) == 30
+    assert main(["sample", str(model), "-n", "5", "--guidance", "-1",
+                 "--out", str(tmp_path / "y.csv")]) == 1
