@@ -7,7 +7,7 @@ stacked deltas and their weights ``n_i * s(t_i)`` to a *combiner*: a pure functi
 aggregation direction and the weight it reports per update. The server then moves
 ``x <- x + server_lr * direction``. A rule whose combiner is coordinate-wise (``coordinatewise``)
 has the whole flush run per block of columns (:mod:`.columns`): the same bits, in cache-sized
-pieces, and on several threads where the process allows it.
+pieces.
 
 This module is plumbing, not a rule; see Nguyen et al., "Federated Learning with Buffered
 Asynchronous Aggregation", AISTATS 2022, for the buffering scheme it implements.
@@ -39,7 +39,6 @@ __all__ = [
     "BufferedRule",
     "ColumnCombiner",
     "Combiner",
-    "stacked_columns",
     "buffered_on_timeout",
     "buffered_on_update",
     "take_buffer",
@@ -141,15 +140,6 @@ def take_buffer(
     )
     batch = Batch(updates, ts, weights)
     return StrategyState((), state.slots, state.counters), batch
-
-
-def stacked_columns(combine: Combiner) -> ColumnCombiner:
-    """A column combiner that stacks the block's columns and hands them to ``combine``."""
-
-    def by_columns(batch: Batch, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        return combine(batch.stacked(cols), batch.weights)
-
-    return by_columns
 
 
 def _flush(
