@@ -117,9 +117,7 @@ def _outbox_doc(outbox: tuple[OutboxRecord, ...], arrays: _ArrayRefs) -> list[di
     ]
 
 
-def _outbox_from_doc(
-    docs: list[Mapping[str, Any]], arr: Callable[[Mapping[str, Any]], np.ndarray]
-) -> tuple[OutboxRecord, ...]:
+def _outbox_from_doc(docs: list[Mapping[str, Any]], arr: Resolve) -> tuple[OutboxRecord, ...]:
     return tuple(
         OutboxRecord(
             str(d["topic"]),
@@ -180,14 +178,11 @@ def _state_doc(state: EngineState, arrays: _ArrayRefs) -> dict[str, Any]:
     }
 
 
-def _state_from_doc(
-    doc: Mapping[str, Any], resolve: list[np.ndarray] | Callable[[Mapping[str, Any]], np.ndarray]
-) -> EngineState:
-    def arr(ref: Mapping[str, Any]) -> np.ndarray:
-        if callable(resolve):
-            return resolve(ref)
-        return frozen_array(resolve[ref["$array"]])
+Resolve = Callable[[Mapping[str, Any]], np.ndarray]
+"""An array reference of a document (``{"$array": i}`` or ``{"$blob": id}``) -> the array."""
 
+
+def _state_from_doc(doc: Mapping[str, Any], arr: Resolve) -> EngineState:
     strat = doc["strategy"]
     buffer = tuple(
         ClientUpdate(
@@ -215,16 +210,41 @@ def _state_from_doc(
     )
 
 
-def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
-    """Serialise a checkpoint to deterministic plaintext bytes (before encryption)."""
-    arrays = _Arrays()
-    doc = {
-        "format": 1,
+def _checkpoint_doc(checkpoint: Checkpoint, fmt: int, arrays: _ArrayRefs) -> dict[str, Any]:
+    """The JSON document of a checkpoint, its arrays replaced by ``arrays``' references."""
+    return {
+        "format": fmt,
         "engine": _state_doc(checkpoint.state, arrays),
         "offsets": sorted([t, p, o] for (t, p), o in checkpoint.offsets.items()),
         "extra": dict(checkpoint.extra),
         "outbox": _outbox_doc(checkpoint.outbox, arrays),
     }
+
+
+def _checkpoint_from_doc(doc: Mapping[str, Any], fmt: int, arr: Resolve) -> Checkpoint:
+    """Inverse of :func:`_checkpoint_doc` (a checkpoint written before outboxes has none).
+
+    Raises:
+        CheckpointError: Another format, or a malformed document.
+    """
+    try:
+        if doc.get("format") != fmt:
+            raise CheckpointError(f"unknown checkpoint format {doc.get('format')!r}")
+        offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
+        state = _state_from_doc(doc["engine"], arr)
+        outbox = _outbox_from_doc(doc.get("outbox", []), arr)
+        extra = MappingProxyType(dict(doc["extra"]))
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+        raise CheckpointError(f"checkpoint is malformed: {exc}") from exc
+    return Checkpoint(state, MappingProxyType(offsets), extra, outbox)
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
+    """Serialise a checkpoint to deterministic plaintext bytes (before encryption)."""
+    arrays = _Arrays()
+    doc = _checkpoint_doc(checkpoint, 1, arrays)
     header = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     parts = [_LEN.pack(len(header)), header, _LEN.pack(len(arrays.items))]
     for item in arrays.items:
@@ -258,16 +278,9 @@ def decode_checkpoint(plaintext: bytes) -> Checkpoint:
         for _ in range(count):
             chunk, pos = _read_chunk(view, pos)
             arrays.append(np.load(io.BytesIO(bytes(chunk)), allow_pickle=False))
-        if doc.get("format") != 1:
-            raise CheckpointError(f"unknown checkpoint format {doc.get('format')!r}")
-        offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
-        state = _state_from_doc(doc["engine"], arrays)
-        outbox = _outbox_from_doc(doc.get("outbox", []), lambda ref: arrays[ref["$array"]])
-    except CheckpointError:
-        raise
-    except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+    except (ValueError, TypeError, struct.error) as exc:
         raise CheckpointError(f"checkpoint is malformed: {exc}") from exc
-    return Checkpoint(state, MappingProxyType(offsets), MappingProxyType(doc["extra"]), outbox)
+    return _checkpoint_from_doc(doc, 1, lambda ref: frozen_array(arrays[ref["$array"]]))
 
 
 # ----------------------------------------------------------------------------- crypto + disk
@@ -432,13 +445,7 @@ class CheckpointStore:
             OSError: The file system refused a write (the previous checkpoint stays loadable).
         """
         refs = _BlobRefs(self)
-        doc = {
-            "format": 2,
-            "engine": _state_doc(checkpoint.state, refs),
-            "offsets": sorted([t, p, o] for (t, p), o in checkpoint.offsets.items()),
-            "extra": dict(checkpoint.extra),
-            "outbox": _outbox_doc(checkpoint.outbox, refs),
-        }
+        doc = _checkpoint_doc(checkpoint, 2, refs)
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         for name, arr in refs.new:
             nonce = os.urandom(NONCE_BYTES)
@@ -478,17 +485,9 @@ class CheckpointStore:
         header = _open_sealed(self._aead, blob, MANIFEST_MAGIC, self._ad, self.path)
         try:
             doc = json.loads(header)
-            if doc.get("format") != 2:
-                raise CheckpointError(f"unknown checkpoint format {doc.get('format')!r}")
-            offsets = {(t, int(p)): int(o) for t, p, o in doc["offsets"]}
-            state = _state_from_doc(doc["engine"], self._load_blob)
-            outbox = _outbox_from_doc(doc.get("outbox", []), self._load_blob)
-        except CheckpointError:
-            raise
-        except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
+        except ValueError as exc:
             raise CheckpointError(f"checkpoint is malformed: {exc}") from exc
-        extra = MappingProxyType(doc["extra"])
-        return Checkpoint(state, MappingProxyType(offsets), extra, outbox)
+        return _checkpoint_from_doc(doc, 2, self._load_blob)
 
     def _load_blob(self, ref: Mapping[str, Any]) -> np.ndarray:
         name = str(ref["$blob"])
