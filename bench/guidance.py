@@ -19,26 +19,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
-import warnings
 from collections.abc import Sequence
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
-from bench.quality import FULL, QUICK, _row, _with_eps
+from bench.quality import _row, eps8_setup, quality_run
 from bench.quality_runs import Fitted, _sample, fit_centralized, fit_federated
-from bench.quality_setup import HeartSplit, load_heart, make_split
-from fedsynth.data import DatasetSchema, split_by_site
+from bench.quality_setup import HeartSplit, num_or_nan
 
 __all__ = ["SCALES", "main"]
 
 SCALES = (1.0, 1.5, 2.0, 3.0)
-
-
-def _num(x: float | None) -> float:
-    return float("nan") if x is None else float(x)
 
 
 def _scores(
@@ -50,7 +42,7 @@ def _scores(
     for scale in scales:
         synth = _sample(fitted.model, len(split.train), seed, guidance=scale)
         row = _row(label, "", dataclasses.replace(fitted, synthetic=synth), split)
-        out[scale] = (_num(row.headline_quality), _num(row.auc_ratio))
+        out[scale] = (num_or_nan(row.headline_quality), num_or_nan(row.auc_ratio))
     return out
 
 
@@ -60,31 +52,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the tiny quick model, one seed")
     parser.add_argument("--seeds", type=int, nargs="+", help="federated seeds (default 0 1)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
-    warnings.filterwarnings("ignore")  # SDMetrics and Opacus warn on every call
-    plan = QUICK if args.quick else FULL
     seeds = args.seeds or ([0] if args.quick else [0, 1])
-    schema = DatasetSchema.load_named("heart_disease_uci")
-    split = make_split(load_heart(schema), schema)
-    sites = split_by_site(split.train, schema)
-    training = dataclasses.replace(_with_eps(plan.private, 8.0), rake=False)
     console = Console(width=120)
     table = Table(title="DP eps=8 models, classifier-free guidance: SDMetrics / TSTR ratio")
     table.add_column("model")
     for scale in SCALES:
         table.add_column(f"s={scale:g}", justify="right")
     gains: list[tuple[float, float]] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        runs = [("centralized", seeds[0])] + [("federated", s) for s in seeds]
-        for kind, seed in runs:
+    with quality_run():
+        run = eps8_setup(args.quick, rake=False)
+        split, n = run.split, len(run.split.train)
+        for kind, seed in [("centralized", seeds[0])] + [("federated", s) for s in seeds]:
             console.print(f"[dim]training {kind} seed {seed}[/]")
-            n = len(split.train)
             fitted = (
-                fit_federated(sites, schema, training, n_synthetic=n, seed=seed)
+                fit_federated(run.sites, split.schema, run.training, n_synthetic=n, seed=seed)
                 if kind == "federated"
-                else fit_centralized(split.train, schema, training, n_synthetic=n, seed=seed)
+                else fit_centralized(split.train, split.schema, run.training, n_synthetic=n,
+                                     seed=seed)
             )
             scores = _scores(kind, seed, fitted, split, SCALES)
             table.add_row(f"{kind} seed {seed}",
@@ -92,8 +76,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if kind == "federated":
                 (q1, r1), (q15, r15) = scores[1.0], scores[1.5]
                 gains.append((r15 - r1, q15 - q1))
-    finally:
-        torch.set_num_threads(threads)
     console.print(table)
     tstr = sum(g[0] for g in gains) / len(gains)
     fid = sum(g[1] for g in gains) / len(gains)

@@ -24,7 +24,8 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import pandas as pd
@@ -35,12 +36,13 @@ from rich.table import Table
 
 from bench.quality_runs import Fitted, Training, fit_centralized, fit_federated, fit_sdv, site_batch
 from bench.quality_setup import HeartSplit, RowResult, load_heart, make_split, score_row
-from fedsynth.data import DatasetSchema
+from fedsynth.data import DatasetSchema, split_by_site
 from fedsynth.eval import ColumnKind
 from fedsynth.eval.columns import categorical_values, numeric_values
 from fedsynth.model import DP_CONFIG, DiffusionConfig
 
-__all__ = ["FULL", "QUICK", "Plan", "Target", "main", "targets"]
+__all__ = ["FULL", "QUICK", "Eps8", "Plan", "Target", "eps8_setup", "main", "quality_run",
+           "targets"]
 
 GAP_TARGET = 0.05
 SEED = 0
@@ -153,6 +155,39 @@ def _ours(plan: Plan, split: HeartSplit, say: Callable[[str], None]) -> list[Row
 
 def _with_eps(training: Training, eps: float) -> Training:
     return dataclasses.replace(training, epsilon=eps)
+
+
+@contextmanager
+def quality_run() -> Iterator[None]:
+    """What every quality bench runs under: library warnings off (SDV, SDMetrics and Opacus warn
+    on every call) and one torch thread (two threads per process thrash a shared 2-core CPU: a
+    step was 30x slower)."""
+    logging.basicConfig(level=logging.ERROR)
+    warnings.filterwarnings("ignore")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True, slots=True)
+class Eps8:
+    """The epsilon-8 DP setup of this bench: the fixed split, its hospitals, the DP plan."""
+
+    split: HeartSplit
+    sites: dict[str, pd.DataFrame]
+    training: Training
+
+
+def eps8_setup(quick: bool, *, rake: bool) -> Eps8:
+    """The split and the epsilon-8 DP training plan of the full (or quick) bench."""
+    schema = DatasetSchema.load_named("heart_disease_uci")
+    split = make_split(load_heart(schema), schema)
+    plan = QUICK if quick else FULL
+    training = dataclasses.replace(_with_eps(plan.private, 8.0), rake=rake)
+    return Eps8(split, split_by_site(split.train, schema), training)
 
 
 def _alone(plain: Training, split: HeartSplit, sites: dict[str, pd.DataFrame],
@@ -269,20 +304,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, four rows, no SDV")
     parser.add_argument("--json", help="also write the rows and targets to this JSON file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)
-    warnings.filterwarnings("ignore")  # SDV, SDMetrics and Opacus warn on every call
     console = Console(width=190)
     plan = QUICK if args.quick else FULL
     start = time.perf_counter()
-    schema = DatasetSchema.load_named("heart_disease_uci")
-    split = make_split(load_heart(schema), schema)
-    console.print(f"{len(split.train)} training rows, {len(split.holdout)} held out")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads per process thrash a shared 2-core CPU (30x slower)
-    try:
+    with quality_run():
+        schema = DatasetSchema.load_named("heart_disease_uci")
+        split = make_split(load_heart(schema), schema)
+        console.print(f"{len(split.train)} training rows, {len(split.holdout)} held out")
         rows = run_rows(plan, split, lambda name: console.print(f"[dim]training {name}[/]"))
-    finally:
-        torch.set_num_threads(threads)
     found = targets(rows)
     console.print(_table(rows))
     console.print(_targets_table(found))

@@ -43,6 +43,7 @@ __all__ = [
     "load_heart",
     "make_split",
     "names",
+    "num_or_nan",
     "score_row",
     "skipped_row",
     "stratified_holdout",
@@ -222,6 +223,11 @@ def score_row(
 def skipped_row(name: str, setup: str, status: str) -> RowResult:
     """A row whose generator could not run (e.g. SDV not installed)."""
     return RowResult(name, setup, status)
+
+
+def num_or_nan(x: float | None) -> float:
+    """A score for a table or a mean: NaN where it could not be computed."""
+    return float("nan") if x is None else float(x)
 
 
 def names(rows: Sequence[RowResult]) -> list[str]:
