@@ -21,16 +21,15 @@ BLOCK = 1 << 16
 """Columns per block: 64k float64 values (512 KiB) per temporary keep a block in L2 cache."""
 
 
-def column_slices(n: int, block: int | None = None) -> list[slice]:
-    """``[0, n)`` cut into consecutive slices of at most ``block`` columns (default
-    :data:`BLOCK`; one slice if ``n == 0``)."""
-    block = BLOCK if block is None else block
-    if n <= block:
+def column_slices(n: int) -> list[slice]:
+    """``[0, n)`` cut into consecutive slices of at most :data:`BLOCK` columns (one slice if
+    ``n <= BLOCK``, also for ``n == 0``)."""
+    if n <= BLOCK:
         return [slice(0, n)]
-    return [slice(start, min(start + block, n)) for start in range(0, n, block)]
+    return [slice(start, min(start + BLOCK, n)) for start in range(0, n, BLOCK)]
 
 
-def for_columns(n: int, work: Callable[[slice], None], block: int | None = None) -> None:
+def for_columns(n: int, work: Callable[[slice], None]) -> None:
     """Call ``work(s)`` for every slice of :func:`column_slices`, in order."""
-    for cols in column_slices(n, block):
+    for cols in column_slices(n):
         work(cols)
