@@ -64,8 +64,9 @@ def hinge_staleness(t: int, a: float, b: float) -> float:
         a: Slope after the hinge (``>= 0``).
         b: Staleness tolerated at full weight (``>= 0``).
     """
-    arr = _as_float_array(t)
-    return float(np.where(arr <= b, 1.0, 1.0 / (a * (arr - b) + 1.0)))
+    stale = float(_as_float_array(t))
+    # only past the hinge: np.where would also evaluate 1 / (a (t - b) + 1) where it can be 1 / 0
+    return 1.0 if stale <= b else 1.0 / (a * (stale - b) + 1.0)
 
 
 def make_staleness(kind: str, a: float = 0.0, b: float = 0.0) -> StalenessFn:
