@@ -25,6 +25,11 @@ site a survivor its update is *spent*, even if that cohort then fails: the aggre
 hold enough shares to unmask a sum containing it, and putting the same update into a second sum
 would let two sums be subtracted (a differencing leak).
 
+Repeats: a control record whose ``message_id`` was already handled is ignored. A restarted
+aggregator sends its checkpoint's outbox again and then goes on with the same cohort, so a second
+copy of a roster or request must not look like a new one (a second roster would otherwise make the
+site refuse the cohort).
+
 Shares may arrive before the roster (the two topics are not ordered with each other): they wait and
 are applied after it. An ``UnmaskRequest`` waits until the shares of every neighbouring sharer have
 arrived, so the response holds all the shares the aggregator expects from this site.
@@ -33,6 +38,7 @@ arrived, so the response holds all the shares the aggregator expects from this s
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -68,6 +74,7 @@ Send = tuple[str, dict[str, Any]]
 """``(schema name, record fields without the envelope)``."""
 
 _FROM_AGGREGATOR = frozenset({"CohortOpen", "CohortRoster", "MaskRequest", "UnmaskRequest"})
+_CONTROL_IDS_KEPT = 256
 
 
 def _constant(_t: int) -> float:
@@ -148,6 +155,7 @@ class SecureSite:
         self._deferred: UnmaskRequest | None = None
         self._rejections: list[str] = []
         self._spent_here = False  # named a survivor in the current cohort
+        self._handled: deque[str] = deque(maxlen=_CONTROL_IDS_KEPT)  # control message ids
 
     # ------------------------------------------------------------------ queries
     @property
@@ -211,6 +219,12 @@ class SecureSite:
         if name in _FROM_AGGREGATOR and record["sender"] != self.config.aggregator_id:
             self._reject(name, record, "control record not sent by the aggregator")
             return []
+        message_id = record.get("message_id")
+        if name in _FROM_AGGREGATOR and message_id is not None:
+            if message_id in self._handled:
+                log.debug("site %s: %s %s again; ignored", self.config.site_id, name, message_id)
+                return []  # a restarted aggregator resends its outbox
+            self._handled.append(message_id)
         if name == "CohortOpen":
             return self._on_open(record, now)
         if name not in _FROM_AGGREGATOR and name != "EncryptedShare":

@@ -133,6 +133,7 @@ class AggregatorRuntime:
         self.engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.dirty = False  # state changed since the last checkpoint
         self.outbox: tuple[OutboxRecord, ...] = ()  # decided, checkpointed, maybe not yet sent
+        self.consuming = False  # partitions were assigned at least once
         self._restore()
 
     # ---------------------------------------------------------------- restore
@@ -140,7 +141,7 @@ class AggregatorRuntime:
         ckpt = self.checkpoints.load()
         if ckpt is None:
             return
-        self.service.restore(ckpt.state, ckpt.extra["service"])
+        self.service.restore(ckpt.state, ckpt.extra["service"], ckpt.arrays)
         self.resume = dict(ckpt.offsets)
         self.outbox = ckpt.outbox
         self.high_water = {(t, int(p)): int(o) for t, p, o in ckpt.extra.get("high_water", [])}
@@ -155,8 +156,8 @@ class AggregatorRuntime:
         )
 
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
-        """Send what the checkpoint's outbox holds, then seek every assigned partition to its
-        checkpointed resume offset."""
+        """Send what the checkpoint's outbox holds, restart the deadlines of an open cohort (the
+        first time), then seek every assigned partition to its checkpointed resume offset."""
         async with self.lock:
             if self.outbox:
                 log.info("sending %d records again from the checkpoint's outbox", len(self.outbox))
@@ -166,6 +167,9 @@ class AggregatorRuntime:
                     log.exception("resending the outbox failed; exiting")
                     logging.shutdown()
                     os._exit(70)
+            if not self.consuming:  # the first assignment: deadlines run from now on
+                await self.on_engine(self.service.restart_deadlines)
+                self.consuming = True
         for tp in assigned:
             offset = self.resume.get((tp.topic, tp.partition))
             if offset is not None:
@@ -228,7 +232,10 @@ class AggregatorRuntime:
             del starts[pid]
 
     async def on_tick(self) -> None:
-        """Deadlines and chunk expiry."""
+        """Deadlines and chunk expiry (none before the first assignment: nothing is consumed
+        yet, and a restored cohort's deadlines must not run out before its records are read)."""
+        if not self.consuming:
+            return
         async with self.lock:
             await self._apply_or_die(await self.on_engine(self.service.tick), origin=None)
             await self.on_engine(self._flush_locked)
@@ -380,7 +387,8 @@ class AggregatorRuntime:
             "high_water": [[t, p, o] for (t, p), o in self.high_water.items()],
             "audit_head": self.audit_head(),
         }
-        self.checkpoints.save(Checkpoint(self.service.state, offsets, extra, self.outbox))
+        arrays = self.service.extra_arrays()
+        self.checkpoints.save(Checkpoint(self.service.state, offsets, extra, self.outbox, arrays))
 
     def audit_head(self) -> dict[str, Any] | None:
         return self.audit_last.to_dict() if self.audit_last is not None else None

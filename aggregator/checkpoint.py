@@ -97,12 +97,15 @@ class Checkpoint:
         offsets: ``(topic, partition) -> next offset to consume``.
         extra: Any JSON-serialisable settings (strategy name, run id, ...).
         outbox: Records decided with this state and not yet known to be sent.
+        arrays: Named arrays beside ``extra`` (an open secure cohort's masked running sum),
+            stored like the engine's arrays; treat them as immutable once saved.
     """
 
     state: EngineState
     offsets: Mapping[tuple[str, int], int] = field(default_factory=lambda: MappingProxyType({}))
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     outbox: tuple[OutboxRecord, ...] = ()
+    arrays: Mapping[str, np.ndarray] = field(default_factory=lambda: MappingProxyType({}))
 
 
 def _outbox_doc(outbox: tuple[OutboxRecord, ...], arrays: _ArrayRefs) -> list[dict[str, Any]]:
@@ -218,11 +221,12 @@ def _checkpoint_doc(checkpoint: Checkpoint, fmt: int, arrays: _ArrayRefs) -> dic
         "offsets": sorted([t, p, o] for (t, p), o in checkpoint.offsets.items()),
         "extra": dict(checkpoint.extra),
         "outbox": _outbox_doc(checkpoint.outbox, arrays),
+        "arrays": {k: arrays.ref(v) for k, v in sorted(checkpoint.arrays.items())},
     }
 
 
 def _checkpoint_from_doc(doc: Mapping[str, Any], fmt: int, arr: Resolve) -> Checkpoint:
-    """Inverse of :func:`_checkpoint_doc` (a checkpoint written before outboxes has none).
+    """Inverse of :func:`_checkpoint_doc` (one written before outboxes or arrays has none).
 
     Raises:
         CheckpointError: Another format, or a malformed document.
@@ -234,11 +238,12 @@ def _checkpoint_from_doc(doc: Mapping[str, Any], fmt: int, arr: Resolve) -> Chec
         state = _state_from_doc(doc["engine"], arr)
         outbox = _outbox_from_doc(doc.get("outbox", []), arr)
         extra = MappingProxyType(dict(doc["extra"]))
+        named = MappingProxyType({str(k): arr(v) for k, v in doc.get("arrays", {}).items()})
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, struct.error) as exc:
         raise CheckpointError(f"checkpoint is malformed: {exc}") from exc
-    return Checkpoint(state, MappingProxyType(offsets), extra, outbox)
+    return Checkpoint(state, MappingProxyType(offsets), extra, outbox, named)
 
 
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:

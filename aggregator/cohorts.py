@@ -20,11 +20,19 @@ coordinator announces ``v_c = v`` and each site weights its update by ``n_i * s(
 exactly the staleness ``t = v - b`` that plain mode computes at application; the engine then records
 a cohort staleness of ``v - v_c = 0`` (anything else: another path moved the version mid-cohort).
 
-Restart: :meth:`CohortCoordinator.to_state` keeps ids, not key material. After
-:meth:`CohortCoordinator.from_state` the in-flight cohort is abandoned (its late records are
-dead-lettered with that reason) and the adapter opens a new one; sites leave the old cohort when
-they see the new ``CohortOpen`` and rejoin with the same pending update, unless the old cohort had
-already named them survivors (then the update is spent, see :mod:`agents.secure`).
+Restart: :meth:`CohortCoordinator.to_state` and :meth:`CohortCoordinator.state_arrays` hold the
+open cohort's whole server state (joins with their public keys, who shared and sent input, the
+masked running sum, the shares collected while unmasking; no private key, and nothing the server
+could not already compute), checkpointed with the offsets of the records that built it. After
+:meth:`CohortCoordinator.from_state` the cohort goes on where it was: records after the checkpoint
+are consumed again and control records in the checkpoint's outbox are sent again (sites drop
+repeats by message id, see :mod:`agents.secure`), so a restart costs the cohort no member and no
+update. Its current stage gets a fresh deadline once the adapter consumes again
+(:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the sites' fault. Only
+when the state cannot be rebuilt (an older checkpoint format) is the cohort abandoned: its late
+records are dead-lettered with that reason, the adapter opens a new one, and sites leave the old
+cohort when they see the new ``CohortOpen`` and rejoin with the same pending update, unless the old
+cohort had already named them survivors (then the update is spent).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from aggregator.engine import CohortAggregated
 from aggregator.strategies.staleness import StalenessFn, make_staleness
 from fedsynth.errors import ConfigError, FedSynthError, ProtocolError
@@ -48,7 +58,15 @@ from fedsynth.secagg.messages import (
     EncryptedShare,
     MaskedInput,
 )
-from fedsynth.secagg.server import ServerConfig, ServerStage, ServerState, server_step, start_server
+from fedsynth.secagg.server import (
+    ServerConfig,
+    ServerStage,
+    ServerState,
+    server_from_doc,
+    server_step,
+    server_to_doc,
+    start_server,
+)
 from fedsynth.secagg.wire import from_record, to_fields
 
 __all__ = ["CohortConfig", "CohortCoordinator", "CoordinatorOutput", "Send"]
@@ -59,7 +77,7 @@ Send = tuple[str, dict[str, Any]]
 """``(schema name, record fields without the envelope)``."""
 
 INBOUND = frozenset({"CohortJoin", "EncryptedShare", "ModelUpdate", "UnmaskResponse"})
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
 _PAST_KEPT = 32
 
 
@@ -168,6 +186,7 @@ class CoordinatorOutput:
         rejections: reasons for refused records (one per record, for the dead-letter topic).
         finished: the cohort ended (done or failed) in this call; the coordinator is idle.
         failed: why the cohort failed, when it did.
+        changed: the coordinator's state changed (a record or deadline was taken): checkpoint.
     """
 
     sends: list[Send] = field(default_factory=list)
@@ -176,6 +195,7 @@ class CoordinatorOutput:
     rejections: list[str] = field(default_factory=list)
     finished: bool = False
     failed: str | None = None
+    changed: bool = False
 
 
 @dataclass(slots=True)
@@ -233,7 +253,7 @@ class CohortCoordinator:
         log.info("cohort %s opened for version %d", cohort_id, current_version)
         fields = {"cohort_id": cohort_id, "target_version": current_version,
                   "join_deadline_ms": deadline_ms}
-        return CoordinatorOutput(sends=[("CohortOpen", fields)])
+        return CoordinatorOutput(sends=[("CohortOpen", fields)], changed=True)
 
     def on_record(self, name: str, record: Mapping[str, Any], now: float) -> CoordinatorOutput:
         """One decoded, verified record; what it cannot use becomes a rejection (never raises)."""
@@ -255,33 +275,72 @@ class CohortCoordinator:
 
     # ------------------------------------------------------------------ checkpoint
     def to_state(self) -> dict[str, Any]:
-        """JSON-ready state: the cohort counter, the open cohort's id and stage, past cohorts."""
+        """JSON-ready state: the cohort counter, past cohorts and the open cohort's server state
+        (its masked running sum is in :meth:`state_arrays`)."""
         open_ = None
         if self._open is not None:
             server = self._open.server
+            doc, _ = server_to_doc(server)
             open_ = {"cohort_id": server.config.cohort_id, "stage": str(server.stage),
-                     "target_version": server.config.target_version}
+                     "target_version": server.config.target_version,
+                     "stage_started": self._open.stage_started, "server": doc}
         return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
                 "past": [list(p) for p in self._past]}
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays beside :meth:`to_state`: the open cohort's masked running sum, if any."""
+        total = None if self._open is None else self._open.server.total
+        return {} if total is None else {"total": total}
+
     @classmethod
-    def from_state(cls, config: CohortConfig, state: Mapping[str, Any]) -> CohortCoordinator:
-        """Restore after a restart: idle, with the in-flight cohort (if any) abandoned.
+    def from_state(
+        cls,
+        config: CohortConfig,
+        state: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> CohortCoordinator:
+        """Restore after a restart, with the open cohort where it was (call
+        :meth:`restart_stage_clock` once the adapter consumes again).
+
+        A state of format 1 (ids only) or one whose cohort cannot be rebuilt abandons the
+        in-flight cohort instead: its late records are dead-lettered and its sites rejoin the
+        next cohort (see the module docstring).
 
         Raises:
-            ConfigError: a state of another format.
+            ConfigError: a state of an unknown format.
         """
-        if state.get("format") != _STATE_FORMAT:
-            raise ConfigError(f"cohort state format {state.get('format')!r} is not {_STATE_FORMAT}")
+        fmt = state.get("format")
+        if fmt not in (1, _STATE_FORMAT):
+            raise ConfigError(f"cohort state format {fmt!r} is not {_STATE_FORMAT}")
         coordinator = cls(config)
         coordinator._seq = int(state["seq"])
         coordinator._past.extend((str(c), str(how)) for c, how in state["past"])
-        if state["open"] is not None:
-            cohort_id = str(state["open"]["cohort_id"])
-            coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
-            log.warning("cohort %s abandoned by the restart (was %s)", cohort_id,
-                        state["open"]["stage"])
+        open_ = state["open"]
+        if open_ is None:
+            return coordinator
+        cohort_id = str(open_["cohort_id"])
+        if fmt == _STATE_FORMAT:
+            try:
+                server = server_from_doc(
+                    config.server_config(cohort_id, int(open_["target_version"])),
+                    open_["server"],
+                    (arrays or {}).get("total"),
+                )
+            except FedSynthError as exc:
+                log.error("cohort %s cannot be resumed (%s); abandoning it", cohort_id, exc)
+            else:
+                coordinator._open = _Open(server, float(open_["stage_started"]))
+                log.info("cohort %s resumed in stage %s", cohort_id, server.stage)
+                return coordinator
+        coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
+        log.warning("cohort %s abandoned by the restart (was %s)", cohort_id, open_["stage"])
         return coordinator
+
+    def restart_stage_clock(self, now: float) -> None:
+        """Give the open cohort's current stage its whole time again, from ``now``: after a
+        restart, the time the aggregator was down is not taken from the sites."""
+        if self._open is not None:
+            self._open.stage_started = now
 
     # ------------------------------------------------------------------ internals
     def _on_record(self, name: str, record: Mapping[str, Any], now: float) -> CoordinatorOutput:
@@ -343,10 +402,10 @@ class CohortCoordinator:
                 return self._end(before, f"{type(exc).__name__}: {exc}")
             return CoordinatorOutput(rejections=[f"{type(exc).__name__}: {exc}"])
         open_.server = server
+        out = CoordinatorOutput(changed=server is not before)
         if server.stage != before.stage:
             open_.stage_started = now
             log.info("cohort %s: %s -> %s", server.config.cohort_id, before.stage, server.stage)
-        out = CoordinatorOutput()
         for item in outbound:
             if isinstance(item, CohortResult):
                 out.result = item
@@ -356,7 +415,7 @@ class CohortCoordinator:
             return self._finish(server, out)
         if server.stage == ServerStage.FAILED:
             failed = self._end(before, server.failure)
-            out.finished, out.failed = True, failed.failed
+            out.finished, out.failed, out.changed = True, failed.failed, True
         return out
 
     def _finish(self, server: ServerState, out: CoordinatorOutput) -> CoordinatorOutput:
@@ -377,7 +436,7 @@ class CohortCoordinator:
         self._past.append((cohort_id, f"failed ({reason})"))
         self._open = None
         log.warning("cohort %s failed in %s: %s", cohort_id, server.stage, reason)
-        return CoordinatorOutput(finished=True, failed=reason)
+        return CoordinatorOutput(finished=True, failed=reason, changed=True)
 
 
 def _reason(name: str, record: Mapping[str, Any], why: str) -> str:

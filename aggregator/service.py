@@ -23,7 +23,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -452,7 +452,7 @@ class AggregatorService:
         return self._cohort_effects(out)
 
     def _cohort_effects(self, out: CoordinatorOutput) -> Effects:
-        fx = Effects(changed=bool(out.sends or out.event or out.finished or out.failed))
+        fx = Effects(changed=out.changed or bool(out.sends or out.event or out.finished))
         if out.sends:
             msgs = tuple(self.factory.build(name, fields) for name, fields in out.sends)
             fx.sends.append(Send(self.topics["control"], self.settings.federation_id, msgs))
@@ -553,8 +553,25 @@ class AggregatorService:
             "cohorts": self.coordinator.to_state() if self.coordinator is not None else None,
         }
 
-    def restore(self, state: EngineState, extra: dict[str, Any]) -> None:
-        """Resume from a checkpoint taken in the training or done phase."""
+    def restart_deadlines(self) -> None:
+        """After a restart, once consuming again: the open cohort's stage gets its whole time."""
+        if self.coordinator is not None:
+            self.coordinator.restart_stage_clock(self.wall_clock())
+
+    def extra_arrays(self) -> dict[str, np.ndarray]:
+        """Arrays beside :meth:`extra_state` (an open cohort's masked running sum)."""
+        if self.coordinator is None:
+            return {}
+        return {f"cohort.{k}": v for k, v in self.coordinator.state_arrays().items()}
+
+    def restore(
+        self,
+        state: EngineState,
+        extra: Mapping[str, Any],
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """Resume from a checkpoint taken in the training or done phase; an open secure cohort
+        goes on where it was (call :meth:`restart_deadlines` once consuming again)."""
         self.phase = Phase(extra["phase"])
         self.spec = ModelSpec.from_bytes(base64.b64decode(extra["spec"]))
         self.sites = {
@@ -564,7 +581,13 @@ class AggregatorService:
         self._make_engine(int(np.asarray(state.params).size))
         self.state = state
         if extra.get("cohorts") is not None:
-            # a restart abandons the in-flight cohort; its sites rejoin the next one (cohorts.py)
             config = self._cohort_config(int(np.asarray(state.params).size))
-            self.coordinator = CohortCoordinator.from_state(config, extra["cohorts"])
+            cohort_arrays = {
+                k.removeprefix("cohort."): v
+                for k, v in (arrays or {}).items()
+                if k.startswith("cohort.")
+            }
+            self.coordinator = CohortCoordinator.from_state(
+                config, extra["cohorts"], cohort_arrays
+            )
         self.version_started = self.clock()

@@ -6,6 +6,14 @@ to publish. Stages: JOINING -(K joins or deadline)-> SHARING -(all shares or dea
 -(all inputs or deadline: survivor set fixed)-> UNMASKING -(enough shares)-> DONE; FAILED when too
 few members remain. The transcript keeps self-mask shares only of survivors and key shares only of
 dropped members, and refuses any response that mixes them.
+
+Persistence: ``server_to_doc`` turns an unfinished state into a JSON-ready document plus the masked
+running sum (an array), and ``server_from_doc`` rebuilds the same state from them, so an aggregator
+that checkpoints them can finish a cohort after a restart instead of abandoning it. Only what
+messages brought is kept (joins, who shared with whom, who sent input, the shares collected so
+far); the roster, neighbour graph and recovery facts are recomputed from it, as they are functions
+of the joins and the survivor set. The document holds the Shamir shares collected while unmasking,
+so it must be stored as confidentially as the running state (the aggregator encrypts it).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +58,9 @@ __all__ = [
     "ServerMessage",
     "ServerStage",
     "ServerState",
+    "server_from_doc",
     "server_step",
+    "server_to_doc",
     "start_server",
 ]
 
@@ -222,13 +233,19 @@ def _on_join(state: ServerState, join: CohortJoin) -> tuple[ServerState, list[Ou
     return new, []
 
 
-def _close_joins(state: ServerState) -> tuple[ServerState, list[Outbound]]:
-    cfg = state.config
-    ids = sorted(state.joins)
-    members = tuple((s, state.joins[s].dh_public_key, state.joins[s].enc_public_key) for s in ids)
+def _roster(
+    cfg: ServerConfig, joins: Mapping[str, CohortJoin]
+) -> tuple[CohortRoster, dict[str, frozenset[str]]]:
+    """The roster and neighbour graph of the joined members (a function of the joins alone)."""
+    ids = sorted(joins)
+    members = tuple((s, joins[s].dh_public_key, joins[s].enc_public_key) for s in ids)
     roster = CohortRoster(cfg.cohort_id, cfg.target_version, members, cfg.threshold, cfg.degree,
                           required_modulus_bits(cfg.spec, len(ids)), cfg.vector_length)
-    graph = neighbour_graph(ids, cfg.cohort_id, cfg.degree)
+    return roster, neighbour_graph(ids, cfg.cohort_id, cfg.degree)
+
+
+def _close_joins(state: ServerState) -> tuple[ServerState, list[Outbound]]:
+    roster, graph = _roster(state.config, state.joins)
     return replace(state, stage=ServerStage.SHARING, roster=roster, graph=graph), [roster]
 
 
@@ -277,17 +294,24 @@ def _on_input(state: ServerState, masked: MaskedInput) -> tuple[ServerState, lis
     return new, []
 
 
+def _recovery(state: ServerState, roster: CohortRoster) -> Recovery:
+    """What unmasking needs once the survivor set is fixed (sharers that sent input)."""
+    cfg = state.config
+    survivors = tuple(s for s in state.sharers if s in state.inputs)
+    dropped = tuple(s for s in state.sharers if s not in state.inputs)
+    return Recovery(cfg.federation_id, cfg.cohort_id, cfg.threshold, roster.modulus_bits,
+                    state.graph, share_points([m[0] for m in roster.members]),
+                    {m[0]: m[1] for m in roster.members}, survivors, dropped)
+
+
 def _close_inputs(state: ServerState) -> tuple[ServerState, list[Outbound]]:
     cfg, roster = state.config, state.roster
     survivors = tuple(s for s in state.sharers if s in state.inputs)
-    dropped = tuple(s for s in state.sharers if s not in state.inputs)
     if roster is None or len(survivors) < cfg.threshold:
         return _fail(state, f"only {len(survivors)} masked inputs at the deadline")
-    rec = Recovery(cfg.federation_id, cfg.cohort_id, cfg.threshold, roster.modulus_bits,
-                   state.graph, share_points([m[0] for m in roster.members]),
-                   {m[0]: m[1] for m in roster.members}, survivors, dropped)
+    rec = _recovery(state, roster)
     new = replace(state, stage=ServerStage.UNMASKING, recovery=rec)
-    return new, [UnmaskRequest(cfg.cohort_id, survivors, dropped)]
+    return new, [UnmaskRequest(cfg.cohort_id, rec.survivors, rec.dropped)]
 
 
 def _on_response(state: ServerState, resp: UnmaskResponse) -> tuple[ServerState, list[Outbound]]:
@@ -344,3 +368,90 @@ def _finish(state: ServerState, rec: Recovery) -> tuple[ServerState, list[Outbou
     vector, weight = decode_sum(plain, state.config.spec, rec.modulus_bits)
     result = CohortResult(state.config.cohort_id, vector, weight, rec.survivors)
     return replace(state, stage=ServerStage.DONE, result=result), [result]
+
+
+# ----------------------------------------------------------------------------- persistence
+_PERSISTED = (ServerStage.JOINING, ServerStage.SHARING, ServerStage.MASKING, ServerStage.UNMASKING)
+
+
+def server_to_doc(
+    state: ServerState,
+) -> tuple[dict[str, Any], npt.NDArray[np.unsignedinteger] | None]:
+    """An unfinished state as ``(JSON-ready document, masked running sum or None)``.
+
+    Raises:
+        OutOfOrderError: the cohort is DONE or FAILED (a finished cohort is not resumed).
+    """
+    if state.stage not in _PERSISTED:
+        raise OutOfOrderError(f"a cohort in stage {state.stage} is not persisted")
+
+    def shares(by_owner: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, str]]:
+        return {o: {h: format(v, "x") for h, v in sorted(hs.items())}
+                for o, hs in sorted(by_owner.items())}
+
+    doc: dict[str, Any] = {
+        "stage": str(state.stage),
+        "joins": [[j.site_id, j.dh_public_key.hex(), j.enc_public_key.hex(), j.base_version]
+                  for _, j in sorted(state.joins.items())],
+        "relayed": {s: sorted(r) for s, r in sorted(state.relayed.items())},
+        "sharers": list(state.sharers),
+        "inputs": sorted(state.inputs),
+        "self_shares": shares(state.self_shares),
+        "key_shares": shares(state.key_shares),
+        "responded": sorted(state.responded),
+    }
+    return doc, state.total
+
+
+def server_from_doc(
+    config: ServerConfig,
+    doc: Mapping[str, Any],
+    total: npt.NDArray[np.unsignedinteger] | None,
+) -> ServerState:
+    """Inverse of :func:`server_to_doc` for the cohort ``config`` describes.
+
+    Raises:
+        MessageError: the document or the running sum does not fit the configuration.
+    """
+    try:
+        stage = ServerStage(str(doc["stage"]))
+        if stage not in _PERSISTED:
+            raise MessageError(f"stage {stage} is not resumable")
+        joins = {
+            str(site): CohortJoin(config.cohort_id, str(site), bytes.fromhex(dh),
+                                  bytes.fromhex(enc), int(base))
+            for site, dh, enc, base in doc["joins"]
+        }
+
+        def shares(raw: Mapping[str, Mapping[str, str]]) -> dict[str, Mapping[str, int]]:
+            return {str(o): {str(h): int(v, 16) for h, v in hs.items()}
+                    for o, hs in raw.items()}
+
+        state = ServerState(
+            stage,
+            config,
+            joins=joins,
+            relayed={str(k): frozenset(map(str, v)) for k, v in doc["relayed"].items()},
+            sharers=tuple(map(str, doc["sharers"])),
+            inputs=frozenset(map(str, doc["inputs"])),
+            self_shares=shares(doc["self_shares"]),
+            key_shares=shares(doc["key_shares"]),
+            responded=frozenset(map(str, doc["responded"])),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MessageError(f"cohort state document is malformed: {exc!r}") from exc
+    if stage is ServerStage.JOINING:
+        return state
+    roster, graph = _roster(config, joins)
+    state = replace(state, roster=roster, graph=graph)
+    if not set(state.relayed) <= set(graph) or not set(state.sharers) <= set(graph):
+        raise MessageError("cohort state names senders that are not members")
+    if state.inputs:
+        dtype = dtype_for(roster.modulus_bits)
+        if (total is None or total.dtype != dtype
+                or total.shape != (config.vector_length + 1,)):
+            raise MessageError("masked running sum does not match the roster")
+        state = replace(state, total=total)
+    if stage is ServerStage.UNMASKING:
+        state = replace(state, recovery=_recovery(state, roster))
+    return state

@@ -265,3 +265,29 @@ def test_the_outbox_travels_with_the_state_in_both_layouts(tmp_path: Path) -> No
     assert len(list(store.blob_dir.iterdir())) == with_outbox - len(outbox)
     reloaded = store.load()
     assert reloaded is not None and reloaded.outbox == ()
+
+
+def test_named_arrays_travel_with_the_state_and_an_unchanged_one_is_not_rewritten(
+    tmp_path: Path,
+) -> None:
+    """An open cohort's masked running sum rides in ``arrays``: read back exactly in both layouts,
+    stored once while the same array object is saved again."""
+    state = run(events(5))
+    total = np.arange(1, 10_002, dtype=np.uint64) * np.uint64(2**40 + 3)
+    key = new_key()
+    save_checkpoint(tmp_path / "one.bin", Checkpoint(state, arrays={"cohort.total": total}), key,
+                    FED)
+    one = load_checkpoint(tmp_path / "one.bin", key, FED)
+    assert one is not None and np.array_equal(one.arrays["cohort.total"], total)
+    assert one.arrays["cohort.total"].dtype == np.uint64
+    store = CheckpointStore(tmp_path / "checkpoint.bin", key, FED)
+    store.save(Checkpoint(state, arrays={"cohort.total": total}))
+    blobs = set(store.blob_dir.iterdir())
+    store.save(Checkpoint(state, arrays={"cohort.total": total}))
+    assert set(store.blob_dir.iterdir()) == blobs  # nothing new to write
+    loaded = CheckpointStore(tmp_path / "checkpoint.bin", key, FED).load()
+    assert loaded is not None and np.array_equal(loaded.arrays["cohort.total"], total)
+    store.save(Checkpoint(state))
+    assert len(list(store.blob_dir.iterdir())) == len(blobs) - 1
+    reloaded = store.load()
+    assert reloaded is not None and dict(reloaded.arrays) == {}

@@ -90,6 +90,7 @@ class Net:
     rejections: list[str] = field(default_factory=list)
     seq: itertools.count = field(default_factory=itertools.count)
     stores: dict[str, PendingStore] = field(default_factory=dict)  # as agents/site.py keeps them
+    outbox: list[tuple[tuple[str, str], bytes]] = field(default_factory=list)  # AGG's last sends
 
     def __post_init__(self) -> None:
         ring = KeyRing()
@@ -111,6 +112,8 @@ class Net:
     def publish(self, sender: str, sends: list[tuple[str, dict[str, Any]]]) -> None:
         if sender in self.dead:
             return
+        if sender == AGG and sends:
+            self.outbox = []
         for name, fields in sends:
             if sender in self.stores:
                 self.stores[sender].before_send(name, fields)
@@ -122,6 +125,8 @@ class Net:
             for target in self.route(sender, name, fields):
                 queue = self.queues.setdefault(target, deque())
                 queue.extend((next(self.seq), v) for v in values)
+                if sender == AGG:
+                    self.outbox += [(target, v) for v in values]
         if any(name == self.die_after.get(sender) for name, _ in sends):
             self.dead.add(sender)
 
@@ -170,6 +175,14 @@ class Net:
             self.clock.now = max(self.clock.now, deadline)
             self.coordinator(self.coord.tick(self.clock.now))
         raise AssertionError("the cohort did not settle")
+
+    def settle_until(self, done: Any, max_steps: int = 5000) -> None:
+        """Deliver one record at a time until ``done()`` holds."""
+        for _ in range(max_steps):
+            if done():
+                return
+            assert self.deliver_one(), "nothing left to deliver"
+        raise AssertionError("the condition never held")
 
     def open(self, version: int) -> None:
         self.coordinator(self.coord.open_cohort(version, self.clock.now))
@@ -504,16 +517,62 @@ def test_an_update_too_stale_for_the_open_cohort_is_dropped_not_kept_forever() -
 
 
 # ------------------------------------------------------------------------------- restart
-def test_restart_abandons_the_cohort_and_sites_rejoin_with_the_same_update() -> None:
+def _restarted(net: Net) -> None:
+    """Replace the coordinator by one rebuilt from its checkpoint (JSON and a copy of each array),
+    then send its last control records again, as a restarted aggregator resends its outbox."""
+    state = json.loads(json.dumps(net.coord.to_state()))
+    arrays = {k: v.copy() for k, v in net.coord.state_arrays().items()}
+    net.coord = CohortCoordinator.from_state(config(), state, arrays)
+    net.coord.restart_stage_clock(net.clock.now)
+    for (topic, receiver), value in net.outbox:
+        net.inject(topic, receiver, value)
+
+
+def test_a_restart_at_any_point_resumes_the_cohort_with_every_update() -> None:
+    steps = 0
+    while True:  # a restart after 0, 1, 2, ... deliveries, until the cohort is over before it
+        net = make_net()
+        net.open(version=5)
+        net.submit()
+        for _ in range(steps):
+            net.deliver_one()
+        if net.outcomes:
+            break
+        before = (net.coord.cohort_id, net.coord.stage)
+        _restarted(net)
+        assert (net.coord.cohort_id, net.coord.stage) == before
+        net.settle()
+        event = finished_result(net)
+        want_sum, want_w = expected(ALL_SITES[:4])
+        assert np.array_equal(event.weighted_delta_sum, want_sum) and event.weight_sum == want_w
+        assert event.cohort_id == before[0] and len(net.outcomes) == 1, steps
+        assert net.rejections == [], (steps, net.rejections)
+        assert all(s.last_outcome is SiteOutcome.SPENT for s in net.sites.values())
+        steps += 1
+    assert steps > 30  # joins, roster, 12 shares, masked chunks, unmask responses
+
+
+def test_a_resumed_stage_gets_a_fresh_deadline() -> None:
+    net = make_net()
+    net.open(version=5)
+    net.submit()
+    net.settle_until(lambda: net.coord.stage is ServerStage.SHARING)
+    net.clock.now += config().share_deadline_s - 1  # the aggregator was down most of the stage
+    _restarted(net)
+    assert net.coord.deadline() == net.clock.now + config().share_deadline_s
+
+
+def test_an_older_checkpoint_abandons_the_cohort_and_sites_rejoin_with_the_same_update() -> None:
     net = make_net()
     net.open(version=5)
     net.submit()
     for _ in range(12):  # joins and the roster, part of the shares
         net.deliver_one()
     old = net.coord.cohort_id
-    state = json.loads(json.dumps(net.coord.to_state()))
-    assert state["open"]["cohort_id"] == old
-    net.coord = CohortCoordinator.from_state(config(), state)
+    state = net.coord.to_state()
+    ids_only = {**state, "format": 1,
+                "open": {k: state["open"][k] for k in ("cohort_id", "stage", "target_version")}}
+    net.coord = CohortCoordinator.from_state(config(), json.loads(json.dumps(ids_only)))
     assert net.coord.stage is None
     net.open(version=5)
     assert net.coord.cohort_id != old
@@ -524,6 +583,18 @@ def test_restart_abandons_the_cohort_and_sites_rejoin_with_the_same_update() -> 
     assert any("abandoned at an aggregator restart" in r for r in net.rejections)
     with pytest.raises(ConfigError):
         CohortCoordinator.from_state(config(), {**state, "format": 99})
+
+
+def test_a_checkpoint_whose_sum_does_not_fit_abandons_the_cohort() -> None:
+    net = make_net()
+    net.open(version=5)
+    net.submit()
+    net.settle_until(lambda: net.coord.stage is ServerStage.UNMASKING)
+    state = net.coord.to_state()
+    bad = {"total": np.zeros(D, dtype=np.uint64)}  # one word short
+    restored = CohortCoordinator.from_state(config(), state, bad)
+    assert restored.stage is None
+    assert "abandoned" in restored._why_foreign(str(state["open"]["cohort_id"]))
 
 
 # ------------------------------------------------------------------------------- config
