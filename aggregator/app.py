@@ -9,6 +9,9 @@ that covers the event ack it, so that faust may commit its offset. Checkpoints a
 group-committed: messages handled back to back (up to ``checkpoint_every``, or until no prefetched
 message waits) share one checkpoint, written before any of them is acked; a crash before it
 replays them, and since nothing they decided was sent yet, replaying them may decide afresh.
+Before version 0 there is no checkpoint (the gathered hellos and the histogram cohort are not
+checkpointed), so nothing is acked until the first one: an aggregator restarted while gathering
+reads every hello again (sites send theirs once).
 
 Why write-ahead for sends: which updates share a FedBuff buffer depends on the order they arrive
 in across partitions, so replaying messages after a restart may group them differently. A
@@ -276,10 +279,18 @@ class AggregatorRuntime:
         self.outbox = ()
         self.dirty = True  # the next checkpoint no longer needs them
 
-    async def flush(self) -> None:
-        """Write the checkpoint if state changed since the last one (exit if the write fails)."""
+    async def flush(self) -> bool:
+        """Write the checkpoint if state changed since the last one (exit if the write fails).
+
+        Returns:
+            Whether a checkpoint now covers what was handled, so its events may be acked.
+            Before version 0 there is none (the service's state is the hellos gathered so far,
+            which are not checkpointed): those events stay unacked, so that a restart before
+            training starts reads them again instead of waiting for hellos sites sent once.
+        """
         async with self.lock:
             await self.on_engine(self._flush_locked)
+            return self.service.state is not None
 
     def _flush_locked(self) -> None:
         if not self.dirty or self.service.state is None:
@@ -443,7 +454,8 @@ def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
         unacked.append(event)
         # group commit: one checkpoint for the messages handled back to back, then their acks
         if len(unacked) >= runtime.settings.checkpoint_every or pipes[0].backlog == 0:
-            await runtime.flush()
+            if not await runtime.flush():
+                return  # nothing may be committed before the first checkpoint
             for done in unacked:
                 done.ack()  # only now may faust commit these offsets
             unacked.clear()

@@ -162,6 +162,8 @@ async def _drive(
                 ) and got.record.get("cohort_id") not in hist_cohorts:
                     on_control(got.name)
                 if got.record.get("cohort_id") in hist_cohorts:
+                    if on_control is not None:
+                        on_control(f"histograms {got.name}")
                     for name, site in hist_sites.items():
                         sends = site.on_record(got.name, got.record, time.time())
                         await _send(fed, bootstrap, name, sends)
@@ -202,14 +204,19 @@ async def test_cohort_finishes_without_a_site_that_vanished_after_joining(tmp_pa
     assert np.max(np.abs(versions[1] - versions[0])) > 1e-3  # the update really moved the model
 
 
-@pytest.mark.parametrize("kill_at", ["joined", "CohortRoster", "MaskRequest", "UnmaskRequest"])
+@pytest.mark.parametrize(
+    "kill_at",
+    ["histograms MaskRequest", "joined", "CohortRoster", "MaskRequest", "UnmaskRequest"],
+)
 async def test_cohort_interrupted_by_an_aggregator_crash_goes_on_with_every_update(
     tmp_path: Path, kill_at: str
 ) -> None:
     """kill -9 of the aggregator in each stage of a cohort (after every site joined, on the
     roster, the mask request, the unmask request): the restarted aggregator finishes the same
     cohort from its checkpoint, and the version it makes holds every site's update. (Before
-    cohorts were checkpointed, a kill while unmasking lost the updates already named survivors.)"""
+    cohorts were checkpointed, a kill while unmasking lost the updates already named survivors.)
+    Killed during the histogram cohort, before version 0 and its first checkpoint, it reads the
+    hellos again and sums every site's histograms in a new cohort."""
     fed = Federation.create(tmp_path, ["A", "B", "C"])
     env = {"FEDSYNTH_INPUT_DEADLINE_S": "4", "FEDSYNTH_JOIN_DEADLINE_S": "20"}
     async with EmbeddedBroker(record=False) as broker:
@@ -240,11 +247,15 @@ async def test_cohort_interrupted_by_an_aggregator_crash_goes_on_with_every_upda
     log = (fed.run_dir / "aggregator.log").read_text()
     assert len(procs) == 2
     assert 1 in versions, dump(tmp_path / "aggregator.log")
+    total = sum(n.values())
+    expected = versions[0] + sum(n[s] * deltas[s] for s in fed.sites) / total
+    assert np.max(np.abs(versions[1] - expected)) < 1e-4
+    if kill_at.startswith("histograms"):
+        # version 0's encoder came from every site's histograms (checked by _drive)
+        assert "training starts with ['A', 'B', 'C']" in log, dump(fed.run_dir / "aggregator.log")
+        return
     training = log[log.index("training starts") :]
     resumed = re.findall(r"cohort (\S+) resumed in stage", training)
     done = re.findall(r"cohort (\S+) done:", training)
     assert "abandoned" not in log and len(resumed) == 1, dump(fed.run_dir / "aggregator.log")
     assert done[:1] == resumed  # version 1 came from the cohort that was open at the kill
-    total = sum(n.values())
-    expected = versions[0] + sum(n[s] * deltas[s] for s in fed.sites) / total
-    assert np.max(np.abs(versions[1] - expected)) < 1e-4
