@@ -9,6 +9,7 @@ vector equals the input in expectation. Frame: ``b"Q"``, bits (u8), count (u64),
 
 from __future__ import annotations
 
+import math
 import struct
 
 import numpy as np
@@ -66,7 +67,14 @@ def quantize(vector: npt.ArrayLike, bits: int, rng: np.random.Generator) -> byte
     low = float(flat.min()) if flat.size else 0.0
     high = float(flat.max()) if flat.size else 0.0
     top = (1 << bits) - 1
-    scaled = (flat - low) * (top / (high - low)) if high > low else np.zeros_like(flat)
+    if high > low:
+        scale = top / (high - low)
+        if math.isfinite(scale):
+            scaled = (flat - low) * scale
+        else:  # a subnormal range: top / range overflows (0 * inf would be NaN)
+            scaled = (flat - low) / (high - low) * top
+    else:
+        scaled = np.zeros_like(flat)
     floor = np.floor(scaled)
     levels = np.minimum(floor + (rng.random(flat.size) < scaled - floor), top).astype(np.uint16)
     return _HEADER.pack(b"Q", bits, flat.size, low, high) + _pack(levels, bits)
