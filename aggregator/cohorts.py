@@ -22,12 +22,12 @@ a cohort staleness of ``v - v_c = 0`` (anything else: another path moved the ver
 
 Restart: :meth:`CohortCoordinator.to_state` and :meth:`CohortCoordinator.state_arrays` hold the
 open cohort's whole server state (joins with their public keys, who shared and sent input, the
-masked running sum, the shares collected while unmasking; no private key, and nothing the server
-could not already compute), checkpointed with the offsets of the records that built it. After
-:meth:`CohortCoordinator.from_state` the cohort goes on where it was: records after the checkpoint
-are consumed again and control records in the checkpoint's outbox are sent again (sites drop
-repeats by message id, see :mod:`agents.secure`), so a restart costs the cohort no member and no
-update. Its current stage gets a fresh deadline once the adapter consumes again
+masked running sum, the shares collected while unmasking: only what the server received anyway,
+encrypted at rest with the rest of the checkpoint), checkpointed with the offsets of the records
+that built it. After :meth:`CohortCoordinator.from_state` the cohort goes on where it was:
+records after the checkpoint are consumed again and control records in the checkpoint's outbox
+are sent again (sites drop repeats by message id, see :mod:`agents.secure`), so a restart costs
+the cohort no member and no update. Its current stage gets a fresh deadline once the adapter consumes again
 (:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the sites' fault. Only
 when the state cannot be rebuilt (an older checkpoint format) is the cohort abandoned: its late
 records are dead-lettered with that reason, the adapter opens a new one, and sites leave the old
