@@ -27,12 +27,12 @@ encrypted at rest with the rest of the checkpoint), checkpointed with the offset
 that built it. After :meth:`CohortCoordinator.from_state` the cohort goes on where it was:
 records after the checkpoint are consumed again and control records in the checkpoint's outbox
 are sent again (sites drop repeats by message id, see :mod:`agents.secure`), so a restart costs
-the cohort no member and no update. Its current stage gets a fresh deadline once the adapter consumes again
-(:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the sites' fault. Only
-when the state cannot be rebuilt (an older checkpoint format) is the cohort abandoned: its late
-records are dead-lettered with that reason, the adapter opens a new one, and sites leave the old
-cohort when they see the new ``CohortOpen`` and rejoin with the same pending update, unless the old
-cohort had already named them survivors (then the update is spent).
+the cohort no member and no update. Its current stage gets a fresh deadline once the adapter
+consumes again (:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the
+sites' fault. Only when the state cannot be rebuilt (an older checkpoint format) is the cohort
+abandoned: its late records are dead-lettered with that reason, the adapter opens a new one, and
+sites leave the old cohort when they see the new ``CohortOpen`` and rejoin with the same pending
+update, unless the old cohort had already named them survivors (then the update is spent).
 """
 
 from __future__ import annotations
