@@ -452,7 +452,7 @@ class AggregatorService:
         return self._cohort_effects(out)
 
     def _cohort_effects(self, out: CoordinatorOutput) -> Effects:
-        fx = Effects(changed=out.changed or bool(out.sends or out.event or out.finished))
+        fx = Effects(changed=out.changed)
         if out.sends:
             msgs = tuple(self.factory.build(name, fields) for name, fields in out.sends)
             fx.sends.append(Send(self.topics["control"], self.settings.federation_id, msgs))
