@@ -20,6 +20,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", type=Path, help="keys, outbox, ledger (default .fedsynth/run)")
     parser.add_argument("--federation", help="federation id")
     parser.add_argument("--epsilon", type=float, help="total privacy budget of this site")
+    parser.add_argument(
+        "--hist-noise", type=float, help="noise multiplier of the DP histograms (24 / epsilon)"
+    )
     parser.add_argument("--steps-per-round", type=int, help="local DP-SGD steps per update")
     parser.add_argument("--planned-rounds", type=int, help="rounds the DP noise is planned for")
     parser.add_argument("--threads", type=int, help="torch threads")
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         ("run_dir", "run_dir"),
         ("federation", "federation_id"),
         ("epsilon", "epsilon"),
+        ("hist_noise", "hist_noise"),
         ("steps_per_round", "steps_per_round"),
         ("planned_rounds", "planned_rounds"),
         ("threads", "threads"),

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedsynth.data.preprocess import default_histogram_noise
 from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY
 
 __all__ = ["AgentSettings"]
@@ -26,7 +27,12 @@ class AgentSettings(BaseSettings):
     consent: bool = True
     epsilon: float = Field(default=8.0, gt=0, description="total budget: histograms + DP-SGD")
     delta: float = Field(default=1e-5, gt=0, lt=1)
-    hist_epsilon: float = Field(default=1.0, gt=0, description="part of epsilon for histograms")
+    hist_noise: float | None = Field(
+        default=None,
+        gt=0,
+        description="noise multiplier of the Gaussian DP histograms, accounted with DP-SGD in "
+        "the site's ledger (default 24 / epsilon)",
+    )
     max_grad_norm: float = Field(default=1.0, gt=0)
     noise_multiplicity: int = Field(
         default=DEFAULT_NOISE_MULTIPLICITY,
@@ -46,6 +52,11 @@ class AgentSettings(BaseSettings):
     secure: bool = Field(
         default=True, description="histograms travel only masked (the federation is in secure mode)"
     )
+
+    @property
+    def histogram_noise(self) -> float:
+        """The histograms' noise multiplier: ``hist_noise`` or the default for ``epsilon``."""
+        return default_histogram_noise(self.epsilon) if self.hist_noise is None else self.hist_noise
 
     @property
     def site_dir(self) -> Path:

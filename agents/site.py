@@ -28,13 +28,13 @@ from agents.pending import PendingStore
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from agents.settings import AgentSettings
 from agents.training import LocalTrainer
-from fedsynth.data.preprocess import site_histograms
+from fedsynth.data.preprocess import accounted_histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
 from fedsynth.errors import BudgetExceededError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
-from fedsynth.privacy import PrivacyBudget, SiteLedger
+from fedsynth.privacy import PrivacyBudget, SiteLedger, noise_for_budget
 from fedsynth.secagg.fixedpoint import FixedPointSpec
 from fedsynth.staleness import make_staleness
 from observability import extract_context, inject_headers, setup_telemetry
@@ -112,7 +112,15 @@ class SiteAgent:
                 delta=self.s.delta,
                 trained_before=bool(self.state["trained_before"]),
             )
-            budget = PrivacyBudget(self.s.epsilon - self.s.hist_epsilon, self.s.delta)
+            budget = PrivacyBudget(self.s.epsilon, self.s.delta)  # histograms + DP-SGD
+            if not self.state["hello_sent"]:  # refuse a budget the histograms alone exceed
+                noise_for_budget(
+                    budget.epsilon,
+                    budget.delta,
+                    max(2, min(self.s.batch_size, self.rows // 2)) / max(self.rows, 2),
+                    self.s.planned_rounds * self.s.steps_per_round,
+                    prior=((self.s.histogram_noise, 1.0, 1),),
+                )
         else:
             log.warning(
                 "DP-SGD is OFF for site %s: its updates are not differentially private", self.s.site
@@ -232,7 +240,8 @@ class SiteAgent:
                 encoded,
                 cond,
                 ledger=self.ledger,
-                sgd_budget=self.budget,
+                budget=self.budget,
+                prior=((self.s.histogram_noise, 1.0, 1),),
                 planned_steps=self.s.planned_rounds * self.s.steps_per_round,
                 batch_size=self.s.batch_size,
                 max_grad_norm=self.s.max_grad_norm,
@@ -255,9 +264,7 @@ class SiteAgent:
                 log.warning("site %s stops training: %s", self.s.site, exc)
                 return False
             self.state["trained_before"] = True
-            self.epsilon_spent = (
-                (result.epsilon_sgd + self.s.hist_epsilon) if self.s.dp else float("inf")
-            )
+            self.epsilon_spent = result.epsilon_spent if self.s.dp else float("inf")
             span.set_attribute("fedsynth.epsilon_spent", self.epsilon_spent)
             span.set_attribute("fedsynth.train_loss", result.report.final_loss)
             if self.secure is not None:
@@ -401,8 +408,12 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ sending
     async def _hello(self) -> None:
-        # DP either way; in secure mode the histograms travel only masked, in their own cohort
-        hist = site_histograms(self.frame, self.schema, self.s.hist_epsilon, self.rng)
+        # DP either way; in secure mode the histograms travel only masked, in their own cohort.
+        # The release is charged to the ledger first (a crash before sending over-counts).
+        z = self.s.histogram_noise
+        if self.ledger is not None:
+            self.ledger.record(z, 1.0, 1, budget=self.budget)
+        hist = accounted_histograms(self.frame, self.schema, z, self.rng)
         self.histograms = hist.to_vector().astype(np.float32)
         out = self.factory.build(
             "SiteHello",
@@ -423,10 +434,12 @@ class SiteAgent:
         _write_json(self.state_path, self.state)
         await self._flush_outbox()
         log.info(
-            "site %s: hello sent (%d rows, DP histograms at epsilon %.2f)",
+            "site %s: hello sent (%d rows, DP histograms with noise multiplier %.2f; epsilon "
+            "spent %.2f)",
             self.s.site,
             self.rows,
-            self.s.hist_epsilon,
+            z,
+            self.ledger.spent() if self.ledger is not None else float("inf"),
         )
 
     async def _heartbeat(self, status: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -33,7 +34,8 @@ class RoundResult:
 
     delta: np.ndarray
     report: TrainReport
-    epsilon_sgd: float
+    epsilon_spent: float
+    """The site's whole spend so far (histograms and every DP-SGD step, from its ledger)."""
 
 
 class LocalTrainer:
@@ -45,22 +47,26 @@ class LocalTrainer:
         cond: np.ndarray,
         *,
         ledger: SiteLedger | None,
-        sgd_budget: PrivacyBudget | None,
+        budget: PrivacyBudget | None,
         planned_steps: int,
         batch_size: int,
         max_grad_norm: float,
         noise_multiplicity: int = DEFAULT_NOISE_MULTIPLICITY,
+        prior: Sequence[tuple[float, float, int]] = (),
     ) -> None:
+        """``budget`` is the site's whole budget; ``prior`` the releases already charged to the
+        ledger, as ``(noise_multiplier, sample_rate, steps)`` (the histograms): the DP-SGD noise
+        is planned so that they and ``planned_steps`` steps fit the budget together."""
         self.encoded, self.cond = encoded, cond
-        self.ledger, self.budget = ledger, sgd_budget
+        self.ledger, self.budget = ledger, budget
         self.batch_size = max(2, min(batch_size, len(encoded) // 2))
         self.sample_rate = self.batch_size / len(encoded)
         self.max_grad_norm = max_grad_norm
         self.noise_multiplicity = noise_multiplicity
         self.noise = 0.0
-        if ledger is not None and sgd_budget is not None:
+        if ledger is not None and budget is not None:
             self.noise = noise_for_budget(
-                sgd_budget.epsilon, sgd_budget.delta, self.sample_rate, planned_steps
+                budget.epsilon, budget.delta, self.sample_rate, planned_steps, prior=prior
             )
             log.info(
                 "DP-SGD: noise multiplier %.3f for %d planned steps at q=%.3f",

@@ -12,12 +12,13 @@ every row is visited as often as in the centralized run, the sum of the hospital
 the centralized batch, and the DP-SGD sampling rate and step count per hospital equal the
 centralized ones.
 
-Privacy accounting per DP run or hospital: ``HIST_SHARE`` of epsilon pays for the Laplace
-histograms that fit the numeric normalization (``fedsynth.data.site_histograms``), the rest for
-DP-SGD with the noise multiplier from ``fedsynth.privacy.noise_for_budget`` for the planned steps
-(RDP accountant, delta ``DELTA``); the two compose by simple addition. DP-SGD averages each row's
-loss over ``Training.noise_multiplicity`` draws of timestep and noise before clipping (noise
-multiplicity, Dockhorn et al. 2023; no privacy cost).
+Privacy accounting per DP run or hospital, as the agents do it: one RDP accountant (delta
+``DELTA``) holds the Gaussian histograms that fit the numeric normalization
+(``fedsynth.data.accounted_histograms``, noise multiplier
+``fedsynth.data.default_histogram_noise(epsilon)``, one step at sample rate 1) and the DP-SGD steps,
+whose noise multiplier ``fedsynth.privacy.noise_for_budget`` plans so that both fit epsilon.
+DP-SGD averages each row's loss over ``Training.noise_multiplicity`` draws of timestep and noise
+before clipping (noise multiplicity, Dockhorn et al. 2023; no privacy cost).
 
 With ``Training.rake`` the fitted model also gives a second set of synthetic rows: ``n`` of
 ``RAKE_POOL * n`` rows from the model, raked to the released histograms
@@ -38,7 +39,14 @@ import numpy as np
 import pandas as pd
 
 from aggregator.strategies.kernels import stack_deltas, weighted_mean
-from fedsynth.data import DatasetSchema, FeatureEncoder, Histograms, site_histograms
+from fedsynth.data import (
+    DatasetSchema,
+    FeatureEncoder,
+    Histograms,
+    accounted_histograms,
+    default_histogram_noise,
+    site_histograms,
+)
 from fedsynth.model import (
     DEFAULT_NOISE_MULTIPLICITY,
     DiffusionConfig,
@@ -50,7 +58,6 @@ from fedsynth.model.calibration import rake_to_histograms
 
 __all__ = [
     "DELTA",
-    "HIST_SHARE",
     "MAX_GRAD_NORM",
     "RAKE_POOL",
     "Fitted",
@@ -63,7 +70,6 @@ __all__ = [
 ]
 
 DELTA = 1e-5
-HIST_SHARE = 0.1
 MAX_GRAD_NORM = 1.0
 RAKE_POOL = 8
 Clock = Callable[[], float]
@@ -140,8 +146,11 @@ def _histograms(
     sites: Mapping[str, pd.DataFrame], schema: DatasetSchema, epsilon: float | None,
     rng: np.random.Generator,
 ) -> Histograms:
-    hist_eps = math.inf if epsilon is None else HIST_SHARE * epsilon
-    parts = [site_histograms(frame, schema, hist_eps, rng) for frame in sites.values()]
+    if epsilon is None:
+        parts = [site_histograms(frame, schema, math.inf, rng) for frame in sites.values()]
+    else:
+        z = default_histogram_noise(epsilon)
+        parts = [accounted_histograms(frame, schema, z, rng) for frame in sites.values()]
     total = parts[0]
     for part in parts[1:]:
         total = total + part
@@ -154,24 +163,27 @@ def _privacy(plan: Training, n_rows: int, batch: int, steps: int) -> OpacusPriva
     from fedsynth.privacy import make_accountant
 
     sample_rate = 1.0 / math.ceil(n_rows / batch)  # what Opacus's Poisson loader uses
-    sigma = _noise((1.0 - HIST_SHARE) * plan.epsilon, sample_rate, steps)
-    return OpacusPrivacy(sigma, MAX_GRAD_NORM, make_accountant("rdp"), DELTA,
+    z = default_histogram_noise(plan.epsilon)
+    sigma = _noise(plan.epsilon, sample_rate, steps, z)
+    accountant = make_accountant("rdp")
+    accountant.step(noise_multiplier=z, sample_rate=1.0, steps=1)  # the histograms
+    return OpacusPrivacy(sigma, MAX_GRAD_NORM, accountant, DELTA,
                          noise_multiplicity=plan.noise_multiplicity)
 
 
 @functools.lru_cache(maxsize=32)
-def _noise(epsilon: float, sample_rate: float, steps: int) -> float:
-    """``noise_for_budget`` (a slow search), once per distinct setting."""
+def _noise(epsilon: float, sample_rate: float, steps: int, hist_noise: float) -> float:
+    """``noise_for_budget`` after the histograms (a slow search), once per distinct setting."""
     from fedsynth.privacy import noise_for_budget
 
-    return noise_for_budget(epsilon, DELTA, sample_rate, steps)
+    return noise_for_budget(epsilon, DELTA, sample_rate, steps, prior=[(hist_noise, 1.0, 1)])
 
 
 def _spent(epsilon: float | None, hooks: list[OpacusPrivacy | None]) -> float | None:
+    """The largest spend of a site: its accountant holds the histograms and DP-SGD."""
     if epsilon is None:
         return None
-    sgd = max(h.epsilon_spent() for h in hooks if h is not None)
-    return HIST_SHARE * epsilon + sgd
+    return max(h.epsilon_spent() for h in hooks if h is not None)
 
 
 def _sample(

@@ -5,6 +5,8 @@ from fedsynth.data.partition import split_by_site
 from fedsynth.data.preprocess import (
     Histograms,
     NoiseMechanism,
+    accounted_histograms,
+    default_histogram_noise,
     exact_histograms,
     histogram_layout,
     site_histograms,
@@ -30,6 +32,8 @@ __all__ = [
     "NumericTransform",
     "Problem",
     "SchemaValidationError",
+    "accounted_histograms",
+    "default_histogram_noise",
     "exact_histograms",
     "histogram_layout",
     "load_site_file",

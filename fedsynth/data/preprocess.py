@@ -16,6 +16,14 @@ modelled columns, so the whole histogram set has L1 sensitivity ``d`` and L2 sen
 * Gaussian mechanism (Dwork & Roth 2014, Thm A.1): ``sigma = sqrt(2 ln(1.25/delta)) * sqrt(d) /
   epsilon`` gives ``(epsilon, delta)``-DP; the theorem holds for ``epsilon <= 1`` only, so larger
   values are refused.
+* Gaussian mechanism accounted by the site's accountant (:func:`accounted_histograms`): noise
+  ``N(0, (z sqrt(d))^2)`` per bin is the Gaussian mechanism with noise multiplier ``z`` on a query
+  of L2 sensitivity 1 after scaling, i.e. one step of ``(noise_multiplier=z, sample_rate=1)`` in
+  the same RDP or PRV accountant as DP-SGD (Mironov 2017, "Renyi Differential Privacy"). Composed
+  there rather than added as a separate epsilon, it costs far less: at a total budget of 8 (delta
+  1e-5, the DP-SGD plan of ``bench.quality``) ``z = 3`` leaves DP-SGD a smaller noise multiplier
+  than spending epsilon 0.8 on Laplace histograms, and its noise per bin is less than half the
+  Laplace noise. The caller records the step in the ledger *before* calling this function.
 
 Noisy counts are kept as they are (negative values included) so that sums stay unbiased; clipping is
 post-processing done once, on the sum.
@@ -40,6 +48,9 @@ __all__ = [
     "NoiseMechanism",
     "bin_edges",
     "column_bins",
+    "HISTOGRAM_NOISE_SCALE",
+    "accounted_histograms",
+    "default_histogram_noise",
     "exact_histograms",
     "histogram_layout",
     "noise_scale",
@@ -201,6 +212,41 @@ def site_histograms(
         noisy = tuple(c + rng.laplace(0.0, scale, size=c.shape) for c in exact.counts)
     else:
         noisy = tuple(c + rng.normal(0.0, scale, size=c.shape) for c in exact.counts)
+    return Histograms(exact.schema_hash, exact.columns, noisy)
+
+
+#: ``z = HISTOGRAM_NOISE_SCALE / epsilon`` is the default histogram noise multiplier for a site
+#: whose total budget is ``epsilon``. Chosen by computation for the DP-SGD plan of ``bench.quality``
+#: (q = 1/3, 1000 steps, delta 1e-5, 14 columns): at epsilon 1, 4 and 8 both the noise per bin
+#: (90, 22, 11) and DP-SGD's noise multiplier (43.5, 12.5, 6.95) are below those of the earlier
+#: split, 10% of epsilon on Laplace histograms (noise sd 198, 49, 25) and 90% on DP-SGD (47.5,
+#: 13.5, 7.41).
+HISTOGRAM_NOISE_SCALE = 24.0
+
+
+def default_histogram_noise(epsilon: float) -> float:
+    """The histogram noise multiplier for a total budget ``epsilon`` (see HISTOGRAM_NOISE_SCALE)."""
+    if not epsilon > 0:
+        raise ConfigError(f"epsilon must be positive, got {epsilon}")
+    return HISTOGRAM_NOISE_SCALE / epsilon
+
+
+def accounted_histograms(
+    df: pd.DataFrame, schema: DatasetSchema, noise_multiplier: float, rng: np.random.Generator
+) -> Histograms:
+    """A site's histograms with Gaussian noise of ``noise_multiplier * sqrt(d)`` per bin.
+
+    The privacy of this release is one Gaussian-mechanism step with ``noise_multiplier`` and sample
+    rate 1, which the caller records in its accountant or ledger (see the module docstring).
+
+    Raises:
+        ConfigError: ``noise_multiplier`` is not a positive finite number.
+    """
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ConfigError(f"histogram noise multiplier must be positive, got {noise_multiplier}")
+    exact = exact_histograms(df, schema)
+    sigma = noise_multiplier * math.sqrt(len(exact.columns))
+    noisy = tuple(c + rng.normal(0.0, sigma, size=c.shape) for c in exact.counts)
     return Histograms(exact.schema_hash, exact.columns, noisy)
 
 

@@ -1,10 +1,11 @@
 """``fedsynth train DATA --schema S [--epsilon E] [--steps N] --out MODEL``: one site or baseline.
 
 Without ``--epsilon`` the model (and the histograms that fit its normalization) are NOT private; the
-command says so loudly. With it, the denoiser is trained with DP-SGD (``fedsynth.privacy``) at
-``(epsilon, delta)`` and the histograms are released with their own ``--hist-epsilon``; the private
-model is :data:`fedsynth.model.config.DP_CONFIG` (smaller, fewer diffusion steps) trained with noise
-multiplicity ``--noise-multiplicity``.
+command says so loudly. With it, ``(epsilon, delta)`` covers both releases in one RDP accountant:
+the Gaussian histograms (noise multiplier ``--hist-noise``, default 24 / epsilon;
+:func:`fedsynth.data.preprocess.accounted_histograms`) and DP-SGD (``fedsynth.privacy``); the
+private model is :data:`fedsynth.model.config.DP_CONFIG` (smaller, fewer diffusion steps) trained
+with noise multiplicity ``--noise-multiplicity``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import numpy as np
 from rich.console import Console
 
 from fedsynth.data.encoder import FeatureEncoder
-from fedsynth.data.preprocess import site_histograms
+from fedsynth.data.preprocess import (
+    accounted_histograms,
+    default_histogram_noise,
+    site_histograms,
+)
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
 from fedsynth.errors import ConfigError
@@ -37,7 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="site data (.csv or .parquet)")
     parser.add_argument("--schema", type=Path, required=True, help="dataset schema JSON")
     parser.add_argument("--out", type=Path, required=True, help="model file to write")
-    parser.add_argument("--epsilon", type=float, help="DP-SGD budget epsilon (omit: NOT private)")
+    parser.add_argument(
+        "--epsilon", type=float, help="budget epsilon, histograms + DP-SGD (omit: NOT private)"
+    )
     parser.add_argument("--delta", type=float, default=1e-5, help="DP delta (default 1e-5)")
     parser.add_argument("--max-grad-norm", type=float, default=1.0, help="DP clipping norm")
     parser.add_argument(
@@ -45,7 +52,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"DP: timestep/noise draws averaged per row before clipping "
         f"(default {DEFAULT_NOISE_MULTIPLICITY})",
     )
-    parser.add_argument("--hist-epsilon", type=float, default=1.0, help="histogram release epsilon")
+    parser.add_argument(
+        "--hist-noise", type=float,
+        help="noise multiplier of the Gaussian histograms (default 24 / epsilon)",
+    )
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per step")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
@@ -60,12 +70,19 @@ def run(args: argparse.Namespace) -> int:
     private = args.epsilon is not None
     if not private:
         console.print("[bold red]WARNING[/]: training WITHOUT differential privacy (no --epsilon)")
-    hist = site_histograms(df, schema, args.hist_epsilon if private else math.inf, rng)
+    hist_noise = None
+    if private:
+        hist_noise = args.hist_noise or default_histogram_noise(args.epsilon)
+        hist = accounted_histograms(df, schema, hist_noise, rng)
+    else:
+        hist = site_histograms(df, schema, math.inf, rng)
     encoder = FeatureEncoder.from_histograms(schema, hist)
     base = DP_CONFIG if private else DiffusionConfig()
     config = dataclasses.replace(base, batch_size=args.batch_size)
     model = TabularDiffusion(encoder, config, seed=args.seed)
-    privacy = _privacy(args, len(df), config.batch_size) if private else None
+    privacy = None
+    if hist_noise is not None:
+        privacy = _privacy(args, len(df), config.batch_size, hist_noise)
     report = train_local(
         model,
         encoder.encode(df),
@@ -84,18 +101,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _privacy(args: argparse.Namespace, n_rows: int, batch_size: int) -> OpacusPrivacy:
+def _privacy(
+    args: argparse.Namespace, n_rows: int, batch_size: int, hist_noise: float
+) -> OpacusPrivacy:
+    """DP-SGD whose accountant already holds the histogram release (one budget for both)."""
     try:
-        from fedsynth.privacy import DPConfig, make_accountant
+        from fedsynth.privacy import DPConfig, make_accountant, noise_for_budget
     except ImportError as exc:
         raise ConfigError(f"--epsilon needs fedsynth.privacy, which is unavailable: {exc}") from exc
     dp = DPConfig(epsilon=args.epsilon, delta=args.delta, max_grad_norm=args.max_grad_norm)
-    sigma = dp.resolve_noise_multiplier(min(1.0, batch_size / n_rows), args.steps)
+    hist_step = (hist_noise, 1.0, 1)
+    sample_rate = 1.0 / math.ceil(n_rows / batch_size)  # what Opacus's Poisson loader uses
+    sigma = noise_for_budget(args.epsilon, args.delta, sample_rate, args.steps, prior=[hist_step])
     logger.info("DP-SGD noise multiplier %.3f for %d steps", sigma, args.steps)
+    accountant = make_accountant("rdp")
+    accountant.step(noise_multiplier=hist_noise, sample_rate=1.0, steps=1)
     return OpacusPrivacy(
         noise_multiplier=sigma,
         max_grad_norm=args.max_grad_norm,
-        accountant=make_accountant("rdp"),
+        accountant=accountant,
         delta=args.delta,
         budget=dp.budget,
         noise_multiplicity=args.noise_multiplicity,

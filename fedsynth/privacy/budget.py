@@ -11,12 +11,18 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from opacus.accountants.utils import get_noise_multiplier
 
 from fedsynth.errors import BudgetExceededError
-from fedsynth.privacy.accountant import ACCOUNTANTS, Accountant, copy_accountant
+from fedsynth.privacy.accountant import (
+    ACCOUNTANTS,
+    Accountant,
+    copy_accountant,
+    make_accountant,
+)
 from fedsynth.privacy.errors import PrivacyConfigError
 from fedsynth.privacy.history import validate_step
 
@@ -148,6 +154,7 @@ def noise_for_budget(
     *,
     mechanism: str = "rdp",
     epsilon_tolerance: float = 0.01,
+    prior: Sequence[tuple[float, float, int]] = (),
 ) -> float:
     """The smallest noise multiplier (within tolerance) that keeps ``steps`` steps within budget.
 
@@ -158,6 +165,9 @@ def noise_for_budget(
         steps: Number of steps planned.
         mechanism: Accountant used for the search (``"rdp"`` or ``"prv"``).
         epsilon_tolerance: Search precision in epsilon; the result never exceeds the target.
+        prior: ``(noise_multiplier, sample_rate, steps)`` releases made before the steps, in the
+            same accountant (e.g. the site's Gaussian histograms: ``(z, 1.0, 1)``); the budget
+            covers them and the planned steps together.
 
     Raises:
         PrivacyConfigError: For bad arguments or a budget that no noise level reaches.
@@ -167,6 +177,10 @@ def noise_for_budget(
     if mechanism not in ACCOUNTANTS:
         raise PrivacyConfigError(
             f"unknown accountant {mechanism!r}; choose one of {sorted(ACCOUNTANTS)}"
+        )
+    if prior:
+        return _noise_after_prior(
+            epsilon, delta, sample_rate, steps, mechanism, epsilon_tolerance, prior
         )
     try:
         with warnings.catch_warnings():
@@ -186,3 +200,48 @@ def noise_for_budget(
         ) from exc
     logger.debug("noise_for_budget", extra={"epsilon": epsilon, "steps": steps, "sigma": sigma})
     return float(sigma)
+
+
+_SIGMA_CEILING = 1e4
+
+
+def _noise_after_prior(
+    epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    mechanism: str,
+    tolerance: float,
+    prior: Sequence[tuple[float, float, int]],
+) -> float:
+    """Bisection on the noise multiplier with ``prior`` and the planned steps in one accountant."""
+    base = make_accountant(mechanism)
+    for z, q, n in prior:
+        base.step(noise_multiplier=z, sample_rate=q, steps=n)
+    before = base.epsilon(delta)
+    if before >= epsilon:
+        raise PrivacyConfigError(
+            f"the earlier releases {list(prior)} already spend epsilon={before:.4g} of the budget "
+            f"epsilon={epsilon:g} (delta={delta:g}); no noise multiplier leaves room for {steps} "
+            "steps"
+        )
+
+    def spent(sigma: float) -> float:
+        acc = copy_accountant(base)
+        acc.step(noise_multiplier=sigma, sample_rate=sample_rate, steps=steps)
+        return acc.epsilon(delta)
+
+    low, high = 0.0, 1.0
+    while spent(high) > epsilon:
+        low, high = high, 2 * high
+        if high > _SIGMA_CEILING:
+            raise PrivacyConfigError(
+                f"no noise multiplier up to {_SIGMA_CEILING:g} keeps {steps} steps at "
+                f"sample_rate={sample_rate:g} within epsilon={epsilon:g} after {list(prior)}"
+            )
+    while True:  # invariant: spent(high) <= epsilon < spent(low) (or low == 0)
+        middle = (low + high) / 2
+        over = spent(middle) > epsilon
+        low, high = (middle, high) if over else (low, middle)
+        if epsilon - spent(high) <= tolerance or high - low < 1e-6:
+            return high

