@@ -71,6 +71,7 @@ def test_train_and_sample_commands(heart, tmp_path: Path) -> None:
                  "--out", str(tmp_path / "y.csv")]) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook")  # Opacus's hooks, on every step
 def test_private_train_command_spends_one_budget_on_histograms_and_dp_sgd(
     heart, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
