@@ -406,6 +406,7 @@ class AggregatorService:
             n_timesteps=self.settings.n_timesteps,
             embed_dim=self.settings.embed_dim,
             lr=self.settings.lr,
+            numeric_skip=self.settings.numeric_skip,
         )
         n_parameters = ModelSpec(encoder, config, self.settings.seed).build().n_parameters
         terms = None

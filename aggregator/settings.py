@@ -10,6 +10,8 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fedsynth.model.config import DP_CONFIG
+
 __all__ = ["AggregatorSettings"]
 
 log = logging.getLogger(__name__)
@@ -50,10 +52,16 @@ class AggregatorSettings(BaseSettings):
     session_timeout_s: float = Field(
         default=10.0, gt=0, description="faust group session timeout (it joins in about half)"
     )
-    hidden: tuple[int, ...] = (256, 256, 256)
-    n_timesteps: int = 100
-    embed_dim: int = Field(default=128, ge=2)
-    lr: float = Field(default=2e-3, gt=0, description="local AdamW learning rate")
+    # the federation's model: by default the DP recipe (fedsynth.model.DP_CONFIG), as sites train
+    # with DP-SGD unless told otherwise
+    hidden: tuple[int, ...] = DP_CONFIG.hidden
+    n_timesteps: int = DP_CONFIG.n_timesteps
+    embed_dim: int = Field(default=DP_CONFIG.embed_dim, ge=2)
+    lr: float = Field(default=DP_CONFIG.lr, gt=0, description="local AdamW learning rate")
+    numeric_skip: bool = Field(
+        default=DP_CONFIG.numeric_skip,
+        description="numeric outputs correct the best linear denoiser (DiffusionConfig)",
+    )
     ingest_workers: int = Field(
         default_factory=lambda: min(8, os.cpu_count() or 1),
         ge=1,

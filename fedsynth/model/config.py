@@ -28,6 +28,13 @@ class DiffusionConfig:
         weight_decay: AdamW weight decay.
         batch_size: rows per step (the expected batch size under Poisson sampling with DP).
         lr_anneal: decay the learning rate linearly to 0 over one ``train_local`` call.
+        numeric_skip: the denoiser's numeric outputs ``F`` are a residual on the best linear
+            denoiser of standard-normal columns: ``eps_hat = sqrt(1 - abar) x_t + sqrt(abar) F``
+            (``F`` is then a prediction of ``v = sqrt(abar) eps - sqrt(1 - abar) x_0``; Salimans
+            & Ho 2022, the same as the preconditioning of Karras et al. 2022 with data scale 1),
+            trained with the noise-prediction loss. The quantile transform makes every numeric
+            column standard normal, so an output of zero already gives each column its marginal;
+            the network learns the rest.
     """
 
     hidden: tuple[int, ...] = _DEFAULT_HIDDEN
@@ -39,6 +46,7 @@ class DiffusionConfig:
     weight_decay: float = 1e-5
     batch_size: int = 256
     lr_anneal: bool = True
+    numeric_skip: bool = False
 
     def __post_init__(self) -> None:
         if not self.hidden or min(self.hidden) < 1 or self.embed_dim < 2 or self.embed_dim % 2:
@@ -84,5 +92,10 @@ DEFAULT_NOISE_MULTIPLICITY = 16
 #: * few diffusion steps (T = 10 rather than 100): with T = 100 and K = 16 the SDMetrics score at
 #:   epsilon 8 was 0.66, with T = 20 0.76, with T = 10 0.82. The denoiser has ten noise levels to
 #:   learn from the same privatized gradient signal, each row's K draws cover them, and the reverse
-#:   chain compounds the errors of a noisy model over fewer steps.
-DP_CONFIG = DiffusionConfig(hidden=(64, 64), embed_dim=32, n_timesteps=10, lr=1e-2)
+#:   chain compounds the errors of a noisy model over fewer steps;
+#: * ``numeric_skip``: the network corrects the best linear denoiser instead of predicting the
+#:   noise from scratch. Over eight training seeds of the federated epsilon-8 model the TSTR AUC
+#:   rose by 0.037 on average (7 seeds of 8; 0.743 -> 0.780) with SDMetrics unchanged (+0.002).
+DP_CONFIG = DiffusionConfig(
+    hidden=(64, 64), embed_dim=32, n_timesteps=10, lr=1e-2, numeric_skip=True
+)

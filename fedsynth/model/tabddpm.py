@@ -138,7 +138,8 @@ class TabularDiffusion:
             out = net(x_t, t.float(), y)
         per_row = torch.zeros(n)
         if self.num_dims:
-            per_row = per_row + ((out[:, : self.num_dims] - noise) ** 2).mean(dim=1)
+            eps_hat = self._eps_hat(out[:, : self.num_dims], xt_num, t)
+            per_row = per_row + ((eps_hat - noise) ** 2).mean(dim=1)
         if self.layout.n_blocks:
             p0_hat = self.layout.softmax(out[:, self.num_dims :])
             per_row = per_row + multinomial_loss(
@@ -149,6 +150,13 @@ class TabularDiffusion:
         if per_sample:
             return per_row
         return per_row.mean() if rows else per_row.sum()
+
+    def _eps_hat(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Predicted noise of the numeric columns from the network's numeric outputs."""
+        if not self.config.numeric_skip:
+            return out
+        abar = self.schedule.alphas_bar[t][:, None]
+        return (1 - abar).sqrt() * x_t + abar.sqrt() * out
 
     # ----- generation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -177,7 +185,8 @@ class TabularDiffusion:
             t = torch.full((n,), i, dtype=torch.long)
             out = self._guided(torch.cat([x_num, self.layout.unpad(x_cat)], 1), t, y, scale)
             if self.num_dims:
-                x_num = gaussian_p_step(x_num, out[:, : self.num_dims], i, self.schedule, gen)
+                eps_hat = self._eps_hat(out[:, : self.num_dims], x_num, t)
+                x_num = gaussian_p_step(x_num, eps_hat, i, self.schedule, gen)
             if self.layout.n_blocks:
                 p0_hat = self.layout.softmax(out[:, self.num_dims :])
                 post = multinomial_posterior(x_cat, p0_hat, t, self.schedule, self.layout)

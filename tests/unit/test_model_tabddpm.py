@@ -210,3 +210,42 @@ def test_missing_rates_are_calibrated_to_the_encoder_shares(trained) -> None:
     # without shares nothing changes
     plain = TabularDiffusion(dataclasses.replace(encoder, missing_shares=()), trained.config, 0)
     assert plain.calibrate_missing() == {} and not plain.missing_bias.any()
+
+
+def _linear_denoiser_variance(model: TabularDiffusion) -> float:
+    """Variance the ancestral sampler gives standard-normal data when every step uses the exact
+    posterior mean ``x0 = sqrt(abar) x_t`` (an independent recursion over the schedule)."""
+    a = model.schedule.alphas.double()
+    abar = model.schedule.alphas_bar.double()
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
+    var = 1.0
+    for i in reversed(range(len(a))):
+        c0 = prev[i].sqrt() * (1 - a[i]) / (1 - abar[i])
+        ct = a[i].sqrt() * (1 - prev[i]) / (1 - abar[i])
+        step = (1 - a[i]) * (1 - prev[i]) / (1 - abar[i]) if i else 0.0
+        var = float((c0 * abar[i].sqrt() + ct) ** 2 * var + step)
+    return var
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_numeric_skip_makes_a_silent_network_the_linear_denoiser(schema, heart, skip) -> None:
+    enc = FeatureEncoder.from_histograms(schema, exact_histograms(heart, schema))
+    config = DiffusionConfig(hidden=(16,), embed_dim=8, n_timesteps=10, numeric_skip=skip)
+    model = TabularDiffusion(enc, config, seed=0)
+    with torch.no_grad():
+        model.denoiser.head.weight.zero_()
+        model.denoiser.head.bias.zero_()
+    labels = np.zeros(20_000, dtype=np.int64)
+    numeric = model.generate(labels, torch.Generator().manual_seed(0))[:, : model.num_dims]
+    if skip:  # each quantile-normalized column comes out centred with the sampler's variance
+        assert np.abs(numeric.mean(axis=0)).max() < 0.03
+        assert numeric.var(axis=0) == pytest.approx(_linear_denoiser_variance(model), rel=0.05)
+    else:  # eps_hat = 0 treats x_t as clean data scaled down: far too wide
+        assert numeric.var(axis=0).min() > 3
+
+
+def test_numeric_skip_round_trips_and_old_configs_default_to_off() -> None:
+    config = DiffusionConfig(numeric_skip=True)
+    assert DiffusionConfig.from_dict(config.to_dict()) == config
+    old = {k: v for k, v in config.to_dict().items() if k != "numeric_skip"}
+    assert DiffusionConfig.from_dict(old).numeric_skip is False
