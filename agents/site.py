@@ -27,7 +27,7 @@ from agents.outbox import Outbox, OutboxMessage
 from agents.pending import PendingStore
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from agents.settings import AgentSettings
-from agents.training import LocalTrainer
+from agents.training import LocalTrainer, site_batch_size
 from fedsynth.data.preprocess import accounted_histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
@@ -117,7 +117,7 @@ class SiteAgent:
                 noise_for_budget(
                     budget.epsilon,
                     budget.delta,
-                    max(2, min(self.s.batch_size, self.rows // 2)) / max(self.rows, 2),
+                    site_batch_size(self.s.batch_size, self.rows) / max(self.rows, 2),
                     self.s.planned_rounds * self.s.steps_per_round,
                     prior=((self.s.histogram_noise, 1.0, 1),),
                 )

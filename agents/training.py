@@ -21,7 +21,12 @@ from fedsynth.model.tabddpm import TabularDiffusion
 from fedsynth.model.train import OpacusPrivacy, TrainReport, train_local
 from fedsynth.privacy import PrivacyBudget, RDPAccountant, SiteLedger, noise_for_budget
 
-__all__ = ["LocalTrainer", "RoundResult"]
+__all__ = ["LocalTrainer", "RoundResult", "site_batch_size"]
+
+
+def site_batch_size(batch_size: int, rows: int) -> int:
+    """The batch a site trains with: ``batch_size``, at most half its rows, at least 2."""
+    return max(2, min(batch_size, rows // 2))
 
 log = logging.getLogger(__name__)
 # Opacus' per-sample hooks trip this torch warning on every step; it says nothing to an operator.
@@ -59,7 +64,7 @@ class LocalTrainer:
         is planned so that they and ``planned_steps`` steps fit the budget together."""
         self.encoded, self.cond = encoded, cond
         self.ledger, self.budget = ledger, budget
-        self.batch_size = max(2, min(batch_size, len(encoded) // 2))
+        self.batch_size = site_batch_size(batch_size, len(encoded))
         self.sample_rate = self.batch_size / len(encoded)
         self.max_grad_norm = max_grad_norm
         self.noise_multiplicity = noise_multiplicity
