@@ -48,7 +48,7 @@ GAP_TARGET = 0.05
 SEED = 0
 CENTRAL, FED8 = "centralized non-private", "federated DP eps=8"
 FED8_RAKED = "federated DP eps=8, raked"
-FED8_CALIBRATED = "federated DP eps=8, missing calibrated"
+FED8_CALIBRATED = "federated DP eps=8, calibrated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +146,7 @@ def _ours(plan: Plan, split: HeartSplit, say: Callable[[str], None]) -> list[Row
         rows.append(_row(FED8_RAKED, setup, raked, split))
     if fed8.calibrated is not None:
         calibrated = dataclasses.replace(fed8, synthetic=fed8.calibrated)
-        setup = priv.describe(True) + ", missing rates calibrated (as the gateway serves it)"
+        setup = priv.describe(True) + ", shares calibrated (as the gateway serves it)"
         rows.append(_row(FED8_CALIBRATED, setup, calibrated, split))
     if plan.federated:
         rows.extend(_alone(plan.plain, split, sites, say))

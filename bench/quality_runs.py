@@ -115,8 +115,8 @@ class Fitted:
         seconds: Wall seconds of fitting (histograms, encoder, training).
         epsilon: Largest epsilon spent by a site (histograms + DP-SGD), None without DP.
         raked: Rows raked to the released histograms (only with ``Training.rake``).
-        calibrated: Rows from the model after its missing rates were calibrated to the released
-            histograms, as the gateway serves it (only with ``Training.rake``).
+        calibrated: Rows from the model after its level and missing shares were calibrated to the
+            released histograms, as the gateway serves it (only with ``Training.rake``).
         model: The trained model (ours only; calibrated when ``calibrated`` is set).
     """
 
@@ -206,10 +206,10 @@ def _raked(
 def _calibrated(
     model: TabularDiffusion, n: int, seed: int, calibrate: bool
 ) -> pd.DataFrame | None:
-    """``n`` rows after :meth:`TabularDiffusion.calibrate_missing` (changes ``model``; last)."""
+    """``n`` rows after :meth:`TabularDiffusion.calibrate_marginals` (changes ``model``; last)."""
     if not calibrate:
         return None
-    model.calibrate_missing(seed=seed)
+    model.calibrate_marginals(seed=seed)
     return _sample(model, n, seed)
 
 

@@ -1,9 +1,9 @@
 """Follows ``fedsynth.global-model`` and keeps the newest verified version ready to sample.
 
 Only versions signed by the aggregator's identity key are accepted. Each version is rebuilt into
-a :class:`~fedsynth.model.tabddpm.TabularDiffusion`, its missing-value rates are calibrated to the
-sites' released DP histograms on its first use
-(:meth:`~fedsynth.model.tabddpm.TabularDiffusion.calibrate_missing`, post-processing,
+a :class:`~fedsynth.model.tabddpm.TabularDiffusion`, the shares of its discrete levels and missing
+values are calibrated to the sites' released DP histograms on its first use
+(:meth:`~fedsynth.model.tabddpm.TabularDiffusion.calibrate_marginals`, post-processing,
 deterministic), and it is wrapped as a :class:`~synth_gateway.ports.ReleasedModel`
 whose sampler parses the caller's constraints against the dataset schema.
 """
@@ -67,12 +67,13 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
 
 
 def _calibrate(model: TabularDiffusion, version: int) -> None:
-    before = model.calibrate_missing()
+    before = model.calibrate_marginals()
     if before:
         log.info(
-            "version %d: missing rates calibrated to the DP histograms (model drew %s)",
+            "version %d: level and missing shares calibrated to the DP histograms "
+            "(model drew missing: %s)",
             version,
-            ", ".join(f"{k} {v:.0%}" for k, v in before.items()),
+            ", ".join(f"{k} {v[-1]:.0%}" for k, v in before.items()),
         )
 
 

@@ -84,7 +84,10 @@ class FeatureEncoder:
     missing_shares: tuple[tuple[str, float], ...] = ()
     """Share of missing values per feature column, from the same (DP) histograms; empty when the
     encoder was not fitted from histograms. Used to calibrate sampling
-    (:meth:`fedsynth.model.TabularDiffusion.calibrate_missing`)."""
+    (:meth:`fedsynth.model.TabularDiffusion.calibrate_marginals`)."""
+    level_shares: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    """Share of every level of each discrete feature column (its "missing" level last), from the
+    same histograms; empty when not fitted from histograms (or read from an older model file)."""
 
     @classmethod
     def from_histograms(
@@ -107,13 +110,15 @@ class FeatureEncoder:
         if schema.conditioning is not None:
             counts = np.clip(hist.column(schema.conditioning), 0.0, None) + pseudo_count / 10
             prior = tuple(float(p) for p in counts / counts.sum())
-        shares = []
+        shares, levels = [], []
         for spec in schema.modelled_columns:
             if spec.name == schema.conditioning:
                 continue
             counts = np.clip(hist.column(spec.name), 0.0, None) + pseudo_count
             shares.append((spec.name, float(counts[-1] / counts.sum())))
-        return cls(schema, tuple(transforms), prior, tuple(shares))
+            if spec.is_discrete:
+                levels.append((spec.name, tuple(float(c) for c in counts / counts.sum())))
+        return cls(schema, tuple(transforms), prior, tuple(shares), tuple(levels))
 
     @classmethod
     def from_schema_bounds(cls, schema: DatasetSchema) -> FeatureEncoder:
@@ -240,6 +245,11 @@ class FeatureEncoder:
                 if self.missing_shares
                 else {}
             ),
+            **(
+                {"level_shares": [[n, [float(v) for v in vs]] for n, vs in self.level_shares]}
+                if self.level_shares
+                else {}
+            ),
         }
 
     @classmethod
@@ -251,7 +261,11 @@ class FeatureEncoder:
             for t in raw["transforms"]
         )
         shares = tuple((str(n), float(v)) for n, v in raw.get("missing_shares", ()))
-        return cls(schema, transforms, tuple(float(p) for p in raw["cond_prior"]), shares)
+        levels = tuple(
+            (str(n), tuple(float(v) for v in vs)) for n, vs in raw.get("level_shares", ())
+        )
+        prior = tuple(float(p) for p in raw["cond_prior"])
+        return cls(schema, transforms, prior, shares, levels)
 
 
 def _continuous(schema: DatasetSchema) -> list[ColumnSpec]:

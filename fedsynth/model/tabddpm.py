@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fedsynth.data.encoder import FeatureEncoder
+from fedsynth.data.encoder import Block, FeatureEncoder
 from fedsynth.errors import ConfigError
 from fedsynth.model.config import DiffusionConfig
 from fedsynth.model.constraints import Constraints
@@ -69,8 +69,8 @@ class TabularDiffusion:
         for b, block in enumerate(encoder.blocks):
             if specs[block.name].required:
                 self.never_missing[b, block.width - 1] = True
-        # log-odds shift of each block's "missing" level at the last step (calibrate_missing)
-        self.missing_bias = torch.zeros(self.layout.mask.shape)
+        # log-weight shift of every level at every reverse step (calibrate_marginals)
+        self.level_bias = torch.zeros(self.layout.mask.shape)
         self.schedule = cosine_schedule(config.n_timesteps)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -192,7 +192,7 @@ class TabularDiffusion:
                 post = multinomial_posterior(x_cat, p0_hat, t, self.schedule, self.layout)
                 # last step: draw x0 from the model restricted to what the schema allows
                 forbid = self.never_missing if i == 0 else None
-                x_cat = self.layout.sample(post, gen, forbid, self.missing_bias)
+                x_cat = self.layout.sample(post, gen, forbid, self.level_bias)
         self.denoiser.train()
         return torch.cat([x_num, self.layout.unpad(x_cat)], 1).numpy().astype(np.float32)
 
@@ -230,34 +230,33 @@ class TabularDiffusion:
         """
         return sample_with_constraints(self, n, conditions, rng, max_tries, guidance)
 
-    def calibrate_missing(
-        self, *, n: int = 2000, rounds: int = 8, step: float = 0.5, seed: int = 0
-    ) -> dict[str, float]:
-        """Shift each optional column's "missing" odds at the last step to the encoder's shares.
+    def calibrate_marginals(
+        self, *, n: int = 2000, rounds: int = 8, step: float = 0.5, seed: int = 0,
+        levels: bool = True,
+    ) -> dict[str, tuple[float, ...]]:
+        """Shift the sampler's one-hot draws so their shares match the encoder's released shares.
 
-        Under DP-SGD the model's missing indicators drift toward even odds (gradient noise
-        flattens its categorical outputs): the demo drew a third of blood pressures missing where
-        the data has 6.5%. The encoder's ``missing_shares`` come from the histograms the sites
-        already released with DP, so matching them is post-processing and costs no privacy. The
-        shift applies to the missing level at every reverse step (at the last step alone it
-        cannot move a confident chain). Each round samples ``n`` rows with labels from the
-        condition prior and adds ``step * (logit(target) - logit(observed))`` to the column's
-        missing log-odds (damped: the shift compounds over the steps and a full step
-        overshoots); the model still decides which rows miss a value (conditioning, other
-        columns), only the overall rate moves. Required columns are never missing anyway. Does
-        nothing without shares.
+        Under DP-SGD the model's categorical outputs drift toward uniform (gradient noise
+        flattens them): the demo drew a third of blood pressures missing where the data has 6.5%,
+        and 61% men against 79%. The encoder's ``missing_shares`` and ``level_shares`` come from
+        the histograms the sites already released with DP, so matching them is post-processing
+        and costs no privacy. Each round samples ``n`` rows with labels from the condition prior
+        and adds ``step * (log target - log observed)`` to the log-weight of every level of a
+        discrete column (``levels``; the "missing" level included unless the column is required)
+        and ``step * (logit(target) - logit(observed))`` to the missing log-odds of a numeric
+        column. The shift applies at every reverse step (at the last step alone it cannot move a
+        confident chain) and is damped (it compounds over the steps; a full step overshoots). The
+        model still decides which rows get which level (conditioning, other columns); only the
+        overall shares move, so constrained and conditioned requests keep their dependence.
+        ``levels=False`` moves the missing shares alone. Does nothing without shares.
 
         Returns:
-            The missing share of each calibrated column as the model drew it before any shift.
+            The share of each level (missing last) of every calibrated column as the model drew it
+            before any shift.
         """
-        targets = dict(self.encoder.missing_shares)
-        blocks = [
-            (b, block, targets[block.name])
-            for b, block in enumerate(self.encoder.blocks)
-            if block.name in targets and not self.never_missing[b, block.width - 1]
-        ]
-        observed: dict[str, float] = {}
-        if not blocks or n < 1:
+        plans = self._calibration_plans(levels)
+        observed: dict[str, tuple[float, ...]] = {}
+        if not plans or n < 1:
             return observed
         prior = np.asarray(self.encoder.cond_prior, dtype=np.float64)
         for r in range(rounds):
@@ -268,12 +267,34 @@ class TabularDiffusion:
                 else np.zeros(n, dtype=np.int64)
             )
             raw = self.generate(labels, torch.Generator().manual_seed(seed * 1000 + r))
-            for b, block, target in blocks:
-                rate = float(raw[:, block.offset + block.width - 1].mean())
+            for b, block, target in plans:
+                drawn = raw[:, block.offset : block.offset + block.width].mean(0)
                 if r == 0:
-                    observed[block.name] = rate
-                self.missing_bias[b, block.width - 1] += step * (_logit(target) - _logit(rate))
+                    observed[block.name] = tuple(float(v) for v in drawn)
+                if target.size == 1:  # the missing share alone
+                    shift = _logit(float(target[0])) - _logit(float(drawn[-1]))
+                    self.level_bias[b, block.width - 1] += step * shift
+                    continue
+                width = target.size  # a required column's missing level is left out
+                ratio = np.log(np.clip(target, 1e-3, None) / np.clip(drawn[:width], 1e-3, None))
+                self.level_bias[b, :width] += torch.from_numpy(step * ratio).float()
         return observed
+
+    def _calibration_plans(self, levels: bool) -> list[tuple[int, Block, np.ndarray]]:
+        """``(block index, block, target)``: a 1-vector is a missing share, longer ones levels."""
+        missing = dict(self.encoder.missing_shares)
+        shares = dict(self.encoder.level_shares) if levels else {}
+        plans = []
+        for b, block in enumerate(self.encoder.blocks):
+            required = bool(self.never_missing[b, block.width - 1])
+            if block.name in shares:
+                target = np.asarray(shares[block.name], dtype=np.float64)
+                if required:
+                    target = target[:-1] / target[:-1].sum()
+                plans.append((b, block, target))
+            elif block.name in missing and not required:
+                plans.append((b, block, np.asarray([missing[block.name]])))
+        return plans
 
     # ----- parameters ---------------------------------------------------------------------------
     def _named(self) -> list[tuple[str, nn.Parameter]]:

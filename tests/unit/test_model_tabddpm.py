@@ -200,16 +200,61 @@ def test_missing_rates_are_calibrated_to_the_encoder_shares(trained) -> None:
         return {c: float(out[c].isna().mean()) for c in ("chol", "thal", "trestbps", "age")}
 
     raw = rates()
-    drew = model.calibrate_missing(seed=3)
-    assert "age" not in drew and abs(drew["chol"] - raw["chol"]) < 0.05  # required: left alone
+    drew = model.calibrate_marginals(seed=3, levels=False)
+    assert "age" not in drew and abs(drew["chol"][-1] - raw["chol"]) < 0.05  # required: left alone
     after = rates()
     for column in ("chol", "thal", "trestbps"):
         assert abs(after[column] - wanted[column]) < 0.04, (column, raw[column], after[column])
         assert abs(raw[column] - wanted[column]) > 0.03  # it did have to move
     assert after["age"] == 0.0
     # without shares nothing changes
-    plain = TabularDiffusion(dataclasses.replace(encoder, missing_shares=()), trained.config, 0)
-    assert plain.calibrate_missing() == {} and not plain.missing_bias.any()
+    plain = TabularDiffusion(
+        dataclasses.replace(encoder, missing_shares=(), level_shares=()), trained.config, 0
+    )
+    assert plain.calibrate_marginals() == {} and not plain.level_bias.any()
+
+
+def test_level_shares_are_calibrated_and_conditioning_still_acts(trained) -> None:
+    import dataclasses
+
+    schema = trained.encoder.schema
+    shares = dict(trained.encoder.level_shares)
+    cp_levels = schema.column("cp").levels()
+    assert set(shares) >= {"cp", "thal", "sex"} and len(shares["cp"]) == len(cp_levels) + 1
+    real_cp = dict(zip(cp_levels, shares["cp"], strict=False))
+    assert real_cp["asymptomatic"] > 0.4  # from the (here exact) histograms: about half
+    # ask for shares far from the data's: chest pain types even, sex 50/50, thal 30% missing
+    thal = np.asarray(shares["thal"][:-1]) / sum(shares["thal"][:-1]) * 0.7
+    wanted = {**shares, "cp": (0.25, 0.25, 0.25, 0.25, 0.0), "sex": (0.5, 0.5, 0.0),
+              "thal": (*thal, 0.3)}
+    encoder = dataclasses.replace(trained.encoder, level_shares=tuple(wanted.items()))
+    model = TabularDiffusion(encoder, trained.config, seed=0)
+    model.load_flat_parameters(trained.flat_parameters())
+
+    def shares_of(out) -> dict[str, float]:
+        return {"asymptomatic": float((out["cp"] == "asymptomatic").mean()),
+                "sex": float((out["sex"] == schema.column("sex").levels()[0]).mean()),
+                "thal missing": float(out["thal"].isna().mean())}
+
+    raw = shares_of(model.sample(3000, rng=np.random.default_rng(11)))
+    drew = model.calibrate_marginals(seed=3)
+    assert abs(drew["cp"][3] - raw["asymptomatic"]) < 0.05 and len(drew["cp"]) == 5
+    after = shares_of(model.sample(3000, rng=np.random.default_rng(11)))
+    for key, target in (("asymptomatic", 0.25), ("sex", 0.5), ("thal missing", 0.3)):
+        assert abs(after[key] - target) < 0.04, (key, raw[key], after[key])
+        assert abs(raw[key] - target) > 0.1  # it did have to move
+    # cp stays required, and the label still shifts chest pain toward asymptomatic
+    sick = model.sample(2000, conditions=Constraints.parse("num>0", schema),
+                        rng=np.random.default_rng(5))
+    healthy = model.sample(2000, conditions=Constraints.parse("num==0", schema),
+                           rng=np.random.default_rng(5))
+    assert not sick["cp"].isna().any()
+    assert (sick["cp"] == "asymptomatic").mean() > (healthy["cp"] == "asymptomatic").mean() + 0.1
+    # an older model file has no level shares: only the missing rates move
+    old = FeatureEncoder.from_dict({k: v for k, v in encoder.to_dict().items()
+                                    if k != "level_shares"})
+    assert old.level_shares == () and old.missing_shares == encoder.missing_shares
+    assert FeatureEncoder.from_dict(encoder.to_dict()).level_shares == encoder.level_shares
 
 
 def _linear_denoiser_variance(model: TabularDiffusion) -> float:
