@@ -118,6 +118,7 @@ class Fitted:
         calibrated: Rows from the model after its level and missing shares were calibrated to the
             released histograms, as the gateway serves it (only with ``Training.rake``).
         model: The trained model (ours only; calibrated when ``calibrated`` is set).
+        histograms: The summed released histograms the encoder came from (ours only).
     """
 
     synthetic: pd.DataFrame
@@ -126,6 +127,7 @@ class Fitted:
     raked: pd.DataFrame | None = None
     calibrated: pd.DataFrame | None = None
     model: TabularDiffusion | None = None
+    histograms: Histograms | None = None
 
 
 def site_batch(batch: int, n_site: int, n_total: int) -> int:
@@ -230,7 +232,7 @@ def fit_centralized(
     seconds = clock() - start
     return Fitted(_sample(model, n_synthetic, seed), seconds, _spent(plan.epsilon, [hook]),
                   _raked(model, n_synthetic, seed, hist, plan.rake),
-                  _calibrated(model, n_synthetic, seed, plan.rake), model)
+                  _calibrated(model, n_synthetic, seed, plan.rake), model, hist)
 
 
 def fit_federated(
@@ -267,7 +269,7 @@ def fit_federated(
     seconds = clock() - start
     return Fitted(_sample(server, n_synthetic, seed), seconds, _spent(plan.epsilon, hooks),
                   _raked(server, n_synthetic, seed, hist, plan.rake),
-                  _calibrated(server, n_synthetic, seed, plan.rake), server)
+                  _calibrated(server, n_synthetic, seed, plan.rake), server, hist)
 
 
 def fit_sdv(
