@@ -5,6 +5,11 @@ the same ``message_id``). Connection losses are retried with exponential backoff
 model topic is re-read from the beginning after a reconnect (versions are identified by number,
 so re-reading is harmless). Raw rows never leave this process: only DP histograms (once) and
 DP-SGD model deltas do.
+
+The site's DP histograms are drawn once, charged to the ledger, and kept in the site directory
+(``histograms.npy``) before the hello goes out: an agent restarted while the federation is still
+gathering sites submits the same released counts to the histogram cohort, instead of being left
+out of the sum (or drawing, and spending on, a second release).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +37,8 @@ from agents.training import LocalTrainer, site_batch_size
 from fedsynth.data.preprocess import accounted_histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
-from fedsynth.errors import BudgetExceededError, FedSynthError, TransportError
+from fedsynth.durable import fsync_dir
+from fedsynth.errors import BudgetExceededError, ConfigError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from fedsynth.privacy import PrivacyBudget, SiteLedger, noise_for_budget
@@ -70,6 +77,7 @@ class SiteAgent:
         self.schema = _load_schema(settings.dataset)
         settings.site_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = settings.site_dir / "state.json"
+        self.histograms_path = settings.site_dir / "histograms.npy"
         self.state: dict[str, Any] = _read_json(self.state_path) or {
             "hello_sent": False,
             "trained_version": -1,
@@ -127,6 +135,15 @@ class SiteAgent:
             )
         self.frame = frame
         self.ledger, self.budget = ledger, budget
+        if self.state["hello_sent"]:
+            self.histograms = load_released_histograms(self.histograms_path)
+            if self.histograms is None:
+                log.warning(
+                    "site %s: the hello was sent but %s is missing; this site's histograms "
+                    "cannot join a histogram cohort after this restart",
+                    self.s.site,
+                    self.histograms_path,
+                )
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> int:
@@ -415,6 +432,7 @@ class SiteAgent:
             self.ledger.record(z, 1.0, 1, budget=self.budget)
         hist = accounted_histograms(self.frame, self.schema, z, self.rng)
         self.histograms = hist.to_vector().astype(np.float32)
+        save_released_histograms(self.histograms_path, self.histograms)
         out = self.factory.build(
             "SiteHello",
             {
@@ -468,6 +486,34 @@ def _load_schema(name_or_path: str) -> DatasetSchema:
         if name_or_path.endswith(".json")
         else DatasetSchema.load_named(name_or_path)
     )
+
+
+def save_released_histograms(path: Path, vector: np.ndarray) -> None:
+    """Keep a site's released (DP) histogram vector durably: temporary file, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(vector, dtype="<f4"), allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def load_released_histograms(path: Path) -> np.ndarray | None:
+    """The vector :func:`save_released_histograms` kept, or None when there is none.
+
+    Raises:
+        ConfigError: The file is not a one-dimensional float32 vector.
+    """
+    try:
+        vector: np.ndarray = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the site's released histograms {path}: {exc}") from exc
+    if vector.dtype != np.float32 or vector.ndim != 1:
+        raise ConfigError(f"{path} holds {vector.dtype} {vector.shape}, not a float32 vector")
+    return vector
 
 
 def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from fedsynth.data.schema import DatasetSchema
@@ -49,6 +50,9 @@ def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
         history = ledger["accountant"]["history"]
         assert history[0] == [3.0, 1.0, 1], history  # noise multiplier 24 / epsilon 8
         assert len(history) >= 2  # then the DP-SGD rounds
+        # the released counts are kept for a restart before version 0 (agents/site.py)
+        kept = np.load(run_dir / "sites" / site / "histograms.npy")
+        assert kept.dtype == np.float32 and kept.ndim == 1 and np.isfinite(kept).all()
     spans = [json.loads(line) for line in (run_dir / "traces.jsonl").read_text().splitlines()]
     services_by_trace: dict[str, set[str]] = {}
     for span in spans:
