@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--federation", help="federation id")
     parser.add_argument("--epsilon", type=float, help="total privacy budget of this site")
     parser.add_argument(
-        "--hist-noise", type=float, help="noise multiplier of the DP histograms (24 / epsilon)"
+        "--hist-noise", type=float, help="noise multiplier of the DP histograms (16 / epsilon)"
     )
     parser.add_argument("--steps-per-round", type=int, help="local DP-SGD steps per update")
     parser.add_argument("--planned-rounds", type=int, help="rounds the DP noise is planned for")

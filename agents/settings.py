@@ -31,7 +31,7 @@ class AgentSettings(BaseSettings):
         default=None,
         gt=0,
         description="noise multiplier of the Gaussian DP histograms, accounted with DP-SGD in "
-        "the site's ledger (default 24 / epsilon)",
+        "the site's ledger (default 16 / epsilon)",
     )
     max_grad_norm: float = Field(default=1.0, gt=0)
     noise_multiplicity: int = Field(

@@ -2,7 +2,7 @@
 
 Without ``--epsilon`` the model (and the histograms that fit its normalization) are NOT private; the
 command says so loudly. With it, ``(epsilon, delta)`` covers both releases in one RDP accountant:
-the Gaussian histograms (noise multiplier ``--hist-noise``, default 24 / epsilon;
+the Gaussian histograms (noise multiplier ``--hist-noise``, default 16 / epsilon;
 :func:`fedsynth.data.preprocess.accounted_histograms`) and DP-SGD (``fedsynth.privacy``); the
 private model is :data:`fedsynth.model.config.DP_CONFIG` (smaller, fewer diffusion steps) trained
 with noise multiplicity ``--noise-multiplicity``.
@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--hist-noise", type=float,
-        help="noise multiplier of the Gaussian histograms (default 24 / epsilon)",
+        help="noise multiplier of the Gaussian histograms (default 16 / epsilon)",
     )
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per step")

@@ -48,7 +48,7 @@ def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
         # the Gaussian histograms were charged first, in the same accountant as DP-SGD
         ledger = json.loads((run_dir / "sites" / site / "ledger.json").read_text())
         history = ledger["accountant"]["history"]
-        assert history[0] == [3.0, 1.0, 1], history  # noise multiplier 24 / epsilon 8
+        assert history[0] == [2.0, 1.0, 1], history  # noise multiplier 16 / epsilon 8
         assert len(history) >= 2  # then the DP-SGD rounds
         # the released counts are kept for a restart before version 0 (agents/site.py)
         kept = np.load(run_dir / "sites" / site / "histograms.npy")

@@ -134,7 +134,7 @@ def test_accounted_gaussian_noise_has_documented_scale(schema, heart) -> None:
     for bad in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ConfigError, match="noise multiplier"):
             accounted_histograms(heart, schema, bad, rng)
-    assert default_histogram_noise(8.0) == 3.0
+    assert default_histogram_noise(8.0) == 2.0 and default_histogram_noise(1.0) == 16.0
     with pytest.raises(ConfigError, match="epsilon"):
         default_histogram_noise(0.0)
 
