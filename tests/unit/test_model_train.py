@@ -57,7 +57,7 @@ def test_train_and_sample_commands(heart, tmp_path: Path) -> None:
                  "--out", str(model)]) == 0
     out = tmp_path / "synth.parquet"
     assert main(["sample", str(model), "-n", "40", "--where", "num>0 and age>=40",
-                 "--out", str(out), "--seed", "1"]) == 0
+                 "--out", str(out), "--seed", "1", "--no-calibrate"]) == 0
     synth = pd.read_parquet(out)
     assert len(synth) == 40 and (synth["num"] > 0).all() and (synth["age"] >= 40).all()
     assert main(["sample", str(model), "-n", "5", "--where", "sex=='F'",
@@ -65,10 +65,21 @@ def test_train_and_sample_commands(heart, tmp_path: Path) -> None:
     assert main(["sample", str(model), "-n", "5", "--out", str(tmp_path / "x.json")]) == 1
     guided = tmp_path / "guided.csv"
     assert main(["sample", str(model), "-n", "30", "--guidance", "2", "--seed", "1",
-                 "--out", str(guided)]) == 0
+                 "--out", str(guided), "--no-calibrate"]) == 0
     assert len(pd.read_csv(guided)) == 30
     assert main(["sample", str(model), "-n", "5", "--guidance", "-1",
-                 "--out", str(tmp_path / "y.csv")]) == 1
+                 "--out", str(tmp_path / "y.csv"), "--no-calibrate"]) == 1
+    # calibrated by default: the barely trained model's sex shares move to the released ones
+    released = dict(TabularDiffusion.load(model).encoder.level_shares)["sex"]
+    male = released[1] / (released[0] + released[1])
+    shares = {}
+    for flag in ([], ["--no-calibrate"]):
+        rows = tmp_path / f"rows{len(flag)}.csv"
+        assert main(["sample", str(model), "-n", "600", "--seed", "3", "--out", str(rows),
+                     *flag]) == 0
+        shares[bool(flag)] = float((pd.read_csv(rows)["sex"] == "Male").mean())
+    assert abs(shares[False] - male) < 0.06, (shares, male)
+    assert abs(shares[True] - male) > 0.1, (shares, male)
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")  # Opacus's hooks, on every step
