@@ -3,7 +3,8 @@
 The draft is a starting point, never a federation's schema as is: its bounds come from one sample's
 values (widened outward to round numbers) and must be replaced by clinical bounds agreed by all
 sites, and guessed missing-value codes (an isolated 0 far below every other value) must be
-confirmed.
+confirmed. Values that hold a fifth or more of a continuous column's records are drafted as
+``atoms`` (each gets a histogram bin of its own).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fedsynth.data.schema import (
     ColumnSpec,
     DatasetSchema,
 )
+from fedsynth.errors import ConfigError
 
 __all__ = ["MAX_CATEGORIES", "infer_column", "infer_schema"]
 
@@ -99,7 +101,7 @@ def _numeric_spec(x: pd.Series, name: str, role: ColumnRole | None) -> ColumnSpe
     if not (integral and hi - lo < MAX_DISCRETE_LEVELS):  # small integer ranges stay exact levels
         lo, hi = _round_out(lo, hi)
         lo, hi = (math.floor(lo), math.ceil(hi)) if integral else (lo, hi)
-    return ColumnSpec(
+    spec = ColumnSpec(
         name,
         kind,
         role or ColumnRole.FEATURE,
@@ -107,6 +109,25 @@ def _numeric_spec(x: pd.Series, name: str, role: ColumnRole | None) -> ColumnSpe
         missing_codes=codes,
         resolution=None if integral else _resolution(x),
     )
+    return _with_atoms(spec, x)
+
+
+#: A continuous column's value held by at least this share of its records is drafted as an atom.
+ATOM_SHARE = 0.2
+
+
+def _with_atoms(spec: ColumnSpec, x: pd.Series) -> ColumnSpec:
+    """``spec`` with the values that hold ``ATOM_SHARE`` of the records as atoms, when valid."""
+    if spec.levels() is not None or spec.step() is None or len(x) == 0:
+        return spec
+    shares = x.value_counts(normalize=True)
+    atoms = tuple(sorted(float(v) for v, share in shares.items() if share >= ATOM_SHARE))
+    if not atoms:
+        return spec
+    try:
+        return ColumnSpec.from_dict({**spec.to_dict(), "atoms": list(atoms)})
+    except ConfigError:  # off the grid of the rounded bounds: leave it to the operator
+        return spec
 
 
 def _zero_is_missing_code(x: pd.Series) -> bool:

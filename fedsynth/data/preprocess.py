@@ -82,7 +82,23 @@ def bin_edges(spec: ColumnSpec) -> np.ndarray:
         n_points = int(math.floor((hi - lo) / step + 1e-9)) + 1
         if n_points <= spec.n_bins:
             return lo - step / 2 + step * np.arange(n_points + 1, dtype=np.float64)
-    return np.linspace(lo, hi, spec.n_bins + 1, dtype=np.float64)
+    edges = np.linspace(lo, hi, spec.n_bins + 1, dtype=np.float64)
+    if spec.atoms and step is not None:
+        edges = _with_atoms(edges, spec.atoms, step)
+    return edges
+
+
+def _with_atoms(edges: np.ndarray, atoms: tuple[float, ...], step: float) -> np.ndarray:
+    """``edges`` with a bin ``[a - step/2, a + step/2]`` (within the outer edges) for each atom.
+
+    Edges closer than one step to an atom are dropped, so no sliver bin sits beside it.
+    """
+    lo, hi = edges[0], edges[-1]
+    inner = edges[1:-1]
+    for atom in atoms:
+        inner = inner[np.abs(inner - atom) >= step]
+    cuts = [c for a in atoms for c in (a - step / 2, a + step / 2) if lo < c < hi]
+    return np.concatenate([[lo], np.sort(np.concatenate([inner, cuts])), [hi]])
 
 
 def column_bins(spec: ColumnSpec) -> int:

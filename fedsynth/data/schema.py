@@ -86,6 +86,10 @@ class ColumnSpec:
         missing_codes: values that mean "not measured" (e.g. ``chol == 0``); read as missing.
         resolution: smallest step of recorded values (1 for integers); decoded values are rounded.
         n_bins: histogram bins for federated preprocessing of a numeric column.
+        atoms: values many records share exactly (domain knowledge, e.g. no ST depression,
+            ``oldpeak == 0``): each gets a histogram bin of its own, one ``resolution`` wide, so
+            the federated normalization and the decoder keep the point mass instead of spreading
+            it over a wide bin. Only for numeric columns with bounds and a resolution.
         required: always recorded (e.g. age): a site row without it is refused, and synthetic
             rows never leave it missing (the model's missing indicator for it is ignored).
     """
@@ -100,6 +104,7 @@ class ColumnSpec:
     missing_codes: tuple[float | str, ...] = ()
     resolution: float | None = None
     n_bins: int = 32
+    atoms: tuple[float, ...] = ()
     required: bool = False
 
     @property
@@ -147,6 +152,8 @@ class ColumnSpec:
             out["resolution"] = self.resolution
         if self.n_bins != 32:
             out["n_bins"] = self.n_bins
+        if self.atoms:
+            out["atoms"] = list(self.atoms)
         if self.required:
             out["required"] = True
         return out
@@ -173,6 +180,7 @@ class ColumnSpec:
                 missing_codes=tuple(raw.get("missing_codes", ())),
                 resolution=None if raw.get("resolution") is None else float(raw["resolution"]),
                 n_bins=int(raw.get("n_bins", 32)),
+                atoms=tuple(float(v) for v in raw.get("atoms", ())),
                 required=_flag(raw.get("required", False), "required"),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -198,6 +206,25 @@ class ColumnSpec:
             raise ConfigError(f"{where}: n_bins must be at least 2")
         if self.resolution is not None and self.resolution <= 0:
             raise ConfigError(f"{where}: resolution must be positive")
+        if self.atoms:
+            self._check_atoms(where)
+
+    def _check_atoms(self, where: str) -> None:
+        step = self.step()
+        if self.levels() is not None or self.bounds is None or step is None:
+            raise ConfigError(
+                f"{where}: atoms need a continuous numeric column with bounds and a resolution"
+            )
+        for atom in self.atoms:
+            if not self.bounds.lo <= atom <= self.bounds.hi:
+                raise ConfigError(f"{where}: atom {atom} is outside the bounds {self.bounds}")
+            on_grid = (atom - self.bounds.lo) / step
+            if abs(on_grid - round(on_grid)) > 1e-6:
+                raise ConfigError(
+                    f"{where}: atom {atom} is not a recorded value (bounds.lo + k * {step})"
+                )
+        if len(set(self.atoms)) != len(self.atoms):
+            raise ConfigError(f"{where}: duplicate atoms")
 
 
 @dataclass(frozen=True, slots=True)

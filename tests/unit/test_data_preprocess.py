@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -22,6 +23,7 @@ from fedsynth.data import (
 )
 from fedsynth.data.preprocess import (
     accounted_histograms,
+    bin_edges,
     default_histogram_noise,
     noise_scale,
 )
@@ -181,3 +183,32 @@ def test_noisy_histograms_still_fit_a_monotone_encoder(schema, sites) -> None:
     for _, transform in enc.transforms:
         assert np.all(np.diff(transform.us) > 0)
     assert sum(enc.cond_prior) == pytest.approx(1.0)
+
+
+def test_an_atom_gets_its_own_bin_and_keeps_its_point_mass(schema, heart) -> None:
+    spec = schema.column("oldpeak")
+    assert spec.atoms == (0.0,)
+    edges = bin_edges(spec)
+    assert np.any(np.isclose(edges, -0.05)) and np.any(np.isclose(edges, 0.05))
+    inner = edges[1:-1]
+    assert not np.any((np.abs(inner) < 0.1) & ~np.isclose(np.abs(inner), 0.05))
+    assert np.all(np.diff(edges) > 0) and edges[0] == -5 and edges[-1] == 10
+    # a model that draws the released marginal exactly (z ~ N(0, 1)) decodes to the real share of
+    # zeros with the atom, and to a fraction of it when the zeros share a 0.47-wide bin
+    recorded = validate_frame(heart, schema)["oldpeak"].dropna()
+    real_zero = float((recorded == 0).mean())
+    assert real_zero > 0.35
+    zeros = {}
+    for atoms in ((0.0,), ()):
+        cols = [dataclasses.replace(c, atoms=atoms) if c.name == "oldpeak" else c
+                for c in schema.columns]
+        variant = dataclasses.replace(schema, columns=tuple(cols))
+        enc = FeatureEncoder.from_histograms(variant, exact_histograms(heart, variant))
+        matrix = enc.encode(heart)
+        block = next(b for b in enc.blocks if b.name == "oldpeak")
+        z = np.random.default_rng(0).standard_normal(len(heart)).astype(np.float32)
+        matrix[:, block.value_index] = z
+        matrix[:, block.offset : block.offset + block.width] = [1.0, 0.0]  # present
+        zeros[atoms] = float((enc.decode(matrix)["oldpeak"] == 0).mean())
+    assert abs(zeros[(0.0,)] - real_zero) < 0.04, (zeros, real_zero)
+    assert zeros[()] < real_zero - 0.15, (zeros, real_zero)

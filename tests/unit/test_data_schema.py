@@ -12,6 +12,7 @@ import pytest
 
 from fedsynth.cli import main
 from fedsynth.data import (
+    ColumnSpec,
     DatasetSchema,
     SchemaValidationError,
     load_site_file,
@@ -179,6 +180,8 @@ def test_infer_drafts_a_schema_that_validates_its_sample(heart) -> None:
     assert draft.column("chol").missing_codes == (0,)
     assert draft.column("fbs").kind == "boolean"
     assert draft.column("oldpeak").kind == "numeric" and draft.column("oldpeak").resolution == 0.1
+    assert draft.column("oldpeak").atoms == (0.0,)  # 43% of its records: drafted as an atom
+    assert draft.column("chol").atoms == () and draft.column("trestbps").atoms == ()
     assert draft.column("ca").levels() == (0, 1, 2, 3)
     assert draft.conditioning == "num"
     assert len(validate_frame(heart, draft)) == 920
@@ -213,3 +216,20 @@ def test_required_column_refuses_a_missing_value_by_row_and_column(schema, heart
     raw["columns"][1]["required"] = "yes"
     with pytest.raises(ConfigError, match="required must be true or false"):
         DatasetSchema.from_dict(raw)
+
+
+def test_atoms_must_be_recorded_values_of_a_continuous_column() -> None:
+    base = {"name": "oldpeak", "kind": "numeric", "bounds": [-5, 10], "resolution": 0.1}
+    spec = ColumnSpec.from_dict({**base, "atoms": [0, 1.5]})
+    assert spec.atoms == (0.0, 1.5)
+    assert ColumnSpec.from_dict(spec.to_dict()) == spec
+    assert "atoms" not in ColumnSpec.from_dict(base).to_dict()  # old schema hashes unchanged
+    for bad, message in (
+        ({**base, "atoms": [11]}, "outside the bounds"),
+        ({**base, "atoms": [0.05]}, "not a recorded value"),
+        ({**base, "atoms": [0, 0]}, "duplicate atoms"),
+        ({"name": "x", "kind": "numeric", "bounds": [0, 1], "atoms": [0]}, "resolution"),
+        ({"name": "ca", "kind": "integer", "bounds": [0, 3], "atoms": [0]}, "continuous"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            ColumnSpec.from_dict(bad)
