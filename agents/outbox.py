@@ -13,12 +13,11 @@ File layout: ``<seq:012d>-<message_id>.msg`` holding a 4-byte big-endian length,
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedsynth.durable import fsync_dir
+from fedsynth.durable import write_atomic
 
 __all__ = ["Outbox", "OutboxMessage"]
 
@@ -59,13 +58,7 @@ class Outbox:
             }
         ).encode()
         path = self.folder / f"{self._seq:012d}-{msg.message_id}.msg"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(_LEN.pack(len(head)) + head + msg.value)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-        fsync_dir(self.folder)
+        write_atomic(path, _LEN.pack(len(head)) + head + msg.value)
 
     def pending(self) -> list[OutboxMessage]:
         """Messages not yet acknowledged, in the order they were put."""

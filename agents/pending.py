@@ -17,8 +17,8 @@ temporary name, fsynced and renamed, so a crash while writing leaves the old fil
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from agents.secure import PendingUpdate
-from fedsynth.durable import fsync_dir
+from fedsynth.durable import fsync_dir, write_atomic
 from fedsynth.errors import ConfigError
 
 __all__ = ["PendingStore"]
@@ -43,18 +43,14 @@ class PendingStore:
     def save(self, update: PendingUpdate) -> None:
         """Write ``update`` atomically, replacing any earlier one."""
         header = {name: getattr(update, name) for name in _FIELDS}
-        tmp = self.path.with_name(self.path.name + ".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                delta=np.asarray(update.delta),
-                header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        fsync_dir(self.path.parent)
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            delta=np.asarray(update.delta),
+            header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+        )
+        write_atomic(self.path, buffer.getvalue())
 
     def load(self) -> PendingUpdate | None:
         """The saved update, or None when there is none.

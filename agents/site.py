@@ -15,6 +15,7 @@ out of the sum (or drawing, and spending on, a second release).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from agents.training import LocalTrainer, site_batch_size
 from fedsynth.data.preprocess import accounted_histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
-from fedsynth.durable import fsync_dir
+from fedsynth.durable import write_atomic
 from fedsynth.errors import BudgetExceededError, ConfigError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
@@ -489,14 +490,10 @@ def _load_schema(name_or_path: str) -> DatasetSchema:
 
 
 def save_released_histograms(path: Path, vector: np.ndarray) -> None:
-    """Keep a site's released (DP) histogram vector durably: temporary file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.asarray(vector, dtype="<f4"), allow_pickle=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    """Keep a site's released (DP) histogram vector durably (:func:`write_atomic`)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(vector, dtype="<f4"), allow_pickle=False)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_released_histograms(path: Path) -> np.ndarray | None:
@@ -525,10 +522,5 @@ def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
-def _write_json(path: os.PathLike[str], data: dict[str, Any]) -> None:
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(data).encode())

@@ -32,7 +32,6 @@ import io
 import json
 import os
 import struct
-import tempfile
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
@@ -48,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aggregator.engine import EngineState, VersionRecord
 from aggregator.strategies.base import ClientUpdate, StrategyState, frozen_array
-from fedsynth.durable import fsync_dir
+from fedsynth.durable import fsync_dir, write_atomic
 from fedsynth.errors import ConfigError, FedSynthError
 
 __all__ = [
@@ -299,23 +298,6 @@ def _associated_data(federation_id: str) -> bytes:
     return ASSOCIATED_DATA_PREFIX + federation_id.encode("utf-8")
 
 
-
-def _write_atomic(path: Path, data: bytes, sync_dir: bool = True) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if sync_dir:
-        fsync_dir(path.parent)
-
-
 def save_checkpoint(
     path: str | os.PathLike[str], checkpoint: Checkpoint, key: bytes, federation_id: str
 ) -> None:
@@ -330,7 +312,7 @@ def save_checkpoint(
     nonce = os.urandom(NONCE_BYTES)
     sealed = aead.encrypt(nonce, encode_checkpoint(checkpoint), _associated_data(federation_id))
     target.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(target, MAGIC + nonce + sealed)
+    write_atomic(target, MAGIC + nonce + sealed)
 
 
 def load_checkpoint(
@@ -455,7 +437,7 @@ class CheckpointStore:
         for name, arr in refs.new:
             nonce = os.urandom(NONCE_BYTES)
             sealed = self._aead.encrypt(nonce, _encode_array(arr), self._blob_ad(name))
-            _write_atomic(
+            write_atomic(
                 self.blob_dir / (name + _BLOB_SUFFIX), BLOB_MAGIC + nonce + sealed, sync_dir=False
             )
         if refs.new:
@@ -463,7 +445,7 @@ class CheckpointStore:
         header = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
         nonce = os.urandom(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, header, self._ad)
-        _write_atomic(self.path, MANIFEST_MAGIC + nonce + sealed)
+        write_atomic(self.path, MANIFEST_MAGIC + nonce + sealed)
         for name, arr in refs.new:
             self._remember(arr, name)
         self._collect(set(refs.names))
