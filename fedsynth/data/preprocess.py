@@ -237,9 +237,8 @@ def site_histograms(
 #: DP-SGD's noise multiplier (44.5, 12.8, 7.16) are below those of the earlier split, 10% of epsilon
 #: on Laplace histograms (noise sd 198, 49, 25) and 90% on DP-SGD (47.5, 13.5, 7.41). The scale was
 #: 24 (z = 3 at epsilon 8, DP-SGD 6.95); since the gateway calibrates level shares to the released
-#: histograms, their noise matters more than DP-SGD's small rise: over four federated epsilon-8
-#: training seeds the calibrated SDMetrics score went 0.788 -> 0.805 at z = 2 (0.811 at z = 1.5,
-#: 0.772 at z = 4.5) with the model alone unchanged (0.72-0.73) and the TSTR ratio within noise.
+#: histograms, their noise matters more than DP-SGD's small rise (``bench.quality_seeds`` before
+#: and after, docs/bench-quality.md: the served score rose, the model alone did not move).
 HISTOGRAM_NOISE_SCALE = 16.0
 
 
