@@ -29,6 +29,8 @@ from rich.table import Table
 from bench.quality import _row, eps8_setup, quality_run
 from bench.quality_runs import RAKE_POOL, Fitted, fit_federated
 from bench.quality_setup import HeartSplit, num_or_nan
+from fedsynth.data import Histograms
+from fedsynth.model import TabularDiffusion
 from fedsynth.model.calibration import rake_to_histograms
 
 __all__ = ["main"]
@@ -37,26 +39,28 @@ __all__ = ["main"]
 KINDS = ("raw", "raked", "calibrated")
 
 
-def _frames(fitted: Fitted, n: int, seed: int, draw: int) -> dict[str, pd.DataFrame]:
-    """One draw of ``n`` rows of each kind from the trained (uncalibrated) model."""
-    model, hist = fitted.model, fitted.histograms
-    assert model is not None and hist is not None  # ours
+def _frames(model: TabularDiffusion, calibrated: TabularDiffusion, hist: Histograms, n: int,
+            seed: int, draw: int) -> dict[str, pd.DataFrame]:
+    """One draw of ``n`` rows of each kind: the trained model, raked, and calibrated."""
     rng = np.random.default_rng([seed, draw])
     raw = model.sample(n, rng=rng)
     raked = rake_to_histograms(model.sample(RAKE_POOL * n, rng=rng), hist,
                                model.encoder.schema, n, rng)
-    calibrated = copy.deepcopy(model)
-    calibrated.calibrate_marginals(seed=seed)
     return {"raw": raw, "raked": raked, "calibrated": calibrated.sample(n, rng=rng)}
 
 
 def _scores(fitted: Fitted, split: HeartSplit, seed: int, draws: int
             ) -> dict[str, tuple[float, float, float]]:
     """Per kind: mean SDMetrics, mean TSTR ratio and the ratio's spread over ``draws`` draws."""
+    model, hist = fitted.model, fitted.histograms
+    assert model is not None and hist is not None  # ours
+    calibrated = copy.deepcopy(model)
+    calibrated.calibrate_marginals(seed=seed)
     quality: dict[str, list[float]] = {k: [] for k in KINDS}
     ratio: dict[str, list[float]] = {k: [] for k in KINDS}
     for draw in range(draws):
-        for kind, frame in _frames(fitted, len(split.train), seed, draw).items():
+        frames = _frames(model, calibrated, hist, len(split.train), seed, draw)
+        for kind, frame in frames.items():
             row = _row(kind, "", dataclasses.replace(fitted, synthetic=frame), split)
             quality[kind].append(num_or_nan(row.headline_quality))
             ratio[kind].append(num_or_nan(row.auc_ratio))
