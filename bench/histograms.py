@@ -17,7 +17,9 @@ For each, over ``--draws`` noise draws, the error of the released encoder agains
 from the exact summed counts: the largest CDF gap of each numeric column's transform (mean over the
 5 numeric columns), the total variation distance of the diagnosis prior the sampler draws labels
 from, and the absolute error of the missing-value shares the gateway calibrates to (mean over
-columns); and DP-SGD's resulting noise multiplier. No model is trained: the errors are those of
+columns), the total variation distance of the missingness-pattern distribution the release
+implies (``pattern TVD``, :func:`pattern_distribution`; :mod:`fedsynth.data.patterns`); and
+DP-SGD's resulting noise multiplier. No model is trained: the errors are those of
 the released statistics alone. The last line is ``RESULT cdf_gap_ratio_eps8=<gaussian / laplace>
 target=1 met=yes|no`` (met when the Gaussian release is closer at epsilon 8).
 """
@@ -41,11 +43,12 @@ from fedsynth.data import (
     accounted_histograms,
     default_histogram_noise,
     exact_histograms,
+    histogram_layout,
     site_histograms,
 )
 from fedsynth.privacy import noise_for_budget
 
-__all__ = ["EncoderError", "encoder_error", "main"]
+__all__ = ["EncoderError", "encoder_error", "main", "pattern_distribution"]
 
 DELTA = 1e-5
 SAMPLE_RATE, STEPS = 1 / 3, 1000  # bench.quality's DP-SGD plan
@@ -59,6 +62,7 @@ class EncoderError:
     cdf_gap: float
     prior_tvd: float
     missing_error: float
+    pattern_tvd: float
 
 
 def encoder_error(released: FeatureEncoder, exact: FeatureEncoder) -> EncoderError:
@@ -70,7 +74,30 @@ def encoder_error(released: FeatureEncoder, exact: FeatureEncoder) -> EncoderErr
     tvd = 0.5 * float(np.abs(np.subtract(released.cond_prior, exact.cond_prior)).sum())
     missing = [abs(a - b) for (_, a), (_, b) in
                zip(released.missing_shares, exact.missing_shares, strict=True)]
-    return EncoderError(float(np.mean(gaps)), tvd, float(np.mean(missing)))
+    patterns = math.nan
+    if released.missing_patterns is not None and exact.missing_patterns is not None:
+        diff = pattern_distribution(released) - pattern_distribution(exact)
+        patterns = 0.5 * float(np.abs(diff).sum())
+    return EncoderError(float(np.mean(gaps)), tvd, float(np.mean(missing)), patterns)
+
+
+def pattern_distribution(encoder: FeatureEncoder) -> np.ndarray:
+    """The share of every pattern the release implies: kept patterns at their shares, the "other"
+    share spread over the rest as if columns went missing independently, at their released
+    missing shares (what the release says about the patterns it does not name)."""
+    patterns = encoder.missing_patterns
+    assert patterns is not None  # ours: heart has a pattern histogram
+    rates = dict(encoder.missing_shares)
+    bits = (np.arange(2 ** len(patterns.columns))[:, None] >> np.arange(len(patterns.columns))) & 1
+    p = np.asarray([rates[c] for c in patterns.columns])
+    independent = np.prod(np.where(bits == 1, p, 1 - p), axis=1)
+    out = np.zeros(len(independent))
+    out[list(patterns.codes)] = patterns.shares
+    rest = np.ones(len(out), bool)
+    rest[list(patterns.codes)] = False
+    if independent[rest].sum() > 0:
+        out[rest] = patterns.other * independent[rest] / independent[rest].sum()
+    return out
 
 
 def _summed(parts: list[Histograms]) -> Histograms:
@@ -88,7 +115,7 @@ def _mean_error(
     errors = [encoder_error(FeatureEncoder.from_histograms(schema, release(rng)), exact)
               for _ in range(draws)]
     return EncoderError(*(float(np.mean([getattr(e, f) for e in errors]))
-                          for f in ("cdf_gap", "prior_tvd", "missing_error")))
+                          for f in ("cdf_gap", "prior_tvd", "missing_error", "pattern_tvd")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,12 +131,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     exact = FeatureEncoder.from_histograms(
         schema, _summed([exact_histograms(f, schema) for f in sites])
     )
-    console = Console(width=120)
+    console = Console(width=140)
     table = Table(title=f"released encoder vs exact, 4 hospitals, mean of {draws} noise draws")
     for column in ("epsilon", "histograms", "noise sd / bin / site", "CDF gap", "prior TVD",
-                   "missing-share error", "DP-SGD noise"):
+                   "missing-share error", "pattern TVD", "DP-SGD noise"):
         table.add_column(column, justify="left" if column == "histograms" else "right")
-    d = len(schema.modelled_columns)
+    d = len(histogram_layout(schema))  # the columns and the missingness pattern histogram
     ratio = math.nan
     for eps in epsilons:
         lap_eps, z = LAPLACE_SHARE * eps, default_histogram_noise(eps)
@@ -129,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for name, sd, err, sigma in rows:
             table.add_row(f"{eps:g}", name, f"{sd:.1f}", f"{err.cdf_gap:.4f}",
-                          f"{err.prior_tvd:.4f}", f"{err.missing_error:.4f}", f"{sigma:.3f}")
+                          f"{err.prior_tvd:.4f}", f"{err.missing_error:.4f}",
+                          f"{err.pattern_tvd:.4f}", f"{sigma:.3f}")
         if eps == 8.0:
             ratio = gauss.cdf_gap / laplace.cdf_gap
     console.print(table)

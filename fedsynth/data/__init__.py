@@ -2,6 +2,7 @@
 
 from fedsynth.data.encoder import Block, FeatureEncoder, NumericTransform
 from fedsynth.data.partition import split_by_site
+from fedsynth.data.patterns import PATTERN_HISTOGRAM, MissingPatterns
 from fedsynth.data.preprocess import (
     Histograms,
     NoiseMechanism,
@@ -20,6 +21,7 @@ from fedsynth.data.validate import (
 )
 
 __all__ = [
+    "PATTERN_HISTOGRAM",
     "Block",
     "Bounds",
     "ColumnKind",
@@ -28,6 +30,7 @@ __all__ = [
     "DatasetSchema",
     "FeatureEncoder",
     "Histograms",
+    "MissingPatterns",
     "NoiseMechanism",
     "NumericTransform",
     "Problem",

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtr, ndtri
 
+from fedsynth.data.patterns import PATTERN_HISTOGRAM, MissingPatterns
 from fedsynth.data.preprocess import Histograms, bin_edges, value_bins
 from fedsynth.data.schema import ColumnKind, ColumnSpec, DatasetSchema
 from fedsynth.data.validate import validate_frame
@@ -88,6 +89,9 @@ class FeatureEncoder:
     level_shares: tuple[tuple[str, tuple[float, ...]], ...] = ()
     """Share of every level of each discrete feature column (its "missing" level last), from the
     same histograms; empty when not fitted from histograms (or read from an older model file)."""
+    missing_patterns: MissingPatterns | None = None
+    """Shares of the frequent joint missingness patterns of the schema's ``missing_pattern``
+    columns, from the same histograms (:mod:`fedsynth.data.patterns`); None without them."""
 
     @classmethod
     def from_histograms(
@@ -118,7 +122,14 @@ class FeatureEncoder:
             shares.append((spec.name, float(counts[-1] / counts.sum())))
             if spec.is_discrete:
                 levels.append((spec.name, tuple(float(c) for c in counts / counts.sum())))
-        return cls(schema, tuple(transforms), prior, tuple(shares), tuple(levels))
+        patterns = None
+        if schema.missing_pattern:
+            # every column's histogram counts each row once: their mean total estimates the rows
+            n_rows = float(np.mean([hist.column(s.name).sum() for s in schema.modelled_columns]))
+            patterns = MissingPatterns.estimate(
+                schema.missing_pattern, hist.column(PATTERN_HISTOGRAM), n_rows
+            )
+        return cls(schema, tuple(transforms), prior, tuple(shares), tuple(levels), patterns)
 
     @classmethod
     def from_schema_bounds(cls, schema: DatasetSchema) -> FeatureEncoder:
@@ -250,6 +261,11 @@ class FeatureEncoder:
                 if self.level_shares
                 else {}
             ),
+            **(
+                {"missing_patterns": self.missing_patterns.to_dict()}
+                if self.missing_patterns is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -265,7 +281,9 @@ class FeatureEncoder:
             (str(n), tuple(float(v) for v in vs)) for n, vs in raw.get("level_shares", ())
         )
         prior = tuple(float(p) for p in raw["cond_prior"])
-        return cls(schema, transforms, prior, shares, levels)
+        patterns = raw.get("missing_patterns")
+        return cls(schema, transforms, prior, shares, levels,
+                   None if patterns is None else MissingPatterns.from_dict(patterns))
 
 
 def _continuous(schema: DatasetSchema) -> list[ColumnSpec]:

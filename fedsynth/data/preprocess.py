@@ -10,7 +10,9 @@ it shifts only the missingness rate and never the shape of the other sites' valu
 
 Sensitivity (add/remove one record): each record adds exactly 1 to one bin of each of the ``d``
 modelled columns, so the whole histogram set has L1 sensitivity ``d`` and L2 sensitivity
-``sqrt(d)``.
+``sqrt(d)``. A schema with a ``missing_pattern`` adds one histogram over the joint missingness
+patterns of those columns (:mod:`fedsynth.data.patterns`); a record adds 1 to one of its bins too,
+so ``d`` counts it as one more column.
 
 * Laplace mechanism (Dwork et al. 2006): noise ``Lap(d / epsilon)`` per bin gives ``epsilon``-DP.
 * Gaussian mechanism (Dwork & Roth 2014, Thm A.1): ``sigma = sqrt(2 ln(1.25/delta)) * sqrt(d) /
@@ -39,6 +41,7 @@ from enum import StrEnum
 import numpy as np
 import pandas as pd
 
+from fedsynth.data.patterns import PATTERN_HISTOGRAM, frame_codes
 from fedsynth.data.schema import ColumnSpec, DatasetSchema
 from fedsynth.data.validate import validate_frame
 from fedsynth.errors import ConfigError
@@ -110,8 +113,13 @@ def column_bins(spec: ColumnSpec) -> int:
 
 
 def histogram_layout(schema: DatasetSchema) -> list[tuple[str, int]]:
-    """``(column, bins)`` of every modelled column, in schema order: the flat vector's layout."""
-    return [(spec.name, column_bins(spec)) for spec in schema.modelled_columns]
+    """``(column, bins)`` of every modelled column, in schema order, then the missingness
+    pattern histogram (:data:`~fedsynth.data.patterns.PATTERN_HISTOGRAM`) when the schema has
+    one: the flat vector's layout."""
+    layout = [(spec.name, column_bins(spec)) for spec in schema.modelled_columns]
+    if schema.missing_pattern:
+        layout.append((PATTERN_HISTOGRAM, 2 ** len(schema.missing_pattern)))
+    return layout
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -159,9 +167,14 @@ class Histograms:
 def exact_histograms(df: pd.DataFrame, schema: DatasetSchema) -> Histograms:
     """Noise-free histograms of validated data (never released as they are)."""
     clean = validate_frame(df, schema, allow_missing_columns=True)
-    counts = tuple(_column_counts(clean[spec.name], spec) for spec in schema.modelled_columns)
-    names = tuple(spec.name for spec in schema.modelled_columns)
-    return Histograms(schema.schema_hash(), names, counts)
+    counts = [_column_counts(clean[spec.name], spec) for spec in schema.modelled_columns]
+    names = [spec.name for spec in schema.modelled_columns]
+    if schema.missing_pattern:
+        codes = frame_codes(clean, schema.missing_pattern)
+        n_patterns = 2 ** len(schema.missing_pattern)
+        counts.append(np.bincount(codes, minlength=n_patterns).astype(np.float64))
+        names.append(PATTERN_HISTOGRAM)
+    return Histograms(schema.schema_hash(), tuple(names), tuple(counts))
 
 
 def _column_counts(values: pd.Series, spec: ColumnSpec) -> np.ndarray:

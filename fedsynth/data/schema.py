@@ -24,6 +24,8 @@ from fedsynth.errors import ConfigError
 
 __all__ = [
     "MAX_DISCRETE_LEVELS",
+    "MAX_PATTERN_COLUMNS",
+    "MIN_PATTERN_COLUMNS",
     "Bounds",
     "ColumnKind",
     "ColumnRole",
@@ -35,6 +37,12 @@ __all__ = [
 #: An integer column with at most this many values in its bounds is modelled as categorical.
 MAX_DISCRETE_LEVELS = 16
 _SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas" / "datasets"
+
+#: Bounds on ``DatasetSchema.missing_pattern``: the released pattern histogram has ``2**m`` bins;
+#: its noise level is estimated from the (mostly empty) bins themselves, which needs at least 64
+#: of them, and 4096 keeps the vector the sites sum small.
+MIN_PATTERN_COLUMNS = 6
+MAX_PATTERN_COLUMNS = 12
 
 Level = str | bool | int
 
@@ -236,6 +244,9 @@ class DatasetSchema:
     conditioning: str | None = None
     version: int = 1
     description: str = ""
+    missing_pattern: tuple[str, ...] = ()
+    """Columns whose joint missingness the sites release as one histogram over the ``2**m``
+    patterns (:mod:`fedsynth.data.patterns`); empty: only each column's own missing share."""
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.columns]
@@ -249,6 +260,26 @@ class DatasetSchema:
                 raise ConfigError(
                     f"schema {self.name!r}: conditioning column {self.conditioning!r} must be a "
                     "modelled discrete column (categorical, boolean or small-range integer)"
+                )
+        if self.missing_pattern:
+            self._check_missing_pattern()
+
+    def _check_missing_pattern(self) -> None:
+        names = self.missing_pattern
+        where = f"schema {self.name!r}: missing_pattern"
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where} names a column twice")
+        if not MIN_PATTERN_COLUMNS <= len(names) <= MAX_PATTERN_COLUMNS:
+            raise ConfigError(
+                f"{where} needs {MIN_PATTERN_COLUMNS} to {MAX_PATTERN_COLUMNS} columns, "
+                f"got {len(names)}"
+            )
+        for name in names:
+            spec = self.column(name)
+            if not spec.modelled or spec.required or name == self.conditioning:
+                raise ConfigError(
+                    f"{where}: {name!r} must be a modelled column that may be missing (not "
+                    "required, not the conditioning column)"
                 )
 
     def column(self, name: str) -> ColumnSpec:
@@ -280,6 +311,7 @@ class DatasetSchema:
             "description": self.description,
             "conditioning": self.conditioning,
             "columns": [c.to_dict() for c in self.columns],
+            **({"missing_pattern": list(self.missing_pattern)} if self.missing_pattern else {}),
         }
 
     @classmethod
@@ -293,6 +325,7 @@ class DatasetSchema:
             conditioning=raw.get("conditioning"),
             version=int(raw.get("version", 1)),
             description=str(raw.get("description", "")),
+            missing_pattern=_names(raw.get("missing_pattern", ()), "missing_pattern"),
         )
 
     def to_json(self) -> str:
@@ -321,6 +354,12 @@ class DatasetSchema:
     def save(self, path: str | Path) -> None:
         """Write the schema as JSON."""
         Path(path).write_text(self.to_json(), encoding="utf-8")
+
+
+def _names(value: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{field} must be a list of column names, got {value!r}")
+    return tuple(value)
 
 
 def schema_path(name: str) -> Path:

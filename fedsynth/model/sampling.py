@@ -2,9 +2,11 @@
 
 When the constraints restrict the schema's conditioning column, labels are drawn only from the
 admitted levels (weighted by the model's label prior), so the generator is *conditioned* on them;
-every other constraint is met by rejection. Batches grow with the observed acceptance rate; after
-``max_tries`` batches without ``n`` accepted rows a :class:`~fedsynth.errors.ConstraintError` states
-the observed rate.
+every other constraint is met by rejection. A model calibrated with released missingness patterns
+first keeps each generated row with the probability of its pattern
+(:attr:`~fedsynth.model.tabddpm.TabularDiffusion.pattern_accept`). Batches grow with the observed
+acceptance rate; after ``max_tries`` batches without ``n`` accepted rows a
+:class:`~fedsynth.errors.ConstraintError` states the observed rate.
 """
 
 from __future__ import annotations
@@ -76,7 +78,11 @@ def sample_with_constraints(
         need = n - got
         size = min(_MAX_BATCH, math.ceil(need / max(rate, 1.0 / (generated + 1)) * 1.1) + 16)
         labels = rng.choice(len(probs), size=size, p=probs)
-        frame = model.encoder.decode(model.generate(labels, gen, guidance), labels)
+        raw = model.generate(labels, gen, guidance)
+        if model.pattern_accept is not None:  # released missingness patterns (calibration)
+            keep = rng.random(size) < model.pattern_accept[model.pattern_codes(raw)]
+            raw, labels = raw[keep], labels[keep]
+        frame = model.encoder.decode(raw, labels)
         generated += size
         if conditions is not None:
             frame = frame[conditions.check(frame)]

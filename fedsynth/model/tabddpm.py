@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fedsynth.data.encoder import Block, FeatureEncoder
+from fedsynth.data.patterns import pattern_acceptance, pattern_codes
 from fedsynth.errors import ConfigError
 from fedsynth.model.config import DiffusionConfig
 from fedsynth.model.constraints import Constraints
@@ -71,6 +72,8 @@ class TabularDiffusion:
                 self.never_missing[b, block.width - 1] = True
         # log-weight shift of every level at every reverse step (calibrate_marginals)
         self.level_bias = torch.zeros(self.layout.mask.shape)
+        # probability of keeping a generated row, per missingness pattern (calibrate_marginals)
+        self.pattern_accept: np.ndarray | None = None
         self.schedule = cosine_schedule(config.n_timesteps)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -232,7 +235,7 @@ class TabularDiffusion:
 
     def calibrate_marginals(
         self, *, n: int = 2000, rounds: int = 8, step: float = 0.5, seed: int = 0,
-        levels: bool = True,
+        levels: bool = True, patterns: bool = True,
     ) -> dict[str, tuple[float, ...]]:
         """Shift the sampler's one-hot draws so their shares match the encoder's released shares.
 
@@ -250,23 +253,28 @@ class TabularDiffusion:
         overall shares move, so constrained and conditioned requests keep their dependence.
         ``levels=False`` moves the missing shares alone. Does nothing without shares.
 
+        With the encoder's released missingness patterns (``patterns``; the schema's
+        ``missing_pattern``), the levels are calibrated first, then ``4 n`` rows are drawn and
+        :attr:`pattern_accept` is set (:func:`fedsynth.data.patterns.pattern_acceptance`):
+        sampling keeps each generated row with the probability of its pattern, so the patterns of
+        the rows served follow the released shares (DP-SGD draws each column's missingness nearly
+        independently of the others', losing e.g. which columns go missing together when the
+        exercise test was not done). The model still draws every row; only which of its rows are
+        kept changes, so a conditioned row keeps the model's own dependence on its label.
+
         Returns:
             The share of each level (missing last) of every calibrated column as the model drew it
             before any shift.
         """
         plans = self._calibration_plans(levels)
         observed: dict[str, tuple[float, ...]] = {}
-        if not plans or n < 1:
+        if n < 1:
             return observed
-        prior = np.asarray(self.encoder.cond_prior, dtype=np.float64)
-        for r in range(rounds):
+        for r in range(rounds if plans else 0):
             rng = np.random.default_rng([seed, r])
-            labels = (
-                rng.choice(len(prior), size=n, p=prior / prior.sum())
-                if self.encoder.n_classes
-                else np.zeros(n, dtype=np.int64)
+            raw = self.generate(
+                self._prior_labels(n, rng), torch.Generator().manual_seed(seed * 1000 + r)
             )
-            raw = self.generate(labels, torch.Generator().manual_seed(seed * 1000 + r))
             for b, block, target in plans:
                 drawn = raw[:, block.offset : block.offset + block.width].mean(0)
                 if r == 0:
@@ -278,7 +286,28 @@ class TabularDiffusion:
                 width = target.size  # a required column's missing level is left out
                 ratio = np.log(np.clip(target, 1e-3, None) / np.clip(drawn[:width], 1e-3, None))
                 self.level_bias[b, :width] += torch.from_numpy(step * ratio).float()
+        if patterns and self.encoder.missing_patterns is not None:
+            rng = np.random.default_rng([seed, rounds])
+            raw = self.generate(self._prior_labels(4 * n, rng), torch.Generator().manual_seed(seed))
+            self.pattern_accept = pattern_acceptance(
+                self.pattern_codes(raw), self.encoder.missing_patterns
+            )
         return observed
+
+    def _prior_labels(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        prior = np.asarray(self.encoder.cond_prior, dtype=np.float64)
+        if not self.encoder.n_classes:
+            return np.zeros(n, dtype=np.int64)
+        return rng.choice(len(prior), size=n, p=prior / prior.sum())
+
+    def pattern_codes(self, raw: np.ndarray) -> np.ndarray:
+        """Missingness pattern (:mod:`fedsynth.data.patterns`) of each encoded row of ``raw``."""
+        patterns = self.encoder.missing_patterns
+        if patterns is None:
+            return np.zeros(len(raw), dtype=np.int64)
+        blocks = {b.name: b for b in self.encoder.blocks}
+        missing_at = [blocks[c].offset + blocks[c].width - 1 for c in patterns.columns]
+        return pattern_codes(raw[:, missing_at] > 0.5)
 
     def _calibration_plans(self, levels: bool) -> list[tuple[int, Block, np.ndarray]]:
         """``(block index, block, target)``: a 1-vector is a missing share, longer ones levels."""

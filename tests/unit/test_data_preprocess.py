@@ -97,14 +97,14 @@ def test_laplace_noise_has_documented_scale(schema, heart) -> None:
     rng = np.random.default_rng(1)
     draws = np.stack([site_histograms(heart, schema, 2.0, rng).to_vector() - exact
                       for _ in range(200)])
-    d = len(schema.modelled_columns)
+    d = len(histogram_layout(schema))  # the columns and the missingness pattern histogram
     assert noise_scale(d, 2.0, NoiseMechanism.LAPLACE, 1e-6) == d / 2.0
     assert draws.std() == pytest.approx(math.sqrt(2) * d / 2.0, rel=0.05)
     assert abs(draws.mean()) < 0.2
 
 
 def test_gaussian_noise_scale_and_limits(schema, heart) -> None:
-    d = len(schema.modelled_columns)
+    d = len(histogram_layout(schema))  # the columns and the missingness pattern histogram
     sigma = noise_scale(d, 0.5, NoiseMechanism.GAUSSIAN, 1e-6)
     assert sigma == pytest.approx(math.sqrt(2 * math.log(1.25e6)) * math.sqrt(d) / 0.5)
     rng = np.random.default_rng(2)
@@ -116,7 +116,7 @@ def test_gaussian_noise_scale_and_limits(schema, heart) -> None:
 
 def test_one_row_moves_the_histograms_by_sqrt_d_in_l2(schema, heart) -> None:
     # the sensitivity the accounted Gaussian release relies on (add/remove one row)
-    d = len(schema.modelled_columns)
+    d = len(histogram_layout(schema))  # the columns and the missingness pattern histogram
     base = exact_histograms(heart.iloc[1:], schema).to_vector()
     for i in (0, 5, 300):
         one_more = pd.concat([heart.iloc[1:], heart.iloc[[i]]])
@@ -130,7 +130,7 @@ def test_accounted_gaussian_noise_has_documented_scale(schema, heart) -> None:
     rng = np.random.default_rng(3)
     draws = np.stack([accounted_histograms(heart, schema, 3.0, rng).to_vector() - exact
                       for _ in range(200)])
-    d = len(schema.modelled_columns)
+    d = len(histogram_layout(schema))  # the columns and the missingness pattern histogram
     assert draws.std() == pytest.approx(3.0 * math.sqrt(d), rel=0.05)
     assert abs(draws.mean()) < 0.2
     for bad in (0.0, -1.0, math.inf, math.nan):

