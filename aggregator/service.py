@@ -407,6 +407,7 @@ class AggregatorService:
             embed_dim=self.settings.embed_dim,
             lr=self.settings.lr,
             numeric_skip=self.settings.numeric_skip,
+            guidance_scale=self.settings.guidance_scale,
         )
         n_parameters = ModelSpec(encoder, config, self.settings.seed).build().n_parameters
         terms = None

@@ -62,6 +62,11 @@ class AggregatorSettings(BaseSettings):
         default=DP_CONFIG.numeric_skip,
         description="numeric outputs correct the best linear denoiser (DiffusionConfig)",
     )
+    guidance_scale: float = Field(
+        default=DP_CONFIG.guidance_scale, ge=0, le=10,
+        description="the model's own classifier-free guidance scale: what the gateway serves a "
+        "request that names none (sampling only; training does not use it)",
+    )
     ingest_workers: int = Field(
         default_factory=lambda: min(8, os.cpu_count() or 1),
         ge=1,

@@ -51,12 +51,13 @@ class SynthesisRequest(BaseModel):
     where: str | None = Field(default=None, max_length=2000, description="constraints")
     format: Literal["csv", "ndjson", "parquet"] = "csv"
     seed: int | None = Field(default=None, ge=0)
-    guidance: float = Field(
-        default=1.0,
+    guidance: float | None = Field(
+        default=None,
         ge=0.0,
         le=MAX_GUIDANCE,
         description="classifier-free guidance scale: above 1 the rows follow the conditioning "
-        "column more closely (train-on-synthetic utility up, fidelity down)",
+        "column more closely (train-on-synthetic utility up, fidelity down); default: the "
+        "model's own (1.5 for the DP recipe, 1 otherwise)",
     )
 
 
@@ -147,6 +148,8 @@ class _Api:
         model = self.models.current()
         if model is None:
             return _error(503, "no global model version has been published yet")
+        if req.guidance is None:  # served and recorded at the model's own scale
+            req = req.model_copy(update={"guidance": model.guidance})
         rng = np.random.default_rng(req.seed)
         release_id = uuid.uuid4().hex
         try:  # a first small draw checks the constraints before any byte is streamed
@@ -217,7 +220,7 @@ class _Api:
             contributors=model.contributors,
             query=req.where or "",
             epsilon_by_site=dict(model.epsilon_by_site),
-            guidance=req.guidance,
+            guidance=model.guidance if req.guidance is None else req.guidance,
         )
         info = await asyncio.to_thread(self.store.record, release_id, frame, prov)
         if self.hook is not None:

@@ -63,6 +63,7 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
         epsilon_by_site={k: float(v) for k, v in record["epsilon_by_site"].items()},
         sample=sample,
         columns=tuple(c.name for c in schema.modelled_columns),
+        guidance=model.config.guidance_scale,
     )
 
 
@@ -74,6 +75,12 @@ def _calibrate(model: TabularDiffusion, version: int) -> None:
             "(model drew missing: %s)",
             version,
             ", ".join(f"{k} {v[-1]:.0%}" for k, v in before.items()),
+        )
+    if model.pattern_accept is not None and model.encoder.missing_patterns is not None:
+        log.info(
+            "version %d: rows kept to %d released missingness patterns (+ other %.0f%%)",
+            version, len(model.encoder.missing_patterns.codes),
+            100 * model.encoder.missing_patterns.other,
         )
 
 

@@ -35,6 +35,8 @@ class ReleasedModel:
     epsilon_by_site: dict[str, float]
     sample: RowSampler
     columns: tuple[str, ...] = field(default=())
+    guidance: float = 1.0
+    """The model's own classifier-free guidance scale: what a request that names none gets."""
 
 
 class ModelSource(Protocol):

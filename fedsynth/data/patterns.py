@@ -24,6 +24,7 @@ whose patterns the model chooses. The sampler reweights its rows to these shares
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,7 +105,8 @@ class MissingPatterns:
         Args:
             columns: the pattern columns, in bit order.
             counts: the ``2**m`` summed (noisy) pattern counts.
-            n_rows: the number of rows, estimated from the column histograms.
+            n_rows: the number of rows, estimated from the column histograms (itself noisy: at
+                a small epsilon it may even be negative; the kept counts' sum bounds it below).
         """
         counts = np.asarray(counts, dtype=np.float64)
         if counts.shape != (2 ** len(columns),):
@@ -112,14 +114,12 @@ class MissingPatterns:
                 f"pattern histogram has shape {counts.shape}, {len(columns)} columns need "
                 f"({2 ** len(columns)},)"
             )
-        if not n_rows > 0:
-            raise ConfigError(f"cannot estimate pattern shares from {n_rows} rows")
+        if not (np.isfinite(counts).all() and math.isfinite(n_rows)):
+            raise ConfigError("pattern histogram and row count must be finite")
         noise_sd = float(np.median(np.abs(counts))) / _MAD_TO_SD
         z = statistics.NormalDist().inv_cdf(1.0 - 0.5 / counts.size)
         keep = np.flatnonzero(counts > max(z * noise_sd, 0.5))
-        shares = counts[keep] / n_rows
-        if shares.sum() > 1.0:
-            shares = shares / shares.sum()
+        shares = counts[keep] / max(n_rows, float(counts[keep].sum()), 1.0)
         return cls(tuple(columns), tuple(int(c) for c in keep),
                    tuple(float(s) for s in shares), noise_sd)
 

@@ -235,7 +235,7 @@ class TabularDiffusion:
 
     def calibrate_marginals(
         self, *, n: int = 2000, rounds: int = 8, step: float = 0.5, seed: int = 0,
-        levels: bool = True, patterns: bool = True,
+        levels: bool = True, patterns: bool = True, guidance: float | None = None,
     ) -> dict[str, tuple[float, ...]]:
         """Shift the sampler's one-hot draws so their shares match the encoder's released shares.
 
@@ -262,6 +262,9 @@ class TabularDiffusion:
         exercise test was not done). The model still draws every row; only which of its rows are
         kept changes, so a conditioned row keeps the model's own dependence on its label.
 
+        Rows are drawn at ``guidance`` (default: the config's scale, what ``sample`` uses by
+        default); shares and patterns move with the scale, so calibrate at the scale served.
+
         Returns:
             The share of each level (missing last) of every calibrated column as the model drew it
             before any shift.
@@ -273,7 +276,8 @@ class TabularDiffusion:
         for r in range(rounds if plans else 0):
             rng = np.random.default_rng([seed, r])
             raw = self.generate(
-                self._prior_labels(n, rng), torch.Generator().manual_seed(seed * 1000 + r)
+                self._prior_labels(n, rng), torch.Generator().manual_seed(seed * 1000 + r),
+                guidance,
             )
             for b, block, target in plans:
                 drawn = raw[:, block.offset : block.offset + block.width].mean(0)
@@ -288,7 +292,9 @@ class TabularDiffusion:
                 self.level_bias[b, :width] += torch.from_numpy(step * ratio).float()
         if patterns and self.encoder.missing_patterns is not None:
             rng = np.random.default_rng([seed, rounds])
-            raw = self.generate(self._prior_labels(4 * n, rng), torch.Generator().manual_seed(seed))
+            raw = self.generate(
+                self._prior_labels(4 * n, rng), torch.Generator().manual_seed(seed), guidance
+            )
             self.pattern_accept = pattern_acceptance(
                 self.pattern_codes(raw), self.encoder.missing_patterns
             )

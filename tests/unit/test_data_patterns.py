@@ -91,8 +91,15 @@ def test_estimate_and_serialization_refuse_bad_input() -> None:
     cols = tuple("abcdef")
     with pytest.raises(ConfigError, match="shape"):
         MissingPatterns.estimate(cols, np.zeros(10), 100.0)
-    with pytest.raises(ConfigError, match="rows"):
-        MissingPatterns.estimate(cols, np.zeros(64), 0.0)
+    with pytest.raises(ConfigError, match="finite"):
+        MissingPatterns.estimate(cols, np.full(64, np.nan), 10.0)
+    # a row count the noise made too small or negative: the kept counts bound it below
+    counts = np.zeros(64)
+    counts[[0, 5]] = (30.0, 10.0)
+    for n_rows in (-50.0, 0.0, 20.0):
+        est = MissingPatterns.estimate(cols, counts, n_rows)
+        assert est.shares == (0.75, 0.25) and est.other == 0.0
+    assert MissingPatterns.estimate(cols, counts, 80.0).shares == (0.375, 0.125)
     with pytest.raises(ConfigError, match="outside"):
         MissingPatterns(cols, (64,), (0.5,))
     with pytest.raises(ConfigError, match="sum"):

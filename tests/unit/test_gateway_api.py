@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -107,7 +108,16 @@ async def test_guidance_reaches_the_model_and_the_provenance(
     (release,) = store.releases()
     assert release["guidance"] == 1.5
     default = await c.post("/v1/synthesize", json={"n": 5, "format": "parquet"}, headers=AUTH)
-    assert default.status == 200 and GUIDANCE_SEEN[-1] == 1.0
+    assert default.status == 200 and GUIDANCE_SEEN[-1] == MODEL.guidance == 1.0
+    assert sorted(r["guidance"] for r in store.releases()) == [1.0, 1.5]  # the model's own
+    # a model whose own scale is 1.5 (the DP recipe) serves and records 1.5 by default
+    app = build_app(StaticModelSource(dataclasses.replace(MODEL, guidance=1.5)), store,
+                    tokens=frozenset({TOKEN}))
+    async with TestClient(TestServer(app)) as dp:
+        served = await dp.post("/v1/synthesize", json={"n": 5}, headers=AUTH)
+        assert served.status == 200 and len(pd.read_csv(io.StringIO(await served.text()))) == 5
+    assert GUIDANCE_SEEN[-1] == 1.5
+    assert sorted(r["guidance"] for r in store.releases()) == [1.0, 1.5, 1.5]
     bad = await c.post("/v1/synthesize", json={"n": 5, "guidance": -1}, headers=AUTH)
     assert bad.status == 400 and "guidance" in (await bad.json())["error"]
 
