@@ -139,7 +139,10 @@ class MissingPatterns:
 
 
 def pattern_acceptance(
-    drawn: np.ndarray, patterns: MissingPatterns, cap: float = 4.0
+    drawn: np.ndarray,
+    patterns: MissingPatterns,
+    cap: float = 4.0,
+    missing: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Probability of keeping a generated row, per pattern, so kept rows follow ``patterns``.
 
@@ -149,6 +152,12 @@ def pattern_acceptance(
     The largest ratio is capped at ``cap`` so that at least about one generated row in ``cap`` is
     kept; a pattern the model draws more than ``cap`` times too rarely stays under its share. A
     pattern never drawn counts as drawn in half a row, so its ratio is finite.
+
+    With ``missing`` (each column's released missing share), the rows outside the kept patterns
+    are also raked (iterative proportional fitting on one binary margin per column, Deming and
+    Stephan 1940) so that, kept patterns included, every column keeps its released missing share:
+    a column missing mostly in rare patterns (e.g. the exercise test's, below the threshold) would
+    otherwise lose its missing values to the kept, mostly complete, patterns.
 
     Args:
         drawn: patterns of rows the model generated (unweighted), at least one.
@@ -168,8 +177,42 @@ def pattern_acceptance(
     target = np.asarray(patterns.shares, dtype=np.float64)
     other_drawn = max(1.0 - float(share[kept].sum()), floor)
     ratio = np.full(size, patterns.other / other_drawn)
+    if missing is not None and patterns.other > 0:
+        rest = np.ones(size, bool)
+        rest[kept] = False
+        rest &= share > 0
+        if rest.any():
+            ratio[rest] = _raked_rest(share, np.flatnonzero(rest), patterns, missing)
     ratio[kept] = target / np.maximum(share[kept], floor)
     top = min(float(ratio.max()), cap)
     if top <= 0:
         raise ConfigError("released pattern shares are all zero")
     return np.asarray(np.minimum(ratio, top) / top)
+
+
+def _raked_rest(
+    share: np.ndarray, codes: np.ndarray, patterns: MissingPatterns, missing: Sequence[float],
+    sweeps: int = 50,
+) -> np.ndarray:
+    """Density ratios for the drawn patterns ``codes`` outside the kept ones (see
+    :func:`pattern_acceptance`): their total mass is ``other`` and column ``j`` is missing in
+    ``missing[j]`` minus what the kept patterns already hold (clipped to ``[0, other]``)."""
+    m = len(patterns.columns)
+    if len(missing) != m:
+        raise ConfigError(f"need {m} missing shares, one per pattern column, got {len(missing)}")
+    shift = np.arange(m)
+    kept_bits = (np.asarray(patterns.codes, dtype=np.int64)[:, None] >> shift) & 1
+    held = np.asarray(patterns.shares, dtype=np.float64) @ kept_bits if len(patterns.codes) else 0
+    other = patterns.other
+    residual = np.clip(np.asarray(missing, dtype=np.float64) - held, 0.0, other)
+    bits = ((codes[:, None] >> shift) & 1).astype(bool)
+    drawn = share[codes]
+    mass = drawn * (other / drawn.sum())
+    for _ in range(sweeps):
+        for j in range(m):
+            on = float(mass[bits[:, j]].sum())
+            off = other - on
+            if on > 0 and off > 0 and 0 < residual[j] < other:
+                mass[bits[:, j]] *= residual[j] / on
+                mass[~bits[:, j]] *= (other - residual[j]) / off
+    return np.asarray(mass / drawn)

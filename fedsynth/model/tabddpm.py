@@ -295,8 +295,11 @@ class TabularDiffusion:
             raw = self.generate(
                 self._prior_labels(4 * n, rng), torch.Generator().manual_seed(seed), guidance
             )
+            released = self.encoder.missing_patterns
+            shares = dict(self.encoder.missing_shares)
+            missing = [shares[c] for c in released.columns] if shares else None
             self.pattern_accept = pattern_acceptance(
-                self.pattern_codes(raw), self.encoder.missing_patterns
+                self.pattern_codes(raw), released, missing=missing
             )
         return observed
 

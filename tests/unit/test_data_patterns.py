@@ -183,3 +183,23 @@ def test_acceptance_refuses_nothing_drawn() -> None:
     patterns = MissingPatterns(tuple("abcdef"), (0,), (1.0,))
     with pytest.raises(ConfigError, match="drawn rows"):
         pattern_acceptance(np.zeros(0, np.int64), patterns)
+
+
+def test_rows_outside_the_kept_patterns_keep_each_column_missing_share() -> None:
+    # the model draws columns missing independently (30% each); the release keeps the complete
+    # pattern at 50%, and says column 0 is missing in 40% of rows, column 1 in 10%
+    rng = np.random.default_rng(0)
+    drawn = pattern_codes(rng.random((20_000, 6)) < 0.3)
+    patterns = MissingPatterns(tuple("abcdef"), (0,), (0.5,))
+    missing = [0.4, 0.1, 0.3, 0.3, 0.3, 0.3]
+    share = np.bincount(drawn, minlength=64) / drawn.size
+    plain = share * pattern_acceptance(drawn, patterns, cap=50.0)
+    raked = share * pattern_acceptance(drawn, patterns, cap=50.0, missing=missing)
+    bits = (np.arange(64)[:, None] >> np.arange(6)) & 1
+    for kept in (plain, raked):
+        kept /= kept.sum()
+        assert kept[0] == pytest.approx(0.5)  # the kept pattern's share holds either way
+    assert raked @ bits == pytest.approx(missing, abs=1e-6)
+    assert abs((plain @ bits)[0] - 0.4) > 0.1  # without raking column 0 falls well short
+    with pytest.raises(ConfigError, match="one per pattern column"):
+        pattern_acceptance(drawn, patterns, missing=[0.1])
