@@ -70,7 +70,7 @@ def sample_with_constraints(
     probs = label_distribution(model, conditions)
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
     accepted: list[pd.DataFrame] = []
-    got = generated = 0
+    got = generated = drawn = 0
     for _ in range(max_tries):
         if got >= n:
             break
@@ -84,15 +84,17 @@ def sample_with_constraints(
             raw, labels = raw[keep], labels[keep]
         frame = model.encoder.decode(raw, labels)
         generated += size
+        drawn += len(frame)
         if conditions is not None:
             frame = frame[conditions.check(frame)]
         accepted.append(frame)
         got += len(frame)
     if got < n:
-        rate = got / generated if generated else 0.0
+        rate = got / drawn if drawn else 0.0
+        kept = f", {drawn} kept by the missingness patterns" if drawn != generated else ""
         raise ConstraintError(
             f"constraints {conditions} are too rare: {got} of {n} rows after {max_tries} batches "
-            f"({generated} rows generated, observed acceptance rate {rate:.3%})"
+            f"({generated} rows generated{kept}, observed acceptance rate {rate:.3%})"
         )
     logger.debug("sampled %d rows from %d generated", n, generated)
     out = pd.concat(accepted, ignore_index=True).iloc[:n].reset_index(drop=True)

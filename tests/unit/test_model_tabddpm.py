@@ -301,6 +301,10 @@ def test_missingness_patterns_follow_the_released_shares(trained, heart) -> None
                            rng=np.random.default_rng(5))
     assert (sick["num"] > 0).all() and (sick["age"] >= 40).all() and len(sick) == 1500
     assert (sick["cp"] == "asymptomatic").mean() > (healthy["cp"] == "asymptomatic").mean() + 0.1
+    # a too-rare request says how many rows the pattern step kept; its rate is among those
+    rare = Constraints.parse("age==18 and chol==700 and oldpeak==-5")
+    with pytest.raises(ConstraintError, match=r"rows generated, \d+ kept by the missingness"):
+        model.sample(20, conditions=rare, rng=np.random.default_rng(0), max_tries=2)
     # the patterns travel with the model file
     assert FeatureEncoder.from_dict(encoder.to_dict()).missing_patterns == encoder.missing_patterns
 
