@@ -98,8 +98,9 @@ DEFAULT_NOISE_MULTIPLICITY = 16
 #:   rose by 0.037 on average (7 seeds of 8; 0.743 -> 0.780) with SDMetrics unchanged (+0.002).
 #: * classifier-free guidance 1.5 when sampling (training is unchanged): DP-SGD noise weakens how
 #:   the rows depend on the diagnosis, and guidance strengthens it. Served as the gateway serves it
-#:   (calibrated at the scale), four federated epsilon-8 seeds x five draws: TSTR ratio 0.863 ->
-#:   0.887 (no seed lower), SDMetrics 0.839 -> 0.836; at 2, 0.897 and 0.829 (``bench.guidance``).
+#:   (calibrated at the scale), four federated epsilon-8 seeds x five draws: TSTR ratio 0.858 ->
+#:   0.890 (every seed higher), SDMetrics 0.841 -> 0.840; at 2, 0.895 and 0.835
+#:   (``bench.guidance``).
 DP_CONFIG = DiffusionConfig(
     hidden=(64, 64), embed_dim=32, n_timesteps=10, lr=1e-2, numeric_skip=True,
     guidance_scale=1.5,
