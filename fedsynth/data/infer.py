@@ -4,11 +4,14 @@ The draft is a starting point, never a federation's schema as is: its bounds com
 values (widened outward to round numbers) and must be replaced by clinical bounds agreed by all
 sites, and guessed missing-value codes (an isolated 0 far below every other value) must be
 confirmed. Values that hold a fifth or more of a continuous column's records are drafted as
-``atoms`` (each gets a histogram bin of its own).
+``atoms`` (each gets a histogram bin of its own). When 6 to 12 modelled columns have missing values
+in the sample (up to the 12 most often missing when more do), they are drafted as the
+``missing_pattern`` whose joint missingness the sites release (:mod:`fedsynth.data.patterns`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,12 +19,15 @@ import pandas as pd
 
 from fedsynth.data.schema import (
     MAX_DISCRETE_LEVELS,
+    MAX_PATTERN_COLUMNS,
+    MIN_PATTERN_COLUMNS,
     Bounds,
     ColumnKind,
     ColumnRole,
     ColumnSpec,
     DatasetSchema,
 )
+from fedsynth.data.validate import SchemaValidationError, validate_frame
 from fedsynth.errors import ConfigError
 
 __all__ = ["MAX_CATEGORIES", "infer_column", "infer_schema"]
@@ -49,12 +55,33 @@ def infer_schema(
     if target is not None:
         spec = next(c for c in columns if c.name == target)
         conditioning = target if spec.is_discrete else None
-    return DatasetSchema(
+    draft = DatasetSchema(
         name=name,
         columns=tuple(columns),
         conditioning=conditioning,
         description="DRAFT inferred from a sample: review bounds, categories and missing codes",
     )
+    pattern = _draft_missing_pattern(df, draft)
+    return dataclasses.replace(draft, missing_pattern=pattern) if pattern else draft
+
+
+def _draft_missing_pattern(df: pd.DataFrame, draft: DatasetSchema) -> tuple[str, ...]:
+    """The modelled columns the sample has missing (its drafted missing codes included), most
+    often missing first, when there are enough of them for a pattern histogram."""
+    try:
+        clean = validate_frame(df, draft)
+    except SchemaValidationError:
+        return ()
+    rates = {
+        c.name: float(clean[c.name].isna().mean())
+        for c in draft.modelled_columns
+        if not c.required and c.name != draft.conditioning
+    }
+    missing = sorted((n for n, r in rates.items() if r > 0), key=lambda n: -rates[n])
+    if len(missing) < MIN_PATTERN_COLUMNS:
+        return ()
+    chosen = set(missing[:MAX_PATTERN_COLUMNS])
+    return tuple(c.name for c in draft.columns if c.name in chosen)  # in schema order
 
 
 def infer_column(values: pd.Series, name: str, role: ColumnRole | None = None) -> ColumnSpec:

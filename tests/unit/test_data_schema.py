@@ -185,6 +185,12 @@ def test_infer_drafts_a_schema_that_validates_its_sample(heart) -> None:
     assert draft.column("ca").levels() == (0, 1, 2, 3)
     assert draft.conditioning == "num"
     assert len(validate_frame(heart, draft)) == 920
+    # the ten columns the sample has missing (chol's drafted 0 code included), as bundled
+    bundled = DatasetSchema.load_named("heart_disease_uci")
+    assert draft.missing_pattern == bundled.missing_pattern
+    # too few columns with missing values for a pattern histogram: none drafted
+    few = heart.drop(columns=["slope", "ca", "thal", "fbs", "restecg"])
+    assert infer_schema(few, "heart", target="num").missing_pattern == ()
 
 
 def test_schema_cli_infer_and_validate(heart, tmp_path: Path) -> None:
