@@ -43,8 +43,8 @@ __all__ = [
     "pattern_codes",
 ]
 
-#: Name of the pattern histogram in a :class:`~fedsynth.data.preprocess.Histograms` (not a
-#: valid column name, so it cannot collide with one).
+#: Name of the pattern histogram in a :class:`~fedsynth.data.preprocess.Histograms` (a schema
+#: refuses a column of that name, so it cannot collide with one).
 PATTERN_HISTOGRAM = "(missing pattern)"
 
 _MAD_TO_SD = 0.6745  # median |N(0, 1)|

@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fedsynth.data.patterns import PATTERN_HISTOGRAM
 from fedsynth.errors import ConfigError
 
 __all__ = [
@@ -252,6 +253,8 @@ class DatasetSchema:
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise ConfigError(f"schema {self.name!r}: duplicate column names")
+        if PATTERN_HISTOGRAM in names:
+            raise ConfigError(f"schema {self.name!r}: {PATTERN_HISTOGRAM!r} is a reserved name")
         if sum(c.role is ColumnRole.SITE for c in self.columns) > 1:
             raise ConfigError(f"schema {self.name!r}: more than one site column")
         if self.conditioning is not None:

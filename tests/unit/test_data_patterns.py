@@ -119,6 +119,7 @@ def test_estimate_and_serialization_refuse_bad_input() -> None:
         ({"missing_pattern": ["num", "chol", "fbs", "restecg", "thalch", "exang"]}, "may be miss"),
         ({"missing_pattern": ["nope", "chol", "fbs", "restecg", "thalch", "exang"]}, "no column"),
         ({"missing_pattern": "chol"}, "list of column names"),
+        ({"columns": [{"name": PATTERN_HISTOGRAM, "kind": "boolean"}]}, "reserved name"),
     ],
 )
 def test_schema_missing_pattern_is_checked(schema, patch, message) -> None:
