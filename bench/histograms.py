@@ -19,6 +19,7 @@ from the exact summed counts: the largest CDF gap of each numeric column's trans
 from, and the absolute error of the missing-value shares the gateway calibrates to (mean over
 columns), the total variation distance of the missingness-pattern distribution the release
 implies (``pattern TVD``, :func:`pattern_distribution`; :mod:`fedsynth.data.patterns`); and
+how many patterns the release keeps and the share of rows they hold (mean over draws); and
 DP-SGD's resulting noise multiplier. No model is trained: the errors are those of
 the released statistics alone. The last line is ``RESULT cdf_gap_ratio_eps8=<gaussian / laplace>
 target=1 met=yes|no`` (met when the Gaussian release is closer at epsilon 8).
@@ -27,6 +28,7 @@ target=1 met=yes|no`` (met when the Gaussian release is closer at epsilon 8).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +65,8 @@ class EncoderError:
     prior_tvd: float
     missing_error: float
     pattern_tvd: float
+    kept_patterns: float
+    kept_share: float
 
 
 def encoder_error(released: FeatureEncoder, exact: FeatureEncoder) -> EncoderError:
@@ -74,11 +78,13 @@ def encoder_error(released: FeatureEncoder, exact: FeatureEncoder) -> EncoderErr
     tvd = 0.5 * float(np.abs(np.subtract(released.cond_prior, exact.cond_prior)).sum())
     missing = [abs(a - b) for (_, a), (_, b) in
                zip(released.missing_shares, exact.missing_shares, strict=True)]
-    patterns = math.nan
+    patterns = kept = share = math.nan
     if released.missing_patterns is not None and exact.missing_patterns is not None:
         diff = pattern_distribution(released) - pattern_distribution(exact)
         patterns = 0.5 * float(np.abs(diff).sum())
-    return EncoderError(float(np.mean(gaps)), tvd, float(np.mean(missing)), patterns)
+        kept = len(released.missing_patterns.codes)
+        share = sum(released.missing_patterns.shares)
+    return EncoderError(float(np.mean(gaps)), tvd, float(np.mean(missing)), patterns, kept, share)
 
 
 def pattern_distribution(encoder: FeatureEncoder) -> np.ndarray:
@@ -114,8 +120,8 @@ def _mean_error(
     rng = np.random.default_rng(seed)
     errors = [encoder_error(FeatureEncoder.from_histograms(schema, release(rng)), exact)
               for _ in range(draws)]
-    return EncoderError(*(float(np.mean([getattr(e, f) for e in errors]))
-                          for f in ("cdf_gap", "prior_tvd", "missing_error", "pattern_tvd")))
+    return EncoderError(*(float(np.mean([getattr(e, f.name) for e in errors]))
+                          for f in dataclasses.fields(EncoderError)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,10 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     exact = FeatureEncoder.from_histograms(
         schema, _summed([exact_histograms(f, schema) for f in sites])
     )
-    console = Console(width=140)
+    console = Console(width=170)
     table = Table(title=f"released encoder vs exact, 4 hospitals, mean of {draws} noise draws")
     for column in ("epsilon", "histograms", "noise sd / bin / site", "CDF gap", "prior TVD",
-                   "missing-share error", "pattern TVD", "DP-SGD noise"):
+                   "missing-share error", "pattern TVD", "kept patterns (rows)", "DP-SGD noise"):
         table.add_column(column, justify="left" if column == "histograms" else "right")
     d = len(histogram_layout(schema))  # the columns and the missingness pattern histogram
     ratio = math.nan
@@ -157,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, sd, err, sigma in rows:
             table.add_row(f"{eps:g}", name, f"{sd:.1f}", f"{err.cdf_gap:.4f}",
                           f"{err.prior_tvd:.4f}", f"{err.missing_error:.4f}",
-                          f"{err.pattern_tvd:.4f}", f"{sigma:.3f}")
+                          f"{err.pattern_tvd:.4f}",
+                          f"{err.kept_patterns:.1f} ({err.kept_share:.0%})", f"{sigma:.3f}")
         if eps == 8.0:
             ratio = gauss.cdf_gap / laplace.cdf_gap
     console.print(table)

@@ -17,9 +17,10 @@ the ``2**m`` patterns never occur, so the noise level is estimated from the bins
 median absolute count over 0.6745, a robust estimate of the noise's standard deviation when most
 bins are empty; it can only overstate it), and a pattern is kept when its count exceeds the level
 that pure noise passes in half a bin on average over all ``2**m`` bins (a Bonferroni-style
-threshold). Kept patterns get their estimated shares; the rest of the rows form one "other" share
-whose patterns the model chooses. The sampler reweights its rows to these shares
-(:meth:`fedsynth.model.TabularDiffusion.calibrate_marginals`).
+threshold; it assumes Gaussian noise, the release the agents make: under Laplace noise's heavier
+tails it keeps phantom patterns, ``bench.histograms``). Kept patterns get their estimated shares;
+the rest of the rows form one "other" share whose patterns the model chooses. The sampler
+reweights its rows to these shares (:meth:`fedsynth.model.TabularDiffusion.calibrate_marginals`).
 """
 
 from __future__ import annotations

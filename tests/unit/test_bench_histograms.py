@@ -37,3 +37,5 @@ def test_encoder_error_is_zero_for_the_exact_release_and_grows_with_noise() -> N
         errors.append(encoder_error(noisy, exact))
     assert errors[0].cdf_gap < errors[1].cdf_gap and errors[0].prior_tvd < errors[1].prior_tvd
     assert errors[0].pattern_tvd < errors[1].pattern_tvd
+    assert same.kept_share == pytest.approx(1.0)  # exact counts keep every pattern
+    assert errors[1].kept_patterns < errors[0].kept_patterns < same.kept_patterns
