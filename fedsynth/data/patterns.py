@@ -62,9 +62,10 @@ def pattern_codes(missing: np.ndarray) -> np.ndarray:
 
 def frame_codes(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     """Pattern of each row of ``frame`` over ``columns`` (absent columns count as missing)."""
-    missing = np.column_stack(
-        [frame[c].isna().to_numpy() if c in frame else np.ones(len(frame), bool) for c in columns]
-    ) if columns else np.zeros((len(frame), 0), bool)
+    missing = np.ones((len(frame), len(columns)), bool)
+    for j, column in enumerate(columns):
+        if column in frame:
+            missing[:, j] = frame[column].isna().to_numpy()
     return pattern_codes(missing)
 
 

@@ -144,6 +144,8 @@ def _released(draw: st.DrawFn) -> tuple[np.ndarray, MissingPatterns]:
     m = 6
     drawn = np.asarray(draw(st.lists(st.integers(0, 2**m - 1), min_size=1, max_size=300)))
     codes = draw(st.lists(st.integers(0, 2**m - 1), min_size=0, max_size=6, unique=True))
+    if draw(st.booleans()):  # mostly the model draws every kept pattern: the exact case below
+        drawn = np.concatenate([drawn, np.asarray(codes, dtype=np.int64)])
     weights = draw(st.lists(st.floats(0.0, 1.0), min_size=len(codes) + 1,
                             max_size=len(codes) + 1))
     total = sum(weights) or 1.0
