@@ -6,13 +6,19 @@ values are calibrated to the sites' released DP histograms on its first use
 (:meth:`~fedsynth.model.tabddpm.TabularDiffusion.calibrate_marginals`, post-processing,
 deterministic), and it is wrapped as a :class:`~synth_gateway.ports.ReleasedModel`
 whose sampler parses the caller's constraints against the dataset schema.
+
+Guidance moves the shares the model draws, so a calibration holds for one scale: a request at
+another scale than the model's own is served by a copy calibrated at that scale, made on first use
+and kept for the :data:`CALIBRATED_SCALES` scales used last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -30,9 +36,13 @@ from synth_gateway.ports import ReleasedModel, StaticModelSource
 from topics.clients import make_consumer
 from topics.registry import GLOBAL_MODEL
 
-__all__ = ["ModelFollower", "released_model"]
+__all__ = ["CALIBRATED_SCALES", "ModelFollower", "released_model"]
 
 log = logging.getLogger(__name__)
+
+#: Calibrated copies of one version kept at once, one per guidance scale (least recently used
+#: goes first). A copy is a few hundred kilobytes; calibrating one takes a second or two (DP recipe, one core).
+CALIBRATED_SCALES = 4
 
 
 def released_model(record: dict[str, Any]) -> ReleasedModel:
@@ -41,24 +51,30 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
     params = decode_vector(record["vector"], record["codec"], int(record["n_parameters"]))
     model = spec.build(params)
     schema = spec.encoder.schema
+    version = int(record["version"])
     lock = threading.Lock()
-    calibrated = False
+    by_scale: OrderedDict[float, TabularDiffusion] = OrderedDict()
 
     def sample(
         n: int, where: str | None, rng: np.random.Generator, guidance: float | None = None
     ) -> pd.DataFrame:
-        nonlocal calibrated
         conditions = Constraints.parse(where, schema) if where else None
+        scale = model.config.guidance_scale if guidance is None else float(guidance)
         with lock:
-            if not calibrated:  # on first use: versions superseded unused cost nothing
-                _calibrate(model, int(record["version"]))
-                calibrated = True
-            return _sample(model, n, conditions, rng, guidance)
+            served = by_scale.get(scale)
+            if served is None:  # on first use: versions superseded unused cost nothing
+                served = copy.deepcopy(model)
+                _calibrate(served, version, scale)
+                by_scale[scale] = served
+                while len(by_scale) > CALIBRATED_SCALES:
+                    by_scale.popitem(last=False)
+            by_scale.move_to_end(scale)
+            return _sample(served, n, conditions, rng, scale)
 
     return ReleasedModel(
         model_name=record["model_name"],
         dataset=schema.name,
-        version=int(record["version"]),
+        version=version,
         contributors=tuple(record["contributors"]),
         epsilon_by_site={k: float(v) for k, v in record["epsilon_by_site"].items()},
         sample=sample,
@@ -67,19 +83,20 @@ def released_model(record: dict[str, Any]) -> ReleasedModel:
     )
 
 
-def _calibrate(model: TabularDiffusion, version: int) -> None:
-    before = model.calibrate_marginals()
+def _calibrate(model: TabularDiffusion, version: int, scale: float) -> None:
+    before = model.calibrate_marginals(guidance=scale)
     if before:
         log.info(
-            "version %d: level and missing shares calibrated to the DP histograms "
+            "version %d, guidance %g: level and missing shares calibrated to the DP histograms "
             "(model drew missing: %s)",
-            version,
+            version, scale,
             ", ".join(f"{k} {v[-1]:.0%}" for k, v in before.items()),
         )
     if model.pattern_accept is not None and model.encoder.missing_patterns is not None:
         log.info(
-            "version %d: rows kept to %d released missingness patterns (+ other %.0f%%)",
-            version, len(model.encoder.missing_patterns.codes),
+            "version %d, guidance %g: rows kept to %d released missingness patterns "
+            "(+ other %.0f%%)",
+            version, scale, len(model.encoder.missing_patterns.codes),
             100 * model.encoder.missing_patterns.other,
         )
 
