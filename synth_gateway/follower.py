@@ -41,7 +41,8 @@ __all__ = ["CALIBRATED_SCALES", "ModelFollower", "released_model"]
 log = logging.getLogger(__name__)
 
 #: Calibrated copies of one version kept at once, one per guidance scale (least recently used
-#: goes first). A copy is a few hundred kilobytes; calibrating one takes a second or two (DP recipe, one core).
+#: goes first). A copy is a few hundred kilobytes; calibrating one takes a second or two (DP
+#: recipe, one core).
 CALIBRATED_SCALES = 4
 
 
