@@ -102,7 +102,7 @@ class Training:
             width = f"{self.config.hidden[0]}x{len(self.config.hidden)}"
         text = f"MLP {width} T={self.config.n_timesteps}, {self.steps} steps"
         if federated:
-            text = f"{text}, {self.rounds} rounds"
+            text = f"{text}, {self.rounds} rounds, lr {self.config.lr:g}"
         return f"{text}, K={self.noise_multiplicity}" if self.epsilon is not None else text
 
 

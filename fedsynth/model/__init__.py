@@ -1,6 +1,12 @@
 """Tabular diffusion model (TabDDPM-style), constrained sampling and local training."""
 
-from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY, DP_CONFIG, DiffusionConfig
+from fedsynth.model.config import (
+    DEFAULT_NOISE_MULTIPLICITY,
+    DP_CONFIG,
+    FEDERATED_DP_CONFIG,
+    FEDERATED_LOCAL_STEPS,
+    DiffusionConfig,
+)
 from fedsynth.model.constraints import ColumnConstraint, Constraints, Interval
 from fedsynth.model.tabddpm import TabularDiffusion
 from fedsynth.model.train import OpacusPrivacy, PrivacyHook, TrainReport, train_local
@@ -8,6 +14,8 @@ from fedsynth.model.train import OpacusPrivacy, PrivacyHook, TrainReport, train_
 __all__ = [
     "DEFAULT_NOISE_MULTIPLICITY",
     "DP_CONFIG",
+    "FEDERATED_DP_CONFIG",
+    "FEDERATED_LOCAL_STEPS",
     "ColumnConstraint",
     "Constraints",
     "DiffusionConfig",
