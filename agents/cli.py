@@ -24,7 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--hist-noise", type=float, help="noise multiplier of the DP histograms (16 / epsilon)"
     )
     parser.add_argument("--steps-per-round", type=int, help="local DP-SGD steps per update")
-    parser.add_argument("--planned-rounds", type=int, help="rounds the DP noise is planned for")
+    parser.add_argument(
+        "--planned-rounds", type=int, help="rounds the DP noise and the rate decay are planned for"
+    )
     parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--max-minutes-per-update", type=float, help="local training time cap")
     parser.add_argument("--no-dp", action="store_true", help="train WITHOUT differential privacy")

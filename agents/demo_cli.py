@@ -10,7 +10,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from agents.demo import DemoOptions, DemoResult, run_demo
+from agents.demo import DEMO_ROUNDS, DEMO_STEPS_PER_ROUND, DemoOptions, DemoResult, run_demo
 
 __all__ = ["configure", "marginals_table", "run"]
 
@@ -20,8 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-dir", type=Path, help="where everything goes (default runs/demo-TIME)"
     )
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--steps-per-round", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=DEMO_ROUNDS)
+    parser.add_argument("--steps-per-round", type=int, default=DEMO_STEPS_PER_ROUND)
     parser.add_argument("--rows", type=int, default=1000, help="synthetic patients to draw")
     parser.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per site")
     parser.add_argument("--quick", action="store_true", help="a tiny model and 2 rounds (tests)")

@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedsynth.data.preprocess import default_histogram_noise
-from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY
+from fedsynth.model.config import DEFAULT_NOISE_MULTIPLICITY, FEDERATED_LOCAL_STEPS
 
 __all__ = ["AgentSettings"]
 
@@ -39,8 +39,10 @@ class AgentSettings(BaseSettings):
         ge=1,
         description="DP-SGD: timestep/noise draws averaged per row before clipping (free)",
     )
-    planned_rounds: int = Field(default=5, ge=1, description="rounds the DP noise is planned for")
-    steps_per_round: int = Field(default=40, ge=1)
+    planned_rounds: int = Field(
+        default=20, ge=1, description="rounds the DP noise and the learning-rate decay plan for"
+    )
+    steps_per_round: int = Field(default=FEDERATED_LOCAL_STEPS, ge=1)
     batch_size: int = Field(default=64, ge=2)
     threads: int = Field(default=1, ge=1, description="torch threads for local training")
     max_minutes_per_update: float | None = Field(

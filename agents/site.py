@@ -264,6 +264,7 @@ class SiteAgent:
                 batch_size=self.s.batch_size,
                 max_grad_norm=self.s.max_grad_norm,
                 noise_multiplicity=self.s.noise_multiplicity,
+                steps_done=int(self.state.get("steps_trained", 0)),
             )
         with self.tracer.start_as_current_span(
             "agent.local_round",
@@ -282,6 +283,7 @@ class SiteAgent:
                 log.warning("site %s stops training: %s", self.s.site, exc)
                 return False
             self.state["trained_before"] = True
+            self.state["steps_trained"] = self.trainer.steps_done
             self.epsilon_spent = result.epsilon_spent if self.s.dp else float("inf")
             span.set_attribute("fedsynth.epsilon_spent", self.epsilon_spent)
             span.set_attribute("fedsynth.train_loss", result.report.final_loss)

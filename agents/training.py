@@ -58,11 +58,17 @@ class LocalTrainer:
         max_grad_norm: float,
         noise_multiplicity: int = DEFAULT_NOISE_MULTIPLICITY,
         prior: Sequence[tuple[float, float, int]] = (),
+        steps_done: int = 0,
     ) -> None:
         """``budget`` is the site's whole budget; ``prior`` the releases already charged to the
         ledger, as ``(noise_multiplier, sample_rate, steps)`` (the histograms): the DP-SGD noise
-        is planned so that they and ``planned_steps`` steps fit the budget together."""
+        is planned so that they and ``planned_steps`` steps fit the budget together.
+        ``steps_done`` is how many steps the site trained before (kept across restarts by the
+        caller); it sets where the learning-rate schedule stands (:meth:`round_lr`)."""
+        if planned_steps < 1:
+            raise ConfigError(f"planned_steps must be at least 1, got {planned_steps}")
         self.encoded, self.cond = encoded, cond
+        self.planned_steps, self.steps_done = planned_steps, steps_done
         self.ledger, self.budget = ledger, budget
         self.batch_size = site_batch_size(batch_size, len(encoded))
         self.sample_rate = self.batch_size / len(encoded)
@@ -89,6 +95,14 @@ class LocalTrainer:
             return steps
         return max(1, min(steps, int(max_seconds / self.seconds_per_step)))
 
+    def round_lr(self, lr: float, steps: int) -> float:
+        """The learning rate of a round of ``steps`` steps when the federation's config does not
+        anneal within a round: ``lr`` decayed linearly over the site's planned steps by the steps
+        it has trained, as a server decays it over rounds (``fedsynth.model.FEDERATED_DP_CONFIG``).
+        Past the plan (possible without DP) it stays at the last planned round's rate."""
+        left = 1.0 - self.steps_done / self.planned_steps
+        return lr * max(left, min(1.0, steps / self.planned_steps))
+
     def model_for(self, spec: ModelSpec, params: np.ndarray) -> TabularDiffusion:
         """The site's model object, rebuilt only when the federation's spec changes."""
         if self._model is None or spec != self._spec:
@@ -112,7 +126,10 @@ class LocalTrainer:
                 noise_multiplicity=self.noise_multiplicity,
             )
         model = self.model_for(spec, params)
+        if not spec.config.lr_anneal:
+            model.config = replace(model.config, lr=self.round_lr(spec.config.lr, steps))
         report = train_local(model, self.encoded, self.cond, steps=steps, rng=rng, privacy=privacy)
+        self.steps_done += report.steps
         self.seconds_per_step = report.seconds / max(1, report.steps)
         delta = model.flat_parameters() - params.astype(np.float32)
         if not np.all(np.isfinite(delta)):

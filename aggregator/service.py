@@ -406,6 +406,7 @@ class AggregatorService:
             n_timesteps=self.settings.n_timesteps,
             embed_dim=self.settings.embed_dim,
             lr=self.settings.lr,
+            lr_anneal=self.settings.lr_anneal,
             numeric_skip=self.settings.numeric_skip,
             guidance_scale=self.settings.guidance_scale,
         )

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedsynth.model.config import DP_CONFIG
+from fedsynth.model.config import DP_CONFIG, FEDERATED_DP_CONFIG
 
 __all__ = ["AggregatorSettings"]
 
@@ -27,7 +27,7 @@ class AggregatorSettings(BaseSettings):
     run_dir: Path = Path(".fedsynth/run")
     dataset: str = Field(default="heart_disease_uci", description="dataset schema name or path")
     sites: tuple[str, ...] = Field(description="site ids whose identity keys form the roster")
-    rounds: int = Field(default=5, ge=1, description="global versions to publish, then stop")
+    rounds: int = Field(default=20, ge=1, description="global versions to publish, then stop")
     mode: Literal["plain", "secure"] = "secure"
     strategy: dict[str, Any] | None = Field(
         default=None,
@@ -57,7 +57,15 @@ class AggregatorSettings(BaseSettings):
     hidden: tuple[int, ...] = DP_CONFIG.hidden
     n_timesteps: int = DP_CONFIG.n_timesteps
     embed_dim: int = Field(default=DP_CONFIG.embed_dim, ge=2)
-    lr: float = Field(default=DP_CONFIG.lr, gt=0, description="local AdamW learning rate")
+    lr: float = Field(
+        default=FEDERATED_DP_CONFIG.lr, gt=0,
+        description="local AdamW learning rate (the federated DP recipe's by default)",
+    )
+    lr_anneal: bool = Field(
+        default=FEDERATED_DP_CONFIG.lr_anneal,
+        description="decay the rate to 0 within each local round; off (default): each site "
+        "decays it linearly over its planned steps, as a server decays it over rounds",
+    )
     numeric_skip: bool = Field(
         default=DP_CONFIG.numeric_skip,
         description="numeric outputs correct the best linear denoiser (DiffusionConfig)",
