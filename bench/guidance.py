@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fitted = (
                 fit_federated(run.sites, split.schema, run.training, n_synthetic=n, seed=seed)
                 if kind == "federated"
-                else fit_centralized(split.train, split.schema, run.training, n_synthetic=n,
+                else fit_centralized(split.train, split.schema, run.central, n_synthetic=n,
                                      seed=seed)
             )
             scores = _scores(kind, seed, fitted, split, SCALES, draws)

@@ -187,20 +187,27 @@ def quality_run() -> Iterator[None]:
 
 @dataclass(frozen=True, slots=True)
 class Eps8:
-    """The epsilon-8 DP setup of this bench: the fixed split, its hospitals, the DP plan."""
+    """The epsilon-8 DP setup of this bench: the fixed split, its hospitals, the DP plans.
+
+    Attributes:
+        training: The federated epsilon-8 plan (the federated recipe).
+        central: The centralized epsilon-8 plan (``DP_CONFIG``).
+    """
 
     split: HeartSplit
     sites: dict[str, pd.DataFrame]
     training: Training
+    central: Training
 
 
 def eps8_setup(quick: bool, *, rake: bool) -> Eps8:
-    """The split and the epsilon-8 DP training plan of the full (or quick) bench."""
+    """The split and the epsilon-8 DP training plans of the full (or quick) bench."""
     schema = DatasetSchema.load_named("heart_disease_uci")
     split = make_split(load_heart(schema), schema)
     plan = QUICK if quick else FULL
     training = dataclasses.replace(_with_eps(plan.federated_private, 8.0), rake=rake)
-    return Eps8(split, split_by_site(split.train, schema), training)
+    central = dataclasses.replace(_with_eps(plan.private, 8.0), rake=rake)
+    return Eps8(split, split_by_site(split.train, schema), training, central)
 
 
 def _alone(plain: Training, split: HeartSplit, sites: dict[str, pd.DataFrame],
