@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fedsynth.model.config import DP_CONFIG, FEDERATED_DP_CONFIG
+from fedsynth.model.config import FEDERATED_DP_CONFIG
 
 __all__ = ["AggregatorSettings"]
 
@@ -52,14 +52,14 @@ class AggregatorSettings(BaseSettings):
     session_timeout_s: float = Field(
         default=10.0, gt=0, description="faust group session timeout (it joins in about half)"
     )
-    # the federation's model: by default the DP recipe (fedsynth.model.DP_CONFIG), as sites train
-    # with DP-SGD unless told otherwise
-    hidden: tuple[int, ...] = DP_CONFIG.hidden
-    n_timesteps: int = DP_CONFIG.n_timesteps
-    embed_dim: int = Field(default=DP_CONFIG.embed_dim, ge=2)
+    # the federation's model: by default the federated DP recipe
+    # (fedsynth.model.FEDERATED_DP_CONFIG), as sites train with DP-SGD unless told otherwise
+    hidden: tuple[int, ...] = FEDERATED_DP_CONFIG.hidden
+    n_timesteps: int = FEDERATED_DP_CONFIG.n_timesteps
+    embed_dim: int = Field(default=FEDERATED_DP_CONFIG.embed_dim, ge=2)
     lr: float = Field(
         default=FEDERATED_DP_CONFIG.lr, gt=0,
-        description="local AdamW learning rate (the federated DP recipe's by default)",
+        description="local AdamW learning rate",
     )
     lr_anneal: bool = Field(
         default=FEDERATED_DP_CONFIG.lr_anneal,
@@ -67,11 +67,11 @@ class AggregatorSettings(BaseSettings):
         "decays it linearly over its planned steps, as a server decays it over rounds",
     )
     numeric_skip: bool = Field(
-        default=DP_CONFIG.numeric_skip,
+        default=FEDERATED_DP_CONFIG.numeric_skip,
         description="numeric outputs correct the best linear denoiser (DiffusionConfig)",
     )
     guidance_scale: float = Field(
-        default=DP_CONFIG.guidance_scale, ge=0, le=10,
+        default=FEDERATED_DP_CONFIG.guidance_scale, ge=0, le=10,
         description="the model's own classifier-free guidance scale: what the gateway serves a "
         "request that names none (sampling only; training does not use it)",
     )
