@@ -124,10 +124,9 @@ DP_CONFIG = DiffusionConfig(
 #: Short rounds average the sites' noise away more often and the larger rate makes up for the
 #: smaller signal. Measured with ``bench.quality``'s federated epsilon-8 run (1000 steps per site
 #: in all, ``bench.quality_seeds``; docs/bench-quality.md): served TSTR ratio over four training
-#: seeds x five draws 0.885 with 10 rounds at 1e-2, 0.918 with 30 rounds at 2e-2 (a one-off run),
-#: 0.936 with 100 rounds at 2e-2, SDMetrics 0.843 -> 0.846; on four held-out seeds (4-7) 0.882 ->
-#: 0.933, SDMetrics 0.843 both. Four times the rate made the models collapse onto the majority
-#: label (TSTR ratio 0.5-0.6).
+#: seeds x five draws 0.885 with 10 rounds at 1e-2, 0.936 with 100 rounds at 2e-2, SDMetrics
+#: 0.843 -> 0.846; on four held-out seeds (4-7) 0.882 -> 0.933, SDMetrics 0.843 both. Four times
+#: the rate made the models collapse onto the majority label.
 FEDERATED_DP_CONFIG = replace(DP_CONFIG, lr=2e-2, lr_anneal=False)
 
 #: Local DP-SGD steps per federated round under :data:`FEDERATED_DP_CONFIG`.
