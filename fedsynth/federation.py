@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,7 +18,9 @@ from fedsynth.codec.pipeline import Pipeline
 from fedsynth.data.encoder import FeatureEncoder
 from fedsynth.errors import MessageError
 from fedsynth.model.config import DiffusionConfig
-from fedsynth.model.tabddpm import TabularDiffusion
+
+if TYPE_CHECKING:
+    from fedsynth.model.tabddpm import TabularDiffusion
 
 __all__ = ["MODEL_CODEC", "UPDATE_CODEC", "ModelSpec", "decode_vector", "encode_vector"]
 
@@ -68,7 +70,13 @@ class ModelSpec:
             raise MessageError(f"malformed model spec in GlobalModel: {exc}") from exc
 
     def build(self, params: np.ndarray | None = None) -> TabularDiffusion:
-        """A fresh model; loads ``params`` when given."""
+        """A fresh model; loads ``params`` when given.
+
+        torch is imported here, not with this module: the aggregator reads specs and vectors on
+        every restart but builds a model only once, when it fits the encoder.
+        """
+        from fedsynth.model.tabddpm import TabularDiffusion
+
         model = TabularDiffusion(self.encoder, self.config, self.seed)
         if params is not None:
             model.load_flat_parameters(params)
