@@ -29,10 +29,15 @@ demo: $(STAMP)
 # tests twentyfold while the suite's broker and aggregator processes are busy.
 THREADS := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+# Test processes: most of the suite's time is spent waiting (brokers, subprocesses, deadlines),
+# so three processes share two cores well; each gets one test at a time, slowest first
+# (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 3
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(THREADS) $(PY) -m pytest -q -p no:cacheprovider
+	$(THREADS) $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --maxschedchunk 1
 
 test-unit: $(STAMP)
 	$(THREADS) $(PY) -m pytest -q tests/unit tests/property tests/known_answer

@@ -1,5 +1,9 @@
 """Shared fixtures: one embedded broker per test session, unique topic names, an isolated home.
 
+Tests marked ``slow`` run first (stable order otherwise): ``make test`` spreads the suite over
+several test processes (pytest-xdist, one test handed out at a time), and starting the longest
+tests first keeps one of them from being the last thing the whole run waits for.
+
 The broker starts only when a test asks for it (``broker``, ``bootstrap`` or ``embedded_broker``),
 once per session, and is stopped at the end; ``topics.broker`` also stops it at interpreter exit
 and the child dies with the test process, so no test run leaves a broker behind.
@@ -17,6 +21,11 @@ import pytest
 
 from topics.broker import EmbeddedBroker
 from topics.discovery import pid_alive
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first; otherwise the collection order (identical in every xdist worker)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)

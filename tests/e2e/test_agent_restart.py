@@ -14,6 +14,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from aiokafka import TopicPartition
 from rich.console import Console
 
@@ -100,6 +101,7 @@ async def _final_and_updates(bootstrap: str, keys: KeyRing, timeout_s: float) ->
         await consumer.stop()
 
 
+@pytest.mark.slow
 def test_a_killed_agent_brings_its_pending_update_to_a_later_cohort(tmp_path: Path) -> None:
     opts = DemoOptions(run_dir=tmp_path / "run", rounds=ROUNDS, steps_per_round=4, epsilon=8.0)
     _, _, files = prepare(opts, Console(quiet=True))

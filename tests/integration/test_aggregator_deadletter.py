@@ -29,6 +29,7 @@ async def fresh() -> AsyncIterator[str]:
         yield broker.bootstrap
 
 
+@pytest.mark.slow
 async def test_bad_messages_are_dead_lettered_and_honest_ones_applied(
     fresh: str, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agents.outbox import Outbox, OutboxMessage
 from tests.integration.feeder import Feeder
@@ -126,6 +127,7 @@ class Burst(Feeder):
         ]
 
 
+@pytest.mark.slow
 async def test_updates_applied_exactly_once_despite_crashes_and_bursts(tmp_path: Path) -> None:
     fed = Federation.create(tmp_path, ["A", "B"])
     reference, clean_dead = await _run(Feeder(fed), fed)

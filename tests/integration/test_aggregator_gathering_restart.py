@@ -12,6 +12,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.harness import (
     Federation,
     dump,
@@ -28,6 +30,7 @@ def _log_says(path: Path, text: str) -> bool:
     return path.exists() and text in path.read_text()
 
 
+@pytest.mark.slow
 async def test_hellos_read_before_a_crash_are_read_again(tmp_path: Path) -> None:
     fed = Federation.create(tmp_path, ["A", "B", "C"])
     log = fed.run_dir / "aggregator.log"

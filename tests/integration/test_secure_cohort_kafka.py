@@ -177,6 +177,7 @@ async def _drive(
         await consumer.stop()
 
 
+@pytest.mark.slow
 async def test_cohort_finishes_without_a_site_that_vanished_after_joining(tmp_path: Path) -> None:
     fed = Federation.create(tmp_path, ["A", "B", "C"])
     async with EmbeddedBroker(record=False) as broker:
@@ -204,6 +205,7 @@ async def test_cohort_finishes_without_a_site_that_vanished_after_joining(tmp_pa
     assert np.max(np.abs(versions[1] - versions[0])) > 1e-3  # the update really moved the model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kill_at",
     ["histograms MaskRequest", "joined", "CohortRoster", "MaskRequest", "UnmaskRequest"],

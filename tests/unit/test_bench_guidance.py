@@ -14,6 +14,7 @@ from bench.guidance import SCALES, main  # noqa: E402
 RESULT = re.compile(r"^RESULT fed_tstr_ratio_gain_at_1\.5=(-?\d+\.\d{3}) target=0 met=(yes|no)$")
 
 
+@pytest.mark.slow
 def test_quick_run_scores_every_scale_and_prints_one_result(
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -48,6 +48,7 @@ def test_epochs_convert_to_steps(heart) -> None:
     assert report.steps == 8 and report.seconds == 1 and len(report.losses) == 8
 
 
+@pytest.mark.slow
 def test_train_and_sample_commands(heart, tmp_path: Path) -> None:
     data = tmp_path / "site.csv"
     heart[heart["dataset"] == "Cleveland"].to_csv(data, index=False)
