@@ -76,6 +76,7 @@ from fedsynth.messages import MessageFactory, MessageReader
 from observability import AuditChain, AuditEvent, extract_context, inject_headers, setup_telemetry
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import faust_settings
+from topics.gaps import GapGuard, Verdict, VerdictKind
 from topics.registry import (
     AUDIT,
     CONTROL,
@@ -126,6 +127,7 @@ class AggregatorRuntime:
         self.audit = AuditChain()
         self.audit_last: AuditEvent | None = None
         self.next_offset: dict[tuple[str, int], int] = {}
+        self.gaps = GapGuard()  # records the consumer was never handed are read again
         self.high_water: dict[tuple[str, int], int] = {}
         self.chunk_start: dict[tuple[str, int], dict[str, int]] = {}
         self.resume: dict[tuple[str, int], int] = {}
@@ -177,6 +179,7 @@ class AggregatorRuntime:
             offset = self.resume.get((tp.topic, tp.partition))
             if offset is not None:
                 await self.app.consumer.seek(tp, offset)
+                self.gaps.positioned((tp.topic, tp.partition), offset)
                 log.info("seek %s[%d] -> %d", tp.topic, tp.partition, offset)
 
     async def on_engine(self, fn: Callable[..., R], *args: Any) -> R:
@@ -206,11 +209,20 @@ class AggregatorRuntime:
         """Handle one consumed message end to end (``prepared``: its :meth:`prepare` result)."""
         async with self.lock:
             tp = (topic, partition)
-            replayed = offset < self.high_water.get(tp, -1)
+            verdict = self.gaps.check(tp, offset)
+            if not verdict.handle:
+                await self._on_gap(topic, partition, verdict)
+                return
+            # a re-read after a restart; a gap's record is new although below the high-water mark
+            replayed = verdict.kind is not VerdictKind.FILL and offset < self.high_water.get(tp, -1)
             with self.tracer.start_as_current_span(
                 f"aggregator.consume {topic}",
                 context=extract_context(headers),
-                attributes={"messaging.kafka.offset": offset, "messaging.destination": topic},
+                attributes={
+                    "messaging.kafka.offset": offset,
+                    "messaging.kafka.partition": partition,
+                    "messaging.destination": topic,
+                },
             ):
                 try:
                     fx = await self.on_engine(
@@ -220,11 +232,29 @@ class AggregatorRuntime:
                     log.exception("internal error on %s[%d]@%d", topic, partition, offset)
                     fx = Effects(dead=[DeadLetterItem(f"internal error: {exc!r}", "InternalError")])
                 self._track_chunks(tp, offset, value, fx)
-                self.next_offset[tp] = offset + 1
+                self.next_offset[tp] = max(self.next_offset.get(tp, 0), offset + 1)
                 self.high_water[tp] = max(self.high_water.get(tp, 0), offset + 1)
                 if replayed:
                     fx.dead.clear()
                 await self._apply_or_die(fx, origin=(topic, partition, offset, key, value))
+            if verdict.kind is VerdictKind.GAP:
+                await self._on_gap(topic, partition, verdict)
+
+    async def _on_gap(self, topic: str, partition: int, verdict: Verdict) -> None:
+        """Seek back to records the consumer was never handed (:mod:`topics.gaps`)."""
+        if verdict.kind is VerdictKind.LOST:
+            log.error(
+                "%s[%d]: offsets %s were never delivered, also after seeking back; going on "
+                "without them", topic, partition, verdict.missing,
+            )
+            return
+        if verdict.seek_to is None:
+            return  # a re-read after a seek back: handled the first time
+        log.warning(
+            "%s[%d]: offsets %s were not delivered; seeking back to %d (%s)",
+            topic, partition, verdict.missing, verdict.seek_to, verdict.kind,
+        )
+        await self.app.consumer.seek(TP(topic, partition), verdict.seek_to)
 
     def _track_chunks(self, tp: tuple[str, int], offset: int, value: bytes, fx: Effects) -> None:
         pending = self.service.reader.reassembler.pending_ids
@@ -393,6 +423,10 @@ class AggregatorRuntime:
         for tp, starts in self.chunk_start.items():
             if starts:
                 offsets[tp] = min(starts.values())
+        for tp in offsets:
+            hole = self.gaps.first_open(tp)
+            if hole is not None:
+                offsets[tp] = min(offsets[tp], hole)  # a restart reads the gap again
         extra: dict[str, Any] = {
             "service": self.service.extra_state(),
             "high_water": [[t, p, o] for (t, p), o in self.high_water.items()],

@@ -1,0 +1,65 @@
+"""The aggregator runtime reads again a record its consumer was never handed (topics.gaps).
+
+No broker: a stand-in for the faust app records the seeks; the runtime, its service and the
+engine thread are the real ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aggregator.app import AggregatorRuntime
+from aggregator.settings import AggregatorSettings
+from tests.integration.harness import FED, Federation
+from topics.registry import SITE_EVENTS
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.seeks: list[tuple[str, int, int]] = []
+
+    async def seek(self, tp: Any, offset: int) -> None:
+        self.seeks.append((tp.topic, tp.partition, offset))
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send_and_wait(self, topic: str, *args: Any) -> None:
+        self.sent.append(topic)
+
+
+class _App:
+    def __init__(self) -> None:
+        self.consumer = _Consumer()
+        self.producer = _Producer()
+
+
+async def test_a_skipped_hello_is_read_again_and_nothing_twice(tmp_path: Path) -> None:
+    fed = Federation.create(tmp_path, ["A", "B", "C", "D"])
+    settings = AggregatorSettings(run_dir=tmp_path, federation_id=FED, sites=fed.sites)
+    app = _App()
+    runtime = AggregatorRuntime(app, settings, bytes(32))  # type: ignore[arg-type]
+    hellos = {offset: fed.hello(site) for offset, site in enumerate(["A", "B", "C"])}
+
+    async def deliver(offset: int) -> None:
+        await runtime.on_message(SITE_EVENTS.name, 0, offset, b"k", hellos[offset], [])
+
+    try:
+        await deliver(0)
+        await deliver(2)  # offset 1 (B's hello) was never handed over
+        assert app.consumer.seeks == [(SITE_EVENTS.name, 0, 1)]
+        assert sorted(runtime.service.sites) == ["A", "C"]  # the record after the gap counts
+        await deliver(1)  # the seek back brings it
+        await deliver(2)  # and C's again, which is not handled twice
+        assert sorted(runtime.service.sites) == ["A", "B", "C"]
+        assert app.consumer.seeks == [(SITE_EVENTS.name, 0, 1)]
+        assert runtime.gaps.first_open((SITE_EVENTS.name, 0)) is None
+        assert runtime.next_offset[(SITE_EVENTS.name, 0)] == 3
+        assert app.producer.sent == []  # nothing dead-lettered (a second hello would be)
+    finally:
+        runtime.pool.shutdown()
+        runtime.engine_thread.shutdown()
+        runtime.telemetry.shutdown()
