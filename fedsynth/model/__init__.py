@@ -2,7 +2,7 @@
 
 The configuration is imported eagerly; the model, constraints and training are imported on first
 use (PEP 562), so that a process that only needs the configuration, such as the aggregator, does
-not pay for importing torch (about 4 s of a restart on two cores).
+not pay for importing torch, the largest part of its start-up.
 """
 
 from __future__ import annotations
