@@ -48,7 +48,7 @@ from fedsynth.staleness import make_staleness
 from observability import extract_context, inject_headers, setup_telemetry
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import make_consumer, make_producer
-from topics.gaps import GapGuard, Verdict, VerdictKind
+from topics.gaps import GapGuard, Verdict
 from topics.registry import CONTROL, GLOBAL_MODEL, SHARE_RELAY, SITE_EVENTS, UNMASK, UPDATES
 
 __all__ = ["GlobalVersion", "SiteAgent"]
@@ -220,16 +220,10 @@ class SiteAgent:
 
     def _on_gap(self, consumer: Any, tp: TopicPartition, verdict: Verdict) -> None:
         """Seek back to cohort records the consumer skipped (:mod:`topics.gaps`)."""
-        if verdict.kind is VerdictKind.LOST:
-            log.error(
-                "site %s: %s[%d] offsets %s were never delivered, also after seeking back",
-                self.s.site, tp.topic, tp.partition, verdict.missing,
-            )
-        elif verdict.seek_to is not None:
-            log.warning(
-                "site %s: %s[%d] offsets %s were not delivered; seeking back to %d",
-                self.s.site, tp.topic, tp.partition, verdict.missing, verdict.seek_to,
-            )
+        report = verdict.report(f"site {self.s.site}: {tp.topic}[{tp.partition}]")
+        if report is not None:
+            log.log(*report)
+        if verdict.seek_to is not None:
             consumer.seek(tp, verdict.seek_to)
 
     def _on_model_message(

@@ -242,19 +242,11 @@ class AggregatorRuntime:
 
     async def _on_gap(self, topic: str, partition: int, verdict: Verdict) -> None:
         """Seek back to records the consumer was never handed (:mod:`topics.gaps`)."""
-        if verdict.kind is VerdictKind.LOST:
-            log.error(
-                "%s[%d]: offsets %s were never delivered, also after seeking back; going on "
-                "without them", topic, partition, verdict.missing,
-            )
-            return
-        if verdict.seek_to is None:
-            return  # a re-read after a seek back: handled the first time
-        log.warning(
-            "%s[%d]: offsets %s were not delivered; seeking back to %d (%s)",
-            topic, partition, verdict.missing, verdict.seek_to, verdict.kind,
-        )
-        await self.app.consumer.seek(TP(topic, partition), verdict.seek_to)
+        report = verdict.report(f"{topic}[{partition}]")
+        if report is not None:
+            log.log(*report)
+        if verdict.seek_to is not None:
+            await self.app.consumer.seek(TP(topic, partition), verdict.seek_to)
 
     def _track_chunks(self, tp: tuple[str, int], offset: int, value: bytes, fx: Effects) -> None:
         pending = self.service.reader.reassembler.pending_ids

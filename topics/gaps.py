@@ -15,11 +15,12 @@ the high-water mark). A gap is *lost* when the consumer passes it again without 
 ``max_seeks`` times; consumption goes on and the caller reports it. The first offset of an open
 gap bounds the resume offset the caller checkpoints, so a restart reads the gap again too.
 
-Pure bookkeeping, no I/O: the caller does the seek and the logging.
+Pure bookkeeping, no I/O: the caller does the seek and writes :meth:`Verdict.report` to its log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -65,6 +66,20 @@ class Verdict:
     def handle(self) -> bool:
         """Whether the record is new and must be handled as such."""
         return self.kind in (VerdictKind.NEW, VerdictKind.FILL, VerdictKind.GAP)
+
+    def report(self, where: str) -> tuple[int, str] | None:
+        """The log level and line for a gap verdict (``where`` names the partition), else None."""
+        if self.kind is VerdictKind.LOST:
+            return logging.ERROR, (
+                f"{where}: offsets {self.missing} were never delivered, also after seeking back; "
+                "going on without them"
+            )
+        if self.seek_to is not None:
+            return logging.WARNING, (
+                f"{where}: offsets {self.missing} were not delivered; seeking back to "
+                f"{self.seek_to} ({self.kind})"
+            )
+        return None
 
 
 @dataclass(slots=True)

@@ -7,6 +7,8 @@ delivery only and each one in ``persistent`` on every delivery.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,6 +93,8 @@ def test_the_observed_case_share_212_missing_once() -> None:
     assert guard.check("share-relay-0", 213).kind is VerdictKind.REREAD
     assert guard.check("share-relay-0", 214).kind is VerdictKind.REREAD
     assert guard.check("share-relay-0", 215).kind is VerdictKind.NEW
+    assert verdict.report("share-relay[0]") is not None
+    assert guard.check("share-relay-0", 216).report("share-relay[0]") is None
 
 
 def test_a_gap_that_seeking_back_does_not_fill_is_given_up_after_max_seeks() -> None:
@@ -100,6 +104,10 @@ def test_a_gap_that_seeking_back_does_not_fill_is_given_up_after_max_seeks() -> 
     assert guard.check("tp", 2).kind is VerdictKind.RESEEK  # passed it again: seek 2
     verdict = guard.check("tp", 2)
     assert (verdict.kind, verdict.missing) == (VerdictKind.LOST, (1, 1))
+    assert verdict.report("tp") == (
+        logging.ERROR,
+        "tp: offsets (1, 1) were never delivered, also after seeking back; going on without them",
+    )
     assert guard.first_open("tp") is None
     assert guard.check("tp", 3).kind is VerdictKind.NEW
 
