@@ -27,12 +27,14 @@ encrypted at rest with the rest of the checkpoint), checkpointed with the offset
 that built it. After :meth:`CohortCoordinator.from_state` the cohort goes on where it was:
 records after the checkpoint are consumed again and control records in the checkpoint's outbox
 are sent again (sites drop repeats by message id, see :mod:`agents.secure`), so a restart costs
-the cohort no member and no update. Its current stage gets a fresh deadline once the adapter
-consumes again (:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the
-sites' fault. Only when the state cannot be rebuilt (an older checkpoint format) is the cohort
-abandoned: its late records are dead-lettered with that reason, the adapter opens a new one, and
-sites leave the old cohort when they see the new ``CohortOpen`` and rejoin with the same pending
-update, unless the old cohort had already named them survivors (then the update is spent).
+the cohort no member and no update. The ids of recently ended cohorts are checkpointed too, so an
+unmask response that arrives after its cohort's result is dropped, not dead-lettered, on either side
+of a restart. The open cohort's current stage gets a fresh deadline once the adapter consumes
+again (:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the sites' fault.
+Only when the state cannot be rebuilt (an older checkpoint format) is the cohort abandoned: its
+late records are dead-lettered with that reason, the adapter opens a new one, and sites leave the
+old cohort when they see the new ``CohortOpen`` and rejoin with the same pending update, unless
+the old cohort had already named them survivors (then the update is spent).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ Send = tuple[str, dict[str, Any]]
 INBOUND = frozenset({"CohortJoin", "EncryptedShare", "ModelUpdate", "UnmaskResponse"})
 _STATE_FORMAT = 2
 _PAST_KEPT = 32
+_FINISHED = "already finished"  # how a cohort that produced its result ended (``_past``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +215,6 @@ class CohortCoordinator:
         self._open: _Open | None = None
         self._seq = 0
         self._past: deque[tuple[str, str]] = deque(maxlen=_PAST_KEPT)  # (cohort id, how it ended)
-        self._done: ServerState | None = None  # the last finished cohort takes late responses
 
     # ------------------------------------------------------------------ queries
     @property
@@ -350,12 +352,12 @@ class CohortCoordinator:
             return _rejected(name, record, f"federation {record['federation_id']!r}")
         message = from_record(name, record)
         cohort_id = getattr(message, "cohort_id", None)
-        done = self._done
-        if done is not None and cohort_id == done.config.cohort_id and name == "UnmaskResponse":
-            try:  # the sum needed no more shares; still refuse a duplicate or a stranger
-                self._done, _ = server_step(done, message)  # type: ignore[arg-type]
-            except FedSynthError as exc:
-                return _rejected(name, record, f"{type(exc).__name__}: {exc}")
+        if name == "UnmaskResponse" and self._ended(str(cohort_id)) == _FINISHED:
+            # The sum needed no more shares: dropped unread, as the server does in DONE. ``_past``
+            # is checkpointed, so a response that arrives after a restart is dropped the same way
+            # instead of being dead-lettered.
+            log.debug("late unmask response from %s for finished cohort %s dropped",
+                      record.get("sender"), cohort_id)
             return CoordinatorOutput()
         if self._open is None or cohort_id != self.cohort_id:
             return _rejected(name, record, self._why_foreign(str(cohort_id)))
@@ -372,8 +374,12 @@ class CohortCoordinator:
             raise ProtocolError("no cohort is open")
         return self._open
 
+    def _ended(self, cohort_id: str) -> str | None:
+        """How a recent cohort ended (None: not one of the last ``_PAST_KEPT``)."""
+        return dict(self._past).get(cohort_id)
+
     def _why_foreign(self, cohort_id: str) -> str:
-        ended = dict(self._past).get(cohort_id)
+        ended = self._ended(cohort_id)
         if ended is not None:
             return f"cohort {cohort_id} {ended}; a pending update rejoins a later cohort"
         now_open = self.cohort_id or "none"
@@ -425,8 +431,8 @@ class CohortCoordinator:
         out.event = CohortAggregated(result.cohort_id, result.sum_vector, result.weight_sum,
                                      result.survivors, server.config.target_version)
         out.finished = True
-        self._past.append((result.cohort_id, "already finished"))
-        self._open, self._done = None, server
+        self._past.append((result.cohort_id, _FINISHED))
+        self._open = None
         log.info("cohort %s done: %d survivors, weight %.6g", result.cohort_id,
                  len(result.survivors), result.weight_sum)
         return out

@@ -552,6 +552,25 @@ def test_a_restart_at_any_point_resumes_the_cohort_with_every_update() -> None:
     assert steps > 30  # joins, roster, 12 shares, masked chunks, unmask responses
 
 
+def test_a_late_unmask_response_after_a_restart_is_dropped_not_dead_lettered() -> None:
+    net = make_net(hold={("share-relay", "s0")})
+    net.open(version=5)
+    net.submit()
+    while net.deliver_one():
+        pass
+    assert finished_result(net).contributors == ALL_SITES[:4]  # s0 has not answered yet
+    _restarted(net)
+    net.hold.clear()
+    net.settle()  # s0's response reaches the restarted coordinator
+    assert net.sites["s0"].last_outcome is SiteOutcome.SPENT and len(net.outcomes) == 1
+    assert net.rejections == []
+    late = _record(net, "s1", "UnmaskResponse", {"cohort_id": "c0-unknown", "site_id": "s1",
+                                                 "self_mask_shares": [], "key_shares": []})
+    net.inject("unmask", AGG, late)
+    net.settle()  # a response for a cohort that never ran is still refused
+    assert len(net.rejections) == 1 and "foreign cohort c0-unknown" in net.rejections[0]
+
+
 def test_a_resumed_stage_gets_a_fresh_deadline() -> None:
     net = make_net()
     net.open(version=5)
