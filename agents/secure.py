@@ -23,7 +23,10 @@ keys. It is dropped when a cohort opens for a version more than ``max_staleness`
 (the site then trains a new one from the newest version). Once an ``UnmaskRequest`` names the
 site a survivor its update is *spent*, even if that cohort then fails: the aggregator may already
 hold enough shares to unmask a sum containing it, and putting the same update into a second sum
-would let two sums be subtracted (a differencing leak).
+would let two sums be subtracted (a differencing leak). The site's next update is then trained
+from the version that cohort's sum makes (:attr:`SecureSite.train_from`), not from an older one
+that lacks the site's own contribution; a later cohort opened for the same version (the spent one
+failed) lifts the wait. The wait is not kept across an agent restart.
 
 Repeats: a control record whose ``message_id`` was already handled is ignored. A restarted
 aggregator sends its checkpoint's outbox again and then goes on with the same cohort, so a second
@@ -155,6 +158,8 @@ class SecureSite:
         self._deferred: UnmaskRequest | None = None
         self._rejections: list[str] = []
         self._spent_here = False  # named a survivor in the current cohort
+        self._joined_target: int | None = None  # target version of the cohort last joined
+        self._awaiting: tuple[str, int] | None = None  # (cohort, version) holding the spent update
         self._handled: deque[str] = deque(maxlen=_CONTROL_IDS_KEPT)  # control message ids
 
     # ------------------------------------------------------------------ queries
@@ -177,6 +182,20 @@ class SecureSite:
     def stage(self) -> ClientStage | None:
         """The site's stage in its cohort, if any."""
         return None if self._client is None else self._client.stage
+
+    @property
+    def train_from(self) -> int:
+        """Oldest global version the site should train its next update from.
+
+        After its update was spent in a cohort for target version ``v_c``, that is ``v_c + 1``,
+        the version the cohort's sum makes: an update trained from an older version would not
+        contain the site's own last contribution, and the two would both push the model along
+        the site's local gradient (measured in ``bench.staleness``: the secure FedBuff curve then
+        oscillates and ends well below plain FedBuff's). Released when a later cohort opens for
+        ``v_c`` or earlier (the spent cohort failed, so that version may never come). 0 when
+        there is nothing to wait for.
+        """
+        return 0 if self._awaiting is None else self._awaiting[1]
 
     @property
     def cohort_done(self) -> bool:
@@ -242,6 +261,9 @@ class SecureSite:
     def _on_open(self, record: Mapping[str, Any], now: float) -> list[Send]:
         cohort_id = str(record["cohort_id"])
         self._open = (cohort_id, int(record["target_version"]), int(record["join_deadline_ms"]))
+        awaiting = self._awaiting
+        if awaiting is not None and cohort_id != awaiting[0] and self._open[1] < awaiting[1]:
+            self._awaiting = None  # the spent cohort made no version: train from the newest
         if self._client is not None and self.cohort_id != cohort_id:
             log.info(
                 "site %s leaves cohort %s: cohort %s opened",
@@ -290,7 +312,7 @@ class SecureSite:
         )
         self._client, joins = start_client(client_cfg, update)
         self._tried, self._early, self._deferred = cohort_id, [], None
-        self._spent_here = False
+        self._spent_here, self._joined_target = False, target
         return [to_fields(j) for j in joins]
 
     def _clamped_staleness(self, t: int) -> float:
@@ -328,6 +350,8 @@ class SecureSite:
         if self.config.site_id in request.survivors and self.pending is not None:
             self.spent.append(self.pending.update_id)
             self.pending, self._spent_here = None, True
+            if self._joined_target is not None:
+                self._awaiting = (request.cohort_id, self._joined_target + 1)
         self._deferred = request
         return self._maybe_unmask()
 

@@ -208,8 +208,11 @@ class SiteAgent:
             latest = self.latest
             if latest is None or latest.version <= self.state["trained_version"]:
                 continue
-            if self.secure is not None and self.secure.has_pending_update and not latest.final:
-                continue  # one update at a time waits for its cohort
+            if self.secure is not None and not latest.final:
+                if self.secure.has_pending_update:
+                    continue  # one update at a time waits for its cohort
+                if latest.version < self.secure.train_from:
+                    continue  # wait for the version that holds this site's spent update
             if latest.final:
                 log.info("final version %d received; site %s is done", latest.version, self.s.site)
                 await self._heartbeat("done")

@@ -12,8 +12,10 @@ at start, ``factor`` is 1 (5 for the slow site) and ``jitter`` is a seeded draw 
 (the same draws for every strategy). Every site follows the agent's rule (issue 5, item 5): it
 trains from the newest global version, sends, and starts its next update at once if a version newer
 than its last base exists, else as soon as one is published; it never trains twice from one version.
-Under FedAvg this is exactly "wait for the next round"; under secure FedBuff a member of a cohort
-typically restarts when its cohort's result is applied. The server applies updates as they arrive:
+Under FedAvg this is exactly "wait for the next round". In secure mode the agent holds one pending
+update until a cohort takes it (:mod:`agents.secure`), and trains its next one from the version that
+cohort's sum makes (``SecureSite.train_from``), so a member restarts when its cohort's result is
+applied. The server applies updates as they arrive:
 
 * FedAvg (McMahan et al. 2017), ``sites_per_round=4``: every round waits for the slow site;
 * FedAsync (Xie et al. 2019), ``alpha=0.6``, polynomial staleness ``(1+t)^-0.5``;
@@ -283,7 +285,7 @@ class _Simulation:
         self.counts = dict.fromkeys((s.name for s in self.sites), 0)
         self.queue: list[tuple[float, int, _Finished | _CohortDone]] = []
         self.order = itertools.count()
-        self.idle: list[Site] = []
+        self.idle: list[tuple[int, Site]] = []  # (first version the site may train from, site)
         self.waiting: list[_Finished] = []  # secure: finished updates not yet in a closed cohort
         self.in_flight = 0
         self.result = ArmResult(arm.name)
@@ -320,18 +322,22 @@ class _Simulation:
 
     def _on_finished(self, done: _Finished, now: float) -> None:
         self.result.updates += 1
-        if self.arm.secure:
-            self.waiting.append(done)
+        if self.arm.secure:  # the agent holds one pending update until a cohort takes it
+            self.waiting.append(done)  # (so ``waiting`` holds at most one update per site)
             self._maybe_close_cohort(now)
+            return
+        name = done.site.name
+        update = ClientUpdate(f"u-{name}-{done.index}", name, done.base, done.site.n, done.delta)
+        self._step(UpdateReceived(update, f"m-{name}-{done.index}"), now)
+        self._resume(done.site, done.base + 1, now)
+
+    def _resume(self, site: Site, version: int, now: float) -> None:
+        """``site`` trains again now if the global version is at least ``version``, else as
+        soon as it is."""
+        if self.state.model_version >= version:
+            self._start(site, now)
         else:
-            name = done.site.name
-            update = ClientUpdate(f"u-{name}-{done.index}", name, done.base, done.site.n,
-                                  done.delta)
-            self._step(UpdateReceived(update, f"m-{name}-{done.index}"), now)
-        if self.state.model_version > done.base:
-            self._start(done.site, now)
-        else:
-            self.idle.append(done.site)  # trains again once a newer version is published
+            self.idle.append((version, site))
 
     def _step(self, event: UpdateReceived | CohortAggregated, now: float) -> None:
         self.state, out = self.engine.step(self.state, event)
@@ -346,24 +352,24 @@ class _Simulation:
         if published.version % self.arm.eval_every == 0:
             quality = self.bench.quality(published.vector)
             self.result.curve.append(Point(now, published.version, quality))
-        idle, self.idle = self.idle, []
-        for site in idle:
+        ready = [site for version, site in self.idle if version <= published.version]
+        self.idle = [(v, site) for v, site in self.idle if v > published.version]
+        for site in ready:
             self._start(site, now)
 
     def _maybe_close_cohort(self, now: float) -> None:
-        members: dict[str, _Finished] = {}
-        for done in self.waiting:  # one update per site and cohort; a second waits for the next
-            members.setdefault(done.site.name, done)
-        if len(members) < self.settings.buffer_size:
+        if len(self.waiting) < self.settings.buffer_size:
             return
-        chosen = list(members.values())[: self.settings.buffer_size]
-        self.waiting = [d for d in self.waiting if all(d is not c for c in chosen)]
+        chosen = self.waiting[: self.settings.buffer_size]
+        self.waiting = self.waiting[self.settings.buffer_size :]
         target = self.state.model_version + self.in_flight
         event, cpu = self._secure_cohort(chosen, target)
         self.in_flight += 1
         self.result.cohorts += 1
         self.result.secure_cpu_s += cpu
         heapq.heappush(self.queue, (now + cpu, next(self.order), _CohortDone(event)))
+        for done in chosen:  # spent: the site trains next from the version holding its update
+            self._resume(done.site, target + 1, now)
 
     def _secure_cohort(
         self, members: list[_Finished], target: int

@@ -353,6 +353,31 @@ def test_failure_while_unmasking_spends_the_survivors_updates() -> None:
         assert site.spent == [f"u-{s}"]
 
 
+def test_a_spent_site_trains_next_from_the_version_its_cohort_makes() -> None:
+    net = make_net()
+    assert all(site.train_from == 0 for site in net.sites.values())
+    net.open(version=5)
+    net.submit()
+    net.settle()
+    assert finished_result(net).contributors == ALL_SITES[:4]
+    # the sum is applied to version 5 and makes 6: an update trained from 5 would miss it
+    assert all(net.sites[s].train_from == 6 for s in ALL_SITES[:4])
+    net.open(version=6)  # the next cohort: version 6 exists, the wait stands until it arrives
+    assert net.sites["s0"].train_from == 6
+
+
+def test_a_failed_cohort_releases_the_wait_for_its_version() -> None:
+    net = make_net(die_after={"s2": "ModelUpdate", "s3": "ModelUpdate"})
+    net.open(version=5)
+    net.submit()
+    net.settle()
+    assert net.outcomes[-1].failed is not None  # s0 and s1 were named survivors: spent
+    assert net.sites["s0"].train_from == 6 and net.sites["s0"].last_outcome is SiteOutcome.SPENT
+    net.open(version=5)  # a new cohort for the same version: the failed one made no version
+    net.settle()
+    assert net.sites["s0"].train_from == 0 and net.sites["s1"].train_from == 0
+
+
 def test_unmask_request_waits_for_shares_that_lag_behind_control_records() -> None:
     net = make_net(hold={("share-relay", "s0")})
     net.open(version=5)
