@@ -87,7 +87,8 @@ def dequantize(
 
     Each level ``l`` decodes to ``low + l * ((high - low) / (2^bits - 1))`` computed in float64;
     with ``dtype=np.float32`` that value is rounded to float32 (the same as casting the float64
-    result). Up to 8 bits the ``2^bits`` values are computed once and looked up.
+    result). A large float32 decode is formed block by block (:func:`_affine_blocks`); otherwise,
+    up to 8 bits, the ``2^bits`` values are computed once and looked up.
 
     Raises:
         MessageError: a malformed or truncated frame.
@@ -102,32 +103,36 @@ def dequantize(
         raise MessageError(f"quantized body of {len(body)} bytes does not hold {count} values")
     levels = _unpack(body, bits, count)
     top = (1 << bits) - 1
+    step = (high - low) / top
+    if np.dtype(dtype) == np.float32 and count >= _BLOCKED_MIN:
+        return _affine_blocks(levels, low, step)
     if bits == 16:
-        wide: npt.NDArray[np.float64] = low + levels.astype(np.float64) * ((high - low) / top)
+        wide: npt.NDArray[np.float64] = low + levels.astype(np.float64) * step
         return wide.astype(dtype, copy=False)
-    table = (low + np.arange(top + 1, dtype=np.float64) * ((high - low) / top)).astype(dtype)
-    if table.dtype == np.float32 and bits == 8 and count >= _PAIR_LOOKUP_MIN:
-        return _lookup_pairs(table, levels.astype(np.uint8, copy=False))
+    table = (low + np.arange(top + 1, dtype=np.float64) * step).astype(dtype)
     out: npt.NDArray[np.floating] = np.take(table, levels)
     return out
 
 
-_PAIR_LOOKUP_MIN = 1 << 17
+_BLOCKED_MIN = 1 << 16
+_BLOCK = 1 << 18
 
 
-def _lookup_pairs(
-    table: npt.NDArray[np.float32], levels: npt.NDArray[np.uint8]
+def _affine_blocks(
+    levels: npt.NDArray[np.uint8] | npt.NDArray[np.uint16], low: float, step: float
 ) -> npt.NDArray[np.float32]:
-    """``table[levels]`` two bytes at a time: one 8-byte lookup per pair of 8-bit levels.
+    """``float32(low + level * step)``, formed in float64 one block of columns at a time.
 
-    The 65536-entry table of value pairs (512 KiB) stays in cache; this halves the lookups.
+    The same bits as the float64 formula cast at the end (the same two float64 operations, one
+    rounding to float32), without a float64 copy of the whole vector; for 1M 8-bit levels this
+    is faster than a table lookup, which numpy does through an index array of ``intp``.
     """
-    pairs = np.empty((256, 256, 2), dtype=np.float32)  # [high byte, low byte] -> (low, high)
-    pairs[:, :, 0] = table[None, :]
-    pairs[:, :, 1] = table[:, None]
-    words = pairs.reshape(-1).view(np.uint64)
-    even = levels.size - levels.size % 2
     out = np.empty(levels.size, dtype=np.float32)
-    np.take(words, levels[:even].view("<u2"), out=out[:even].view(np.uint64))
-    out[even:] = table[levels[even:]]
+    buf = np.empty(min(_BLOCK, levels.size), dtype=np.float64)
+    for start in range(0, levels.size, _BLOCK):
+        stop = min(start + _BLOCK, levels.size)
+        wide = buf[: stop - start]
+        np.multiply(levels[start:stop], step, out=wide)
+        wide += low
+        out[start:stop] = wide
     return out

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedsynth.codec import Pipeline, topk_decode, topk_encode, zstd_compress, zstd_decompress
+from fedsynth.codec.quantize import dequantize, quantize
 
 finite = arrays(np.float64, st.integers(0, 300),
                 elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
@@ -62,3 +63,19 @@ def test_a_subnormal_range_quantizes_without_nan(n: int, bits: int) -> None:
     with np.errstate(all="raise"):
         out = pipe.decode(pipe.encode(v, np.random.default_rng(1))[0])
     assert np.all(np.isfinite(out)) and np.all(np.abs(out - v) <= 1e-320)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.sampled_from([1, 2, 4, 8, 16]),
+       st.sampled_from([0, 1, 1000, (1 << 16) - 1, 1 << 16, (1 << 18) + 3]),
+       st.floats(-1e3, 1e3), st.floats(0, 1e3), st.integers(0, 2**32 - 1))
+def test_float32_decode_is_the_float64_decode_rounded(
+    bits: int, n: int, low: float, width: float, seed: int
+) -> None:
+    """Every decode path (table, whole-vector, blocks) gives float32(low + l * step) bit for bit."""
+    rng = np.random.default_rng(seed)
+    frame = quantize(low + width * rng.random(n), bits, rng)
+    wide = dequantize(frame, np.float64)
+    narrow = dequantize(frame, np.float32)
+    assert narrow.dtype == np.float32
+    assert np.array_equal(narrow.view(np.uint32), wide.astype(np.float32).view(np.uint32))
