@@ -158,7 +158,6 @@ class SecureSite:
         self._deferred: UnmaskRequest | None = None
         self._rejections: list[str] = []
         self._spent_here = False  # named a survivor in the current cohort
-        self._joined_target: int | None = None  # target version of the cohort last joined
         self._awaiting: tuple[str, int] | None = None  # (cohort, version) holding the spent update
         self._handled: deque[str] = deque(maxlen=_CONTROL_IDS_KEPT)  # control message ids
 
@@ -312,7 +311,7 @@ class SecureSite:
         )
         self._client, joins = start_client(client_cfg, update)
         self._tried, self._early, self._deferred = cohort_id, [], None
-        self._spent_here, self._joined_target = False, target
+        self._spent_here = False
         return [to_fields(j) for j in joins]
 
     def _clamped_staleness(self, t: int) -> float:
@@ -350,8 +349,9 @@ class SecureSite:
         if self.config.site_id in request.survivors and self.pending is not None:
             self.spent.append(self.pending.update_id)
             self.pending, self._spent_here = None, True
-            if self._joined_target is not None:
-                self._awaiting = (request.cohort_id, self._joined_target + 1)
+            opened = self._open  # the cohort the site is in (another CohortOpen makes it leave)
+            if opened is not None and opened[0] == request.cohort_id:
+                self._awaiting = (request.cohort_id, opened[1] + 1)
         self._deferred = request
         return self._maybe_unmask()
 
