@@ -26,7 +26,11 @@ hold enough shares to unmask a sum containing it, and putting the same update in
 would let two sums be subtracted (a differencing leak). The site's next update is then trained
 from the version that cohort's sum makes (:attr:`SecureSite.train_from`), not from an older one
 that lacks the site's own contribution; a later cohort opened for the same version (the spent one
-failed) lifts the wait. The wait is not kept across an agent restart.
+failed) lifts the wait. The agent keeps the wait across its own restart
+(:meth:`SecureSite.resume_wait`): it reads the control topic again from the start, and cohorts
+opened *before* the spent one must not lift the wait then, so a resumed wait is lifted only by
+opens read after the spent cohort's own ``CohortOpen`` or after the agent has caught up with the
+topic (:meth:`SecureSite.caught_up`, for when retention has removed that record).
 
 Repeats: a control record whose ``message_id`` was already handled is ignored. A restarted
 aggregator sends its checkpoint's outbox again and then goes on with the same cohort, so a second
@@ -159,6 +163,7 @@ class SecureSite:
         self._rejections: list[str] = []
         self._spent_here = False  # named a survivor in the current cohort
         self._awaiting: tuple[str, int] | None = None  # (cohort, version) holding the spent update
+        self._armed = True  # False while a resumed wait may still see cohorts older than its own
         self._handled: deque[str] = deque(maxlen=_CONTROL_IDS_KEPT)  # control message ids
 
     # ------------------------------------------------------------------ queries
@@ -197,6 +202,12 @@ class SecureSite:
         return 0 if self._awaiting is None else self._awaiting[1]
 
     @property
+    def awaiting(self) -> tuple[str, int] | None:
+        """``(spent cohort, version its sum makes)`` while :attr:`train_from` waits, else None;
+        the agent stores it so that a restart keeps the wait (:meth:`resume_wait`)."""
+        return self._awaiting
+
+    @property
     def cohort_done(self) -> bool:
         """The last cohort consumed the update (it was named a survivor)."""
         return self.last_outcome is SiteOutcome.SPENT
@@ -207,6 +218,21 @@ class SecureSite:
         return out
 
     # ------------------------------------------------------------------ commands
+    def resume_wait(self, cohort_id: str, version: int) -> None:
+        """Take back a wait saved before a restart (see :attr:`awaiting`).
+
+        The restarted agent replays the control topic from its start, where every cohort opened
+        before ``cohort_id`` would otherwise look like a later one for an older version and lift
+        the wait. So nothing lifts it until the replay reaches ``cohort_id``'s own open record, or
+        :meth:`caught_up` says the agent has read all there was.
+        """
+        self._awaiting, self._armed = (cohort_id, version), False
+
+    def caught_up(self) -> None:
+        """The agent has read the control topic to its end: from now on every ``CohortOpen`` is
+        newer than a resumed wait's cohort (whose open record retention may have removed)."""
+        self._armed = True
+
     def submit(self, update: PendingUpdate, now: float) -> list[Send]:
         """Hold a finished update (replacing a pending one); join the open cohort if possible.
 
@@ -261,7 +287,9 @@ class SecureSite:
         cohort_id = str(record["cohort_id"])
         self._open = (cohort_id, int(record["target_version"]), int(record["join_deadline_ms"]))
         awaiting = self._awaiting
-        if awaiting is not None and cohort_id != awaiting[0] and self._open[1] < awaiting[1]:
+        if awaiting is not None and cohort_id == awaiting[0]:
+            self._armed = True  # a replay reached the spent cohort: later opens are newer
+        elif awaiting is not None and self._armed and self._open[1] < awaiting[1]:
             self._awaiting = None  # the spent cohort made no version: train from the newest
         if self._client is not None and self.cohort_id != cohort_id:
             log.info(
@@ -351,7 +379,7 @@ class SecureSite:
             self.pending, self._spent_here = None, True
             opened = self._open  # the cohort the site is in (another CohortOpen makes it leave)
             if opened is not None and opened[0] == request.cohort_id:
-                self._awaiting = (request.cohort_id, opened[1] + 1)
+                self._awaiting, self._armed = (request.cohort_id, opened[1] + 1), True
         self._deferred = request
         return self._maybe_unmask()
 

@@ -205,6 +205,10 @@ class SiteAgent:
                 early, self.early = self.early, []
                 for name, record in early:
                     await self._send_secure(self.secure.on_record(name, record, time.time()))
+                self._keep_wait(self.secure)
+            if self.secure is not None and self.secure.awaiting is not None:
+                if await _read_to_end(consumer, TopicPartition(CONTROL.name, 0)):
+                    self.secure.caught_up()  # later cohort opens are new ones
             latest = self.latest
             if latest is None or latest.version <= self.state["trained_version"]:
                 continue
@@ -253,17 +257,7 @@ class SiteAgent:
             int(rec["version"]), params, spec, bool(rec.get("final")), headers
         )
         if spec.secure_terms is not None and self.secure is None:
-            self.secure = self._secure_site(spec.secure_terms)
-            restored = self.pending_store.load()
-            if restored is not None:  # trained before a crash, never masked: join a cohort
-                self.secure.pending = restored
-                log.info(
-                    "site %s: update %s from version %d survived a restart; it waits for a "
-                    "secure cohort",
-                    self.s.site,
-                    restored.update_id,
-                    restored.base_version,
-                )
+            self._start_secure(spec.secure_terms)
 
     # ------------------------------------------------------------------ training
     async def _train_and_send(self, gv: GlobalVersion) -> bool:
@@ -364,6 +358,31 @@ class SiteAgent:
         return True
 
     # ------------------------------------------------------------------ secure mode
+    def _start_secure(self, terms: dict[str, Any]) -> None:
+        """Join secure mode with the federation's terms (they come with version 0), taking back
+        what a crash left: the wait for a spent cohort's version and a saved, unmasked update."""
+        self.secure = self._secure_site(terms)
+        wait = self.state.get("awaiting")
+        if wait is not None:  # spent in a cohort before a restart: wait for its version
+            self.secure.resume_wait(str(wait[0]), int(wait[1]))
+            log.info(
+                "site %s: its last update was spent in cohort %s; it trains next from "
+                "version %d",
+                self.s.site,
+                wait[0],
+                int(wait[1]),
+            )
+        restored = self.pending_store.load()
+        if restored is not None:  # trained before a crash, never masked: join a cohort
+            self.secure.pending = restored
+            log.info(
+                "site %s: update %s from version %d survived a restart; it waits for a "
+                "secure cohort",
+                self.s.site,
+                restored.update_id,
+                restored.base_version,
+            )
+
     def _secure_site(self, terms: dict[str, Any]) -> SecureSite:
         spec = FixedPointSpec(
             clip=float(terms["clip"]),
@@ -403,8 +422,19 @@ class SiteAgent:
         await self._send_secure(site.on_record(got.name, got.record, time.time()))
         if site is self.secure and site.pending is None:
             self.pending_store.discard()  # spent, or dropped as too stale
+        if site is self.secure:
+            self._keep_wait(site)
         for reason in site.drain_rejections():
             log.warning("site %s refused a cohort message: %s", self.s.site, reason)
+
+    def _keep_wait(self, site: SecureSite) -> None:
+        """Store the site's wait for its spent cohort's version in ``state.json`` when it
+        changes, so that a restarted agent does not train from an older version
+        (:meth:`SecureSite.resume_wait`)."""
+        wait = None if site.awaiting is None else list(site.awaiting)
+        if self.state.get("awaiting") != wait:
+            self.state["awaiting"] = wait
+            _write_json(self.state_path, self.state)
 
     async def _join_histogram_cohort(self, record: dict[str, Any]) -> None:
         """Submit this site's DP histograms to a secure histogram cohort (before version 0)."""
@@ -529,6 +559,12 @@ def load_released_histograms(path: Path) -> np.ndarray | None:
     if vector.dtype != np.float32 or vector.ndim != 1:
         raise ConfigError(f"{path} holds {vector.dtype} {vector.shape}, not a float32 vector")
     return vector
+
+
+async def _read_to_end(consumer: Any, tp: TopicPartition) -> bool:
+    """The consumer has read ``tp`` up to the high watermark its last fetch reported."""
+    highwater = consumer.highwater(tp)
+    return highwater is not None and await consumer.position(tp) >= highwater
 
 
 def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:
