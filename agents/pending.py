@@ -6,13 +6,19 @@ update itself. The agent writes it here when training finishes and reads it back
 so the restarted site joins the next cohort with the same update instead of training a new one
 (which would spend privacy budget again) or losing it.
 
-Never counted twice: the file is deleted *before* the site sends its masked input, because from
-that moment the update may end up in a cohort's sum (the survivor set is fixed by who sent masked
-inputs). A crash after that point therefore loses the update rather than risking a second count;
-a crash before it (join, shares) makes the site a dropout whose update is safely resubmitted.
+Never counted twice: *before* the site sends its masked input, the store writes a mark naming the
+cohort (``pending-update.npz.masked``), because from that moment the update may end up in that
+cohort's sum (the survivor set is fixed by who sent masked inputs). A restarted agent that finds
+the mark does not offer the update to any cohort until the control topic, read again from its
+start, tells how that cohort ended (:meth:`agents.secure.SecureSite.resume_masked`): an
+``UnmaskRequest`` naming the site a survivor spends it (deleted); one that does not, or a later
+cohort's ``CohortOpen`` with no such request before it, frees it for the next cohort (the mark is
+removed); a cohort no longer on the topic (retention) drops it, since nobody can say. A crash
+before the mark (join, shares) makes the site a dropout whose update is resubmitted.
 
-Format: one ``.npz`` file (numpy, no pickling) with the delta and a JSON header, written to a
-temporary name, fsynced and renamed, so a crash while writing leaves the old file or none.
+Format: one ``.npz`` file (numpy, no pickling) with the delta and a JSON header, and the mark as a
+small JSON file; each written to a temporary name, fsynced and renamed, so a crash while writing
+leaves the old file or none.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class PendingStore:
             header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
         )
         write_atomic(self.path, buffer.getvalue())
+        self.clear_mark()  # a mark of an earlier update names that one, never this
 
     def load(self) -> PendingUpdate | None:
         """The saved update, or None when there is none.
@@ -85,22 +92,55 @@ class PendingStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"pending update file {self.path} is unreadable: {exc}") from exc
 
+    @property
+    def mark_path(self) -> Path:
+        """Where the mark of a sent masked input is kept."""
+        return self.path.with_name(self.path.name + ".masked")
+
     def before_send(self, name: str, fields: Mapping[str, Any]) -> None:
-        """Call before sending any cohort message: a masked input of the saved update deletes
-        it first (write-ahead), so that a crash can never lead to its being counted twice."""
-        if name == "ModelUpdate":
-            self.discard(str(fields["update_id"]))
+        """Call before sending any cohort message: a masked input of the saved update marks it
+        with its cohort first (write-ahead), so that a restart never offers it to a second cohort
+        while the first may still count it."""
+        if name == "ModelUpdate" and self.saved_id() == str(fields["update_id"]):
+            mark = {"update_id": str(fields["update_id"]), "cohort_id": str(fields["cohort_id"])}
+            write_atomic(self.mark_path, json.dumps(mark).encode())
+
+    def masked_in(self) -> str | None:
+        """The cohort the saved update's masked input went to, or None (not masked, no update).
+
+        Raises:
+            ConfigError: The mark exists but cannot be read.
+        """
+        try:
+            mark = json.loads(self.mark_path.read_bytes())
+            update_id, cohort_id = str(mark["update_id"]), str(mark["cohort_id"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"masked-input mark {self.mark_path} is unreadable: {exc}") from exc
+        return cohort_id if self.saved_id() == update_id else None
+
+    def clear_mark(self) -> bool:
+        """Forget the masked input (its cohort ended without counting it); True if there was one."""
+        return _unlink(self.mark_path)
 
     def discard(self, update_id: str | None = None) -> bool:
-        """Delete the saved update (only if it is ``update_id``, when given); True if deleted."""
+        """Delete the saved update and its mark (only if it is ``update_id``, when given); True if
+        the update was deleted."""
         if update_id is not None and self.saved_id() != update_id:
             return False
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            return False
-        fsync_dir(self.path.parent)
-        return True
+        deleted = _unlink(self.path)
+        _unlink(self.mark_path)
+        return deleted
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    fsync_dir(path.parent)
+    return True
 
 
 def _header(data: Any) -> dict[str, Any]:

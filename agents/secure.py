@@ -32,6 +32,12 @@ opened *before* the spent one must not lift the wait then, so a resumed wait is 
 opens read after the spent cohort's own ``CohortOpen`` or after the agent has caught up with the
 topic (:meth:`SecureSite.caught_up`, for when retention has removed that record).
 
+A crash after the masked input went out: the agent keeps the update on disk, marked with the
+cohort (:mod:`agents.pending`), and the restarted site holds it back
+(:meth:`SecureSite.resume_masked`) until the replayed control topic shows how that cohort ended:
+named a survivor in its ``UnmaskRequest`` (spent, as above), or the cohort ended without counting
+it (the update rejoins the next cohort, as after a live failure).
+
 Repeats: a control record whose ``message_id`` was already handled is ignored. A restarted
 aggregator sends its checkpoint's outbox again and then goes on with the same cohort, so a second
 copy of a roster or request must not look like a new one (a second roster would otherwise make the
@@ -144,6 +150,9 @@ class SiteOutcome(StrEnum):
     STALE = "stale"
     """A cohort opened for a version too far past the update's base (``max_staleness``): the
     update is dropped, so that the site trains a fresh one instead of waiting forever."""
+    UNKNOWN = "unknown"
+    """After a restart, the cohort the update's masked input went to is no longer on the control
+    topic, so whether its sum counted the update cannot be told: the update is dropped."""
 
 
 class SecureSite:
@@ -164,6 +173,9 @@ class SecureSite:
         self._spent_here = False  # named a survivor in the current cohort
         self._awaiting: tuple[str, int] | None = None  # (cohort, version) holding the spent update
         self._armed = True  # False while a resumed wait may still see cohorts older than its own
+        self._masked_in: str | None = None  # the cohort the pending update's masked input went to
+        self._unresolved = False  # _masked_in comes from before a restart: its fate is unknown
+        self._seen_masked_open = False  # the replay has passed that cohort's CohortOpen
         self._handled: deque[str] = deque(maxlen=_CONTROL_IDS_KEPT)  # control message ids
 
     # ------------------------------------------------------------------ queries
@@ -208,6 +220,20 @@ class SecureSite:
         return self._awaiting
 
     @property
+    def waits_for_the_topic(self) -> bool:
+        """Something taken back after a restart waits until the control topic has been read to
+        its end (:meth:`caught_up`)."""
+        return (self._awaiting is not None and not self._armed) or (
+            self._unresolved and not self._seen_masked_open
+        )
+
+    @property
+    def masked_in(self) -> str | None:
+        """The cohort the pending update's masked input went to while that cohort may still
+        count it (the agent keeps this on disk: :mod:`agents.pending`), else None."""
+        return None if self.pending is None else self._masked_in
+
+    @property
     def cohort_done(self) -> bool:
         """The last cohort consumed the update (it was named a survivor)."""
         return self.last_outcome is SiteOutcome.SPENT
@@ -228,10 +254,33 @@ class SecureSite:
         """
         self._awaiting, self._armed = (cohort_id, version), False
 
+    def resume_masked(self, cohort_id: str) -> None:
+        """The pending update's masked input went to ``cohort_id`` before a restart.
+
+        The update joins no cohort until the control topic, read again from its start, says how
+        that cohort ended: an ``UnmaskRequest`` of it naming this site a survivor spends the
+        update; one that does not, or a later ``CohortOpen`` with no such request before it, frees
+        it; if :meth:`caught_up` comes without the cohort's own ``CohortOpen`` having been read,
+        retention removed the cohort's records and the update is dropped
+        (:attr:`SiteOutcome.UNKNOWN`).
+        """
+        self._masked_in, self._unresolved, self._seen_masked_open = cohort_id, True, False
+        self._tried = cohort_id  # its shares, read again, are not strangers
+
     def caught_up(self) -> None:
         """The agent has read the control topic to its end: from now on every ``CohortOpen`` is
         newer than a resumed wait's cohort (whose open record retention may have removed)."""
         self._armed = True
+        if self._unresolved and not self._seen_masked_open and self.pending is not None:
+            log.warning(
+                "site %s drops update %s: cohort %s, which got its masked input before a "
+                "restart, is no longer on the control topic",
+                self.config.site_id,
+                self.pending.update_id,
+                self._masked_in,
+            )
+            self.pending, self.last_outcome = None, SiteOutcome.UNKNOWN
+            self._masked_in, self._unresolved = None, False
 
     def submit(self, update: PendingUpdate, now: float) -> list[Send]:
         """Hold a finished update (replacing a pending one); join the open cohort if possible.
@@ -275,6 +324,10 @@ class SecureSite:
             self._reject(name, record, "not a secure-mode record for sites")
             return []
         message = from_record(name, record)
+        if isinstance(message, UnmaskRequest) and self._unresolved:
+            if message.cohort_id == self._masked_in:
+                self._resolve(message)
+                return []
         if isinstance(message, EncryptedShare) and message.recipient != self.config.site_id:
             return []  # share-relay carries every site's shares; not ours
         if self._client is None or message.cohort_id != self.cohort_id:
@@ -286,6 +339,10 @@ class SecureSite:
     def _on_open(self, record: Mapping[str, Any], now: float) -> list[Send]:
         cohort_id = str(record["cohort_id"])
         self._open = (cohort_id, int(record["target_version"]), int(record["join_deadline_ms"]))
+        if self._unresolved and cohort_id == self._masked_in:
+            self._seen_masked_open = True
+        elif self._unresolved and self._seen_masked_open:
+            self._resolve(None)  # the cohort ended with no UnmaskRequest: nothing was unmasked
         awaiting = self._awaiting
         if awaiting is not None and cohort_id == awaiting[0]:
             self._armed = True  # a replay reached the spent cohort: later opens are newer
@@ -305,6 +362,8 @@ class SecureSite:
         upd, opened = self.pending, self._open
         if upd is None or opened is None or self._client is not None or opened[0] == self._tried:
             return []
+        if self._unresolved:
+            return []  # a cohort from before a restart may still count this update
         cohort_id, target, deadline_ms = opened
         staleness = target - upd.base_version
         limit = self.config.max_staleness
@@ -373,6 +432,32 @@ class SecureSite:
             out += self._step(share)
         return out
 
+    def _resolve(self, request: UnmaskRequest | None) -> None:
+        """How the cohort that got the update's masked input before a restart ended."""
+        upd, cohort_id = self.pending, self._masked_in
+        self._unresolved, self._masked_in = False, None
+        if upd is None:
+            return
+        if request is not None and self.config.site_id in request.survivors:
+            self.spent.append(upd.update_id)
+            self.pending, self.last_outcome = None, SiteOutcome.SPENT
+            opened = self._open
+            if opened is not None and opened[0] == request.cohort_id:
+                self._awaiting, self._armed = (request.cohort_id, opened[1] + 1), True
+            log.info(
+                "site %s: update %s was counted in cohort %s before the restart",
+                self.config.site_id,
+                upd.update_id,
+                cohort_id,
+            )
+            return
+        log.info(
+            "site %s: cohort %s ended without counting update %s; it waits for the next cohort",
+            self.config.site_id,
+            cohort_id,
+            upd.update_id,
+        )
+
     def _on_unmask_request(self, request: UnmaskRequest) -> list[Send]:
         if self.config.site_id in request.survivors and self.pending is not None:
             self.spent.append(self.pending.update_id)
@@ -421,6 +506,7 @@ class SecureSite:
         upd, roster = self.pending, state.roster
         if upd is None or roster is None:  # pragma: no cover - masking needs both
             raise ProtocolError("masked input without a pending update and roster")
+        self._masked_in = state.config.cohort_id
         info = MaskedUpdateInfo(
             upd.update_id,
             upd.n_samples,
@@ -433,6 +519,7 @@ class SecureSite:
 
     def _leave(self, outcome: SiteOutcome) -> None:
         self._client, self._early, self._deferred = None, [], None
+        self._masked_in = None  # spent, or the cohort ended without counting it
         self.last_outcome = SiteOutcome.SPENT if self._spent_here else outcome
         self._spent_here = False
 

@@ -205,10 +205,11 @@ class SiteAgent:
                 early, self.early = self.early, []
                 for name, record in early:
                     await self._send_secure(self.secure.on_record(name, record, time.time()))
-                self._keep_wait(self.secure)
-            if self.secure is not None and self.secure.awaiting is not None:
+                self._sync_store(self.secure)
+            if self.secure is not None and self.secure.waits_for_the_topic:
                 if await _read_to_end(consumer, TopicPartition(CONTROL.name, 0)):
                     self.secure.caught_up()  # later cohort opens are new ones
+                    self._sync_store(self.secure)
             latest = self.latest
             if latest is None or latest.version <= self.state["trained_version"]:
                 continue
@@ -373,15 +374,20 @@ class SiteAgent:
                 int(wait[1]),
             )
         restored = self.pending_store.load()
-        if restored is not None:  # trained before a crash, never masked: join a cohort
-            self.secure.pending = restored
-            log.info(
-                "site %s: update %s from version %d survived a restart; it waits for a "
-                "secure cohort",
-                self.s.site,
-                restored.update_id,
-                restored.base_version,
-            )
+        if restored is None:
+            return
+        self.secure.pending = restored  # trained before a crash: it joins a cohort
+        masked_in = self.pending_store.masked_in()
+        if masked_in is not None:  # wait until the control topic tells whether it was counted
+            self.secure.resume_masked(masked_in)
+        log.info(
+            "site %s: update %s from version %d survived a restart; it waits for a "
+            "secure cohort%s",
+            self.s.site,
+            restored.update_id,
+            restored.base_version,
+            "" if masked_in is None else f" (and for the end of cohort {masked_in}, its last)",
+        )
 
     def _secure_site(self, terms: dict[str, Any]) -> SecureSite:
         spec = FixedPointSpec(
@@ -420,17 +426,21 @@ class SiteAgent:
         else:
             site = self.secure
         await self._send_secure(site.on_record(got.name, got.record, time.time()))
-        if site is self.secure and site.pending is None:
-            self.pending_store.discard()  # spent, or dropped as too stale
         if site is self.secure:
-            self._keep_wait(site)
+            self._sync_store(site)
         for reason in site.drain_rejections():
             log.warning("site %s refused a cohort message: %s", self.s.site, reason)
 
-    def _keep_wait(self, site: SecureSite) -> None:
-        """Store the site's wait for its spent cohort's version in ``state.json`` when it
-        changes, so that a restarted agent does not train from an older version
+    def _sync_store(self, site: SecureSite) -> None:
+        """Bring the disk in line with ``site``: the pending update is deleted once spent or
+        dropped, its masked-input mark once its cohort ended without counting it
+        (:mod:`agents.pending`); the wait for a spent cohort's version is kept in ``state.json``
+        when it changes, so that a restarted agent does not train from an older version
         (:meth:`SecureSite.resume_wait`)."""
+        if site.pending is None:
+            self.pending_store.discard()  # spent, or dropped
+        elif site.masked_in is None:
+            self.pending_store.clear_mark()
         wait = None if site.awaiting is None else list(site.awaiting)
         if self.state.get("awaiting") != wait:
             self.state["awaiting"] = wait

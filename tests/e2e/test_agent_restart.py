@@ -47,20 +47,21 @@ def _kill(child: Child) -> None:
 def _kill_while_pending(
     group: ProcessGroup, child: Child, store: PendingStore, argv: list[str], env: dict[str, str]
 ) -> str:
-    """Poll until the victim has a pending update on disk, SIGKILL it then; the update's id.
+    """Poll until the victim has a pending update on disk that it has not masked yet, SIGKILL it
+    then; the update's id.
 
-    If the agent masked (and so discarded the file) between the poll and the kill, the file is
-    gone after the kill; that attempt does not count and the agent is restarted to try again.
+    If the agent masked (and so marked the file) between the poll and the kill, that attempt
+    does not count and the agent is restarted to try again.
     """
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert not group.dead(), "\n\n".join(c.log_tail() for c in group.dead())
         update_id = store.saved_id()
-        if update_id is None:
+        if update_id is None or store.masked_in() is not None:
             time.sleep(0.01)
             continue
         _kill(child)
-        if store.saved_id() == update_id:
+        if store.saved_id() == update_id and store.masked_in() is None:
             return update_id
         group.children.remove(child)
         child = group.start(child.name, argv, env)

@@ -99,7 +99,7 @@ def _restarted_with_a_wait(tmp_path: Path) -> SiteAgent:
     first._start_secure(config().site_terms())
     assert first.secure is not None
     first.secure._awaiting = ("c3", 6)  # as an UnmaskRequest naming it a survivor leaves it
-    first._keep_wait(first.secure)
+    first._sync_store(first.secure)
     again: SiteAgent = _agent(tmp_path)
     again._start_secure(config().site_terms())
     return again
@@ -119,7 +119,7 @@ def test_a_restarted_agent_keeps_its_wait_through_the_replay_of_older_cohorts(
     assert site.train_from == 6
     site.on_record("CohortOpen", _open("c4", 5), now=1.0)  # read after it: c3 failed
     assert site.train_from == 0 and site.drain_rejections() == []
-    agent._keep_wait(site)
+    agent._sync_store(site)
     assert _agent(tmp_path).state["awaiting"] is None  # lifted on disk too
 
 

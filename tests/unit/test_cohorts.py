@@ -91,6 +91,8 @@ class Net:
     seq: itertools.count = field(default_factory=itertools.count)
     stores: dict[str, PendingStore] = field(default_factory=dict)  # as agents/site.py keeps them
     outbox: list[tuple[tuple[str, str], bytes]] = field(default_factory=list)  # AGG's last sends
+    control_log: list[bytes] = field(default_factory=list)  # the control topic, from its start
+    lost_inputs: set[str] = field(default_factory=set)  # sites whose masked input never arrives
 
     def __post_init__(self) -> None:
         ring = KeyRing()
@@ -122,11 +124,15 @@ class Net:
                 values = [o.value for o in factory.build_chunked(name, fields, max_chunk=96)]
             else:
                 values = [factory.build(name, fields).value]
+            if name == "ModelUpdate" and sender in self.lost_inputs:
+                continue  # cut off while publishing: the input is never complete
             for target in self.route(sender, name, fields):
                 queue = self.queues.setdefault(target, deque())
                 queue.extend((next(self.seq), v) for v in values)
                 if sender == AGG:
                     self.outbox += [(target, v) for v in values]
+            if sender == AGG:
+                self.control_log += values
         if any(name == self.die_after.get(sender) for name, _ in sends):
             self.dead.add(sender)
 
@@ -160,9 +166,28 @@ class Net:
         if receiver == AGG:
             self.coordinator(self.coord.on_record(got.name, got.record, self.clock.now))
         else:
-            self.publish(receiver, self.sites[receiver].on_record(got.name, got.record,
-                                                                  self.clock.now))
+            site = self.sites[receiver]
+            self.publish(receiver, site.on_record(got.name, got.record, self.clock.now))
+            self.sync_store(receiver)
         return True
+
+    def sync_store(self, name: str) -> None:
+        """What ``SiteAgent._sync_store`` does with the site's pending update on disk."""
+        site, store = self.sites[name], self.stores.get(name)
+        if store is not None and site.pending is None:
+            store.discard()
+        elif store is not None and site.masked_in is None:
+            store.clear_mark()
+
+    def replay_control(self, name: str) -> None:
+        """A restarted agent reads the control topic again from its start, then is caught up."""
+        reader, site = self.readers[name], self.sites[name]
+        for value in self.control_log:
+            got = reader.read(value)
+            assert isinstance(got, Inbound), got
+            self.publish(name, site.on_record(got.name, got.record, self.clock.now))
+        site.caught_up()
+        self.sync_store(name)
 
     def settle(self, max_steps: int = 5000) -> None:
         """Deliver until every queue is empty, firing deadlines whenever nothing is in flight."""
@@ -288,12 +313,16 @@ def _restart(net: Net, site: str, store: PendingStore) -> None:
     """The agent process of ``site`` starts again: new keys and reader, the saved update back."""
     net.dead.discard(site)
     net.die_after.pop(site, None)
+    net.lost_inputs.discard(site)
     fresh = SecureSite(
         SecureSiteConfig(FED, site, SPEC, config().staleness()), np.random.default_rng(99)
     )
     restored = store.load()
     if restored is not None:
         fresh.pending = restored
+        masked_in = store.masked_in()
+        if masked_in is not None:
+            fresh.resume_masked(masked_in)
     net.sites[site] = fresh
     ring = KeyRing()
     for name, key in KEYS.items():
@@ -336,9 +365,88 @@ def test_a_site_that_crashed_after_masking_never_resubmits(tmp_path: Any) -> Non
     net.submit()
     net.settle()
     assert finished_result(net).contributors == ("s0", "s1", "s2", "s3")  # counted once
-    assert store.load() is None
+    assert store.masked_in() is not None  # the crash came before it heard of the unmasking
     _restart(net, "s3", store)
-    assert not net.sites["s3"].has_pending_update  # the restarted agent trains a new one
+    assert net.sites["s3"].has_pending_update and net.sites["s3"].waits_for_the_topic
+    net.open(version=6)  # a live cohort, read before the replay reaches the old one: not joined
+    net.settle_until(lambda: not net.queues[("control", "s3")])
+    assert net.sites["s3"].in_cohort is False
+    net.replay_control("s3")  # the UnmaskRequest names it a survivor: spent
+    site = net.sites["s3"]
+    assert not site.has_pending_update and site.last_outcome is SiteOutcome.SPENT
+    assert site.spent == ["u-s3"] and site.train_from == 6
+    assert store.load() is None and not store.mark_path.exists()
+
+
+def test_a_masked_update_whose_cohort_failed_before_unmasking_joins_the_next_one(
+    tmp_path: Any,
+) -> None:
+    # s1 and s2 die after sharing: two inputs of a threshold of three, no UnmaskRequest
+    net = make_net(die_after={"s1": "EncryptedShare", "s2": "EncryptedShare",
+                              "s3": "ModelUpdate"})
+    store = PendingStore(tmp_path / "pending-update.npz")
+    net.stores["s3"] = store
+    store.save(update_of("s3"))
+    net.open(version=5)
+    net.submit()
+    net.settle()
+    assert net.outcomes[-1].failed is not None
+    assert store.masked_in() is not None
+    _restart(net, "s3", store)
+    net.replay_control("s3")  # the cohort's open, then nothing: it may still count the update
+    assert net.sites["s3"].has_pending_update and store.masked_in() is not None
+    for s in ("s1", "s2"):
+        _restart(net, s, PendingStore(tmp_path / s / "none.npz"))
+        net.sites[s].submit(update_of(s), net.clock.now)
+    net.open(version=5)  # read after the old cohort's open: it ended uncounted
+    net.settle()
+    event = finished_result(net)
+    want_sum, want_w = expected(("s0", "s1", "s2", "s3"))
+    assert event.contributors == ("s0", "s1", "s2", "s3")
+    assert np.array_equal(event.weighted_delta_sum, want_sum) and event.weight_sum == want_w
+    assert store.load() is None
+
+
+def test_a_site_cut_off_while_publishing_its_masked_input_keeps_the_update(
+    tmp_path: Any,
+) -> None:
+    net = make_net(ALL_SITES, die_after={"s3": "ModelUpdate"}, lost_inputs={"s3"})
+    store = PendingStore(tmp_path / "pending-update.npz")
+    net.stores["s3"] = store
+    store.save(update_of("s3"))
+    net.open(version=5)
+    net.submit()
+    net.settle()
+    assert finished_result(net).contributors == ("s0", "s1", "s2")  # s3's input never arrived
+    _restart(net, "s3", store)
+    net.replay_control("s3")  # the UnmaskRequest leaves it out: the update is free again
+    assert net.sites["s3"].has_pending_update and store.masked_in() is None
+    net.open(version=5)
+    net.publish("s4", net.sites["s4"].submit(update_of("s4"), net.clock.now))
+    net.publish("s0", net.sites["s0"].submit(
+        PendingUpdate("u-s0-2", delta_of("s0"), N_SAMPLES["s0"], 5), net.clock.now))
+    net.settle()
+    event = finished_result(net)
+    assert event.contributors == ("s0", "s3", "s4")
+    want_sum, want_w = expected(("s0", "s3", "s4"))
+    assert np.array_equal(event.weighted_delta_sum, want_sum) and event.weight_sum == want_w
+    assert store.load() is None
+
+
+def test_a_masked_update_whose_cohort_left_the_topic_is_dropped(tmp_path: Any) -> None:
+    net = make_net(die_after={"s3": "ModelUpdate"})
+    store = PendingStore(tmp_path / "pending-update.npz")
+    net.stores["s3"] = store
+    store.save(update_of("s3"))
+    net.open(version=5)
+    net.submit()
+    net.settle()
+    _restart(net, "s3", store)
+    net.control_log.clear()  # retention removed the cohort's records
+    net.replay_control("s3")
+    site = net.sites["s3"]
+    assert not site.has_pending_update and site.last_outcome is SiteOutcome.UNKNOWN
+    assert store.load() is None
 
 
 def test_failure_while_unmasking_spends_the_survivors_updates() -> None:

@@ -1,4 +1,5 @@
-"""agents.pending.PendingStore: a secure update waiting for a cohort survives a restart."""
+"""agents.pending.PendingStore: a secure update waiting for a cohort survives a restart, marked
+with the cohort its masked input went to."""
 
 from __future__ import annotations
 
@@ -55,3 +56,37 @@ def test_saved_id_reads_the_header_only(tmp_path: Path) -> None:
     store.path.write_bytes(b"not a numpy file")
     with pytest.raises(ConfigError, match="pending-update.npz"):
         store.saved_id()
+
+
+def test_a_masked_input_marks_the_update_with_its_cohort_before_it_is_sent(tmp_path: Path) -> None:
+    store = PendingStore(tmp_path / "pending-update.npz")
+    store.save(_update("u-1"))
+    store.before_send("CohortJoin", {"cohort_id": "c1"})  # joining marks nothing
+    assert store.masked_in() is None
+    store.before_send("ModelUpdate", {"update_id": "u-1", "cohort_id": "c1"})
+    assert PendingStore(store.path).masked_in() == "c1"  # what a restarted agent reads
+    assert store.load() is not None  # kept: the cohort may still fail without counting it
+    assert store.clear_mark() and store.masked_in() is None and store.load() is not None
+    store.before_send("ModelUpdate", {"update_id": "u-1", "cohort_id": "c2"})
+    assert store.discard() and store.masked_in() is None
+    assert not store.mark_path.exists()
+
+
+def test_a_mark_never_names_another_update(tmp_path: Path) -> None:
+    store = PendingStore(tmp_path / "pending-update.npz")
+    store.before_send("ModelUpdate", {"update_id": "u-1", "cohort_id": "c1"})  # none saved
+    assert not store.mark_path.exists()
+    store.save(_update("u-1"))
+    store.before_send("ModelUpdate", {"update_id": "u-1", "cohort_id": "c1"})
+    store.save(_update("u-2"))  # a new update: the old mark goes
+    assert store.masked_in() is None and not store.mark_path.exists()
+    store.mark_path.write_text('{"update_id": "u-1", "cohort_id": "c1"}')  # left by a crash
+    assert store.masked_in() is None
+
+
+def test_a_corrupt_mark_is_named(tmp_path: Path) -> None:
+    store = PendingStore(tmp_path / "pending-update.npz")
+    store.save(_update("u-1"))
+    store.mark_path.write_text("{")
+    with pytest.raises(ConfigError, match="pending-update.npz.masked"):
+        store.masked_in()
