@@ -180,6 +180,7 @@ class AggregatorService:
         self.wall_clock = wall_clock
         self.coordinator: CohortCoordinator | None = None
         self.hist: CohortCoordinator | None = None
+        self.hist_cohort: str | None = None  # the cohort whose sum gave the histograms
         self.phase = Phase.GATHERING
         self.sites: dict[str, SiteInfo] = {}
         self.spec: ModelSpec | None = None
@@ -213,6 +214,8 @@ class AggregatorService:
             if self.hist is not None and self.phase is Phase.GATHERING:
                 out = self.hist.on_record(msg.name, msg.record, self.wall_clock())
                 return self._histogram_effects(out)
+            if self.hist_cohort is not None and msg.record.get("cohort_id") == self.hist_cohort:
+                return self._late_for_histograms(msg)
             if self.coordinator is None or self.phase is not Phase.TRAINING:
                 return Effects()  # before training or after the final version: nothing to do
             out = self.coordinator.on_record(msg.name, msg.record, self.wall_clock())
@@ -226,6 +229,17 @@ class AggregatorService:
         return Effects(
             dead=[DeadLetterItem(f"{msg.name} is not expected by the aggregator", "Unexpected")]
         )
+
+    def _late_for_histograms(self, msg: Inbound) -> Effects:
+        """A record of the histogram cohort after its sum was taken: an unmask response the sum
+        did not need is dropped (as a finished cohort drops it); anything else is refused."""
+        if msg.name == "UnmaskResponse":
+            log.debug("late unmask response from %s for the histogram cohort %s dropped",
+                      msg.record["sender"], self.hist_cohort)
+            return Effects()
+        why = (f"{msg.name} from {msg.record['sender']!r}: histogram cohort {self.hist_cohort} "
+               "already finished")
+        return Effects(dead=[DeadLetterItem(why, "CohortRejected")])
 
     def _on_hello(self, rec: dict[str, Any]) -> Effects:
         site = rec["site_id"]
@@ -394,6 +408,7 @@ class AggregatorService:
         if out.event is not None:
             total = Histograms.from_vector(self.schema, np.asarray(out.event.weighted_delta_sum))
             log.info("histograms of %s summed securely", ", ".join(out.event.contributors))
+            self.hist_cohort = out.event.cohort_id
             fx.merge(self._start_training(total))
         elif out.finished or out.failed:
             fx.merge(self._open_histogram_cohort())
@@ -554,6 +569,7 @@ class AggregatorService:
                 for s, i in self.sites.items()
             },
             "cohorts": self.coordinator.to_state() if self.coordinator is not None else None,
+            "histogram_cohort": self.hist_cohort,
         }
 
     def restart_deadlines(self) -> None:
@@ -583,6 +599,7 @@ class AggregatorService:
         }
         self._make_engine(int(np.asarray(state.params).size))
         self.state = state
+        self.hist_cohort = extra.get("histogram_cohort")  # absent in older checkpoints
         if extra.get("cohorts") is not None:
             config = self._cohort_config(int(np.asarray(state.params).size))
             cohort_arrays = {

@@ -199,6 +199,11 @@ async def test_cohort_finishes_without_a_site_that_vanished_after_joining(tmp_pa
         finally:
             stop(proc)
     assert 1 in versions, dump(tmp_path / "aggregator.log")
+    # honest sites only: nothing is dead-lettered, not even the histogram cohort's unmask
+    # responses that arrive after its sum was taken
+    assert "dead-letter" not in (tmp_path / "aggregator.log").read_text(), dump(
+        tmp_path / "aggregator.log"
+    )
     expected = versions[0] + (n["A"] * deltas["A"] + n["B"] * deltas["B"]) / (n["A"] + n["B"])
     # exact survivor sum up to fixed-point rounding (clip 0.5 over 2^16 levels)
     assert np.max(np.abs(versions[1] - expected)) < 1e-4
