@@ -1,4 +1,5 @@
-"""bench.aggregate --quick on the session's embedded broker: both consumers run, RESULT printed."""
+"""bench.aggregate --quick on the session's embedded broker: both consumers run, in plain and in
+secure mode (the secure ingest must make the in-memory play's model bit for bit), RESULT printed."""
 
 from __future__ import annotations
 
@@ -31,5 +32,11 @@ def test_quick_run_prints_tables_and_result(
         "prepare on workers",
         "engine step",
         "raw numpy sum",
+        "secure mode: 2 masked updates x 100,000 params in 1 cohort(s)",
+        "secure ingest",
+        "payload signature, sum, unmasking",
     ):
         assert part in text
+    both = re.search(r"plain (\d+\.\d\d)x, secure (\d+\.\d\d)x", text)
+    assert both is not None, text
+    assert ratio == min(float(both.group(1)), float(both.group(2)))

@@ -1,0 +1,315 @@
+"""Secure-mode part of ``bench.aggregate``: SecAgg+ cohorts of masked 1M-word updates.
+
+In secure mode (the default) a site's update reaches the aggregator as a masked ``ModelUpdate``:
+the vector is the little-endian masked words (``masked-u32`` or ``masked-u64`` by the cohort's
+modulus), so a 1M-parameter update is 4-8 MB and travels as several signed chunks. The aggregator
+reassembles and verifies them, adds the words to the cohort's running sum, and once every member's
+input is in asks for the unmasking shares; the ``UnmaskResponse`` records it then reads recover the
+self masks, and the unmasked sum is applied to the model as one FedBuff step.
+
+:func:`build_workload` plays whole cohorts in memory (real :class:`SecureSite` clients, a real
+:class:`CohortCoordinator`, every record signed and read back through :class:`MessageReader`) and
+keeps, per cohort, the records the aggregator consumes after the mask request, in the order it
+got them (the members' masked-input chunks, then their unmask responses), and the coordinator's
+checkpointed state at that point. :class:`SecureIngestPath` is the aggregator's ingest of those
+records: :func:`aggregator.service.prepare` on the workers, then in order
+:meth:`MessageReader.accept`, :meth:`CohortCoordinator.on_record` and, when a cohort's sum is out,
+:meth:`AggregatorEngine.step`. Cohorts run back to back in the app, with joins and shares in
+between; here the coordinator is restored from its state at the mask request when the next
+cohort's first record arrives (that restore is counted in the ordered part). The run must make
+the same model, bit for bit, as the in-memory play.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
+from aggregator.cohorts import CohortConfig, CohortCoordinator
+from aggregator.engine import AggregatorEngine, EngineConfig, EngineState
+from aggregator.service import Prepared, prepare
+from aggregator.strategies import StrategyConfig, build_strategy
+from fedsynth.errors import MessageError
+from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
+from fedsynth.secagg.fixedpoint import FixedPointSpec
+from schemas.signing import IdentityKey, KeyRing
+
+__all__ = ["SecureIngestPath", "SecureWorkload", "build_workload", "report"]
+
+AGGREGATOR = "aggregator"
+CLIP = 0.5  # the aggregator's default ``secure_clip``
+MAX_WEIGHT = 10_000.0  # its default ``secure_max_weight``
+NOW = 1.8e9  # a fixed clock: the play and the timed run see no deadline pass
+
+
+@dataclass(frozen=True, slots=True)
+class SecureWorkload:
+    """The records of ``cohorts`` cohorts as the aggregator consumes them after each mask request.
+
+    Attributes:
+        records: ``(key, value)`` in consumption order.
+        snapshots: per cohort id, the coordinator's state and arrays at its mask request.
+        config: the cohort terms (shared by the coordinator and the sites).
+        keys: every party's public key.
+        updates: masked inputs among ``records``.
+        payload_bytes: bytes of all records.
+        final: the model the in-memory play made.
+    """
+
+    records: list[tuple[bytes, bytes]]
+    snapshots: dict[str, tuple[dict[str, Any], dict[str, np.ndarray]]]
+    config: CohortConfig
+    keys: KeyRing
+    updates: int
+    payload_bytes: int
+    final: np.ndarray
+
+
+def _engine(params: int, members: int) -> AggregatorEngine:
+    strategy = build_strategy(
+        StrategyConfig.model_validate({"name": "fedbuff", "buffer_size": members})
+    )
+    return AggregatorEngine(strategy, EngineConfig(n_parameters=params))
+
+
+def _initial(engine: AggregatorEngine, params: int, sites: list[str]) -> EngineState:
+    return engine.initial_state(np.zeros(params, np.float32), frozenset(sites))
+
+
+class _Play:
+    """Sites and coordinator exchanging signed records through FIFO queues, in memory."""
+
+    def __init__(self, config: CohortConfig, sites: list[str], seed: int) -> None:
+        parties = [AGGREGATOR, *sites]
+        identities = {p: IdentityKey.generate() for p in parties}
+        self.keys = KeyRing({p: k.public_key for p, k in identities.items()})
+        self.factories = {
+            p: MessageFactory(config.federation_id, p, identities[p], clock=lambda: NOW)
+            for p in parties
+        }
+        self.readers = {p: MessageReader(config.federation_id, self.keys) for p in parties}
+        spec, staleness = config.spec, config.staleness()
+        self.sites = {
+            s: SecureSite(
+                SecureSiteConfig(config.federation_id, s, spec, staleness),
+                np.random.default_rng(seed + i),
+            )
+            for i, s in enumerate(sites)
+        }
+        self.coord = CohortCoordinator(config)
+        self.queue: deque[tuple[str, bytes]] = deque()
+        self.kept: list[tuple[bytes, bytes]] = []  # what the aggregator reads after MaskRequest
+        self.snapshot: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
+
+    def send(self, sender: str, sends: list[tuple[str, dict[str, Any]]]) -> None:
+        factory = self.factories[sender]
+        for name, fields in sends:
+            if sender == AGGREGATOR:
+                value = factory.build(name, fields).value
+                self.queue.extend((s, value) for s in self.sites)
+                continue
+            if name == "ModelUpdate":
+                if self.snapshot is None:  # the first masked input: the coordinator as it is
+                    state = json.loads(json.dumps(self.coord.to_state()))
+                    arrays = {k: v.copy() for k, v in self.coord.state_arrays().items()}
+                    self.snapshot = (state, arrays)
+                values = [out.value for out in factory.build_chunked(name, fields)]
+            else:
+                values = [factory.build(name, fields).value]
+            if name in ("ModelUpdate", "UnmaskResponse"):
+                self.kept += [(sender.encode(), v) for v in values]
+            self.queue.extend((AGGREGATOR, v) for v in values)
+            if name == "EncryptedShare":
+                self.queue.extend((str(fields["recipient"]), v) for v in values)
+
+    def run(self) -> Any:
+        """Deliver until the queues are empty; the cohort's engine event, if it made one."""
+        event = None
+        while self.queue:
+            receiver, value = self.queue.popleft()
+            got = self.readers[receiver].read(value)
+            if not isinstance(got, Inbound):
+                if isinstance(got, Rejection):
+                    raise MessageError(f"{receiver} refused a record: {got.reason}")
+                continue
+            if receiver == AGGREGATOR:
+                out = self.coord.on_record(got.name, got.record, NOW)
+                if out.rejections:
+                    raise MessageError(f"coordinator refused: {out.rejections}")
+                self.send(AGGREGATOR, out.sends)
+                event = out.event or event
+            else:
+                self.send(receiver, self.sites[receiver].on_record(got.name, got.record, NOW))
+        return event
+
+
+def build_workload(params: int, cohorts: int, members: int, seed: int = 0) -> SecureWorkload:
+    """Play ``cohorts`` cohorts of ``members`` sites with 1M-scale random deltas in memory."""
+    sites = [f"site{i}" for i in range(members)]
+    config = CohortConfig(
+        federation_id="bench-aggregate-secure",
+        spec=FixedPointSpec(clip=CLIP, max_weight=MAX_WEIGHT),
+        vector_length=params,
+        buffer_size=members,
+        min_members=max(2, members - 1),
+    )
+    play = _Play(config, sites, seed)
+    engine = _engine(params, members)
+    state = _initial(engine, params, sites)
+    rng = np.random.default_rng(seed)
+    snapshots = {}
+    for c in range(cohorts):
+        play.snapshot = None
+        version = state.model_version
+        play.send(AGGREGATOR, play.coord.open_cohort(version, NOW).sends)
+        for i, site in enumerate(sites):
+            delta = rng.normal(0.0, 0.01, params).astype(np.float32)
+            update = PendingUpdate(f"u{c}-{site}", delta, 100 + i, version)
+            play.send(site, play.sites[site].submit(update, NOW))
+        event = play.run()
+        if event is None or play.snapshot is None:
+            raise MessageError(f"cohort {c} made no sum in the in-memory play")
+        snapshots[str(event.cohort_id)] = play.snapshot
+        state, _ = engine.step(state, event)
+    return SecureWorkload(
+        records=play.kept,
+        snapshots=snapshots,
+        config=config,
+        keys=play.keys,
+        updates=cohorts * members,
+        payload_bytes=sum(len(v) for _, v in play.kept),
+        final=np.asarray(state.params).copy(),
+    )
+
+
+@dataclass(slots=True)
+class SecureIngestPath:
+    """The aggregator's secure ingest of a :class:`SecureWorkload` (same interface as
+    ``bench.aggregate.IngestPath``: ``prepare`` on workers, ``handle`` in order)."""
+
+    workload: SecureWorkload
+    reader: MessageReader
+    engine: AggregatorEngine
+    state: EngineState
+    coord: CohortCoordinator | None = None
+    started: set[str] = field(default_factory=set)
+    prepare_s: float = 0.0
+    ordered_s: float = 0.0
+    loop_cpu_s: float = 0.0
+    engine_cpu_s: float = 0.0
+    applied: int = 0
+    rejected: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    engine_thread: Executor | None = None
+
+    @classmethod
+    def fresh(cls, workload: SecureWorkload) -> SecureIngestPath:
+        params = workload.config.vector_length
+        members = workload.config.buffer_size
+        engine = _engine(params, members)
+        sites = [f"site{i}" for i in range(members)]
+        return cls(workload, MessageReader(workload.config.federation_id, workload.keys),
+                   engine, _initial(engine, params, sites))
+
+    def prepare(self, value: bytes) -> Prepared:
+        t0 = time.thread_time()
+        out = prepare(self.reader, value)
+        with self.lock:
+            self.prepare_s += time.thread_time() - t0
+        return out
+
+    async def handle(self, value: bytes, prepared: Prepared) -> None:
+        """The ordered part on the engine thread, as the app runs it (in line without one)."""
+        if self.engine_thread is None:
+            self.ordered(prepared)
+            return
+        await asyncio.get_running_loop().run_in_executor(self.engine_thread, self.ordered, prepared)
+
+    def ordered(self, prepared: Prepared) -> None:
+        """:meth:`_ordered`, timed (wall and the CPU of its thread)."""
+        c0, t0 = time.thread_time(), time.perf_counter()
+        try:
+            self._ordered(prepared)
+        finally:
+            self.engine_cpu_s += time.thread_time() - c0
+            self.ordered_s += time.perf_counter() - t0
+
+    def _ordered(self, prepared: Prepared) -> None:
+        msg = self.reader.accept(prepared.verified)
+        if isinstance(msg, Rejection):
+            self.rejected.append(msg.reason)
+        if not isinstance(msg, Inbound):
+            return
+        cohort_id = str(msg.record["cohort_id"])
+        if cohort_id not in self.started:  # the app's coordinator gets here by joins and shares
+            self.started.add(cohort_id)
+            state, arrays = self.workload.snapshots[cohort_id]
+            self.coord = CohortCoordinator.from_state(self.workload.config, state, arrays)
+        coord = self.coord
+        if coord is None:  # pragma: no cover - set above for the first record
+            return
+        out = coord.on_record(msg.name, msg.record, NOW)
+        self.rejected += out.rejections
+        if msg.name == "ModelUpdate":
+            self.applied += 1
+        if out.event is not None:
+            self.state, _ = self.engine.step(self.state, out.event)
+
+    def check(self) -> None:
+        """Every masked input was taken, nothing refused, and the model is the in-memory play's.
+
+        Raises:
+            MessageError: The ingest differs from the play.
+        """
+        w = self.workload
+        if self.rejected or self.applied != w.updates:
+            raise MessageError(
+                f"secure ingest took {self.applied}/{w.updates} inputs: {self.rejected[:3]}"
+            )
+        if not np.array_equal(np.asarray(self.state.params), w.final):
+            raise MessageError("secure ingest made a different model than the in-memory play")
+
+
+def report(console: Console, workload: SecureWorkload, bare_s: float, path: SecureIngestPath,
+           ingest_s: float, workers: int) -> float:
+    """Print the secure-mode rate table and per-update CPU; returns the ingest-vs-bare ratio."""
+    n, mib = workload.updates, workload.payload_bytes / 2**20
+    params = workload.config.vector_length
+    title = (f"secure mode: {n} masked updates x {params:,} params in "
+             f"{n // workload.config.buffer_size} cohort(s), {len(workload.records)} records "
+             f"(chunks and unmask responses), {mib:.1f} MiB")
+    rates = Table(title=title)
+    for col in ("consumer", "wall s", "updates/s", "MiB/s", "vs bare"):
+        rates.add_column(col, justify="right")
+    for label, secs in (
+        ("bare aiokafka", bare_s),
+        (f"secure ingest ({workers} workers + engine thread)", ingest_s),
+    ):
+        rates.add_row(label, f"{secs:.3f}", f"{n / secs:.1f}", f"{mib / secs:.1f}",
+                      f"{bare_s / secs:.2f}x")
+    console.print(rates)
+    parts = Table(title="secure mode, per masked update, ms")
+    parts.add_column("part")
+    parts.add_column("ms/update", justify="right")
+    for label, secs in (
+        ("prepare on workers: chunk signatures, Avro", path.prepare_s),
+        ("ordered: reassembly, payload signature, sum, unmasking, FedBuff (wall)",
+         path.ordered_s),
+        ("ordered part, CPU of its thread", path.engine_cpu_s),
+        ("event-loop thread CPU (fetch, hand-over)", path.loop_cpu_s),
+        ("bare fetch (wall)", bare_s),
+    ):
+        parts.add_row(label, f"{1000 * secs / n:.2f}")
+    console.print(parts)
+    return bare_s / ingest_s
