@@ -356,14 +356,22 @@ def test_a_site_restarted_before_masking_brings_its_saved_update_to_the_next_coh
     assert store.load() is None  # deleted before its masked input went out
 
 
-def test_a_site_that_crashed_after_masking_never_resubmits(tmp_path: Any) -> None:
-    net = make_net(die_after={"s3": "ModelUpdate"})
+def _masked_then_crashed(tmp_path: Any, **kwargs: Any) -> tuple[Net, PendingStore]:
+    """s3's agent saves its update, the cohort runs (s3 dies right after sending its masked
+    input), and its agent process starts again with what is on disk."""
+    die_after = {"s3": "ModelUpdate", **kwargs.pop("die_after", {})}
+    net = make_net(kwargs.pop("sites", ALL_SITES[:4]), die_after=die_after, **kwargs)
     store = PendingStore(tmp_path / "pending-update.npz")
     net.stores["s3"] = store
     store.save(update_of("s3"))
     net.open(version=5)
     net.submit()
     net.settle()
+    return net, store
+
+
+def test_a_site_that_crashed_after_masking_never_resubmits(tmp_path: Any) -> None:
+    net, store = _masked_then_crashed(tmp_path)
     assert finished_result(net).contributors == ("s0", "s1", "s2", "s3")  # counted once
     assert store.masked_in() is not None  # the crash came before it heard of the unmasking
     _restart(net, "s3", store)
@@ -382,14 +390,9 @@ def test_a_masked_update_whose_cohort_failed_before_unmasking_joins_the_next_one
     tmp_path: Any,
 ) -> None:
     # s1 and s2 die after sharing: two inputs of a threshold of three, no UnmaskRequest
-    net = make_net(die_after={"s1": "EncryptedShare", "s2": "EncryptedShare",
-                              "s3": "ModelUpdate"})
-    store = PendingStore(tmp_path / "pending-update.npz")
-    net.stores["s3"] = store
-    store.save(update_of("s3"))
-    net.open(version=5)
-    net.submit()
-    net.settle()
+    net, store = _masked_then_crashed(
+        tmp_path, die_after={"s1": "EncryptedShare", "s2": "EncryptedShare"}
+    )
     assert net.outcomes[-1].failed is not None
     assert store.masked_in() is not None
     _restart(net, "s3", store)
@@ -410,13 +413,7 @@ def test_a_masked_update_whose_cohort_failed_before_unmasking_joins_the_next_one
 def test_a_site_cut_off_while_publishing_its_masked_input_keeps_the_update(
     tmp_path: Any,
 ) -> None:
-    net = make_net(ALL_SITES, die_after={"s3": "ModelUpdate"}, lost_inputs={"s3"})
-    store = PendingStore(tmp_path / "pending-update.npz")
-    net.stores["s3"] = store
-    store.save(update_of("s3"))
-    net.open(version=5)
-    net.submit()
-    net.settle()
+    net, store = _masked_then_crashed(tmp_path, sites=ALL_SITES, lost_inputs={"s3"})
     assert finished_result(net).contributors == ("s0", "s1", "s2")  # s3's input never arrived
     _restart(net, "s3", store)
     net.replay_control("s3")  # the UnmaskRequest leaves it out: the update is free again
@@ -434,13 +431,7 @@ def test_a_site_cut_off_while_publishing_its_masked_input_keeps_the_update(
 
 
 def test_a_masked_update_whose_cohort_left_the_topic_is_dropped(tmp_path: Any) -> None:
-    net = make_net(die_after={"s3": "ModelUpdate"})
-    store = PendingStore(tmp_path / "pending-update.npz")
-    net.stores["s3"] = store
-    store.save(update_of("s3"))
-    net.open(version=5)
-    net.submit()
-    net.settle()
+    net, store = _masked_then_crashed(tmp_path)
     _restart(net, "s3", store)
     net.control_log.clear()  # retention removed the cohort's records
     net.replay_control("s3")
