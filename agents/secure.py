@@ -332,7 +332,10 @@ class SecureSite:
             return []  # share-relay carries every site's shares; not ours
         if self._client is None or message.cohort_id != self.cohort_id:
             if isinstance(message, EncryptedShare) and message.cohort_id != self._tried:
-                self._reject(name, record, f"share for cohort {message.cohort_id}, not ours")
+                # a share for a cohort this process never joined: after a restart the agent reads
+                # share-relay again from its start, and every old share addressed to it is one
+                log.debug("site %s: share for cohort %s ignored (not one it is in)",
+                          self.config.site_id, message.cohort_id)
             return []  # broadcasts of cohorts this site is not in
         return self._on_message(message)
 
