@@ -124,11 +124,8 @@ class PendingStore:
         """Forget the masked input (its cohort ended without counting it); True if there was one."""
         return _unlink(self.mark_path)
 
-    def discard(self, update_id: str | None = None) -> bool:
-        """Delete the saved update and its mark (only if it is ``update_id``, when given); True if
-        the update was deleted."""
-        if update_id is not None and self.saved_id() != update_id:
-            return False
+    def discard(self) -> bool:
+        """Delete the saved update and its mark; True if there was an update."""
         deleted = _unlink(self.path)
         _unlink(self.mark_path)
         return deleted

@@ -361,7 +361,8 @@ class SiteAgent:
     # ------------------------------------------------------------------ secure mode
     def _start_secure(self, terms: dict[str, Any]) -> None:
         """Join secure mode with the federation's terms (they come with version 0), taking back
-        what a crash left: the wait for a spent cohort's version and a saved, unmasked update."""
+        what a crash left: the wait for a spent cohort's version, and a saved update with the
+        cohort its masked input went to, if it went out (:mod:`agents.pending`)."""
         self.secure = self._secure_site(terms)
         wait = self.state.get("awaiting")
         if wait is not None:  # spent in a cohort before a restart: wait for its version

@@ -31,13 +31,12 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
     assert not list(store.path.parent.glob("*.tmp"))
 
 
-def test_discard_only_the_named_update(tmp_path: Path) -> None:
+def test_a_new_update_replaces_the_saved_one_and_discard_deletes_it(tmp_path: Path) -> None:
     store = PendingStore(tmp_path / "pending-update.npz")
     store.save(_update("u-1"))
     store.save(_update("u-2"))  # replaces
-    assert not store.discard("u-1")
-    assert store.load() is not None and store.load().update_id == "u-2"  # type: ignore[union-attr]
-    assert store.discard("u-2") and store.load() is None
+    assert store.saved_id() == "u-2"
+    assert store.discard() and store.load() is None
     assert not store.discard()
 
 
