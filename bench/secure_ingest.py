@@ -155,7 +155,8 @@ class _Play:
 
 
 def build_workload(params: int, cohorts: int, members: int, seed: int = 0) -> SecureWorkload:
-    """Play ``cohorts`` cohorts of ``members`` sites with 1M-scale random deltas in memory."""
+    """Play ``cohorts`` cohorts of ``members`` sites in memory, with N(0, 0.01) deltas of
+    ``params`` values."""
     sites = [f"site{i}" for i in range(members)]
     config = CohortConfig(
         federation_id="bench-aggregate-secure",
