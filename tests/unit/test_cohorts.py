@@ -410,6 +410,29 @@ def test_a_masked_update_whose_cohort_failed_before_unmasking_joins_the_next_one
     assert store.load() is None
 
 
+def test_a_later_cohort_read_before_the_masked_ones_open_does_not_free_the_update(
+    tmp_path: Any,
+) -> None:
+    # the agent hands records that came before version 0 to the site late, so a replay can show
+    # a later cohort's open before the open of the cohort that got the masked input
+    net, store = _masked_then_crashed(
+        tmp_path, die_after={"s1": "EncryptedShare", "s2": "EncryptedShare"}
+    )
+    assert net.outcomes[-1].failed is not None
+    cut = len(net.control_log)
+    net.open(version=5)  # s0 alone: cancelled at its join deadline
+    net.settle()
+    net.control_log = net.control_log[cut:] + net.control_log[:cut]
+    _restart(net, "s3", store)
+    net.replay_control("s3")
+    site = net.sites["s3"]
+    assert site.has_pending_update and store.masked_in() is not None  # still held back
+    assert not site.in_cohort
+    net.open(version=5)  # read after the masked cohort's open: that cohort ended uncounted
+    net.settle_until(lambda: not net.queues[("control", "s3")])
+    assert site.in_cohort and store.masked_in() is None
+
+
 def test_a_site_cut_off_while_publishing_its_masked_input_keeps_the_update(
     tmp_path: Any,
 ) -> None:
