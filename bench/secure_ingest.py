@@ -37,7 +37,7 @@ from rich.table import Table
 
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from aggregator.cohorts import CohortConfig, CohortCoordinator
-from aggregator.engine import AggregatorEngine, EngineConfig, EngineState
+from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, EngineState
 from aggregator.service import Prepared, prepare
 from aggregator.strategies import StrategyConfig, build_strategy
 from fedsynth.errors import MessageError
@@ -133,9 +133,9 @@ class _Play:
             if name == "EncryptedShare":
                 self.queue.extend((str(fields["recipient"]), v) for v in values)
 
-    def run(self) -> Any:
+    def run(self) -> CohortAggregated | None:
         """Deliver until the queues are empty; the cohort's engine event, if it made one."""
-        event = None
+        event: CohortAggregated | None = None
         while self.queue:
             receiver, value = self.queue.popleft()
             got = self.readers[receiver].read(value)
