@@ -35,14 +35,12 @@ import asyncio
 import dataclasses
 import os
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 from aiokafka import TopicPartition
@@ -53,8 +51,9 @@ from threadpoolctl import threadpool_limits
 from aggregator.checkpoint import Checkpoint, CheckpointStore, save_checkpoint
 from aggregator.engine import AggregatorEngine, EngineConfig, EngineState, Rejected, UpdateReceived
 from aggregator.pipeline import OrderedPrefetch
-from aggregator.service import Prepared, prepare
+from aggregator.service import Prepared
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
+from bench.ingest_path import TimedPath
 from bench.secure_ingest import SecureIngestPath, SecureWorkload
 from bench.secure_ingest import build_workload as build_secure_workload
 from bench.secure_ingest import report as report_secure
@@ -101,39 +100,15 @@ class Workload:
     payload_bytes: int
 
 
-@dataclass(slots=True)
-class IngestPath:
-    """The aggregator's per-record work, timed per part (seconds, summed over the run)."""
+@dataclass(slots=True, kw_only=True)
+class IngestPath(TimedPath):
+    """The aggregator's plain per-record work, timed per part (seconds, summed over the run)."""
 
-    reader: MessageReader
     engine: AggregatorEngine
     state: EngineState
-    prepare_s: float = 0.0
     accept_s: float = 0.0
     codec_s: float = 0.0
     engine_s: float = 0.0
-    loop_cpu_s: float = 0.0
-    engine_cpu_s: float = 0.0
-    applied: int = 0
-    rejected: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    engine_thread: Executor | None = None
-
-    def prepare(self, value: bytes) -> Prepared:
-        """The pure part, on a worker thread (CPU time of that thread)."""
-        t0 = time.thread_time()
-        out = prepare(self.reader, value)
-        with self.lock:
-            self.prepare_s += time.thread_time() - t0
-        return out
-
-    def ordered(self, value: bytes, prepared: Prepared) -> None:
-        """The ordered part (timed; its thread's CPU time is summed whatever the outcome)."""
-        c0 = time.thread_time()
-        try:
-            self._ordered(prepared)
-        finally:
-            self.engine_cpu_s += time.thread_time() - c0
 
     def _ordered(self, prepared: Prepared) -> None:
         """Reassembly and replay, then the engine, as the service does it."""
@@ -162,15 +137,6 @@ class IngestPath:
         self.engine_s += t3 - t2
         self.applied += 1
         self.rejected += [str(e.reason) for e in out if isinstance(e, Rejected)]
-
-    async def handle(self, value: bytes, prepared: Prepared) -> None:
-        """:meth:`ordered` on the engine thread, as the app runs it: the event loop stays free
-        to fetch while the engine works (one thread, so the order is kept)."""
-        if self.engine_thread is None:
-            self.ordered(value, prepared)
-            return
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.engine_thread, self.ordered, value, prepared)
 
 
 def build_workload(size: Size, seed: int = 0) -> Workload:
@@ -208,7 +174,7 @@ def new_path(workload: Workload, size: Size) -> IngestPath:
     engine = AggregatorEngine(strategy, EngineConfig(n_parameters=size.params))
     sites = frozenset(workload.keys.senders)
     state = engine.initial_state(np.zeros(size.params, np.float32), sites)
-    return IngestPath(MessageReader(FEDERATION, workload.keys), engine, state)
+    return IngestPath(reader=MessageReader(FEDERATION, workload.keys), engine=engine, state=state)
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -223,16 +189,8 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
         await producer.stop()
 
 
-class _Path(Protocol):
-    loop_cpu_s: float
-
-    def prepare(self, value: bytes) -> Prepared: ...
-
-    async def handle(self, value: bytes, prepared: Prepared) -> None: ...
-
-
 async def consume(
-    bootstrap: str, spec: TopicSpec, total: int, path: _Path | None, pool: Executor | None
+    bootstrap: str, spec: TopicSpec, total: int, path: TimedPath | None, pool: Executor | None
 ) -> float:
     """Seconds to fetch ``total`` records from the beginning (and, with ``path``, ingest them)."""
     consumer = make_consumer(bootstrap, group_id=None)

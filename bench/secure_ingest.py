@@ -22,12 +22,8 @@ the same model, bit for bit, as the in-memory play.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-import time
 from collections import deque
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +34,9 @@ from rich.table import Table
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from aggregator.cohorts import CohortConfig, CohortCoordinator
 from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, EngineState
-from aggregator.service import Prepared, prepare
+from aggregator.service import Prepared
 from aggregator.strategies import StrategyConfig, build_strategy
+from bench.ingest_path import TimedPath
 from fedsynth.errors import MessageError
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -194,25 +191,15 @@ def build_workload(params: int, cohorts: int, members: int, seed: int = 0) -> Se
     )
 
 
-@dataclass(slots=True)
-class SecureIngestPath:
-    """The aggregator's secure ingest of a :class:`SecureWorkload` (same interface as
-    ``bench.aggregate.IngestPath``: ``prepare`` on workers, ``handle`` in order)."""
+@dataclass(slots=True, kw_only=True)
+class SecureIngestPath(TimedPath):
+    """The aggregator's secure ingest of a :class:`SecureWorkload`."""
 
     workload: SecureWorkload
-    reader: MessageReader
     engine: AggregatorEngine
     state: EngineState
     coord: CohortCoordinator | None = None
     started: set[str] = field(default_factory=set)
-    prepare_s: float = 0.0
-    ordered_s: float = 0.0
-    loop_cpu_s: float = 0.0
-    engine_cpu_s: float = 0.0
-    applied: int = 0
-    rejected: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    engine_thread: Executor | None = None
 
     @classmethod
     def fresh(cls, workload: SecureWorkload) -> SecureIngestPath:
@@ -220,31 +207,12 @@ class SecureIngestPath:
         members = workload.config.buffer_size
         engine = _engine(params, members)
         sites = [f"site{i}" for i in range(members)]
-        return cls(workload, MessageReader(workload.config.federation_id, workload.keys),
-                   engine, _initial(engine, params, sites))
-
-    def prepare(self, value: bytes) -> Prepared:
-        t0 = time.thread_time()
-        out = prepare(self.reader, value)
-        with self.lock:
-            self.prepare_s += time.thread_time() - t0
-        return out
-
-    async def handle(self, value: bytes, prepared: Prepared) -> None:
-        """The ordered part on the engine thread, as the app runs it (in line without one)."""
-        if self.engine_thread is None:
-            self.ordered(prepared)
-            return
-        await asyncio.get_running_loop().run_in_executor(self.engine_thread, self.ordered, prepared)
-
-    def ordered(self, prepared: Prepared) -> None:
-        """:meth:`_ordered`, timed (wall and the CPU of its thread)."""
-        c0, t0 = time.thread_time(), time.perf_counter()
-        try:
-            self._ordered(prepared)
-        finally:
-            self.engine_cpu_s += time.thread_time() - c0
-            self.ordered_s += time.perf_counter() - t0
+        return cls(
+            reader=MessageReader(workload.config.federation_id, workload.keys),
+            workload=workload,
+            engine=engine,
+            state=_initial(engine, params, sites),
+        )
 
     def _ordered(self, prepared: Prepared) -> None:
         msg = self.reader.accept(prepared.verified)
