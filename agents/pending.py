@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from agents.secure import PendingUpdate
+from agents.secure import PendingUpdate, SecureSite
 from fedsynth.durable import fsync_dir, write_atomic
 from fedsynth.errors import ConfigError
 
@@ -119,6 +119,30 @@ class PendingStore:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"masked-input mark {self.mark_path} is unreadable: {exc}") from exc
         return cohort_id if self.saved_id() == update_id else None
+
+    def restore(self, site: SecureSite) -> PendingUpdate | None:
+        """After a restart: give ``site`` the saved update, held back until the cohort its
+        masked input went to (if it went out) is known to have ended; the update, or None.
+
+        Raises:
+            ConfigError: The update or its mark cannot be read.
+        """
+        update = self.load()
+        if update is None:
+            return None
+        site.pending = update
+        masked_in = self.masked_in()
+        if masked_in is not None:
+            site.resume_masked(masked_in)
+        return update
+
+    def follow(self, site: SecureSite) -> None:
+        """Bring the disk in line with ``site`` after it took a record: the update is deleted
+        once spent or dropped, its mark once its cohort ended without counting it."""
+        if site.pending is None:
+            self.discard()
+        elif site.masked_in is None:
+            self.clear_mark()
 
     def clear_mark(self) -> bool:
         """Forget the masked input (its cohort ended without counting it); True if there was one."""

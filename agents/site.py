@@ -374,13 +374,10 @@ class SiteAgent:
                 wait[0],
                 int(wait[1]),
             )
-        restored = self.pending_store.load()
+        restored = self.pending_store.restore(self.secure)  # trained before a crash
         if restored is None:
             return
-        self.secure.pending = restored  # trained before a crash: it joins a cohort
-        masked_in = self.pending_store.masked_in()
-        if masked_in is not None:  # wait until the control topic tells whether it was counted
-            self.secure.resume_masked(masked_in)
+        masked_in = self.secure.masked_in  # set: it waits to learn whether that cohort counted it
         log.info(
             "site %s: update %s from version %d survived a restart; it waits for a "
             "secure cohort%s",
@@ -438,10 +435,7 @@ class SiteAgent:
         (:mod:`agents.pending`); the wait for a spent cohort's version is kept in ``state.json``
         when it changes, so that a restarted agent does not train from an older version
         (:meth:`SecureSite.resume_wait`)."""
-        if site.pending is None:
-            self.pending_store.discard()  # spent, or dropped
-        elif site.masked_in is None:
-            self.pending_store.clear_mark()
+        self.pending_store.follow(site)
         wait = None if site.awaiting is None else list(site.awaiting)
         if self.state.get("awaiting") != wait:
             self.state["awaiting"] = wait

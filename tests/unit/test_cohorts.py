@@ -172,12 +172,10 @@ class Net:
         return True
 
     def sync_store(self, name: str) -> None:
-        """What ``SiteAgent._sync_store`` does with the site's pending update on disk."""
-        site, store = self.sites[name], self.stores.get(name)
-        if store is not None and site.pending is None:
-            store.discard()
-        elif store is not None and site.masked_in is None:
-            store.clear_mark()
+        """As the agent keeps the site's pending update on disk after each record."""
+        store = self.stores.get(name)
+        if store is not None:
+            store.follow(self.sites[name])
 
     def replay_control(self, name: str) -> None:
         """A restarted agent reads the control topic again from its start, then is caught up."""
@@ -317,12 +315,7 @@ def _restart(net: Net, site: str, store: PendingStore) -> None:
     fresh = SecureSite(
         SecureSiteConfig(FED, site, SPEC, config().staleness()), np.random.default_rng(99)
     )
-    restored = store.load()
-    if restored is not None:
-        fresh.pending = restored
-        masked_in = store.masked_in()
-        if masked_in is not None:
-            fresh.resume_masked(masked_in)
+    store.restore(fresh)
     net.sites[site] = fresh
     ring = KeyRing()
     for name, key in KEYS.items():
