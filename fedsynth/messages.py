@@ -3,7 +3,11 @@
 Outbound, :class:`MessageFactory` fills the envelope every message carries (``message_id``,
 ``federation_id``, ``sender``, ``created_at``), signs with the sender's Ed25519 identity key and,
 for large payloads (model updates, global models), signs the payload once and splits it into
-signed ``Chunk`` messages of at most 900 KiB.
+signed ``Chunk`` messages of at most 900 KiB. The chunks' ``sha256`` is the digest the payload's
+signature signs (:func:`~schemas.signing.unsigned_sha256`), so a reader checks the reassembled
+bytes and the payload's signature with one pass of SHA-256 over them, not two (with the pass over
+each chunk for its own signature, every byte of an update is hashed twice on its way in, not three
+times).
 
 Inbound, :class:`MessageReader` checks the signature against the federation's key ring, decodes,
 checks the federation id, and feeds chunks to a :class:`~fedsynth.codec.chunk.Reassembler`; a
@@ -13,14 +17,13 @@ completed payload is verified and decoded again as the record it carries. Every 
 
 Reading is two steps so that the expensive part can run in parallel: :meth:`MessageReader.verify`
 is pure (signature, Avro decoding, federation id, and for a payload that fits in one chunk, the
-payload's SHA-256, signature and decoding as well) and safe to call from worker threads, in any
+payload's digest, signature and decoding as well) and safe to call from worker threads, in any
 order; :meth:`MessageReader.accept` is the stateful rest (reassembly, replay of chunks) and must see
 the verified messages in consumption order. ``read(data)`` is ``accept(verify(data))``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -38,8 +41,15 @@ from fedsynth.codec.chunk import (
     SetStage,
     split,
 )
+from fedsynth.errors import MessageError
 from schemas.errors import SchemaError
-from schemas.signing import IdentityKey, KeyRing, decode_verified, encode_signed
+from schemas.signing import (
+    IdentityKey,
+    KeyRing,
+    decode_verified,
+    encode_signed,
+    unsigned_sha256,
+)
 
 __all__ = [
     "Inbound",
@@ -49,6 +59,7 @@ __all__ = [
     "Rejection",
     "Verified",
     "Waiting",
+    "split_signed",
 ]
 
 Clock = Callable[[], float]
@@ -98,7 +109,7 @@ class Verified:
         name: The schema's short name.
         record: The decoded record.
         size: Encoded size in bytes.
-        inner: For a ``Chunk`` that carries a whole payload (count 1) whose SHA-256 matched: the
+        inner: For a ``Chunk`` that carries a whole payload (count 1) whose digest matched: the
             payload, verified and decoded the same way (an :class:`Inbound`, or the
             :class:`Rejection` it earns); None otherwise.
     """
@@ -145,8 +156,25 @@ class MessageFactory:
         payload = self.build(name, fields)
         return [
             self.build("Chunk", chunk)
-            for chunk in split(payload.value, name, max_chunk, payload_id=payload.message_id)
+            for chunk in split_signed(payload.value, name, max_chunk, payload.message_id)
         ]
+
+
+def split_signed(
+    payload: bytes, name: str, max_chunk: int = MAX_CHUNK, payload_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Chunk records of a signed, encoded payload, carrying the digest its signature signs.
+
+    Args:
+        payload: One signed single-object encoded message (see :class:`MessageFactory`).
+        name: Its schema's short name.
+        max_chunk: Most data bytes per chunk.
+        payload_id: Id shared by the chunks (the payload's ``message_id``); random by default.
+
+    Raises:
+        MessageError: ``payload`` has no signed envelope to digest.
+    """
+    return split(payload, name, max_chunk, payload_id, sha256=_payload_digest(payload))
 
 
 class MessageReader:
@@ -162,7 +190,7 @@ class MessageReader:
     ) -> None:
         self.federation_id = federation_id
         self.keys = keys
-        self.reassembler = Reassembler(chunk_timeout_s, clock)
+        self.reassembler = Reassembler(chunk_timeout_s, clock, digest=_payload_digest)
 
     def read(self, data: bytes) -> Inbound | Waiting | Rejection:
         """Verify and decode ``data``; for a chunk, return the payload when it completes."""
@@ -180,19 +208,19 @@ class MessageReader:
             return got
         rec = got.record
         payload = rec.get("data")
-        if (
-            rec.get("count") == 1
-            and rec.get("index") == 0
-            and isinstance(payload, bytes)
-            and hashlib.sha256(payload).digest() == rec.get("sha256")
-        ):
-            inner = _as_inbound(self._verify_one(payload))
-            return Verified(got.name, rec, got.size, inner)
+        if rec.get("count") == 1 and rec.get("index") == 0 and isinstance(payload, bytes):
+            try:
+                digest = _payload_digest(payload)
+            except MessageError:
+                return got  # the reassembler rejects it, with the reason
+            if digest == rec.get("sha256"):
+                inner = _as_inbound(self._verify_one(payload, digest))
+                return Verified(got.name, rec, got.size, inner)
         return got
 
-    def _verify_one(self, data: bytes) -> Verified | Rejection:
+    def _verify_one(self, data: bytes, sha256: bytes | None = None) -> Verified | Rejection:
         try:
-            name, record = decode_verified(data, self.keys)
+            name, record = decode_verified(data, self.keys, sha256=sha256)
         except SchemaError as exc:
             return Rejection(str(exc), type(exc).__name__)
         if record["federation_id"] != self.federation_id:
@@ -214,12 +242,12 @@ class MessageReader:
 
     def _chunk(self, verified: Verified) -> Inbound | Waiting | Rejection:
         record = verified.record
-        known = verified.inner is not None  # the payload's SHA-256 was checked in verify()
+        known = verified.inner is not None  # the payload's digest was checked in verify()
         event = self.reassembler.add(record, digest_checked=known)
         if isinstance(event, Complete):
             inner = verified.inner
             if inner is None:
-                inner = _as_inbound(self._verify_one(event.payload))
+                inner = _as_inbound(self._verify_one(event.payload, event.sha256))
             if isinstance(inner, Inbound) and inner.name == "Chunk":
                 return Rejection("a chunk payload is itself a chunk", "NestedChunk")
             if isinstance(inner, Inbound) and inner.record["sender"] != record["sender"]:
@@ -252,6 +280,14 @@ class MessageReader:
     def expire(self) -> list[Expired]:
         """Chunk sets that timed out incomplete (the adapter dead-letters them)."""
         return self.reassembler.expire()
+
+
+def _payload_digest(payload: bytes) -> bytes:
+    """The digest a chunked payload's chunks carry: what the payload's signature signs."""
+    try:
+        return unsigned_sha256(payload)
+    except SchemaError as exc:
+        raise MessageError(f"no signed envelope to digest: {exc}") from exc
 
 
 def _as_inbound(got: Verified | Rejection) -> Inbound | Rejection:

@@ -56,6 +56,7 @@ __all__ = [
     "load_public_key",
     "sign_record",
     "signed_digest",
+    "unsigned_sha256",
     "validate_site_name",
     "verify_message",
     "verify_record",
@@ -251,6 +252,24 @@ def signed_digest(*parts: bytes | memoryview) -> bytes:
     return SIGNING_DOMAIN + h.digest()
 
 
+def unsigned_sha256(data: bytes) -> bytes:
+    """SHA-256 of a signed message's encoding with its ``signature`` emptied, hashed in place.
+
+    This is what the message's signature signs, behind :data:`SIGNING_DOMAIN`; a chunked payload's
+    chunks carry it as their ``sha256``, so that a reader checks the reassembled payload and its
+    signature with one pass over the bytes (:func:`verify_message` takes it as ``sha256``).
+
+    Raises:
+        SchemaError: The envelope does not decode, so the signature cannot be found.
+    """
+    _, start, end, _ = _signature_span(data)
+    view = memoryview(data)
+    h = hashlib.sha256(view[:start])
+    h.update(_EMPTY_BYTES)
+    h.update(view[end:])
+    return h.digest()
+
+
 def _verify(public_key: Ed25519PublicKey, signature: bytes, signed: bytes, what: str) -> None:
     if len(signature) != SIGNATURE_SIZE:
         raise BadSignatureError(
@@ -278,7 +297,11 @@ def verify_record(
 
 
 def verify_message(
-    data: bytes, keys: KeyRing | Ed25519PublicKey, registry: SchemaRegistry | None = None
+    data: bytes,
+    keys: KeyRing | Ed25519PublicKey,
+    registry: SchemaRegistry | None = None,
+    *,
+    sha256: bytes | None = None,
 ) -> str:
     """Check the signature of an encoded message without decoding its body.
 
@@ -286,6 +309,8 @@ def verify_message(
         data: One single-object encoded message.
         keys: The sender's public key, or a key ring to look the envelope's sender up in.
         registry: Schemas to use; the package's own by default.
+        sha256: :func:`unsigned_sha256` of ``data``, when the caller has computed it already
+            (the bytes are then not hashed again); a wrong value makes the signature fail.
 
     Returns:
         The schema's short name.
@@ -298,15 +323,22 @@ def verify_message(
     entry = peek_schema(data, registry)
     sender, start, end, signature = _signature_span(data)
     public_key = keys.get(sender) if isinstance(keys, KeyRing) else keys
-    view = memoryview(data)
-    digest = signed_digest(view[:start], _EMPTY_BYTES, view[end:])
+    if sha256 is None:
+        view = memoryview(data)
+        digest = signed_digest(view[:start], _EMPTY_BYTES, view[end:])
+    else:
+        digest = SIGNING_DOMAIN + sha256
     _verify(public_key, signature, digest, f"{entry.name} from {sender!r}")
     return entry.name
 
 
 def decode_verified(
-    data: bytes, keys: KeyRing | Ed25519PublicKey, registry: SchemaRegistry | None = None
+    data: bytes,
+    keys: KeyRing | Ed25519PublicKey,
+    registry: SchemaRegistry | None = None,
+    *,
+    sha256: bytes | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Verify the signature (see :func:`verify_message`), then decode: ``(name, record)``."""
-    verify_message(data, keys, registry)
+    verify_message(data, keys, registry, sha256=sha256)
     return decode(data, registry)

@@ -2,7 +2,10 @@
 
 Apache Kafka refuses messages over 1 MiB by default, so an encoded model update or global model is
 cut into ``Chunk`` records of at most 900 KiB of data each (room is left for the envelope). Every
-chunk carries the payload's id, chunk count, total size and SHA-256; :class:`Reassembler` collects
+chunk carries the payload's id, chunk count, total size and a SHA-256 digest of the payload (by
+default of its bytes; the sender may name another SHA-256 over them, and the reader then checks
+that one: signed payloads carry the digest their signature signs, so one pass over the bytes checks
+both, see :mod:`fedsynth.messages`); :class:`Reassembler` collects
 them in any order, ignores duplicates, rejects inconsistent or corrupt sets, bounds the memory held
 by incomplete sets, and reports sets that stayed incomplete past a timeout so that the adapter can
 send them to the dead-letter topic. It does no I/O and reads time only from the clock it is given.
@@ -43,6 +46,10 @@ _SHA256_SIZE = 32
 _AVRO_INT_MAX = 2**31 - 1
 
 
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
 class ChunkError(MessageError):
     """A payload cannot be split (wrong type or arguments)."""
 
@@ -79,11 +86,13 @@ class RejectReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Complete:
-    """Every chunk arrived and the payload's SHA-256 matches."""
+    """Every chunk arrived and the payload's digest matches."""
 
     payload_id: str
     payload_schema: str
     payload: bytes
+    sha256: bytes = field(default=b"", compare=False)
+    """The checked digest (the chunks' ``sha256``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +136,11 @@ ReassemblyEvent = Complete | Pending | Duplicate | Rejected
 
 
 def split(
-    payload: bytes, payload_schema: str, max_chunk: int = MAX_CHUNK, payload_id: str | None = None
+    payload: bytes,
+    payload_schema: str,
+    max_chunk: int = MAX_CHUNK,
+    payload_id: str | None = None,
+    sha256: bytes | None = None,
 ) -> list[dict[str, Any]]:
     """Cut ``payload`` into Chunk records (without envelope fields; the adapter adds those).
 
@@ -136,12 +149,15 @@ def split(
         payload_schema: Name of the payload's schema, e.g. ``"ModelUpdate"``.
         max_chunk: Most data bytes per chunk.
         payload_id: Id shared by the chunks; a random UUID by default.
+        sha256: The digest the chunks carry, computed by the reader's ``digest`` function (see
+            :class:`Reassembler`); SHA-256 of ``payload`` by default.
 
     Returns:
         ``count`` records: payload_id, payload_schema, index, count, total_size, sha256, data.
 
     Raises:
-        ChunkError: ``payload`` is not bytes, or the schema name is empty.
+        ChunkError: ``payload`` is not bytes, the schema name is empty, or ``sha256`` is not 32
+            bytes.
         ConfigError: ``max_chunk`` is not positive, or the payload needs over 2**31-1 chunks.
     """
     if not isinstance(payload, bytes | bytearray | memoryview):
@@ -150,12 +166,14 @@ def split(
         raise ChunkError("payload_schema must name the payload's schema")
     if max_chunk < 1:
         raise ConfigError(f"max_chunk must be positive, got {max_chunk}")
+    if sha256 is not None and len(sha256) != _SHA256_SIZE:
+        raise ChunkError(f"sha256 must be {_SHA256_SIZE} bytes, got {len(sha256)}")
     data = bytes(payload)
     count = max(1, -(-len(data) // max_chunk))
     if count > _AVRO_INT_MAX:
         raise ConfigError(f"{len(data)} bytes in chunks of {max_chunk} needs too many chunks")
     pid = payload_id if payload_id is not None else str(uuid.uuid4())
-    digest = hashlib.sha256(data).digest()
+    digest = sha256 if sha256 is not None else hashlib.sha256(data).digest()
     return [
         {
             "payload_id": pid,
@@ -238,6 +256,7 @@ class Reassembler:
         clock: Callable[[], float],
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         remember: int = 10_000,
+        digest: Callable[[bytes], bytes] = _sha256,
     ) -> None:
         """Configure the reassembler.
 
@@ -246,6 +265,9 @@ class Reassembler:
             clock: Monotonic seconds, e.g. ``time.monotonic``.
             max_pending_bytes: Most chunk bytes held in incomplete sets together.
             remember: How many finished payload ids are kept to classify late chunks.
+            digest: What a complete payload must hash to (the chunks' ``sha256``); SHA-256 of
+                its bytes by default. It may raise :class:`MessageError` for a payload it cannot
+                digest, which rejects the set.
 
         Raises:
             ConfigError: A limit is not positive.
@@ -257,6 +279,7 @@ class Reassembler:
             )
         self._timeout_s = timeout_s
         self._clock = clock
+        self._digest = digest
         self._max_pending_bytes = max_pending_bytes
         self._remember = remember
         self._pending: dict[str, _PartialSet] = {}
@@ -289,9 +312,9 @@ class Reassembler:
 
         Args:
             chunk: The decoded Chunk record.
-            digest_checked: The caller has already checked that SHA-256 of this chunk's data
-                equals its ``sha256`` field; for a one-chunk set the hash is then not computed
-                again (sets of several chunks are always hashed whole).
+            digest_checked: The caller has already checked that the digest of this chunk's data
+                equals its ``sha256`` field; for a one-chunk set the digest is then not computed
+                again (sets of several chunks are always digested whole).
         """
         view = _parse(chunk)
         if isinstance(view, str):
@@ -372,12 +395,19 @@ class Reassembler:
                 RejectReason.SIZE_MISMATCH,
                 f"chunks hold {len(payload)} bytes, total_size says {partial.total_size}",
             )
-        if not digest_checked and hashlib.sha256(payload).digest() != partial.sha256:
-            return self._reject(
-                pid, RejectReason.CHECKSUM_MISMATCH, "SHA-256 of the reassembled payload differs"
-            )
+        if not digest_checked:
+            try:
+                matches = self._digest(payload) == partial.sha256
+            except MessageError as exc:
+                return self._reject(
+                    pid, RejectReason.CHECKSUM_MISMATCH, f"the reassembled payload: {exc}"
+                )
+            if not matches:
+                return self._reject(
+                    pid, RejectReason.CHECKSUM_MISMATCH, "digest of the reassembled payload differs"
+                )
         self._finish(pid, SetStage.COMPLETE)
-        return Complete(pid, partial.payload_schema, payload)
+        return Complete(pid, partial.payload_schema, payload, partial.sha256)
 
     def _reject(self, pid: str, reason: RejectReason, detail: str) -> Rejected:
         self._finish(pid, SetStage.REJECTED)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import os
 import random
 
-from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection, Waiting
+from fedsynth.messages import (
+    Inbound,
+    MessageFactory,
+    MessageReader,
+    Rejection,
+    Waiting,
+    split_signed,
+)
 from schemas.signing import IdentityKey, KeyRing
 
 SITE = IdentityKey.generate()
@@ -110,10 +117,8 @@ def test_bad_messages_are_rejections_with_reasons() -> None:
 
 def test_payload_relayed_by_another_sender_is_rejected() -> None:
     inner = MessageFactory("fed1", "Cleveland", SITE).build("ModelUpdate", _update(b"\0" * 8))
-    from fedsynth.codec.chunk import split
-
     relay = MessageFactory("fed1", "Hungary", OTHER)
-    (chunk,) = [relay.build("Chunk", c) for c in split(inner.value, "ModelUpdate")]
+    (chunk,) = [relay.build("Chunk", c) for c in split_signed(inner.value, "ModelUpdate")]
     got = _reader().read(chunk.value)
     assert isinstance(got, Rejection) and got.error_class == "SenderMismatch"
 
@@ -134,19 +139,17 @@ def test_a_chunk_of_a_completed_payload_is_a_replay() -> None:
 
 def _mixed_stream() -> list[bytes]:
     """Single-chunk and multi-chunk payloads, a replay, a relayed payload and garbage."""
-    from fedsynth.codec.chunk import split
-
     site = MessageFactory("fed1", "Cleveland", SITE)
     single = site.build_chunked("ModelUpdate", _update(os.urandom(4000)))
     multi = site.build_chunked("ModelUpdate", _update(os.urandom(4000)), max_chunk=1500)
     inner = site.build("ModelUpdate", _update(b"\0" * 8))
     relayed = [
         MessageFactory("fed1", "Hungary", OTHER).build("Chunk", c).value
-        for c in split(inner.value, "ModelUpdate")
+        for c in split_signed(inner.value, "ModelUpdate")
     ]
     nested = [
         site.build("Chunk", c).value
-        for c in split(single[0].value, "Chunk", payload_id="nested-1")
+        for c in split_signed(single[0].value, "Chunk", payload_id="nested-1")
     ]
     beat = site.build(
         "Heartbeat",
@@ -174,11 +177,9 @@ def test_verify_then_accept_equals_read_and_verify_is_pure() -> None:
 
 
 def test_single_chunk_payload_is_verified_up_front_and_a_bad_digest_is_still_caught() -> None:
-    from fedsynth.codec.chunk import split
-
     site = MessageFactory("fed1", "Cleveland", SITE)
     inner = site.build("ModelUpdate", _update(b"\1" * 64))
-    (good,) = split(inner.value, "ModelUpdate")
+    (good,) = split_signed(inner.value, "ModelUpdate")
     got = _reader().verify(site.build("Chunk", good).value)
     assert not isinstance(got, Rejection) and isinstance(got.inner, Inbound)
     assert got.inner.record["message_id"] == inner.message_id
@@ -187,3 +188,53 @@ def test_single_chunk_payload_is_verified_up_front_and_a_bad_digest_is_still_cau
     assert not isinstance(checked, Rejection) and checked.inner is None
     result = _reader().accept(checked)
     assert isinstance(result, Rejection) and "checksum" in result.reason.lower()
+
+
+def test_chunks_carry_the_digest_the_payload_signature_signs() -> None:
+    """One pass of SHA-256 checks the reassembled bytes and the payload's signature."""
+    from fedsynth.codec.chunk import split
+    from schemas.signing import unsigned_sha256
+
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    chunks = site.build_chunked("ModelUpdate", _update(os.urandom(4000)), max_chunk=1500)
+    reader = _reader()
+    records = [reader.verify(c.value) for c in chunks]
+    payload = b"".join(r.record["data"] for r in records if not isinstance(r, Rejection))
+    assert {r.record["sha256"] for r in records if not isinstance(r, Rejection)} == {
+        unsigned_sha256(payload)
+    }
+    assert isinstance([reader.accept(r) for r in records][-1], Inbound)
+    # Chunks that carry the SHA-256 of the payload's bytes (not what its signature signs) fail.
+    plain = [site.build("Chunk", c).value for c in split(payload, "ModelUpdate", max_chunk=1500)]
+    fresh = _reader()
+    got = [fresh.read(v) for v in plain][-1]
+    assert isinstance(got, Rejection) and "checksum_mismatch" in got.reason
+
+
+def test_a_matching_digest_does_not_let_a_forged_payload_signature_through() -> None:
+    """The sender's chunks name the right digest of a payload whose own signature is forged."""
+    forged = MessageFactory("fed1", "Cleveland", OTHER).build("ModelUpdate", _update(b"\2" * 3000))
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    for max_chunk in (1000, 100_000):  # several chunks, and one (verified up front)
+        values = [
+            site.build("Chunk", c).value
+            for c in split_signed(forged.value, "ModelUpdate", max_chunk=max_chunk)
+        ]
+        reader = _reader()
+        got = [reader.read(v) for v in values][-1]
+        assert isinstance(got, Rejection) and got.error_class == "BadSignatureError"
+
+
+def test_chunks_of_bytes_that_are_no_signed_message_are_rejected_with_the_reason() -> None:
+    from fedsynth.codec.chunk import split
+
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    for size in (10, 3000):
+        junk = b"\xc3\x01" + b"\xff" * size
+        values = [
+            site.build("Chunk", c).value
+            for c in split(junk, "ModelUpdate", max_chunk=1000, sha256=bytes(32))
+        ]
+        reader = _reader()
+        got = [reader.read(v) for v in values][-1]
+        assert isinstance(got, Rejection) and "checksum_mismatch" in got.reason

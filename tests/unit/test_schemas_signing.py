@@ -14,6 +14,7 @@ from schemas.codec import decode, encode
 from schemas.errors import (
     BadSignatureError,
     KeyStoreError,
+    SchemaError,
     UnknownSenderError,
 )
 from schemas.keyring import KeyRing, load_public_key
@@ -25,6 +26,7 @@ from schemas.signing import (
     encode_signed,
     sign_record,
     signed_digest,
+    unsigned_sha256,
     verify_message,
     verify_record,
 )
@@ -78,6 +80,19 @@ def test_signature_is_over_the_tagged_digest_of_the_unsigned_body() -> None:
         verify_record("Chunk", raw, KEY.public_key)
     with pytest.raises(BadSignatureError):
         verify_message(encode("Chunk", raw), KEY.public_key)
+
+
+def test_unsigned_sha256_is_the_signed_digest_and_stands_in_for_the_hash() -> None:
+    record = chunk(b"z" * 4000)
+    data = encode_signed("Chunk", record, KEY)
+    unsigned = encode("Chunk", {**record, "signature": b""})
+    assert SIGNING_DOMAIN + unsigned_sha256(data) == signed_digest(unsigned)
+    assert verify_message(data, KEY.public_key, sha256=unsigned_sha256(data)) == "Chunk"
+    # A digest of other bytes does not let a message through: the signature is still checked.
+    with pytest.raises(BadSignatureError, match="does not verify"):
+        verify_message(data, KEY.public_key, sha256=bytes(32))
+    with pytest.raises(SchemaError, match="envelope"):
+        unsigned_sha256(data[:12])
 
 
 @pytest.mark.parametrize(
