@@ -438,7 +438,10 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
         f"fedsynth-aggregator-{settings.federation_id}",
         broker=f"kafka://{bootstrap}",
         datadir=str(settings.state_dir / "faust"),
-        **faust_settings(broker_session_timeout=settings.session_timeout_s),
+        **faust_settings(
+            broker_session_timeout=settings.session_timeout_s,
+            broker_check_crcs=settings.check_crcs,
+        ),
     )
     runtime = AggregatorRuntime(app, settings, checkpoint_key)
     app.fedsynth_runtime = runtime  # type: ignore[attr-defined]

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from aggregator.service import Prepared, prepare
 from fedsynth.messages import MessageReader
 
-__all__ = ["TimedPath"]
+__all__ = ["BARE_NOCRC", "TimedPath"]
+
+BARE_NOCRC = "bare aiokafka, CRC check off as the aggregator's"
+"""The row of the bare consumer read as the aggregator reads (``AggregatorSettings.check_crcs``)."""
 
 
 @dataclass(slots=True, kw_only=True)

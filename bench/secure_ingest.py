@@ -36,7 +36,7 @@ from aggregator.cohorts import CohortConfig, CohortCoordinator
 from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, EngineState
 from aggregator.service import Prepared
 from aggregator.strategies import StrategyConfig, build_strategy
-from bench.ingest_path import TimedPath
+from bench.ingest_path import BARE_NOCRC, TimedPath
 from fedsynth.errors import MessageError
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -250,9 +250,14 @@ class SecureIngestPath(TimedPath):
             raise MessageError("secure ingest made a different model than the in-memory play")
 
 
-def report(console: Console, workload: SecureWorkload, bare_s: float, path: SecureIngestPath,
-           ingest_s: float, workers: int) -> float:
-    """Print the secure-mode rate table and per-update CPU; returns the ingest-vs-bare ratio."""
+def report(console: Console, workload: SecureWorkload, bare: tuple[float, float],
+           path: SecureIngestPath, ingest_s: float, workers: int) -> float:
+    """Print the secure-mode rate table and per-update CPU; returns the ingest-vs-bare ratio.
+
+    ``bare`` is the bare consumer's best wall time with aiokafka's CRC check (the default) and
+    without it (as the aggregator reads).
+    """
+    bare_s, bare_nocrc_s = bare
     n, mib = workload.updates, workload.payload_bytes / 2**20
     params = workload.config.vector_length
     title = (f"secure mode: {n} masked updates x {params:,} params in "
@@ -263,6 +268,7 @@ def report(console: Console, workload: SecureWorkload, bare_s: float, path: Secu
         rates.add_column(col, justify="right")
     for label, secs in (
         ("bare aiokafka", bare_s),
+        (BARE_NOCRC, bare_nocrc_s),
         (f"secure ingest ({workers} workers + engine thread)", ingest_s),
     ):
         rates.add_row(label, f"{secs:.3f}", f"{n / secs:.1f}", f"{mib / secs:.1f}",

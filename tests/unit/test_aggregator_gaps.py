@@ -63,3 +63,23 @@ async def test_a_skipped_hello_is_read_again_and_nothing_twice(tmp_path: Path) -
         runtime.pool.shutdown()
         runtime.engine_thread.shutdown()
         runtime.telemetry.shutdown()
+
+
+def test_the_app_skips_the_crc_its_signatures_make_redundant_unless_asked(tmp_path: Path) -> None:
+    """Every inbound record is signed over SHA-256 of its bytes, so the fetch's CRC is off."""
+    from aggregator.app import build_app
+
+    fed = Federation.create(tmp_path, ["A", "B"])
+    for asked, expected in ((None, False), (True, True)):
+        extra = {} if asked is None else {"check_crcs": asked}
+        settings = AggregatorSettings(
+            run_dir=tmp_path, federation_id=FED, sites=fed.sites, **extra
+        )
+        app = build_app(settings, "127.0.0.1:1", bytes(32))
+        runtime = app.fedsynth_runtime  # type: ignore[attr-defined]
+        try:
+            assert app.conf.broker_check_crcs is expected
+        finally:
+            runtime.pool.shutdown()
+            runtime.engine_thread.shutdown()
+            runtime.telemetry.shutdown()
