@@ -284,10 +284,13 @@ def _on_input(state: ServerState, masked: MaskedInput) -> tuple[ServerState, lis
     if not 0 <= masked.masked_weight < 1 << roster.modulus_bits:
         raise MessageError("masked weight outside the modulus")
     vec = np.frombuffer(masked.masked_vector, dtype=dtype.newbyteorder("<"))
-    full = np.empty(roster.vector_length + 1, dtype=dtype)
-    full[:-1] = vec
-    full[-1] = masked.masked_weight
-    total = full if state.total is None else state.total + full
+    total = np.empty(roster.vector_length + 1, dtype=dtype)  # a new array: states stay as they were
+    if state.total is None:
+        total[:-1] = vec
+        total[-1] = masked.masked_weight
+    else:  # the sum wraps at the dtype's width, a multiple of the modulus (reduced at the end)
+        np.add(state.total[:-1], vec, out=total[:-1])
+        np.add(state.total[-1:], np.array([masked.masked_weight], dtype), out=total[-1:])
     new = replace(state, inputs=state.inputs | {masked.site_id}, total=total)
     if new.inputs == frozenset(state.sharers):
         return _close_inputs(new)
