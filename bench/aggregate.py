@@ -28,7 +28,10 @@ Secure mode (the default) is measured the same way on its own records (:mod:`ben
 SecAgg+ cohorts of 4 sites whose masked 1M-word updates (8 MB, 9 chunks each) and unmask responses
 are consumed by the aggregator's path (chunk verification on the workers; reassembly, payload
 signature, the coordinator's masked sum, unmasking and the FedBuff step on the engine thread) and
-by a bare consumer, alternating. The last line is
+by a bare consumer, alternating; its per-update table splits the ordered part live (reassembly
+with the payload's digest, signature and decoding; the masked sum; unmasking; the FedBuff step)
+and reading offline (chunk signatures, Avro, joining, the payload's one SHA-256 pass), next to a
+raw numpy uint64 sum of the same masked words. The last line is
 ``RESULT ingest_vs_bare=<x> target=0.8 met=yes|no`` with the smaller of the two modes' ratios.
 """
 

@@ -23,6 +23,7 @@ the same model, bit for bit, as the in-memory play.
 from __future__ import annotations
 
 import json
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,10 +38,12 @@ from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, 
 from aggregator.service import Prepared
 from aggregator.strategies import StrategyConfig, build_strategy
 from bench.ingest_path import BARE_NOCRC, TimedPath
+from fedsynth.codec.chunk import Complete, Reassembler
 from fedsynth.errors import MessageError
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from fedsynth.secagg.fixedpoint import FixedPointSpec
-from schemas.signing import IdentityKey, KeyRing
+from schemas.codec import decode
+from schemas.signing import IdentityKey, KeyRing, unsigned_sha256, verify_message
 
 __all__ = ["SecureIngestPath", "SecureWorkload", "build_workload", "report"]
 
@@ -200,6 +203,11 @@ class SecureIngestPath(TimedPath):
     state: EngineState
     coord: CohortCoordinator | None = None
     started: set[str] = field(default_factory=set)
+    accept_s: float = 0.0  # reassembly, payload digest, signature, Avro (wall)
+    sum_s: float = 0.0  # the coordinator taking a masked input into its sum
+    unmask_s: float = 0.0  # the coordinator taking unmask responses (unmasking at the last)
+    step_s: float = 0.0  # the FedBuff step on the unmasked sum
+    restore_s: float = 0.0  # the coordinator restored at each cohort's first record
 
     @classmethod
     def fresh(cls, workload: SecureWorkload) -> SecureIngestPath:
@@ -215,7 +223,10 @@ class SecureIngestPath(TimedPath):
         )
 
     def _ordered(self, prepared: Prepared) -> None:
+        t0 = time.perf_counter()
         msg = self.reader.accept(prepared.verified)
+        t1 = time.perf_counter()
+        self.accept_s += t1 - t0
         if isinstance(msg, Rejection):
             self.rejected.append(msg.reason)
         if not isinstance(msg, Inbound):
@@ -228,12 +239,19 @@ class SecureIngestPath(TimedPath):
         coord = self.coord
         if coord is None:  # pragma: no cover - set above for the first record
             return
+        t2 = time.perf_counter()
+        self.restore_s += t2 - t1
         out = coord.on_record(msg.name, msg.record, NOW)
+        t3 = time.perf_counter()
         self.rejected += out.rejections
         if msg.name == "ModelUpdate":
             self.applied += 1
+            self.sum_s += t3 - t2
+        else:
+            self.unmask_s += t3 - t2
         if out.event is not None:
             self.state, _ = self.engine.step(self.state, out.event)
+            self.step_s += time.perf_counter() - t3
 
     def check(self) -> None:
         """Every masked input was taken, nothing refused, and the model is the in-memory play's.
@@ -248,6 +266,63 @@ class SecureIngestPath(TimedPath):
             )
         if not np.array_equal(np.asarray(self.state.params), w.final):
             raise MessageError("secure ingest made a different model than the in-memory play")
+
+
+@dataclass(slots=True)
+class ReadSplit:
+    """Offline seconds for each part of reading a workload's records once, in order."""
+
+    chunk_signatures: float = 0.0
+    chunk_avro: float = 0.0
+    join: float = 0.0
+    payload_digest: float = 0.0
+    payload_signature: float = 0.0
+    payload_avro: float = 0.0
+    numpy_sum: float = 0.0  # raw numpy: the masked words added into one uint64 sum
+
+
+def read_split(workload: SecureWorkload) -> ReadSplit:
+    """Time the reading of every record part by part (one thread), then a raw numpy sum of the
+    masked inputs' words, as the coordinator sums them (uint64, wrapping)."""
+    split = ReadSplit()
+
+    def digest(payload: bytes) -> bytes:
+        t = time.perf_counter()
+        try:
+            return unsigned_sha256(payload)
+        finally:
+            split.payload_digest += time.perf_counter() - t
+
+    reassembler = Reassembler(120.0, time.monotonic, digest=digest)
+    total: np.ndarray | None = None
+    for _, value in workload.records:
+        t0 = time.perf_counter()
+        verify_message(value, workload.keys)
+        t1 = time.perf_counter()
+        _, chunk = decode(value)
+        t2 = time.perf_counter()
+        event = reassembler.add(chunk)
+        t3 = time.perf_counter()
+        split.chunk_signatures += t1 - t0
+        split.chunk_avro += t2 - t1
+        if not isinstance(event, Complete):
+            continue
+        split.join += t3 - t2  # the digest is counted on its own
+        t4 = time.perf_counter()
+        verify_message(event.payload, workload.keys, sha256=event.sha256)
+        t5 = time.perf_counter()
+        name, record = decode(event.payload)
+        split.payload_signature += t5 - t4
+        split.payload_avro += time.perf_counter() - t5
+        if name == "ModelUpdate":  # added at once: nothing is kept, as the aggregator keeps none
+            words = np.frombuffer(record["vector"], "<u8")
+            if total is None:
+                total = np.zeros(words.size, np.uint64)
+            t6 = time.perf_counter()
+            np.add(total, words, out=total)
+            split.numpy_sum += time.perf_counter() - t6
+    split.join -= split.payload_digest
+    return split
 
 
 def report(console: Console, workload: SecureWorkload, bare: tuple[float, float],
@@ -277,13 +352,25 @@ def report(console: Console, workload: SecureWorkload, bare: tuple[float, float]
     parts = Table(title="secure mode, per masked update, ms")
     parts.add_column("part")
     parts.add_column("ms/update", justify="right")
+    split = read_split(workload)
     for label, secs in (
         ("prepare on workers: chunk signatures, Avro", path.prepare_s),
-        ("ordered: reassembly, payload signature, sum, unmasking, FedBuff (wall)",
-         path.ordered_s),
+        ("ordered: reassembly, payload digest, signature, Avro (wall)", path.accept_s),
+        ("ordered: masked sum (coordinator, wall)", path.sum_s),
+        ("ordered: unmask responses and unmasking (coordinator, wall)", path.unmask_s),
+        ("ordered: FedBuff step (wall)", path.step_s),
+        ("ordered: coordinator restore, bench only (wall)", path.restore_s),
+        ("ordered part (wall)", path.ordered_s),
         ("ordered part, CPU of its thread", path.engine_cpu_s),
         ("event-loop thread CPU (fetch, hand-over)", path.loop_cpu_s),
         ("bare fetch (wall)", bare_s),
+        ("read offline, one thread: chunk signatures", split.chunk_signatures),
+        ("  chunk Avro decode", split.chunk_avro),
+        ("  joining the chunks", split.join),
+        ("  payload digest, one SHA-256 pass", split.payload_digest),
+        ("  payload signature from the digest", split.payload_signature),
+        ("  payload Avro decode", split.payload_avro),
+        ("raw numpy sum of the same masked words (uint64)", split.numpy_sum),
     ):
         parts.add_row(label, f"{1000 * secs / n:.2f}")
     console.print(parts)

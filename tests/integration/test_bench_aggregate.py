@@ -34,7 +34,12 @@ def test_quick_run_prints_tables_and_result(
         "raw numpy sum",
         "secure mode: 2 masked updates x 100,000 params in 1 cohort(s)",
         "secure ingest",
-        "payload signature, sum, unmasking",
+        "CRC check off",
+        "payload digest, signature, Avro",
+        "masked sum (coordinator",
+        "unmasking (coordinator",
+        "payload digest, one SHA-256 pass",
+        "raw numpy sum of the same masked words",
     ):
         assert part in text
     both = re.search(r"plain (\d+\.\d\d)x, secure (\d+\.\d\d)x", text)
