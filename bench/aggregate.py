@@ -61,16 +61,14 @@ from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import Prepared
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
-from bench.ingest_path import BARE_NOCRC, TimedPath
+from bench.ingest_path import BARE_NOCRC, TimedPath, read_split
 from bench.secure_ingest import SecureIngestPath, SecureWorkload
 from bench.secure_ingest import build_workload as build_secure_workload
 from bench.secure_ingest import report as report_secure
-from fedsynth.codec.chunk import Complete, Reassembler
 from fedsynth.errors import ConfigError, MessageError
 from fedsynth.federation import UPDATE_CODEC, decode_vector, encode_vector
-from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection, Verified
-from schemas.codec import decode
-from schemas.signing import IdentityKey, KeyRing, unsigned_sha256, verify_message
+from fedsynth.messages import MessageFactory, MessageReader, Verified
+from schemas.signing import IdentityKey, KeyRing
 from topics.broker import EmbeddedBroker
 from topics.clients import make_consumer, make_producer
 from topics.registry import UPDATES, TopicSpec, ensure_topics
@@ -115,20 +113,15 @@ class IngestPath(TimedPath):
 
     engine: AggregatorEngine
     state: EngineState
-    accept_s: float = 0.0
     codec_s: float = 0.0
     engine_s: float = 0.0
 
     def _ordered(self, prepared: Prepared) -> None:
         """Reassembly and replay, then the engine, as the service does it."""
-        t0 = time.perf_counter()
-        msg = self.reader.accept(prepared.verified)
-        t1 = time.perf_counter()
-        self.accept_s += t1 - t0
-        if isinstance(msg, Rejection):
-            self.rejected.append(msg.reason)
-        if not isinstance(msg, Inbound):
+        msg = self._accept(prepared)
+        if msg is None:
             return
+        t1 = time.perf_counter()
         rec = msg.record
         same = isinstance(prepared.verified, Verified) and msg is prepared.verified.inner
         delta = prepared.delta if same else None
@@ -242,29 +235,6 @@ async def consume(
         return time.perf_counter() - start
     finally:
         await consumer.stop()
-
-
-def read_split(workload: Workload) -> tuple[float, float, float]:
-    """Offline: seconds for signature checks, Avro decoding and reassembly of every record."""
-    verify_s = avro_s = reassemble_s = 0.0
-    reassembler = Reassembler(120.0, time.monotonic, digest=unsigned_sha256)
-    for _, value in workload.records:
-        t0 = time.perf_counter()
-        verify_message(value, workload.keys)
-        t1 = time.perf_counter()
-        _, chunk = decode(value)
-        t2 = time.perf_counter()
-        event = reassembler.add(chunk)
-        t3 = time.perf_counter()
-        verify_s, avro_s = verify_s + t1 - t0, avro_s + t2 - t1
-        reassemble_s += t3 - t2
-        if isinstance(event, Complete):
-            t4 = time.perf_counter()
-            verify_message(event.payload, workload.keys, sha256=event.sha256)
-            t5 = time.perf_counter()
-            decode(event.payload)
-            verify_s, avro_s = verify_s + t5 - t4, avro_s + time.perf_counter() - t5
-    return verify_s, avro_s, reassemble_s
 
 
 def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
@@ -421,15 +391,16 @@ def report(
     path = timings.best
     if path is None:
         raise ConfigError("no ingest run was measured (repeats must be >= 1)")
-    verify_s, avro_s, reassemble_s = read_split(workload)
+    split = read_split(workload.records, workload.keys)
     parts = Table(title="per-update CPU, ms")
     parts.add_column("part")
     parts.add_column("ms/update", justify="right")
     for label, secs in (
         ("prepare on workers: verify, decode, zstd, dequantize", path.prepare_s),
-        ("  two signature checks, the payload's from its digest (offline)", verify_s),
-        ("  Avro decode (offline)", avro_s),
-        ("  payload digest + reassembly (offline)", reassemble_s),
+        ("  two signature checks, the payload's from its digest (offline)",
+         split.chunk_signatures + split.payload_signature),
+        ("  Avro decode (offline)", split.chunk_avro + split.payload_avro),
+        ("  payload digest + reassembly (offline)", split.payload_digest + split.join),
         ("ordered: accept (reassembly, replay)", path.accept_s),
         ("ordered: decode of multi-chunk payloads", path.codec_s),
         ("ordered: engine step (validation + FedBuff)", path.engine_s),

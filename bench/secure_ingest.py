@@ -37,13 +37,11 @@ from aggregator.cohorts import CohortConfig, CohortCoordinator
 from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, EngineState
 from aggregator.service import Prepared
 from aggregator.strategies import StrategyConfig, build_strategy
-from bench.ingest_path import BARE_NOCRC, TimedPath
-from fedsynth.codec.chunk import Complete, Reassembler
+from bench.ingest_path import BARE_NOCRC, ReadSplit, TimedPath, read_split
 from fedsynth.errors import MessageError
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from fedsynth.secagg.fixedpoint import FixedPointSpec
-from schemas.codec import decode
-from schemas.signing import IdentityKey, KeyRing, unsigned_sha256, verify_message
+from schemas.signing import IdentityKey, KeyRing
 
 __all__ = ["SecureIngestPath", "SecureWorkload", "build_workload", "report"]
 
@@ -203,7 +201,6 @@ class SecureIngestPath(TimedPath):
     state: EngineState
     coord: CohortCoordinator | None = None
     started: set[str] = field(default_factory=set)
-    accept_s: float = 0.0  # reassembly, payload digest, signature, Avro (wall)
     sum_s: float = 0.0  # the coordinator taking a masked input into its sum
     unmask_s: float = 0.0  # the coordinator taking unmask responses (unmasking at the last)
     step_s: float = 0.0  # the FedBuff step on the unmasked sum
@@ -223,14 +220,10 @@ class SecureIngestPath(TimedPath):
         )
 
     def _ordered(self, prepared: Prepared) -> None:
-        t0 = time.perf_counter()
-        msg = self.reader.accept(prepared.verified)
-        t1 = time.perf_counter()
-        self.accept_s += t1 - t0
-        if isinstance(msg, Rejection):
-            self.rejected.append(msg.reason)
-        if not isinstance(msg, Inbound):
+        msg = self._accept(prepared)
+        if msg is None:
             return
+        t1 = time.perf_counter()
         cohort_id = str(msg.record["cohort_id"])
         if cohort_id not in self.started:  # the app's coordinator gets here by joins and shares
             self.started.add(cohort_id)
@@ -268,61 +261,25 @@ class SecureIngestPath(TimedPath):
             raise MessageError("secure ingest made a different model than the in-memory play")
 
 
-@dataclass(slots=True)
-class ReadSplit:
-    """Offline seconds for each part of reading a workload's records once, in order."""
+def read_and_sum(workload: SecureWorkload) -> tuple[ReadSplit, float]:
+    """The offline read split of the records, and the seconds of a raw numpy sum of the masked
+    inputs' words as the coordinator sums them (uint64, wrapping), each added once decoded."""
+    total: list[np.ndarray] = []
+    seconds = 0.0
 
-    chunk_signatures: float = 0.0
-    chunk_avro: float = 0.0
-    join: float = 0.0
-    payload_digest: float = 0.0
-    payload_signature: float = 0.0
-    payload_avro: float = 0.0
-    numpy_sum: float = 0.0  # raw numpy: the masked words added into one uint64 sum
-
-
-def read_split(workload: SecureWorkload) -> ReadSplit:
-    """Time the reading of every record part by part (one thread), then a raw numpy sum of the
-    masked inputs' words, as the coordinator sums them (uint64, wrapping)."""
-    split = ReadSplit()
-
-    def digest(payload: bytes) -> bytes:
+    def add(name: str, record: dict[str, Any]) -> None:
+        nonlocal seconds
+        if name != "ModelUpdate":
+            return
+        words = np.frombuffer(record["vector"], "<u8")
+        if not total:
+            total.append(np.zeros(words.size, np.uint64))
         t = time.perf_counter()
-        try:
-            return unsigned_sha256(payload)
-        finally:
-            split.payload_digest += time.perf_counter() - t
+        np.add(total[0], words, out=total[0])
+        seconds += time.perf_counter() - t
 
-    reassembler = Reassembler(120.0, time.monotonic, digest=digest)
-    total: np.ndarray | None = None
-    for _, value in workload.records:
-        t0 = time.perf_counter()
-        verify_message(value, workload.keys)
-        t1 = time.perf_counter()
-        _, chunk = decode(value)
-        t2 = time.perf_counter()
-        event = reassembler.add(chunk)
-        t3 = time.perf_counter()
-        split.chunk_signatures += t1 - t0
-        split.chunk_avro += t2 - t1
-        if not isinstance(event, Complete):
-            continue
-        split.join += t3 - t2  # the digest is counted on its own
-        t4 = time.perf_counter()
-        verify_message(event.payload, workload.keys, sha256=event.sha256)
-        t5 = time.perf_counter()
-        name, record = decode(event.payload)
-        split.payload_signature += t5 - t4
-        split.payload_avro += time.perf_counter() - t5
-        if name == "ModelUpdate":  # added at once: nothing is kept, as the aggregator keeps none
-            words = np.frombuffer(record["vector"], "<u8")
-            if total is None:
-                total = np.zeros(words.size, np.uint64)
-            t6 = time.perf_counter()
-            np.add(total, words, out=total)
-            split.numpy_sum += time.perf_counter() - t6
-    split.join -= split.payload_digest
-    return split
+    split = read_split(workload.records, workload.keys, add)
+    return split, seconds
 
 
 def report(console: Console, workload: SecureWorkload, bare: tuple[float, float],
@@ -352,7 +309,7 @@ def report(console: Console, workload: SecureWorkload, bare: tuple[float, float]
     parts = Table(title="secure mode, per masked update, ms")
     parts.add_column("part")
     parts.add_column("ms/update", justify="right")
-    split = read_split(workload)
+    split, numpy_s = read_and_sum(workload)
     for label, secs in (
         ("prepare on workers: chunk signatures, Avro", path.prepare_s),
         ("ordered: reassembly, payload digest, signature, Avro (wall)", path.accept_s),
@@ -370,7 +327,7 @@ def report(console: Console, workload: SecureWorkload, bare: tuple[float, float]
         ("  payload digest, one SHA-256 pass", split.payload_digest),
         ("  payload signature from the digest", split.payload_signature),
         ("  payload Avro decode", split.payload_avro),
-        ("raw numpy sum of the same masked words (uint64)", split.numpy_sum),
+        ("raw numpy sum of the same masked words (uint64)", numpy_s),
     ):
         parts.add_row(label, f"{1000 * secs / n:.2f}")
     console.print(parts)
