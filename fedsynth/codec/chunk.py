@@ -2,13 +2,13 @@
 
 Apache Kafka refuses messages over 1 MiB by default, so an encoded model update or global model is
 cut into ``Chunk`` records of at most 900 KiB of data each (room is left for the envelope). Every
-chunk carries the payload's id, chunk count, total size and a SHA-256 digest of the payload (by
-default of its bytes; the sender may name another SHA-256 over them, and the reader then checks
-that one: signed payloads carry the digest their signature signs, so one pass over the bytes checks
-both, see :mod:`fedsynth.messages`); :class:`Reassembler` collects
-them in any order, ignores duplicates, rejects inconsistent or corrupt sets, bounds the memory held
-by incomplete sets, and reports sets that stayed incomplete past a timeout so that the adapter can
-send them to the dead-letter topic. It does no I/O and reads time only from the clock it is given.
+chunk carries the payload's id, chunk count, total size and a SHA-256 digest of the payload: by
+default of its bytes; a reader may name another SHA-256 over them (signed payloads carry the digest
+their signature signs, so one pass over the bytes checks both: :mod:`fedsynth.messages`).
+:class:`Reassembler` collects them in any order, ignores duplicates, rejects inconsistent or
+corrupt sets, bounds the memory held by incomplete sets, and reports sets that stayed incomplete
+past a timeout so that the adapter can send them to the dead-letter topic. It does no I/O and
+reads time only from the clock it is given.
 """
 
 from __future__ import annotations
