@@ -216,8 +216,14 @@ class AggregatorService:
                 return self._histogram_effects(out)
             if self.hist_cohort is not None and msg.record.get("cohort_id") == self.hist_cohort:
                 return self._late_for_histograms(msg)
-            if self.coordinator is None or self.phase is not Phase.TRAINING:
-                return Effects()  # before training or after the final version: nothing to do
+            if self.coordinator is None:
+                why = (f"{msg.name} from {msg.record['sender']!r} for cohort "
+                       f"{msg.record.get('cohort_id')}: no cohort is open yet (the aggregator is "
+                       "gathering hellos; a record from before its restart?)")
+                return Effects(dead=[DeadLetterItem(why, "CohortRejected")])
+            # In training, and after the final version too: no cohort is open then, so the
+            # coordinator drops a finished cohort's late unmask responses and refuses the rest
+            # with the reason (it opens no cohort: that is only done while training).
             out = self.coordinator.on_record(msg.name, msg.record, self.wall_clock())
             return self._cohort_effects(out)
         if msg.name == "SiteHello":
@@ -280,7 +286,10 @@ class AggregatorService:
         if self.phase is Phase.GATHERING or self.engine is None or self.state is None:
             raise MessageError("update arrived before the first global version")
         if self.phase is Phase.DONE:
-            return Effects()
+            raise MessageError(
+                f"update {rec['update_id']} from {rec['site_id']!r} arrived after the final "
+                f"version {self.settings.rounds}: training is over"
+            )
         if rec["site_id"] != rec["sender"]:
             raise MessageError(f"update for {rec['site_id']!r} signed by {rec['sender']!r}")
         if rec["mode"] != "plain":
