@@ -247,7 +247,7 @@ class MessageReader:
         if isinstance(event, Complete):
             inner = verified.inner
             if inner is None:
-                inner = _as_inbound(self._verify_one(event.payload, event.sha256))
+                inner = _as_inbound(self._verify_one(event.payload, event.sha256 or None))
             if isinstance(inner, Inbound) and inner.name == "Chunk":
                 return Rejection("a chunk payload is itself a chunk", "NestedChunk")
             if isinstance(inner, Inbound) and inner.record["sender"] != record["sender"]:
