@@ -48,6 +48,7 @@ from schemas.signing import (
     KeyRing,
     decode_verified,
     encode_signed,
+    encode_signed_with_digest,
     unsigned_sha256,
 )
 
@@ -151,12 +152,14 @@ class MessageFactory:
     ) -> list[Outgoing]:
         """Sign the payload once, then split it into signed Chunk messages.
 
-        The payload's own ``message_id`` doubles as the chunks' ``payload_id``.
+        The payload's own ``message_id`` doubles as the chunks' ``payload_id``, and the digest
+        its signature signs is the chunks' ``sha256`` (computed once, while signing).
         """
-        payload = self.build(name, fields)
+        record = {**self.envelope(), **fields}
+        value, sha256 = encode_signed_with_digest(name, record, self.key)
         return [
             self.build("Chunk", chunk)
-            for chunk in split_signed(payload.value, name, max_chunk, payload.message_id)
+            for chunk in split(value, name, max_chunk, record["message_id"], sha256=sha256)
         ]
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "KeyRing",
     "decode_verified",
     "encode_signed",
+    "encode_signed_with_digest",
     "key_paths",
     "load_public_key",
     "sign_record",
@@ -225,10 +226,18 @@ def encode_signed(
     Returns:
         The single-object encoding of the record with its signature filled in.
     """
+    return encode_signed_with_digest(name, record, key, registry)[0]
+
+
+def encode_signed_with_digest(
+    name: str, record: dict[str, Any], key: IdentityKey, registry: SchemaRegistry | None = None
+) -> tuple[bytes, bytes]:
+    """:func:`encode_signed`, and the :func:`unsigned_sha256` it signed (hashed once)."""
     unsigned = encode(name, {**record, "signature": b""}, registry)
     _, start, end, _ = _signature_span(unsigned)
-    signature = key.sign(signed_digest(unsigned))
-    return unsigned[:start] + _encoded_bytes(signature) + unsigned[end:]
+    sha256 = hashlib.sha256(unsigned).digest()
+    signature = key.sign(SIGNING_DOMAIN + sha256)
+    return unsigned[:start] + _encoded_bytes(signature) + unsigned[end:], sha256
 
 
 def sign_record(

@@ -24,6 +24,7 @@ from schemas.signing import (
     IdentityKey,
     decode_verified,
     encode_signed,
+    encode_signed_with_digest,
     sign_record,
     signed_digest,
     unsigned_sha256,
@@ -87,6 +88,7 @@ def test_unsigned_sha256_is_the_signed_digest_and_stands_in_for_the_hash() -> No
     data = encode_signed("Chunk", record, KEY)
     unsigned = encode("Chunk", {**record, "signature": b""})
     assert SIGNING_DOMAIN + unsigned_sha256(data) == signed_digest(unsigned)
+    assert encode_signed_with_digest("Chunk", record, KEY) == (data, unsigned_sha256(data))
     assert verify_message(data, KEY.public_key, sha256=unsigned_sha256(data)) == "Chunk"
     # A digest of other bytes does not let a message through: the signature is still checked.
     with pytest.raises(BadSignatureError, match="does not verify"):
