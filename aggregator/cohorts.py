@@ -215,6 +215,7 @@ class CohortCoordinator:
         self._open: _Open | None = None
         self._seq = 0
         self._past: deque[tuple[str, str]] = deque(maxlen=_PAST_KEPT)  # (cohort id, how it ended)
+        self._closed: str | None = None  # why no cohort opens any more (the run ended)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -243,10 +244,13 @@ class CohortCoordinator:
         """Open the next cohort, to be applied to ``current_version`` (``v_c``).
 
         Raises:
-            ProtocolError: a cohort is already open (cohorts are sequential).
+            ProtocolError: a cohort is already open (cohorts are sequential), or the
+                coordinator was closed.
         """
         if self._open is not None:
             raise ProtocolError(f"cohort {self.cohort_id} is still open")
+        if self._closed is not None:
+            raise ProtocolError(f"no cohort opens any more: {self._closed}")
         self._seq += 1
         cohort_id = f"c{self._seq}-{secrets.token_hex(6)}"
         server = start_server(self.config.server_config(cohort_id, current_version))
@@ -287,7 +291,7 @@ class CohortCoordinator:
                      "target_version": server.config.target_version,
                      "stage_started": self._open.stage_started, "server": doc}
         return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
-                "past": [list(p) for p in self._past]}
+                "past": [list(p) for p in self._past], "closed": self._closed}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The arrays beside :meth:`to_state`: the open cohort's masked running sum, if any."""
@@ -317,6 +321,7 @@ class CohortCoordinator:
         coordinator = cls(config)
         coordinator._seq = int(state["seq"])
         coordinator._past.extend((str(c), str(how)) for c, how in state["past"])
+        coordinator._closed = state.get("closed")  # absent in older checkpoints
         open_ = state["open"]
         if open_ is None:
             return coordinator
@@ -337,6 +342,20 @@ class CohortCoordinator:
         coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
         log.warning("cohort %s abandoned by the restart (was %s)", cohort_id, open_["stage"])
         return coordinator
+
+    def close(self, why: str) -> None:
+        """No cohort opens after this (``why``, e.g. the run reached its final version).
+
+        Records of past cohorts are still taken as before (a finished cohort's late unmask
+        responses dropped, the rest refused), but a refusal says that no later cohort opens
+        instead of sending a pending update to one. Kept in :meth:`to_state`.
+
+        Raises:
+            ProtocolError: a cohort is open.
+        """
+        if self._open is not None:
+            raise ProtocolError(f"cohort {self.cohort_id} is still open")
+        self._closed = why
 
     def restart_stage_clock(self, now: float) -> None:
         """Give the open cohort's current stage its whole time again, from ``now``: after a
@@ -380,9 +399,13 @@ class CohortCoordinator:
 
     def _why_foreign(self, cohort_id: str) -> str:
         ended = self._ended(cohort_id)
+        if ended is not None and self._closed is not None:
+            return f"cohort {cohort_id} {ended}; no later cohort opens ({self._closed})"
         if ended is not None:
             return f"cohort {cohort_id} {ended}; a pending update rejoins a later cohort"
         now_open = self.cohort_id or "none"
+        if self._closed is not None:
+            return f"foreign cohort {cohort_id} (none open: {self._closed})"
         return f"foreign cohort {cohort_id} (open: {now_open})"
 
     def _precheck(self, message: object, record: Mapping[str, Any]) -> str | None:

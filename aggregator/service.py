@@ -221,9 +221,9 @@ class AggregatorService:
                        f"{msg.record.get('cohort_id')}: no cohort is open yet (the aggregator is "
                        "gathering hellos; a record from before its restart?)")
                 return Effects(dead=[DeadLetterItem(why, "CohortRejected")])
-            # In training, and after the final version too: no cohort is open then, so the
-            # coordinator drops a finished cohort's late unmask responses and refuses the rest
-            # with the reason (it opens no cohort: that is only done while training).
+            # In training, and after the final version too: no cohort is open then (the
+            # coordinator is closed), so it drops a finished cohort's late unmask responses and
+            # refuses the rest, saying that the run has ended.
             out = self.coordinator.on_record(msg.name, msg.record, self.wall_clock())
             return self._cohort_effects(out)
         if msg.name == "SiteHello":
@@ -531,6 +531,8 @@ class AggregatorService:
         final = version >= self.settings.rounds
         if final:
             self.phase = Phase.DONE
+            if self.coordinator is not None:
+                self.coordinator.close(f"the run ended with the final version {version}")
         data, _ = encode_vector(np.asarray(vector, np.float32), MODEL_CODEC, self.rng)
         fields = {
             "model_name": self.schema.name,

@@ -556,6 +556,36 @@ def test_foreign_duplicate_and_non_member_records_are_rejected() -> None:
     assert "already finished" in out.rejections[0] and not out.finished
 
 
+@pytest.mark.parametrize("restart", [False, True])
+def test_after_the_run_ends_late_records_are_refused_saying_no_cohort_opens(
+    restart: bool,
+) -> None:
+    net = make_net()
+    net.open(version=5)
+    cohort = str(net.coord.cohort_id)
+    net.submit(base=5)
+    net.settle()
+    finished_result(net)
+    net.coord.close("the run ended with the final version 6")
+    if restart:  # closing is checkpointed
+        _restarted(net)
+    join = net.readers[AGG].read(_record(net, "s0", "CohortJoin", _join_fields(cohort, "s0")))
+    assert isinstance(join, Inbound)
+    out = net.coord.on_record(join.name, join.record, net.clock.now)
+    assert len(out.rejections) == 1, out.rejections
+    assert f"cohort {cohort} already finished; no later cohort opens (the run ended with the " \
+        "final version 6)" in out.rejections[0]
+    assert "rejoins" not in out.rejections[0]
+    response = _record(net, "s1", "UnmaskResponse", {"cohort_id": cohort, "site_id": "s1",
+                                                      "self_mask_shares": [], "key_shares": []})
+    late = net.readers[AGG].read(response)
+    assert isinstance(late, Inbound)
+    out = net.coord.on_record(late.name, late.record, net.clock.now)
+    assert out.rejections == [] and out.sends == []  # dropped as a finished cohort drops it
+    with pytest.raises(ProtocolError, match="no cohort opens any more"):
+        net.coord.open_cohort(6, net.clock.now)
+
+
 def test_input_from_a_site_off_the_roster_and_plain_updates_are_rejected() -> None:
     coord = CohortCoordinator(config())
     coord.open_cohort(5, T0)
