@@ -14,7 +14,7 @@ from typing import Any
 
 from aggregator.service import Prepared, prepare
 from fedsynth.codec.chunk import Complete, Reassembler
-from fedsynth.messages import Inbound, MessageReader, Rejection
+from fedsynth.messages import VIEWED, Inbound, MessageReader, Rejection
 from schemas.codec import decode
 from schemas.signing import KeyRing, unsigned_sha256, verify_message
 
@@ -128,7 +128,7 @@ def read_split(
         t0 = time.perf_counter()
         verify_message(value, keys)
         t1 = time.perf_counter()
-        _, chunk = decode(value)
+        _, chunk = decode(value, views=VIEWED)
         t2 = time.perf_counter()
         event = reassembler.add(chunk)
         t3 = time.perf_counter()
@@ -140,7 +140,7 @@ def read_split(
         t4 = time.perf_counter()
         verify_message(event.payload, keys, sha256=event.sha256)
         t5 = time.perf_counter()
-        name, record = decode(event.payload)
+        name, record = decode(event.payload, views=VIEWED)
         split.payload_signature += t5 - t4
         split.payload_avro += time.perf_counter() - t5
         if on_payload is not None:

@@ -20,6 +20,10 @@ is pure (signature, Avro decoding, federation id, and for a payload that fits in
 payload's digest, signature and decoding as well) and safe to call from worker threads, in any
 order; :meth:`MessageReader.accept` is the stateful rest (reassembly, replay of chunks) and must see
 the verified messages in consumption order. ``read(data)`` is ``accept(verify(data))``.
+
+Large ``bytes`` fields of chunks and model updates (:data:`VIEWED`) are decoded as memoryviews of
+the message (:class:`~schemas.codec.ViewReader`), not copied: a chunk's data is copied once, into
+the joined payload, and an update's vector not at all before it is decoded.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from schemas.signing import (
 )
 
 __all__ = [
+    "VIEWED",
     "Inbound",
     "MessageFactory",
     "MessageReader",
@@ -64,6 +69,10 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+
+VIEWED = frozenset({"Chunk", "ModelUpdate"})
+"""Schemas whose large ``bytes`` fields the reader hands on as memoryviews: every consumer of a
+chunk's ``data`` or an update's ``vector`` takes any buffer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +220,8 @@ class MessageReader:
             return got
         rec = got.record
         payload = rec.get("data")
-        if rec.get("count") == 1 and rec.get("index") == 0 and isinstance(payload, bytes):
+        lone = rec.get("count") == 1 and rec.get("index") == 0
+        if lone and isinstance(payload, bytes | memoryview):
             try:
                 digest = _payload_digest(payload)
             except MessageError:
@@ -221,9 +231,11 @@ class MessageReader:
                 return Verified(got.name, rec, got.size, inner)
         return got
 
-    def _verify_one(self, data: bytes, sha256: bytes | None = None) -> Verified | Rejection:
+    def _verify_one(
+        self, data: bytes | memoryview, sha256: bytes | None = None
+    ) -> Verified | Rejection:
         try:
-            name, record = decode_verified(data, self.keys, sha256=sha256)
+            name, record = decode_verified(data, self.keys, sha256=sha256, views=VIEWED)
         except SchemaError as exc:
             return Rejection(str(exc), type(exc).__name__)
         if record["federation_id"] != self.federation_id:
@@ -285,7 +297,7 @@ class MessageReader:
         return self.reassembler.expire()
 
 
-def _payload_digest(payload: bytes) -> bytes:
+def _payload_digest(payload: bytes | memoryview) -> bytes:
     """The digest a chunked payload's chunks carry: what the payload's signature signs."""
     try:
         return unsigned_sha256(payload)

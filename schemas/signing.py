@@ -25,17 +25,18 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Container
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
-from schemas.codec import HEADER_SIZE, decode, encode, peek_schema
+from schemas.codec import HEADER_SIZE, ViewReader, decode, encode, peek_schema
 from schemas.errors import (
     BadSignatureError,
     KeyStoreError,
@@ -197,9 +198,13 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         fh.write(data)
 
 
-def _signature_span(data: bytes) -> tuple[str, int, int, bytes]:
-    """Sender, the [start, end) byte span of the encoded signature field, and the signature."""
-    buf = BytesIO(data)
+def _signature_span(data: bytes | memoryview) -> tuple[str, int, int, bytes]:
+    """Sender, the [start, end) byte span of the encoded signature field, and the signature.
+
+    Reads only the envelope's first fields, through a :class:`ViewReader` (a ``BytesIO`` would
+    copy a memoryview message whole).
+    """
+    buf = cast(IO[bytes], ViewReader(data))  # fastavro only reads
     buf.seek(HEADER_SIZE)
     try:
         prefix = cast(dict[str, Any], schemaless_reader(buf, _ENVELOPE_PREFIX, None))
@@ -261,7 +266,7 @@ def signed_digest(*parts: bytes | memoryview) -> bytes:
     return SIGNING_DOMAIN + h.digest()
 
 
-def unsigned_sha256(data: bytes) -> bytes:
+def unsigned_sha256(data: bytes | memoryview) -> bytes:
     """SHA-256 of a signed message's encoding with its ``signature`` emptied, hashed in place.
 
     This is what the message's signature signs, behind :data:`SIGNING_DOMAIN`; a chunked payload's
@@ -306,7 +311,7 @@ def verify_record(
 
 
 def verify_message(
-    data: bytes,
+    data: bytes | memoryview,
     keys: KeyRing | Ed25519PublicKey,
     registry: SchemaRegistry | None = None,
     *,
@@ -342,12 +347,14 @@ def verify_message(
 
 
 def decode_verified(
-    data: bytes,
+    data: bytes | memoryview,
     keys: KeyRing | Ed25519PublicKey,
     registry: SchemaRegistry | None = None,
     *,
     sha256: bytes | None = None,
+    views: Container[str] = (),
 ) -> tuple[str, dict[str, Any]]:
-    """Verify the signature (see :func:`verify_message`), then decode: ``(name, record)``."""
+    """Verify the signature (see :func:`verify_message`), then decode: ``(name, record)``
+    (``views``: as in :func:`schemas.codec.decode`)."""
     verify_message(data, keys, registry, sha256=sha256)
-    return decode(data, registry)
+    return decode(data, registry, views=views)

@@ -46,7 +46,7 @@ _SHA256_SIZE = 32
 _AVRO_INT_MAX = 2**31 - 1
 
 
-def _sha256(data: bytes) -> bytes:
+def _sha256(data: bytes | memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
@@ -90,7 +90,9 @@ class Complete:
 
     payload_id: str
     payload_schema: str
-    payload: bytes
+    payload: bytes | memoryview
+    """The joined chunks; a lone chunk's data as it came (a memoryview when the chunk was
+    decoded with views, see :class:`schemas.codec.ViewReader`)."""
     sha256: bytes = field(default=b"", compare=False)
     """The checked digest (the chunks' ``sha256``)."""
 
@@ -196,7 +198,7 @@ class _ChunkView:
     count: int
     total_size: int
     sha256: bytes
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(slots=True)
@@ -206,7 +208,7 @@ class _PartialSet:
     total_size: int
     sha256: bytes
     started_at: float
-    parts: dict[int, bytes] = field(default_factory=dict)
+    parts: dict[int, bytes | memoryview] = field(default_factory=dict)
     size: int = 0
 
 
@@ -229,7 +231,7 @@ def _parse(chunk: Mapping[str, Any]) -> _ChunkView | str:
         return "index, count and total_size must be ints"
     if not isinstance(digest, bytes) or len(digest) != _SHA256_SIZE:
         return "sha256 must be 32 bytes"
-    if not isinstance(data, bytes):
+    if not isinstance(data, bytes | memoryview):
         return "data must be bytes"
     if count < 1 or not 0 <= index < count:
         return f"index {index} outside 0..count-1 (count {count})"
@@ -256,7 +258,7 @@ class Reassembler:
         clock: Callable[[], float],
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         remember: int = 10_000,
-        digest: Callable[[bytes], bytes] = _sha256,
+        digest: Callable[[bytes | memoryview], bytes] = _sha256,
     ) -> None:
         """Configure the reassembler.
 
@@ -388,7 +390,11 @@ class Reassembler:
     def _complete(
         self, pid: str, partial: _PartialSet, digest_checked: bool = False
     ) -> ReassemblyEvent:
-        payload = b"".join(partial.parts[i] for i in range(partial.count))
+        payload = (
+            partial.parts[0]
+            if partial.count == 1
+            else b"".join(partial.parts[i] for i in range(partial.count))
+        )
         if len(payload) != partial.total_size:
             return self._reject(
                 pid,

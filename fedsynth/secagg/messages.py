@@ -94,7 +94,7 @@ class MaskedInput:
 
     cohort_id: str
     site_id: str
-    masked_vector: bytes
+    masked_vector: bytes | memoryview
     masked_weight: int
 
 

@@ -72,14 +72,43 @@ def test_every_schema_round_trips(pair: tuple[str, dict[str, Any]]) -> None:
     assert decode(encode(name, record)) == (name, record)
 
 
+def _leaves(value: Any) -> list[Any]:
+    """Every string (map keys too) and bytes value in a decoded record, in key order."""
+    if isinstance(value, dict):
+        return [leaf for k in sorted(value) for leaf in (k, *_leaves(value[k]))]
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_message())
+def test_reading_through_views_gives_the_same_record(pair: tuple[str, dict[str, Any]]) -> None:
+    name, record = pair
+    encoded = encode(name, record)
+    for view_min in (0, 1, 1 << 16):  # 0 and 1: strings too are read as views, then again
+        assert decode(encoded, views={name}, view_min=view_min) == (name, record)
+    # longer than every string: each bytes field at least that long is a view of the message
+    leaves = _leaves(record)
+    view_min = 1 + max((len(x.encode()) for x in leaves if isinstance(x, str)), default=0)
+    viewed = decode(encoded, views={name}, view_min=view_min)[1]
+    assert viewed == record
+    got = _leaves(viewed)
+    want_views = [len(x) >= view_min for x in leaves if isinstance(x, bytes)]
+    views = [isinstance(x, memoryview) for x in got if isinstance(x, bytes | memoryview)]
+    assert views == want_views
+    assert all(x.obj is encoded for x in got if isinstance(x, memoryview))
+
+
 @settings(max_examples=150, deadline=None)
 @given(any_message(), st.data())
 def test_every_strict_prefix_is_truncated(pair: tuple[str, dict[str, Any]], data: Any) -> None:
     name, record = pair
     encoded = encode(name, record)
     cut = data.draw(st.integers(0, len(encoded) - 1))
+    views = data.draw(st.sampled_from([(), (name,)]))
     try:
-        decode(encoded[:cut])
+        decode(encoded[:cut], views=views)
     except TruncatedMessageError:
         return
     raise AssertionError(f"a {cut}-byte prefix of a {len(encoded)}-byte {name} decoded")

@@ -64,6 +64,21 @@ def test_five_megabyte_update_in_shuffled_chunks() -> None:
     done = results[-1]
     assert isinstance(done, Inbound) and done.name == "ModelUpdate"
     assert done.record["vector"] == vector and done.record["base_version"] == 3
+    # neither the chunks' data nor the update's vector is copied out of its message by Avro
+    assert isinstance(done.record["vector"], memoryview)
+    payload = done.record["vector"].obj
+    assert isinstance(payload, bytes) and len(payload) == done.size
+
+
+def test_a_lone_chunk_update_is_decoded_in_place() -> None:
+    vector = os.urandom(512 * 1024)
+    (chunk,) = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(vector)
+    )
+    for got in (_reader().read(chunk.value), _reader().read(memoryview(chunk.value))):
+        assert isinstance(got, Inbound) and got.record["vector"] == vector
+        assert isinstance(got.record["vector"], memoryview)
+        assert got.record["vector"].obj is chunk.value  # a view of the chunk as consumed
 
 
 def test_bad_messages_are_rejections_with_reasons() -> None:

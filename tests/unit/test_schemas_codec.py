@@ -8,7 +8,16 @@ from typing import Any
 
 import pytest
 
-from schemas.codec import HEADER_SIZE, MAGIC, decode, decode_as, encode, peek_schema
+from schemas.codec import (
+    HEADER_SIZE,
+    MAGIC,
+    VIEW_MIN_BYTES,
+    ViewReader,
+    decode,
+    decode_as,
+    encode,
+    peek_schema,
+)
 from schemas.compat import example_records
 from schemas.errors import (
     BadMarkerError,
@@ -145,3 +154,45 @@ def test_decode_as_and_peek() -> None:
     assert decode_as("Heartbeat", memoryview(data))["status"] == "training"
     with pytest.raises(SchemaMismatchError, match="expected a Chunk message, got Heartbeat"):
         decode_as("Chunk", data)
+
+
+def chunk(data: bytes) -> dict[str, Any]:
+    return {
+        "message_id": str(uuid.UUID(int=7)), "federation_id": "fed-1", "sender": "cleveland",
+        "created_at": 1, "signature": b"", "payload_id": "p", "payload_schema": "ModelUpdate",
+        "index": 0, "count": 1, "total_size": len(data), "sha256": bytes(32), "data": data,
+    }
+
+
+def test_views_hand_large_bytes_fields_on_as_memoryviews_of_the_message() -> None:
+    big = bytes(range(256)) * (VIEW_MIN_BYTES // 256 + 1)
+    encoded = encode("Chunk", chunk(big))
+    name, viewed = decode(encoded, views={"Chunk"})
+    assert name == "Chunk" and viewed == decode(encoded)[1]
+    assert isinstance(viewed["data"], memoryview) and viewed["data"].obj is encoded
+    assert viewed["data"].readonly and viewed["data"] == big
+    assert isinstance(viewed["sha256"], bytes)  # short fields stay bytes
+    assert isinstance(decode(encoded)[1]["data"], bytes)  # only when asked
+    assert isinstance(decode(encoded, views={"ModelUpdate"})[1]["data"], bytes)
+    # a memoryview message is read in place too (a BytesIO would copy it whole)
+    inner = decode(memoryview(encoded), views={"Chunk"})[1]["data"]
+    assert isinstance(inner, memoryview) and inner.obj is encoded
+
+
+def test_a_viewed_field_cut_short_is_truncated_not_a_short_view() -> None:
+    encoded = encode("Chunk", chunk(bytes(VIEW_MIN_BYTES * 2)))
+    for cut in (len(encoded) - 1, len(encoded) - VIEW_MIN_BYTES, HEADER_SIZE + 40):
+        with pytest.raises(TruncatedMessageError, match="Chunk: body of .* ends early"):
+            decode(encoded[:cut], views={"Chunk"})
+    with pytest.raises(SchemaMismatchError, match="1 trailing bytes"):
+        decode(encoded + b"\x00", views={"Chunk"})
+
+
+def test_view_reader_reads_seeks_and_tells_like_a_file() -> None:
+    reader = ViewReader(b"0123456789", view_min=4)
+    assert reader.read(3) == b"012" and isinstance(reader.read(0), bytes)
+    piece = reader.read(4)
+    assert isinstance(piece, memoryview) and piece == b"3456" and reader.tell() == 7
+    assert reader.read(10) == b"789" and reader.read(1) == b"" and reader.tell() == 10
+    assert reader.seek(-4, 2) == 6 and reader.read() == b"6789"
+    assert reader.seek(2) == 2 and reader.seek(3, 1) == 5 and reader.read(1) == b"5"
