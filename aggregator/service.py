@@ -143,7 +143,9 @@ class Prepared:
 
 
 def prepare(reader: MessageReader, data: bytes) -> Prepared:
-    """Verify ``data`` and decode a plain update's vector; pure, safe on worker threads."""
+    """Verify ``data`` and decode a plain update's vector; safe on worker threads (it changes
+    nothing but the reader's locked cache of chunk sets joined ahead, see
+    :meth:`MessageReader.verify`)."""
     verified = reader.verify(data)
     inner = verified.inner if isinstance(verified, Verified) else None
     if not isinstance(inner, Inbound) or inner.name != "ModelUpdate":

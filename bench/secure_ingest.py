@@ -311,8 +311,8 @@ def report(console: Console, workload: SecureWorkload, bare: tuple[float, float]
     parts.add_column("ms/update", justify="right")
     split, numpy_s = read_and_sum(workload)
     for label, secs in (
-        ("prepare on workers: chunk signatures, Avro", path.prepare_s),
-        ("ordered: reassembly, payload digest, signature, Avro (wall)", path.accept_s),
+        ("prepare on workers: chunk signatures, Avro; join, digest, payload", path.prepare_s),
+        ("ordered: reassembly (the payload comes joined and verified, wall)", path.accept_s),
         ("ordered: masked sum (coordinator, wall)", path.sum_s),
         ("ordered: unmask responses and unmasking (coordinator, wall)", path.unmask_s),
         ("ordered: FedBuff step (wall)", path.step_s),

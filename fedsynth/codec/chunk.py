@@ -31,6 +31,7 @@ __all__ = [
     "Complete",
     "Duplicate",
     "Expired",
+    "Joined",
     "Pending",
     "ReassemblyEvent",
     "Reassembler",
@@ -201,6 +202,25 @@ class _ChunkView:
     data: bytes | memoryview
 
 
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """A chunk set's payload joined (and its digest checked) outside the reassembler.
+
+    Attributes:
+        payload: The joined bytes.
+        parts: The chunk data objects it was joined from, by index.
+    """
+
+    payload: bytes
+    parts: tuple[bytes | memoryview, ...]
+
+    def made_of(self, parts: Mapping[int, bytes | memoryview]) -> bool:
+        """Whether ``parts`` are exactly these objects (identity, not equal bytes)."""
+        return len(parts) == len(self.parts) and all(
+            parts.get(i) is part for i, part in enumerate(self.parts)
+        )
+
+
 @dataclass(slots=True)
 class _PartialSet:
     payload_schema: str
@@ -309,14 +329,24 @@ class Reassembler:
             return SetStage.COLLECTING
         return self._finished.get(payload_id)
 
-    def add(self, chunk: Mapping[str, Any], *, digest_checked: bool = False) -> ReassemblyEvent:
+    def add(
+        self,
+        chunk: Mapping[str, Any],
+        *,
+        digest_checked: bool = False,
+        joined: Joined | None = None,
+    ) -> ReassemblyEvent:
         """Take one Chunk record (envelope fields may be present and are ignored).
 
         Args:
             chunk: The decoded Chunk record.
             digest_checked: The caller has already checked that the digest of this chunk's data
                 equals its ``sha256`` field; for a one-chunk set the digest is then not computed
-                again (sets of several chunks are always digested whole).
+                again.
+            joined: The caller has already joined this chunk's set from these very chunk data
+                objects and checked the digest of the result: when the set completes with
+                exactly those objects (by identity), that payload is the result, not joined or
+                digested again; otherwise it is ignored.
         """
         view = _parse(chunk)
         if isinstance(view, str):
@@ -338,7 +368,7 @@ class Reassembler:
                 view.payload_schema, view.count, view.total_size, view.sha256, self._clock()
             )
             self._pending[view.payload_id] = partial
-        return self._store(view, partial, digest_checked)
+        return self._store(view, partial, digest_checked, joined)
 
     def _late(self, view: _ChunkView, done: SetStage) -> ReassemblyEvent:
         if done is SetStage.COMPLETE:
@@ -348,7 +378,11 @@ class Reassembler:
         return Rejected(view.payload_id, reason, f"payload {view.payload_id} was already {done}")
 
     def _store(
-        self, view: _ChunkView, partial: _PartialSet, digest_checked: bool = False
+        self,
+        view: _ChunkView,
+        partial: _PartialSet,
+        digest_checked: bool = False,
+        joined: Joined | None = None,
     ) -> ReassemblyEvent:
         pid = view.payload_id
         header = (view.payload_schema, view.count, view.total_size, view.sha256)
@@ -385,16 +419,23 @@ class Reassembler:
         self._pending_bytes += len(view.data)
         if len(partial.parts) < partial.count:
             return Pending(pid, len(partial.parts), partial.count)
+        if joined is not None and joined.made_of(partial.parts):
+            return self._complete(pid, partial, True, joined.payload)
         return self._complete(pid, partial, digest_checked and partial.count == 1)
 
     def _complete(
-        self, pid: str, partial: _PartialSet, digest_checked: bool = False
+        self,
+        pid: str,
+        partial: _PartialSet,
+        digest_checked: bool = False,
+        payload: bytes | memoryview | None = None,
     ) -> ReassemblyEvent:
-        payload = (
-            partial.parts[0]
-            if partial.count == 1
-            else b"".join(partial.parts[i] for i in range(partial.count))
-        )
+        if payload is None:
+            payload = (
+                partial.parts[0]
+                if partial.count == 1
+                else b"".join(partial.parts[i] for i in range(partial.count))
+            )
         if len(payload) != partial.total_size:
             return self._reject(
                 pid,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 from fedsynth.messages import (
     Inbound,
@@ -253,3 +254,77 @@ def test_chunks_of_bytes_that_are_no_signed_message_are_rejected_with_the_reason
         reader = _reader()
         got = [reader.read(v) for v in values][-1]
         assert isinstance(got, Rejection) and "checksum_mismatch" in got.reason
+
+
+def _counting(reader: MessageReader) -> list[int]:
+    """Count the reassembler's own digests of a joined set (the in-order step's hashing)."""
+    calls = [0]
+    inner = reader.reassembler._digest
+
+    def digest(payload: bytes | memoryview) -> bytes:
+        calls[0] += 1
+        return inner(payload)
+
+    reader.reassembler._digest = digest
+    return calls
+
+
+def test_a_set_verified_on_workers_is_joined_there_and_accepted_in_order() -> None:
+    vector = os.urandom(600_000)
+    chunks = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(vector), max_chunk=100_000
+    )
+    assert len(chunks) > 4
+    reader = _reader()
+    digests = _counting(reader)
+    with ThreadPoolExecutor(3) as pool:  # verified in any order, as prefetch workers do
+        verified = list(pool.map(reader.verify, [c.value for c in chunks]))
+    results = [reader.accept(v) for v in verified]  # accepted in consumption order
+    done = results[-1]
+    assert all(isinstance(r, Waiting) for r in results[:-1])
+    assert isinstance(done, Inbound) and done.record["vector"] == vector
+    assert digests[0] == 0  # the in-order step neither joined nor hashed the set
+    assert reader._early.ready(str(verified[0].record["payload_id"])) is None  # forgotten
+
+
+def test_a_set_accepted_from_other_chunk_objects_is_joined_again_not_trusted() -> None:
+    chunks = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(os.urandom(300_000)), max_chunk=100_000
+    )
+    reader = _reader()
+    digests = _counting(reader)
+    for c in chunks:
+        reader.verify(c.value)  # joined ahead from these objects
+    again = [reader.verify(c.value) for c in chunks]  # equal bytes, other objects
+    done = [reader.accept(v) for v in again][-1]
+    assert isinstance(done, Inbound) and digests[0] == 1  # the reassembler did it itself
+
+
+def test_a_set_whose_digest_fails_ahead_is_rejected_in_order_with_the_reason() -> None:
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    good = site.build("ModelUpdate", _update(os.urandom(300_000)))
+    parts = split_signed(good.value, "ModelUpdate", max_chunk=100_000)
+    values = [site.build("Chunk", {**c, "sha256": bytes(32)}).value for c in parts]
+    reader = _reader()
+    verified = [reader.verify(v) for v in values]
+    got = [reader.accept(v) for v in verified][-1]
+    assert isinstance(got, Rejection) and "checksum_mismatch" in got.reason
+
+
+def test_sets_joined_ahead_are_forgotten_after_the_chunk_timeout() -> None:
+    now = [0.0]
+    ring = KeyRing()
+    ring.add("Cleveland", SITE.public_raw())
+    reader = MessageReader("fed1", ring, chunk_timeout_s=10, clock=lambda: now[0])
+    first, *rest = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(os.urandom(200_000)), max_chunk=100_000
+    )
+    reader.verify(first.value)  # a set that never completes
+    now[0] = 11.0
+    other = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(os.urandom(200_000)), max_chunk=100_000
+    )
+    kept = reader.verify(other[0].value)
+    assert not isinstance(kept, Rejection)
+    assert list(reader._early._sets) == [kept.record["payload_id"]]
+    assert reader._early._bytes == len(kept.record["data"])
