@@ -30,20 +30,18 @@ the joined payload, and an update's vector not at all before it is decoded.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fedsynth.codec.chunk import (
-    DEFAULT_MAX_PENDING_BYTES,
     MAX_CHUNK,
     Complete,
     Duplicate,
+    EarlyJoiner,
     Expired,
-    Joined,
     Pending,
     Reassembler,
     Rejected,
@@ -135,99 +133,6 @@ class Verified:
     inner: Inbound | Rejection | None = None
 
 
-@dataclass(slots=True)
-class _EarlySet:
-    count: int
-    total_size: int
-    sha256: bytes
-    started_at: float
-    parts: dict[int, bytes | memoryview] = field(default_factory=dict)
-    size: int = 0
-    joining: bool = False
-    joined: Joined | None = None
-    inner: Inbound | Rejection | None = None
-
-
-class _EarlyJoins:
-    """Chunk sets joined and verified by :meth:`MessageReader.verify`, ahead of the in-order
-    reassembly.
-
-    Each verified chunk of a set of several is offered here; the call that brings a set's last
-    missing chunk joins the set, checks the digest and verifies and decodes the payload, on the
-    worker thread it runs on. When :meth:`MessageReader.accept` later completes the same set in
-    consumption order, the reassembler takes that result if the set holds exactly the same chunk
-    objects (:class:`~fedsynth.codec.chunk.Joined`), so the in-order step does not join, hash or
-    decode the payload itself. A result that is not ready, not made of the same chunks or that
-    failed its digest is not used: the reassembler then does the work as before. This is a cache
-    (nothing here decides what is accepted); it forgets sets older than the chunk timeout and
-    holds at most ``max_bytes`` of chunk data. Thread-safe.
-    """
-
-    def __init__(self, timeout_s: float, max_bytes: int, clock: Clock) -> None:
-        self._timeout_s = timeout_s
-        self._max_bytes = max_bytes
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._sets: dict[str, _EarlySet] = {}
-        self._bytes = 0
-
-    def offer(
-        self,
-        record: dict[str, Any],
-        finish: Callable[[bytes, bytes], Inbound | Rejection | None],
-    ) -> None:
-        """Take a verified chunk; join and ``finish(payload, sha256)`` its set when complete."""
-        pid, index, count = record.get("payload_id"), record.get("index"), record.get("count")
-        total, sha256, data = record.get("total_size"), record.get("sha256"), record.get("data")
-        if not (
-            isinstance(pid, str) and isinstance(count, int) and isinstance(index, int)
-            and isinstance(total, int) and isinstance(sha256, bytes)
-            and isinstance(data, bytes | memoryview) and 0 <= index < count and count > 1
-        ):
-            return  # malformed or a lone chunk: the reassembler says what is wrong
-        with self._lock:
-            self._prune()
-            entry = self._sets.get(pid)
-            if entry is None:
-                entry = self._sets[pid] = _EarlySet(count, total, sha256, self._clock())
-            if (entry.count, entry.total_size, entry.sha256) != (count, total, sha256):
-                return
-            if index in entry.parts or self._bytes + len(data) > self._max_bytes:
-                return
-            entry.parts[index] = data
-            entry.size += len(data)
-            self._bytes += len(data)
-            if len(entry.parts) < count or entry.joining:
-                return
-            entry.joining = True
-            parts = tuple(entry.parts[i] for i in range(count))
-        payload = b"".join(parts)
-        inner = finish(payload, sha256) if len(payload) == total else None
-        if inner is None:
-            return
-        with self._lock:
-            if self._sets.get(pid) is entry:
-                entry.joined, entry.inner = Joined(payload, parts), inner
-
-    def ready(self, payload_id: str) -> _EarlySet | None:
-        """The set joined ahead, if its result is there."""
-        with self._lock:
-            entry = self._sets.get(payload_id)
-        return entry if entry is not None and entry.joined is not None else None
-
-    def forget(self, payload_id: str) -> None:
-        """Drop a set the reassembler has finished with (complete or rejected)."""
-        with self._lock:
-            entry = self._sets.pop(payload_id, None)
-            if entry is not None:
-                self._bytes -= entry.size
-
-    def _prune(self) -> None:
-        now = self._clock()
-        for pid in [p for p, e in self._sets.items() if now - e.started_at >= self._timeout_s]:
-            self._bytes -= self._sets.pop(pid).size
-
-
 class MessageFactory:
     """Builds signed messages for one sender of one federation."""
 
@@ -301,7 +206,7 @@ class MessageReader:
         self.federation_id = federation_id
         self.keys = keys
         self.reassembler = Reassembler(chunk_timeout_s, clock, digest=_payload_digest)
-        self._early = _EarlyJoins(chunk_timeout_s, DEFAULT_MAX_PENDING_BYTES, clock)
+        self._early: EarlyJoiner[Inbound | Rejection] = EarlyJoiner(chunk_timeout_s, clock)
 
     def read(self, data: bytes) -> Inbound | Waiting | Rejection:
         """Verify and decode ``data``; for a chunk, return the payload when it completes."""
@@ -316,8 +221,8 @@ class MessageReader:
         A chunk that carries a whole payload gets the payload verified and decoded here too
         (:attr:`Verified.inner`); the chunk that completes a set of several has the set joined,
         its digest checked and the payload verified and decoded here, for :meth:`accept` to take
-        when it completes the same set (see :class:`_EarlyJoins`). What is accepted is decided by
-        :meth:`accept` alone, in consumption order.
+        when it completes the same set (:class:`~fedsynth.codec.chunk.EarlyJoiner`). What is
+        accepted is decided by :meth:`accept` alone, in consumption order.
         """
         got = self._verify_one(data)
         if isinstance(got, Rejection) or got.name != "Chunk":
@@ -376,15 +281,14 @@ class MessageReader:
         pid = record.get("payload_id")
         early = self._early.ready(pid) if isinstance(pid, str) else None
         event = self.reassembler.add(
-            record, digest_checked=known, joined=None if early is None else early.joined
+            record, digest_checked=known, joined=None if early is None else early[0]
         )
         if isinstance(event, Complete | Rejected):
             self._early.forget(event.payload_id)
         if isinstance(event, Complete):
             inner = verified.inner
-            if inner is None and early is not None and early.joined is not None:
-                if event.payload is early.joined.payload:  # the set joined ahead was taken
-                    inner = early.inner
+            if inner is None and early is not None and event.payload is early[0].payload:
+                inner = early[1]  # the set joined ahead was taken
             if inner is None:
                 inner = _as_inbound(self._verify_one(event.payload, event.sha256 or None))
             if isinstance(inner, Inbound) and inner.name == "Chunk":

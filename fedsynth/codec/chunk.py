@@ -14,12 +14,13 @@ reads time only from the clock it is given.
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fedsynth.errors import ConfigError, MessageError, ProtocolError
 
@@ -30,6 +31,7 @@ __all__ = [
     "ChunkError",
     "Complete",
     "Duplicate",
+    "EarlyJoiner",
     "Expired",
     "Joined",
     "Pending",
@@ -45,6 +47,7 @@ MAX_CHUNK = 900 * 1024
 DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
 _SHA256_SIZE = 32
 _AVRO_INT_MAX = 2**31 - 1
+R = TypeVar("R")
 
 
 def _sha256(data: bytes | memoryview) -> bytes:
@@ -497,3 +500,101 @@ class Reassembler:
             )
             self._finish(pid, SetStage.EXPIRED)
         return events
+
+
+@dataclass(slots=True)
+class _EarlySet(_PartialSet):
+    joining: bool = False
+    done: tuple[Joined, Any] | None = None
+
+
+class EarlyJoiner(Generic[R]):
+    """Chunk sets joined ahead of the in-order :class:`Reassembler`, from any thread.
+
+    A reader that verifies chunks on worker threads offers each one here; the call that brings a
+    set's last missing chunk joins the set and runs ``finish(payload, sha256)`` (the digest
+    check, then whatever the payload needs: verifying and decoding it) on its own thread. When
+    the in-order reassembly later completes the same set, it passes :meth:`ready`'s
+    :class:`Joined` to :meth:`Reassembler.add`, which takes that payload only if the set holds
+    exactly the same chunk objects; so this is a cache, and nothing here decides what is
+    accepted. A result that is not ready, or a ``finish`` that returns None (a digest that
+    does not match), leaves the reassembler to do the work as without it. Sets are forgotten
+    after ``timeout_s``; at most ``max_pending_bytes`` of chunk data are held. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float,
+        clock: Callable[[], float],
+        max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
+    ) -> None:
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._max_bytes = max_pending_bytes
+        self._lock = threading.Lock()
+        self._sets: dict[str, _EarlySet] = {}
+        self._bytes = 0
+
+    def offer(
+        self, chunk: Mapping[str, Any], finish: Callable[[bytes, bytes], R | None]
+    ) -> None:
+        """Take a verified chunk; join and ``finish`` its set when this completes it."""
+        view = _parse(chunk)
+        if isinstance(view, str) or view.count < 2:
+            return  # malformed (the reassembler says why), or a lone chunk
+        with self._lock:
+            self._prune()
+            entry = self._sets.get(view.payload_id)
+            if entry is None:
+                entry = _EarlySet(
+                    view.payload_schema, view.count, view.total_size, view.sha256, self._clock()
+                )
+                self._sets[view.payload_id] = entry
+            header = (view.payload_schema, view.count, view.total_size, view.sha256)
+            if header != (entry.payload_schema, entry.count, entry.total_size, entry.sha256):
+                return
+            if view.index in entry.parts or self._bytes + len(view.data) > self._max_bytes:
+                return
+            entry.parts[view.index] = view.data
+            entry.size += len(view.data)
+            self._bytes += len(view.data)
+            if len(entry.parts) < entry.count or entry.joining:
+                return
+            entry.joining = True
+            parts = tuple(entry.parts[i] for i in range(entry.count))
+        payload = b"".join(parts)
+        result = finish(payload, view.sha256) if len(payload) == view.total_size else None
+        if result is None:
+            return
+        with self._lock:
+            if self._sets.get(view.payload_id) is entry:
+                entry.done = (Joined(payload, parts), result)
+
+    def ready(self, payload_id: str) -> tuple[Joined, R] | None:
+        """The set's joined payload and ``finish`` result, once there."""
+        with self._lock:
+            entry = self._sets.get(payload_id)
+            return None if entry is None else entry.done
+
+    def forget(self, payload_id: str) -> None:
+        """Drop a set the reassembler has finished with (complete or rejected)."""
+        with self._lock:
+            entry = self._sets.pop(payload_id, None)
+            if entry is not None:
+                self._bytes -= entry.size
+
+    @property
+    def held_bytes(self) -> int:
+        """Chunk data held for sets not yet forgotten."""
+        return self._bytes
+
+    @property
+    def payload_ids(self) -> frozenset[str]:
+        """The sets held."""
+        with self._lock:
+            return frozenset(self._sets)
+
+    def _prune(self) -> None:
+        now = self._clock()
+        for pid in [p for p, e in self._sets.items() if now - e.started_at >= self._timeout_s]:
+            self._bytes -= self._sets.pop(pid).size

@@ -16,6 +16,7 @@ from fedsynth.codec.chunk import (
     ChunkError,
     Complete,
     Duplicate,
+    EarlyJoiner,
     Expired,
     Pending,
     Reassembler,
@@ -243,3 +244,53 @@ def test_five_megabyte_payload_round_trip_shuffled() -> None:
     events = [r.add(c) for c in chunks]
     assert all(isinstance(e, Pending) for e in events[:-1])
     assert isinstance(events[-1], Complete) and events[-1].payload == payload
+
+
+def test_a_set_joined_ahead_is_taken_only_from_the_same_chunk_objects() -> None:
+    payload = os.urandom(5000)
+    chunks = split(payload, "ModelUpdate", max_chunk=1024, payload_id="p")
+    early: EarlyJoiner[str] = EarlyJoiner(30.0, FakeClock())
+    calls: list[bytes] = []
+
+    def finish(joined: bytes, sha256: bytes) -> str | None:
+        calls.append(sha256)
+        return "verified" if hashlib.sha256(joined).digest() == sha256 else None
+
+    for c in reversed(chunks):  # any order; the last one offered joins the set
+        assert early.ready("p") is None
+        early.offer(c, finish)
+    ready = early.ready("p")
+    assert ready is not None and ready[0].payload == payload and ready[1] == "verified"
+    assert len(calls) == 1 and early.held_bytes == 5000
+    early.offer(chunks[0], finish)  # a resend adds nothing and joins nothing again
+    assert len(calls) == 1
+
+    r, _ = reassembler(digest=lambda _: pytest.fail("digested again"))
+    events = [r.add(c, joined=ready[0]) for c in chunks]
+    assert events[-1] == Complete("p", "ModelUpdate", payload)
+    assert events[-1].payload is ready[0].payload  # taken, not joined again
+    early.forget("p")
+    assert early.ready("p") is None and early.held_bytes == 0
+
+    other, _ = reassembler()  # equal bytes in other objects: joined and digested itself
+    copies = [{**c, "data": bytes(bytearray(c["data"]))} for c in chunks]
+    done = [other.add(c, joined=ready[0]) for c in copies][-1]
+    assert done == Complete("p", "ModelUpdate", payload) and done.payload is not ready[0].payload
+
+
+def test_an_early_set_whose_digest_fails_or_that_times_out_is_not_offered() -> None:
+    clock = FakeClock()
+    early: EarlyJoiner[str] = EarlyJoiner(30.0, clock)
+    bad = [{**c, "sha256": bytes(32)} for c in split(os.urandom(3000), "ModelUpdate",
+                                                      max_chunk=1024, payload_id="bad")]
+    for c in bad:
+        early.offer(c, lambda joined, sha256: None)
+    assert early.ready("bad") is None
+    half = split(os.urandom(3000), "ModelUpdate", max_chunk=1024, payload_id="half")
+    early.offer(half[0], lambda joined, sha256: "x")
+    clock.now += 31
+    early.offer(split(b"abc" * 500, "ModelUpdate", max_chunk=1024, payload_id="new")[0],
+                lambda joined, sha256: "x")
+    assert early.payload_ids == {"new"}  # the old sets were forgotten
+    early.offer({"payload_id": "m", "index": 0, "count": 2}, lambda joined, sha256: "x")
+    assert early.payload_ids == {"new"}  # malformed chunks are left to the reassembler

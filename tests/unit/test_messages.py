@@ -326,5 +326,5 @@ def test_sets_joined_ahead_are_forgotten_after_the_chunk_timeout() -> None:
     )
     kept = reader.verify(other[0].value)
     assert not isinstance(kept, Rejection)
-    assert list(reader._early._sets) == [kept.record["payload_id"]]
-    assert reader._early._bytes == len(kept.record["data"])
+    assert reader._early.payload_ids == {kept.record["payload_id"]}
+    assert reader._early.held_bytes == len(kept.record["data"])
