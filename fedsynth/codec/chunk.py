@@ -234,6 +234,12 @@ class _PartialSet:
     parts: dict[int, bytes | memoryview] = field(default_factory=dict)
     size: int = 0
 
+    def agrees_with(self, view: _ChunkView) -> bool:
+        """Whether the chunk names the same schema, count, size and digest as the set."""
+        return (view.payload_schema, view.count, view.total_size, view.sha256) == (
+            self.payload_schema, self.count, self.total_size, self.sha256
+        )
+
 
 def _parse(chunk: Mapping[str, Any]) -> _ChunkView | str:
     """The chunk's fields, or the reason it is malformed."""
@@ -388,8 +394,7 @@ class Reassembler:
         joined: Joined | None = None,
     ) -> ReassemblyEvent:
         pid = view.payload_id
-        header = (view.payload_schema, view.count, view.total_size, view.sha256)
-        if header != (partial.payload_schema, partial.count, partial.total_size, partial.sha256):
+        if not partial.agrees_with(view):
             return self._reject(
                 pid,
                 RejectReason.INCONSISTENT,
@@ -550,8 +555,7 @@ class EarlyJoiner(Generic[R]):
                     view.payload_schema, view.count, view.total_size, view.sha256, self._clock()
                 )
                 self._sets[view.payload_id] = entry
-            header = (view.payload_schema, view.count, view.total_size, view.sha256)
-            if header != (entry.payload_schema, entry.count, entry.total_size, entry.sha256):
+            if not entry.agrees_with(view):
                 return
             if view.index in entry.parts or self._bytes + len(view.data) > self._max_bytes:
                 return
