@@ -64,6 +64,7 @@ from opentelemetry.context import Context
 from aggregator.checkpoint import Checkpoint, CheckpointStore, OutboxRecord
 from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import (
+    DERIVE,
     AggregatorService,
     DeadLetterItem,
     Effects,
@@ -118,7 +119,7 @@ class AggregatorRuntime:
         identity = IdentityKey.load(settings.keys_dir, "aggregator")
         self.factory = MessageFactory(settings.federation_id, "aggregator", identity)
         reader = MessageReader(
-            settings.federation_id, keys, chunk_timeout_s=settings.chunk_timeout_s
+            settings.federation_id, keys, chunk_timeout_s=settings.chunk_timeout_s, derive=DERIVE
         )
         self.service = AggregatorService(
             settings, load_dataset_schema(settings.dataset), reader, self.factory, TOPICS

@@ -12,9 +12,10 @@ the sites' DP histograms are summed and the feature encoder is fitted from the s
 one site's values (ARCHITECTURE.md, Privacy).
 
 Reading a message is split so that the adapter can overlap its expensive part with consumption:
-:func:`prepare` (signatures, Avro decoding, and for a plain update its zstd and dequantization) is
-pure and thread-safe; :meth:`AggregatorService.handle` takes its result, in consumption order, for
-everything that touches state. ``handle(data)`` on raw bytes does both in one go.
+:func:`prepare` (signatures, Avro decoding, and, with the reader's :data:`DERIVE`, a plain update's
+zstd and dequantization, whether it came in one chunk or several) is pure and thread-safe;
+:meth:`AggregatorService.handle` takes its result, in consumption order, for everything that
+touches state. ``handle(data)`` on raw bytes does both in one go.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,7 @@ from fedsynth.data.schema import DatasetSchema
 from fedsynth.errors import MessageError
 from fedsynth.federation import MODEL_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import (
+    Derive,
     Inbound,
     MessageFactory,
     MessageReader,
@@ -62,6 +65,7 @@ from fedsynth.model.config import DiffusionConfig
 from fedsynth.secagg.fixedpoint import FixedPointSpec
 
 __all__ = [
+    "DERIVE",
     "AggregatorService",
     "DeadLetterItem",
     "Effects",
@@ -69,6 +73,7 @@ __all__ = [
     "Prepared",
     "Send",
     "SiteInfo",
+    "plain_delta",
     "prepare",
 ]
 
@@ -127,37 +132,33 @@ class SiteInfo:
     epsilon_spent: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """The pure, up-front part of reading one message (see :func:`prepare`).
+Prepared = Verified | Rejection
+"""What :func:`prepare` gives for one message, for :meth:`AggregatorService.handle`."""
 
-    Attributes:
-        verified: The reader's verification result.
-        delta: For a verified plain ``ModelUpdate`` that arrived whole in one chunk: its decoded
-            float32 delta; None when there is nothing to decode or decoding failed (the ordered
-            path then decodes again and reports the error).
+
+def plain_delta(record: Mapping[str, Any]) -> np.ndarray | None:
+    """A plain ``ModelUpdate``'s float32 delta, decoded (zstd, dequantization); None for a masked
+    one. The service's reader runs it where it verifies an update (:data:`DERIVE`).
+
+    Raises:
+        MessageError: The vector does not decode to ``n_parameters`` values.
     """
+    if record["mode"] != "plain":
+        return None
+    return decode_vector(record["vector"], record["codec"], int(record["n_parameters"]))
 
-    verified: Verified | Rejection
-    delta: np.ndarray | None = None
+
+DERIVE: Mapping[str, Derive] = MappingProxyType({"ModelUpdate": plain_delta})
+"""The aggregator reader's ``derive`` functions: with them a plain update's vector is decoded on
+the worker that verifies it, whether it came in one chunk or in several (the chunk that
+completes a set has the set joined and decoded ahead), not on the engine thread."""
 
 
 def prepare(reader: MessageReader, data: bytes) -> Prepared:
-    """Verify ``data`` and decode a plain update's vector; safe on worker threads (it changes
-    nothing but the reader's locked cache of chunk sets joined ahead, see
+    """Verify ``data`` (and, with :data:`DERIVE`, decode a plain update's vector); safe on worker
+    threads (it changes nothing but the reader's locked cache of chunk sets joined ahead, see
     :meth:`MessageReader.verify`)."""
-    verified = reader.verify(data)
-    inner = verified.inner if isinstance(verified, Verified) else None
-    if not isinstance(inner, Inbound) or inner.name != "ModelUpdate":
-        return Prepared(verified)
-    rec = inner.record
-    if rec["mode"] != "plain":
-        return Prepared(verified)
-    try:
-        delta = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
-    except MessageError:
-        return Prepared(verified)
-    return Prepared(verified, delta)
+    return reader.verify(data)
 
 
 class AggregatorService:
@@ -198,20 +199,18 @@ class AggregatorService:
 
         Prepared messages must be handed over in consumption order.
         """
-        prepared = data if isinstance(data, Prepared) else prepare(self.reader, data)
-        got = self.reader.accept(prepared.verified)
+        prepared = prepare(self.reader, data) if isinstance(data, bytes) else data
+        got = self.reader.accept(prepared)
         if isinstance(got, Waiting):
             return Effects()
         if isinstance(got, Rejection):
             return Effects(dead=[DeadLetterItem(got.reason, got.error_class)])
-        verified = prepared.verified
-        same = isinstance(verified, Verified) and got is verified.inner
         try:
-            return self._dispatch(got, prepared.delta if same else None)
+            return self._dispatch(got)
         except MessageError as exc:
             return Effects(dead=[DeadLetterItem(str(exc), type(exc).__name__)])
 
-    def _dispatch(self, msg: Inbound, delta: np.ndarray | None = None) -> Effects:
+    def _dispatch(self, msg: Inbound) -> Effects:
         if self.settings.mode == "secure" and msg.name in COHORT_INBOUND:
             if self.hist is not None and self.phase is Phase.GATHERING:
                 out = self.hist.on_record(msg.name, msg.record, self.wall_clock())
@@ -233,7 +232,7 @@ class AggregatorService:
         if msg.name == "Heartbeat":
             return self._on_heartbeat(msg.record)
         if msg.name == "ModelUpdate":
-            return self._on_update(msg.record, delta)
+            return self._on_update(msg.record, msg.derived)
         return Effects(
             dead=[DeadLetterItem(f"{msg.name} is not expected by the aggregator", "Unexpected")]
         )
@@ -284,7 +283,7 @@ class AggregatorService:
             self.sites[site] = SiteInfo(info.n_samples, info.histograms, eps)
         return Effects()
 
-    def _on_update(self, rec: dict[str, Any], decoded: np.ndarray | None = None) -> Effects:
+    def _on_update(self, rec: dict[str, Any], decoded: object = None) -> Effects:
         if self.phase is Phase.GATHERING or self.engine is None or self.state is None:
             raise MessageError("update arrived before the first global version")
         if self.phase is Phase.DONE:
@@ -296,9 +295,9 @@ class AggregatorService:
             raise MessageError(f"update for {rec['site_id']!r} signed by {rec['sender']!r}")
         if rec["mode"] != "plain":
             raise MessageError("masked updates need secure mode, which this aggregator is not in")
-        delta = (
+        delta = (  # decoded where it was verified, or here (and a decoding error raised here)
             decoded
-            if decoded is not None
+            if isinstance(decoded, np.ndarray)
             else decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
         )
         update = ClientUpdate(

@@ -58,7 +58,7 @@ from threadpoolctl import threadpool_limits
 from aggregator.checkpoint import Checkpoint, CheckpointStore, save_checkpoint
 from aggregator.engine import AggregatorEngine, EngineConfig, EngineState, Rejected, UpdateReceived
 from aggregator.pipeline import OrderedPrefetch
-from aggregator.service import Prepared
+from aggregator.service import DERIVE, Prepared
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
 from bench.ingest_path import BARE_NOCRC, TimedPath, read_split
@@ -67,7 +67,7 @@ from bench.secure_ingest import build_workload as build_secure_workload
 from bench.secure_ingest import report as report_secure
 from fedsynth.errors import ConfigError, MessageError
 from fedsynth.federation import UPDATE_CODEC, decode_vector, encode_vector
-from fedsynth.messages import MessageFactory, MessageReader, Verified
+from fedsynth.messages import MessageFactory, MessageReader
 from schemas.signing import IdentityKey, KeyRing
 from topics.broker import EmbeddedBroker
 from topics.clients import make_consumer, make_producer
@@ -123,9 +123,8 @@ class IngestPath(TimedPath):
             return
         t1 = time.perf_counter()
         rec = msg.record
-        same = isinstance(prepared.verified, Verified) and msg is prepared.verified.inner
-        delta = prepared.delta if same else None
-        if delta is None:  # a payload of several chunks is decoded here, in order
+        delta = msg.derived
+        if not isinstance(delta, np.ndarray):  # not decoded on a worker: decoded here, in order
             delta = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
         t2 = time.perf_counter()
         update = ClientUpdate(
@@ -176,7 +175,8 @@ def new_path(workload: Workload, size: Size) -> IngestPath:
     engine = AggregatorEngine(strategy, EngineConfig(n_parameters=size.params))
     sites = frozenset(workload.keys.senders)
     state = engine.initial_state(np.zeros(size.params, np.float32), sites)
-    return IngestPath(reader=MessageReader(FEDERATION, workload.keys), engine=engine, state=state)
+    reader = MessageReader(FEDERATION, workload.keys, derive=DERIVE)
+    return IngestPath(reader=reader, engine=engine, state=state)
 
 
 async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -402,7 +402,7 @@ def report(
         ("  Avro decode (offline)", split.chunk_avro + split.payload_avro),
         ("  payload digest + reassembly (offline)", split.payload_digest + split.join),
         ("ordered: accept (reassembly, replay)", path.accept_s),
-        ("ordered: decode of multi-chunk payloads", path.codec_s),
+        ("ordered: decode, where no worker did it", path.codec_s),
         ("ordered: engine step (validation + FedBuff)", path.engine_s),
         ("ordered part, CPU of its thread", path.engine_cpu_s),
         ("event-loop thread CPU (fetch, hand-over)", path.loop_cpu_s),

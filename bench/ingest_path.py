@@ -75,7 +75,7 @@ class TimedPath:
     def _accept(self, prepared: Prepared) -> Inbound | None:
         """The reader's ordered step, timed; a refused record's reason is kept."""
         t0 = time.perf_counter()
-        msg = self.reader.accept(prepared.verified)
+        msg = self.reader.accept(prepared)
         self.accept_s += time.perf_counter() - t0
         if isinstance(msg, Rejection):
             self.rejected.append(msg.reason)

@@ -26,13 +26,18 @@ verified messages in consumption order. ``read(data)`` is ``accept(verify(data))
 Large ``bytes`` fields of chunks and model updates (:data:`VIEWED`) are decoded as memoryviews of
 the message (:class:`~schemas.codec.ViewReader`), not copied: a chunk's data is copied once, into
 the joined payload, and an update's vector not at all before it is decoded.
+
+A reader may be given ``derive`` functions, by schema name: pure functions of a verified record
+(decoding a plain update's vector, say) that run wherever that record is verified, so on the
+worker threads for a message, a payload that fits in one chunk or a set joined ahead; their
+result travels as :attr:`Inbound.derived`.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +66,7 @@ from schemas.signing import (
 
 __all__ = [
     "VIEWED",
+    "Derive",
     "Inbound",
     "MessageFactory",
     "MessageReader",
@@ -72,6 +78,10 @@ __all__ = [
 ]
 
 Clock = Callable[[], float]
+
+Derive = Callable[[Mapping[str, Any]], object]
+"""Work on a verified record done where it is verified (see :class:`MessageReader`); may raise
+:class:`~fedsynth.errors.MessageError` for a record it cannot handle (the result is then None)."""
 
 VIEWED = frozenset({"Chunk", "ModelUpdate"})
 """Schemas whose large ``bytes`` fields the reader hands on as memoryviews: every consumer of a
@@ -89,11 +99,20 @@ class Outgoing:
 
 @dataclass(frozen=True, slots=True)
 class Inbound:
-    """A verified, decoded message (for chunked payloads: the reassembled record)."""
+    """A verified, decoded message (for chunked payloads: the reassembled record).
+
+    Attributes:
+        name: The schema's short name.
+        record: The decoded record.
+        size: Encoded size in bytes.
+        derived: What the reader's ``derive`` function for this schema made of the record (None
+            when there is none, or it raised :class:`~fedsynth.errors.MessageError`).
+    """
 
     name: str
     record: dict[str, Any]
     size: int
+    derived: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +144,14 @@ class Verified:
         inner: For a ``Chunk`` that carries a whole payload (count 1) whose digest matched: the
             payload, verified and decoded the same way (an :class:`Inbound`, or the
             :class:`Rejection` it earns); None otherwise.
+        derived: As :attr:`Inbound.derived`.
     """
 
     name: str
     record: dict[str, Any]
     size: int
     inner: Inbound | Rejection | None = None
+    derived: object = None
 
 
 class MessageFactory:
@@ -193,7 +214,17 @@ def split_signed(
 
 
 class MessageReader:
-    """Verifies and decodes inbound messages of one federation, reassembling chunks."""
+    """Verifies and decodes inbound messages of one federation, reassembling chunks.
+
+    Args:
+        federation_id: Messages of other federations are refused.
+        keys: The senders' public keys.
+        chunk_timeout_s: How long an incomplete chunk set is kept.
+        clock: Monotonic seconds, for the chunk timeout.
+        derive: By schema name, a :data:`Derive` run on each verified record of that schema
+            where it is verified (worker threads, when the reader is used so); it must be pure
+            and thread-safe.
+    """
 
     def __init__(
         self,
@@ -202,9 +233,11 @@ class MessageReader:
         *,
         chunk_timeout_s: float = 120.0,
         clock: Clock = time.monotonic,
+        derive: Mapping[str, Derive] | None = None,
     ) -> None:
         self.federation_id = federation_id
         self.keys = keys
+        self.derive: Mapping[str, Derive] = dict(derive or {})
         self.reassembler = Reassembler(chunk_timeout_s, clock, digest=_payload_digest)
         self._early: EarlyJoiner[Inbound | Rejection] = EarlyJoiner(chunk_timeout_s, clock)
 
@@ -265,14 +298,23 @@ class MessageReader:
                 "ForeignFederation",
                 record["message_id"],
             )
-        return Verified(name, record, len(data))
+        return Verified(name, record, len(data), derived=self._derived(name, record))
+
+    def _derived(self, name: str, record: dict[str, Any]) -> object:
+        fn = self.derive.get(name)
+        if fn is None:
+            return None
+        try:
+            return fn(record)
+        except MessageError:
+            return None  # whoever reads the record meets the same error and reports it
 
     def accept(self, verified: Verified | Rejection) -> Inbound | Waiting | Rejection:
         """The stateful part of :meth:`read`, in consumption order: chunk reassembly and replay."""
         if isinstance(verified, Rejection):
             return verified
         if verified.name != "Chunk":
-            return Inbound(verified.name, verified.record, verified.size)
+            return Inbound(verified.name, verified.record, verified.size, verified.derived)
         return self._chunk(verified)
 
     def _chunk(self, verified: Verified) -> Inbound | Waiting | Rejection:
@@ -334,4 +376,6 @@ def _payload_digest(payload: bytes | memoryview) -> bytes:
 
 
 def _as_inbound(got: Verified | Rejection) -> Inbound | Rejection:
-    return Inbound(got.name, got.record, got.size) if isinstance(got, Verified) else got
+    if isinstance(got, Verified):
+        return Inbound(got.name, got.record, got.size, got.derived)
+    return got

@@ -9,17 +9,12 @@ cohort that made the final version was told that its update rejoins a later coho
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
-from aggregator.app import AggregatorRuntime
-from aggregator.service import AggregatorService, Phase
-from aggregator.settings import AggregatorSettings
+from aggregator.service import Phase
 from fedsynth.federation import ModelSpec
 from fedsynth.messages import Inbound, MessageReader
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -27,31 +22,7 @@ from fedsynth.staleness import make_staleness
 from schemas.signing import KeyRing
 from tests.integration.feeder import Feeder
 from tests.integration.harness import FED, Federation
-
-Maker = tuple[Federation, Callable[..., AggregatorService]]
-
-
-@pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Maker]:
-    fed = Federation.create(tmp_path, ["A", "B"])
-    runtimes: list[AggregatorRuntime] = []
-
-    def make(**settings: Any) -> AggregatorService:
-        config = AggregatorSettings(
-            run_dir=tmp_path, federation_id=FED, sites=fed.sites, hidden=(16, 16),
-            n_timesteps=5, **settings,
-        )
-        runtime = AggregatorRuntime(None, config, bytes(32))  # type: ignore[arg-type]
-        runtimes.append(runtime)
-        return runtime.service
-
-    try:
-        yield fed, make
-    finally:
-        for runtime in runtimes:
-            runtime.pool.shutdown()
-            runtime.engine_thread.shutdown()
-            runtime.telemetry.shutdown()
+from tests.unit.service_maker import Maker
 
 
 def test_a_cohort_record_before_any_cohort_is_open_is_dead_lettered(make_service: Maker) -> None:

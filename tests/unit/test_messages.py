@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
+from fedsynth.errors import MessageError
 from fedsynth.messages import (
     Inbound,
     MessageFactory,
@@ -328,3 +331,82 @@ def test_sets_joined_ahead_are_forgotten_after_the_chunk_timeout() -> None:
     assert not isinstance(kept, Rejection)
     assert reader._early.payload_ids == {kept.record["payload_id"]}
     assert reader._early.held_bytes == len(kept.record["data"])
+
+
+class _Derive:
+    """A ``derive`` function that records the thread each record was handled on."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.threads: list[int] = []
+
+    def __call__(self, record: Mapping[str, object]) -> object:
+        self.threads.append(threading.get_ident())
+        if self.fail:
+            raise MessageError("cannot use this vector")
+        return ("derived", bytes(record["vector"]))  # type: ignore[arg-type]
+
+
+def _deriving(derive: _Derive) -> MessageReader:
+    ring = KeyRing()
+    ring.add("Cleveland", SITE.public_raw())
+    return MessageReader("fed1", ring, derive={"ModelUpdate": derive})
+
+
+def test_derive_runs_where_a_record_is_verified_and_travels_with_it() -> None:
+    vector = os.urandom(40_000)
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    whole = site.build("ModelUpdate", _update(vector)).value
+    (lone,) = site.build_chunked("ModelUpdate", _update(vector))
+    beat = site.build(
+        "Heartbeat",
+        {"site_id": "Cleveland", "model_version": 2, "status": "idle", "epsilon_spent": 0.5},
+    ).value
+    derive = _Derive()
+    reader = _deriving(derive)
+    with ThreadPoolExecutor(1) as pool:
+        verified = list(pool.map(reader.verify, [whole, lone.value, beat]))
+        worker = pool.submit(threading.get_ident).result()
+    got = [reader.accept(v) for v in verified]
+    assert derive.threads == [worker, worker]  # the update and the chunk's payload, not in accept
+    assert [g.derived for g in got if isinstance(g, Inbound)] == [
+        ("derived", vector), ("derived", vector), None,
+    ]
+
+
+def test_derive_of_a_set_of_chunks_runs_on_the_worker_that_completes_it() -> None:
+    vector = os.urandom(300_000)
+    chunks = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(vector), max_chunk=100_000
+    )
+    derive = _Derive()
+    reader = _deriving(derive)
+    with ThreadPoolExecutor(3) as pool:
+        verified = list(pool.map(reader.verify, [c.value for c in chunks]))
+    here = threading.get_ident()
+    done = [reader.accept(v) for v in verified][-1]
+    assert isinstance(done, Inbound) and done.derived == ("derived", vector)
+    assert len(derive.threads) == 1 and here not in derive.threads
+
+
+def test_derive_runs_in_order_when_the_set_is_joined_there() -> None:
+    chunks = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(os.urandom(300_000)), max_chunk=100_000
+    )
+    derive = _Derive()
+    reader = _deriving(derive)
+    for c in chunks:
+        reader.verify(c.value)  # joined ahead from these objects
+    again = [reader.verify(c.value) for c in chunks]  # equal bytes, other objects
+    derive.threads.clear()
+    done = [reader.accept(v) for v in again][-1]
+    assert isinstance(done, Inbound) and done.derived is not None
+    assert derive.threads == [threading.get_ident()]  # the reassembler's own join, derived anew
+
+
+def test_a_derive_that_fails_leaves_the_record_to_its_reader() -> None:
+    (lone,) = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
+        "ModelUpdate", _update(os.urandom(1_000))
+    )
+    got = _deriving(_Derive(fail=True)).read(lone.value)
+    assert isinstance(got, Inbound) and got.name == "ModelUpdate" and got.derived is None
