@@ -16,6 +16,7 @@ from enum import StrEnum
 import numpy as np
 
 from aggregator.strategies.base import ClientUpdate
+from aggregator.strategies.kernels import l2_norm
 
 __all__ = [
     "ReasonCode",
@@ -167,7 +168,7 @@ def check_norm(
     """Reject a delta whose L2 norm exceeds ``max_norm`` (computed in float64)."""
     if ctx.max_norm is None:
         return None
-    norm = float(np.linalg.norm(update.delta.astype(np.float64)))
+    norm = l2_norm(update.delta)
     if norm > ctx.max_norm:
         return Rejection(ReasonCode.NORM_TOO_LARGE, f"norm {norm:.6g} > bound {ctx.max_norm}")
     return None

@@ -22,6 +22,7 @@ from aggregator.strategies.kernels import (
     clip_by_norm,
     coordinate_median,
     krum_select,
+    l2_norm,
     trimmed_mean,
     weighted_mean,
 )
@@ -101,6 +102,24 @@ def test_clipping_bounds_the_norm_and_keeps_direction(vec, bound) -> None:
         np.testing.assert_array_equal(clipped, vec)
     else:
         np.testing.assert_allclose(clipped * (np.linalg.norm(vec) / bound), vec, rtol=1e-9)
+
+
+@given(
+    arrays(np.float32, st.integers(0, 40), elements=st.floats(width=32)),
+    st.sampled_from([1, 7, 1 << 16, (1 << 16) + 1, 3 << 16]),
+)
+def test_l2_norm_is_the_float64_norm_and_finite_exactly_for_finite_values(vec, size) -> None:
+    """Block sums against numpy's whole-vector norm; a vector of ``size`` values (across the
+    2^16 blocks) built from the drawn ones, so that a bad value lands in any block."""
+    big = np.resize(vec, size) if vec.size else np.zeros(size, np.float32)
+    for v in (vec, big):
+        norm = l2_norm(v)
+        finite = bool(np.all(np.isfinite(v)))
+        assert np.isfinite(norm) == finite
+        if finite:
+            np.testing.assert_allclose(
+                norm, np.linalg.norm(v.astype(np.float64)), rtol=1e-12, atol=0
+            )
 
 
 def _updates(x: np.ndarray) -> list[ClientUpdate]:
