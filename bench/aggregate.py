@@ -31,7 +31,13 @@ signature, the coordinator's masked sum, unmasking and the FedBuff step on the e
 by a bare consumer, alternating; its per-update table splits the ordered part live (reassembly
 with the payload's digest, signature and decoding; the masked sum; unmasking; the FedBuff step)
 and reading offline (chunk signatures, Avro, joining, the payload's one SHA-256 pass), next to a
-raw numpy uint64 sum of the same masked words. The last line is
+raw numpy uint64 sum of the same masked words.
+
+Last, the fastest run of each kind as CPU per update: this process's (every thread) and the
+embedded broker's (its process group, from ``/proc``), over the same interval. Spent over ``c``
+cores, that CPU bounds the run's wall time from below, so it bounds the ingest's ratio from
+above: a ratio far below that bound means time lost to waiting (the GIL, the fetch chain), one
+close to it means there are not enough cores for the work. The last line is
 ``RESULT ingest_vs_bare=<x> target=0.8 met=yes|no`` with the smaller of the two modes' ratios.
 """
 
@@ -50,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
@@ -61,7 +67,7 @@ from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import DERIVE, Prepared
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
-from bench.ingest_path import BARE_NOCRC, TimedPath, read_split
+from bench.ingest_path import BARE_NOCRC, Run, TimedPath, group_cpu_s, read_split
 from bench.secure_ingest import SecureIngestPath, SecureWorkload
 from bench.secure_ingest import build_workload as build_secure_workload
 from bench.secure_ingest import report as report_secure
@@ -80,6 +86,8 @@ FEDERATION = "bench-aggregate"
 BUFFER_SIZE = 4
 PREFETCH_DEPTH = 8
 APP_CHECK_CRCS: bool = AggregatorSettings.model_fields["check_crcs"].default
+PLAIN_BARE, PLAIN_INGEST = "plain: bare aiokafka", "plain: aggregator ingest"
+SECURE_BARE, SECURE_INGEST = "secure: bare aiokafka", "secure: aggregator ingest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,43 +206,54 @@ async def consume(
     path: TimedPath | None,
     pool: Executor | None,
     check_crcs: bool = APP_CHECK_CRCS,
-) -> float:
-    """Seconds to fetch ``total`` records from the beginning (and, with ``path``, ingest them).
+    broker: int | None = None,
+) -> Run:
+    """Fetch ``total`` records from the beginning (and, with ``path``, ingest them), timed.
 
-    ``check_crcs`` defaults to the aggregator's own setting (off: its records are signed).
+    ``check_crcs`` defaults to the aggregator's own setting (off: its records are signed);
+    ``broker``: the process group whose CPU time is taken over the same interval.
     """
     consumer = make_consumer(bootstrap, group_id=None, check_crcs=check_crcs)
     await consumer.start()
     try:
         consumer.assign([TopicPartition(spec.name, p) for p in range(spec.partitions)])
         await consumer.seek_to_beginning()
-        seen = 0
-        start = time.perf_counter()
-        if path is None:
-            while seen < total:
-                batches = await consumer.getmany(timeout_ms=1000)
-                seen += sum(len(records) for records in batches.values())
-            return time.perf_counter() - start
-        cpu0 = time.thread_time()
-        if pool is None:  # one thread: prepare in line, then the ordered part
-            while seen < total:
-                batches = await consumer.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    seen += len(records)
-                    for record in records:
-                        await path.handle(record.value, path.prepare(record.value))
-            return time.perf_counter() - start
-        async with OrderedPrefetch(path.prepare, path.handle, pool, PREFETCH_DEPTH) as pipe:
-            while seen < total:
-                batches = await consumer.getmany(timeout_ms=1000)
-                for records in batches.values():
-                    seen += len(records)
-                    for record in records:
-                        await pipe.put(record.value)
-        path.loop_cpu_s = time.thread_time() - cpu0
-        return time.perf_counter() - start
+        broker0 = None if broker is None else group_cpu_s(broker)
+        cpu0, start = time.process_time(), time.perf_counter()
+        await _fetch(consumer, total, path, pool)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        broker_s = None if broker is None or broker0 is None else group_cpu_s(broker) - broker0
+        return Run(wall, cpu, broker_s)
     finally:
         await consumer.stop()
+
+
+async def _fetch(
+    consumer: AIOKafkaConsumer, total: int, path: TimedPath | None, pool: Executor | None
+) -> None:
+    seen = 0
+    if path is None:
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000)
+            seen += sum(len(records) for records in batches.values())
+        return
+    if pool is None:  # one thread: prepare in line, then the ordered part
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                seen += len(records)
+                for record in records:
+                    await path.handle(record.value, path.prepare(record.value))
+        return
+    cpu0 = time.thread_time()
+    async with OrderedPrefetch(path.prepare, path.handle, pool, PREFETCH_DEPTH) as pipe:
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                seen += len(records)
+                for record in records:
+                    await pipe.put(record.value)
+    path.loop_cpu_s = time.thread_time() - cpu0
 
 
 def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
@@ -289,13 +308,25 @@ class Timings:
     secure_bare_nocrc_s: float = float("inf")
     secure_s: float = float("inf")
     secure_best: SecureIngestPath | None = None
+    runs: dict[str, Run] = dataclasses.field(default_factory=dict)
+
+    def keep(self, kind: str, run: Run) -> Run:
+        """Keep ``run`` as the ``kind`` row's CPU sample if it is that kind's fastest so far."""
+        if kind not in self.runs or run.wall_s < self.runs[kind].wall_s:
+            self.runs[kind] = run
+        return run
 
 
 async def measure(
-    bootstrap: str, size: Size, workload: Workload, secure: SecureWorkload, workers: int
+    bootstrap: str,
+    size: Size,
+    workload: Workload,
+    secure: SecureWorkload,
+    workers: int,
+    broker: int | None = None,
 ) -> Timings:
     """Produce once, then alternate bare and ingest consumers ``size.repeats`` times; then the
-    same for secure mode."""
+    same for secure mode. ``broker``: the broker's process group, whose CPU time is taken."""
     spec = dataclasses.replace(UPDATES, name=f"fedsynth.bench-updates.{uuid.uuid4().hex[:8]}")
     await ensure_topics(bootstrap, [spec])
     await produce(bootstrap, spec.name, workload.records)
@@ -306,32 +337,33 @@ async def measure(
         ThreadPoolExecutor(1, thread_name_prefix="engine") as engine_thread,
     ):
         for _ in range(size.repeats):
-            bare = await consume(bootstrap, spec, total, None, pool, check_crcs=True)
-            timings.bare_s = min(timings.bare_s, bare)
+            bare = await consume(bootstrap, spec, total, None, pool, True, broker)
+            timings.bare_s = min(timings.bare_s, timings.keep(PLAIN_BARE, bare).wall_s)
             nocrc = await consume(bootstrap, spec, total, None, pool, check_crcs=False)
-            timings.bare_nocrc_s = min(timings.bare_nocrc_s, nocrc)
+            timings.bare_nocrc_s = min(timings.bare_nocrc_s, nocrc.wall_s)
             serial = new_path(workload, size)
             timings.serial_s = min(
-                timings.serial_s, await consume(bootstrap, spec, total, serial, None)
+                timings.serial_s, (await consume(bootstrap, spec, total, serial, None)).wall_s
             )
             if serial.applied != size.updates:
                 raise MessageError(f"serial ingest applied {serial.applied}/{size.updates}")
             on_loop = new_path(workload, size)
             timings.on_loop_s = min(
-                timings.on_loop_s, await consume(bootstrap, spec, total, on_loop, pool)
+                timings.on_loop_s, (await consume(bootstrap, spec, total, on_loop, pool)).wall_s
             )
             if on_loop.applied != size.updates:
                 raise MessageError(f"ingest applied {on_loop.applied}/{size.updates}")
             path = new_path(workload, size)
             path.engine_thread = engine_thread
-            elapsed = await consume(bootstrap, spec, total, path, pool)
+            run = await consume(bootstrap, spec, total, path, pool, broker=broker)
+            elapsed = timings.keep(PLAIN_INGEST, run).wall_s
             if path.rejected or path.applied != size.updates:
                 raise MessageError(
                     f"ingest applied {path.applied}/{size.updates}: {path.rejected[:3]}"
                 )
             if elapsed < timings.ingest_s:
                 timings.ingest_s, timings.best = elapsed, path
-        await measure_secure(bootstrap, secure, size, timings, pool, engine_thread)
+        await measure_secure(bootstrap, secure, size, timings, pool, engine_thread, broker)
     return timings
 
 
@@ -342,6 +374,7 @@ async def measure_secure(
     timings: Timings,
     pool: Executor,
     engine_thread: Executor,
+    broker: int | None = None,
 ) -> None:
     """Secure mode (:mod:`bench.secure_ingest`): bare and secure ingest, alternating, on one
     partition (a cohort's records must reach the coordinator in the order it got them)."""
@@ -352,17 +385,16 @@ async def measure_secure(
     await produce(bootstrap, spec.name, workload.records)
     total = len(workload.records)
     for _ in range(size.repeats):
-        timings.secure_bare_s = min(
-            timings.secure_bare_s,
-            await consume(bootstrap, spec, total, None, pool, check_crcs=True),
-        )
+        bare = await consume(bootstrap, spec, total, None, pool, True, broker)
+        timings.secure_bare_s = min(timings.secure_bare_s, timings.keep(SECURE_BARE, bare).wall_s)
         timings.secure_bare_nocrc_s = min(
             timings.secure_bare_nocrc_s,
-            await consume(bootstrap, spec, total, None, pool, check_crcs=False),
+            (await consume(bootstrap, spec, total, None, pool, check_crcs=False)).wall_s,
         )
         path = SecureIngestPath.fresh(workload)
         path.engine_thread = engine_thread
-        elapsed = await consume(bootstrap, spec, total, path, pool)
+        run = await consume(bootstrap, spec, total, path, pool, broker=broker)
+        elapsed = timings.keep(SECURE_INGEST, run).wall_s
         path.check()
         if elapsed < timings.secure_s:
             timings.secure_s, timings.secure_best = elapsed, path
@@ -423,6 +455,39 @@ def report(
     return ratio
 
 
+def report_cpu(console: Console, timings: Timings, updates: dict[str, int]) -> None:
+    """Print each kind's fastest run as CPU per update, this process's and the broker's, and
+    the bound they put on the ingest: on ``c`` cores a run that burns ``C`` CPU seconds takes
+    at least ``C / c`` seconds, so the ingest's ratio cannot exceed the bare wall time over that
+    (``updates``: updates per run, by kind)."""
+    cores = len(os.sched_getaffinity(0))
+    table = Table(title=f"CPU per update, ms (fastest run of each kind; {cores} cores)")
+    for col in ("run", "wall", "this process", "broker", "both / cores"):
+        table.add_column(col, justify="right")
+    bounds: dict[str, float] = {}
+    for kind, run in timings.runs.items():
+        n = updates[kind]
+        row = [kind, f"{1000 * run.wall_s / n:.2f}", f"{1000 * run.cpu_s / n:.2f}"]
+        if run.broker_cpu_s is None:
+            table.add_row(*row, "n/a", "n/a")
+            continue
+        bounds[kind] = (run.cpu_s + run.broker_cpu_s) / cores
+        table.add_row(*row, f"{1000 * run.broker_cpu_s / n:.2f}", f"{1000 * bounds[kind] / n:.2f}")
+    console.print(table)
+    ceilings = [
+        f"{mode} {timings.runs[bare].wall_s / bounds[ingest]:.2f}x"
+        for mode, bare, ingest in (("plain", PLAIN_BARE, PLAIN_INGEST),
+                                   ("secure", SECURE_BARE, SECURE_INGEST))
+        if ingest in bounds and bare in timings.runs
+    ]
+    if ceilings:
+        console.print(
+            f"on {cores} cores, the ingest's own CPU and the broker's bound its ratio to the bare "
+            f"consumer at: {', '.join(ceilings)} (the CPU it spent, spread over every core)",
+            highlight=False,
+        )
+
+
 async def run(
     size: Size, bootstrap: str | None, workers: int
 ) -> tuple[Workload, SecureWorkload, Timings]:
@@ -432,7 +497,7 @@ async def run(
     if bootstrap is not None:
         return workload, secure, await measure(bootstrap, size, workload, secure, workers)
     async with EmbeddedBroker(record=False) as broker:
-        timings = await measure(broker.bootstrap, size, workload, secure, workers)
+        timings = await measure(broker.bootstrap, size, workload, secure, workers, broker.pid)
     return workload, secure, timings
 
 
@@ -455,6 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         console, secure, (timings.secure_bare_s, timings.secure_bare_nocrc_s),
         timings.secure_best, timings.secure_s, args.workers,
     )
+    report_cpu(console, timings, {PLAIN_BARE: size.updates, PLAIN_INGEST: size.updates,
+                                  SECURE_BARE: secure.updates, SECURE_INGEST: secure.updates})
     ratio = min(plain, masked)
     console.print(
         f"plain {plain:.2f}x, secure {masked:.2f}x of the bare consumer; the result is the "

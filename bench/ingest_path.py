@@ -5,6 +5,7 @@ app runs them, with the time each takes summed over a run (seconds)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,10 +19,46 @@ from fedsynth.messages import VIEWED, Inbound, MessageReader, Rejection
 from schemas.codec import decode
 from schemas.signing import KeyRing, unsigned_sha256, verify_message
 
-__all__ = ["BARE_NOCRC", "ReadSplit", "TimedPath", "read_split"]
+__all__ = ["BARE_NOCRC", "ReadSplit", "Run", "TimedPath", "group_cpu_s", "read_split"]
 
 BARE_NOCRC = "bare aiokafka, CRC check off as the aggregator's"
 """The row of the bare consumer read as the aggregator reads (``AggregatorSettings.check_crcs``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One timed consumer run.
+
+    Attributes:
+        wall_s: Wall seconds.
+        cpu_s: CPU seconds of this process over the run, all threads.
+        broker_cpu_s: CPU seconds of the broker's processes over the same interval; None when
+            the broker is not one this process started (``--bootstrap``).
+    """
+
+    wall_s: float
+    cpu_s: float
+    broker_cpu_s: float | None
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds of every live process in process group ``pgid``, all threads (Linux
+    ``/proc``: the scheduler's nanosecond run time of each task; the embedded broker runs in a
+    session of its own)."""
+    ns = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[2]) != pgid:  # state, ppid, pgrp
+                    continue
+            for task in os.scandir(f"/proc/{entry.name}/task"):
+                with open(f"{task.path}/schedstat", encoding="ascii") as f:
+                    ns += int(f.read().split()[0])
+        except OSError:  # gone meanwhile
+            continue
+    return ns / 1e9
 
 
 @dataclass(slots=True, kw_only=True)

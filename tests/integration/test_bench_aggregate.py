@@ -41,8 +41,12 @@ def test_quick_run_prints_tables_and_result(
         "unmasking (coordinator",
         "payload digest, one SHA-256 pass",
         "raw numpy sum of the same masked words",
+        "CPU per update, ms (fastest run of each kind",
+        "secure: aggregator ingest",
     ):
         assert part in text
     both = re.search(r"plain (\d+\.\d\d)x, secure (\d+\.\d\d)x", text)
     assert both is not None, text
     assert ratio == min(float(both.group(1)), float(both.group(2)))
+    assert "n/a" in text  # the session's broker is not this process's to watch: no bound
+
