@@ -334,7 +334,7 @@ class SiteAgent:
             }
             headers: list[tuple[str, bytes]] = []
             inject_headers(headers)
-            for out in self.factory.build_chunked("ModelUpdate", fields):
+            for out in self.factory.build_payload("ModelUpdate", fields):
                 self.outbox.put(
                     OutboxMessage(
                         out.message_id,
@@ -467,7 +467,7 @@ class SiteAgent:
         for name, fields in sends:
             self.pending_store.before_send(name, fields)
             if name == "ModelUpdate":
-                for out in self.factory.build_chunked(name, fields):
+                for out in self.factory.build_payload(name, fields):
                     await self.producer.send_and_wait(
                         UPDATES.name, out.value, key=self.s.site.encode()
                     )

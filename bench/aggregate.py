@@ -1,7 +1,9 @@
 """Benchmark: the aggregator's ingest rate against a bare Kafka consumer on the same broker.
 
 ``python -m bench.aggregate [--quick] [--bootstrap HOST:PORT]``. Signed ``ModelUpdate`` messages of
-1M float32 deltas (``quantize8|zstd``, cut into signed chunks) are produced once onto a fresh topic
+1M float32 deltas (``quantize8|zstd``, about 0.84 MB) are built as site agents build them
+(:meth:`~fedsynth.messages.MessageFactory.build_payload`: one signed message each, as it fits in
+a chunk; larger payloads go as signed chunks) and produced once onto a fresh topic
 of an embedded broker. Then, alternating, (a) a bare aiokafka consumer only fetches every record
 and (b) the aggregator's ingest path consumes the same records the way the aggregator app does:
 :func:`aggregator.service.prepare` (signature verification, Avro decoding, zstd and
@@ -169,7 +171,7 @@ def build_workload(size: Size, seed: int = 0) -> Workload:
             "train_loss": 0.5, "epsilon_spent": 0.1,
         }
         factory = MessageFactory(FEDERATION, site, identities[site])
-        chunks = factory.build_chunked("ModelUpdate", fields)
+        chunks = factory.build_payload("ModelUpdate", fields)
         records += [(site.encode(), c.value) for c in chunks]
         payload += sum(len(c.value) for c in chunks)
     return Workload(records, keys, deltas, payload)
@@ -429,7 +431,7 @@ def report(
     parts.add_column("ms/update", justify="right")
     for label, secs in (
         ("prepare on workers: verify, decode, zstd, dequantize", path.prepare_s),
-        ("  two signature checks, the payload's from its digest (offline)",
+        ("  signature checks: each message's; a chunked payload's from its digest (offline)",
          split.chunk_signatures + split.payload_signature),
         ("  Avro decode (offline)", split.chunk_avro + split.payload_avro),
         ("  payload digest + reassembly (offline)", split.payload_digest + split.join),

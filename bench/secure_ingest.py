@@ -122,7 +122,7 @@ class _Play:
                     state = json.loads(json.dumps(self.coord.to_state()))
                     arrays = {k: v.copy() for k, v in self.coord.state_arrays().items()}
                     self.snapshot = (state, arrays)
-                values = [out.value for out in factory.build_chunked(name, fields)]
+                values = [out.value for out in factory.build_payload(name, fields)]
             else:
                 values = [factory.build(name, fields).value]
             if name in ("ModelUpdate", "UnmaskResponse"):

@@ -7,7 +7,9 @@ signed ``Chunk`` messages of at most 900 KiB. The chunks' ``sha256`` is the dige
 signature signs (:func:`~schemas.signing.unsigned_sha256`), so a reader checks the reassembled
 bytes and the payload's signature with one pass of SHA-256 over them, not two (with the pass over
 each chunk for its own signature, every byte of an update is hashed twice on its way in, not three
-times).
+times). Model updates go out through :meth:`MessageFactory.build_payload`, which sends a payload
+that fits in one chunk as itself, signed once and hashed once (ARCHITECTURE.md draws every update
+as chunked; a single chunk would only add a second signature and SHA-256 pass over the same bytes).
 
 Inbound, :class:`MessageReader` checks the signature against the federation's key ring, decodes,
 checks the federation id, and feeds chunks to a :class:`~fedsynth.codec.chunk.Reassembler`; a
@@ -190,9 +192,30 @@ class MessageFactory:
         """
         record = {**self.envelope(), **fields}
         value, sha256 = encode_signed_with_digest(name, record, self.key)
+        return self._chunks(name, record["message_id"], value, sha256, max_chunk)
+
+    def build_payload(
+        self, name: str, fields: dict[str, Any], max_chunk: int = MAX_CHUNK
+    ) -> list[Outgoing]:
+        """A large payload as one signed message if it fits in ``max_chunk`` bytes, else as
+        signed chunks (:meth:`build_chunked`).
+
+        A payload that fits is sent as itself rather than wrapped in a single chunk: its reader
+        then checks one signature over one SHA-256 pass of its bytes, not the chunk's signature
+        and then the payload's (two passes, and an Ed25519 check and an Avro decoding more).
+        """
+        record = {**self.envelope(), **fields}
+        value, sha256 = encode_signed_with_digest(name, record, self.key)
+        if len(value) <= max_chunk:
+            return [Outgoing(record["message_id"], name, value)]
+        return self._chunks(name, record["message_id"], value, sha256, max_chunk)
+
+    def _chunks(
+        self, name: str, payload_id: str, value: bytes, sha256: bytes, max_chunk: int
+    ) -> list[Outgoing]:
         return [
             self.build("Chunk", chunk)
-            for chunk in split(value, name, max_chunk, record["message_id"], sha256=sha256)
+            for chunk in split(value, name, max_chunk, payload_id, sha256=sha256)
         ]
 
 

@@ -410,3 +410,28 @@ def test_a_derive_that_fails_leaves_the_record_to_its_reader() -> None:
     )
     got = _deriving(_Derive(fail=True)).read(lone.value)
     assert isinstance(got, Inbound) and got.name == "ModelUpdate" and got.derived is None
+
+
+def test_a_payload_that_fits_goes_whole_and_a_larger_one_in_chunks() -> None:
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    small, large = os.urandom(30_000), os.urandom(250_000)
+    (whole,) = site.build_payload("ModelUpdate", _update(small), max_chunk=100_000)
+    assert whole.name == "ModelUpdate" and len(whole.value) <= 100_000
+    got = _reader().read(whole.value)
+    assert isinstance(got, Inbound) and got.record["vector"] == small
+    assert got.record["message_id"] == whole.message_id
+    chunks = site.build_payload("ModelUpdate", _update(large), max_chunk=100_000)
+    assert len(chunks) == 3 and {c.name for c in chunks} == {"Chunk"}
+    reader = _reader()
+    done = [reader.read(c.value) for c in chunks][-1]
+    assert isinstance(done, Inbound) and done.record["vector"] == large
+
+
+def test_a_payload_goes_whole_up_to_exactly_the_chunk_size() -> None:
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    (probe,) = site.build_payload("ModelUpdate", _update(bytes(40_000)), max_chunk=10**6)
+    size = len(probe.value)  # same fields, same length whatever the message id and time
+    (at,) = site.build_payload("ModelUpdate", _update(bytes(40_000)), max_chunk=size)
+    assert at.name == "ModelUpdate"
+    below = site.build_payload("ModelUpdate", _update(bytes(40_000)), max_chunk=size - 1)
+    assert [c.name for c in below] == ["Chunk", "Chunk"]
