@@ -14,6 +14,7 @@ from fedsynth.messages import (
     MessageFactory,
     MessageReader,
     Rejection,
+    Verified,
     Waiting,
     split_signed,
 )
@@ -290,15 +291,21 @@ def test_a_set_verified_on_workers_is_joined_there_and_accepted_in_order() -> No
     assert reader._early.ready(str(verified[0].record["payload_id"])) is None  # forgotten
 
 
-def test_a_set_accepted_from_other_chunk_objects_is_joined_again_not_trusted() -> None:
+def _joined_ahead_then_verified_again(reader: MessageReader) -> list[Verified | Rejection]:
+    """A set of chunks verified once (so joined ahead from those objects), then its equal bytes
+    verified again as other objects, which is what is returned."""
     chunks = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
         "ModelUpdate", _update(os.urandom(300_000)), max_chunk=100_000
     )
+    for c in chunks:
+        reader.verify(c.value)
+    return [reader.verify(c.value) for c in chunks]
+
+
+def test_a_set_accepted_from_other_chunk_objects_is_joined_again_not_trusted() -> None:
     reader = _reader()
     digests = _counting(reader)
-    for c in chunks:
-        reader.verify(c.value)  # joined ahead from these objects
-    again = [reader.verify(c.value) for c in chunks]  # equal bytes, other objects
+    again = _joined_ahead_then_verified_again(reader)
     done = [reader.accept(v) for v in again][-1]
     assert isinstance(done, Inbound) and digests[0] == 1  # the reassembler did it itself
 
@@ -390,14 +397,9 @@ def test_derive_of_a_set_of_chunks_runs_on_the_worker_that_completes_it() -> Non
 
 
 def test_derive_runs_in_order_when_the_set_is_joined_there() -> None:
-    chunks = MessageFactory("fed1", "Cleveland", SITE).build_chunked(
-        "ModelUpdate", _update(os.urandom(300_000)), max_chunk=100_000
-    )
     derive = _Derive()
     reader = _deriving(derive)
-    for c in chunks:
-        reader.verify(c.value)  # joined ahead from these objects
-    again = [reader.verify(c.value) for c in chunks]  # equal bytes, other objects
+    again = _joined_ahead_then_verified_again(reader)
     derive.threads.clear()
     done = [reader.accept(v) for v in again][-1]
     assert isinstance(done, Inbound) and done.derived is not None
