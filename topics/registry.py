@@ -141,7 +141,7 @@ UPDATES = TopicSpec(
     "fedsynth.updates",
     DEFAULT_PARTITIONS,
     "site_id",
-    ("Chunk",),
+    ("ModelUpdate", "Chunk"),  # an update that fits in one chunk goes whole, a larger one chunked
     3 * DAY_MS,
     max_message_bytes=2 * MIB,
 )
