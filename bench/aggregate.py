@@ -90,6 +90,10 @@ PREFETCH_DEPTH = 8
 APP_CHECK_CRCS: bool = AggregatorSettings.model_fields["check_crcs"].default
 PLAIN_BARE, PLAIN_INGEST = "plain: bare aiokafka", "plain: aggregator ingest"
 SECURE_BARE, SECURE_INGEST = "secure: bare aiokafka", "secure: aggregator ingest"
+PLAIN_NOCRC, SECURE_NOCRC = "plain: bare, no CRC", "secure: bare, no CRC"
+PLAIN_SERIAL, PLAIN_ON_LOOP = "plain: ingest, one thread", "plain: engine on the event loop"
+CPU_KINDS = (PLAIN_BARE, PLAIN_INGEST, SECURE_BARE, SECURE_INGEST)
+"""The runs whose CPU :func:`report_cpu` prints (the others are timed for their rows only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,25 +302,32 @@ def numpy_sum(deltas: list[np.ndarray]) -> float:
 
 @dataclass(slots=True)
 class Timings:
-    """Best-of-repeats wall times and the per-part sums of the best ingest run."""
+    """The fastest run of each kind, and the ingest paths (per-part sums) of the fastest ingests."""
 
-    bare_s: float = float("inf")
-    bare_nocrc_s: float = float("inf")
-    serial_s: float = float("inf")
-    on_loop_s: float = float("inf")
-    ingest_s: float = float("inf")
-    best: IngestPath | None = None
-    secure_bare_s: float = float("inf")
-    secure_bare_nocrc_s: float = float("inf")
-    secure_s: float = float("inf")
-    secure_best: SecureIngestPath | None = None
     runs: dict[str, Run] = dataclasses.field(default_factory=dict)
+    best: IngestPath | None = None
+    secure_best: SecureIngestPath | None = None
 
-    def keep(self, kind: str, run: Run) -> Run:
-        """Keep ``run`` as the ``kind`` row's CPU sample if it is that kind's fastest so far."""
-        if kind not in self.runs or run.wall_s < self.runs[kind].wall_s:
-            self.runs[kind] = run
-        return run
+    def keep(self, kind: str, run: Run) -> bool:
+        """Keep ``run`` if it is the fastest of its ``kind`` so far; says whether it is."""
+        if kind in self.runs and run.wall_s >= self.runs[kind].wall_s:
+            return False
+        self.runs[kind] = run
+        return True
+
+    def wall(self, kind: str) -> float:
+        """The fastest ``kind`` run's wall seconds (infinite before any)."""
+        run = self.runs.get(kind)
+        return float("inf") if run is None else run.wall_s
+
+    bare_s = property(lambda self: self.wall(PLAIN_BARE))
+    bare_nocrc_s = property(lambda self: self.wall(PLAIN_NOCRC))
+    serial_s = property(lambda self: self.wall(PLAIN_SERIAL))
+    on_loop_s = property(lambda self: self.wall(PLAIN_ON_LOOP))
+    ingest_s = property(lambda self: self.wall(PLAIN_INGEST))
+    secure_bare_s = property(lambda self: self.wall(SECURE_BARE))
+    secure_bare_nocrc_s = property(lambda self: self.wall(SECURE_NOCRC))
+    secure_s = property(lambda self: self.wall(SECURE_INGEST))
 
 
 async def measure(
@@ -340,31 +351,25 @@ async def measure(
     ):
         for _ in range(size.repeats):
             bare = await consume(bootstrap, spec, total, None, pool, True, broker)
-            timings.bare_s = min(timings.bare_s, timings.keep(PLAIN_BARE, bare).wall_s)
-            nocrc = await consume(bootstrap, spec, total, None, pool, check_crcs=False)
-            timings.bare_nocrc_s = min(timings.bare_nocrc_s, nocrc.wall_s)
+            timings.keep(PLAIN_BARE, bare)
+            timings.keep(PLAIN_NOCRC, await consume(bootstrap, spec, total, None, pool, False))
             serial = new_path(workload, size)
-            timings.serial_s = min(
-                timings.serial_s, (await consume(bootstrap, spec, total, serial, None)).wall_s
-            )
+            timings.keep(PLAIN_SERIAL, await consume(bootstrap, spec, total, serial, None))
             if serial.applied != size.updates:
                 raise MessageError(f"serial ingest applied {serial.applied}/{size.updates}")
             on_loop = new_path(workload, size)
-            timings.on_loop_s = min(
-                timings.on_loop_s, (await consume(bootstrap, spec, total, on_loop, pool)).wall_s
-            )
+            timings.keep(PLAIN_ON_LOOP, await consume(bootstrap, spec, total, on_loop, pool))
             if on_loop.applied != size.updates:
                 raise MessageError(f"ingest applied {on_loop.applied}/{size.updates}")
             path = new_path(workload, size)
             path.engine_thread = engine_thread
             run = await consume(bootstrap, spec, total, path, pool, broker=broker)
-            elapsed = timings.keep(PLAIN_INGEST, run).wall_s
             if path.rejected or path.applied != size.updates:
                 raise MessageError(
                     f"ingest applied {path.applied}/{size.updates}: {path.rejected[:3]}"
                 )
-            if elapsed < timings.ingest_s:
-                timings.ingest_s, timings.best = elapsed, path
+            if timings.keep(PLAIN_INGEST, run):
+                timings.best = path
         await measure_secure(bootstrap, secure, size, timings, pool, engine_thread, broker)
     return timings
 
@@ -388,18 +393,14 @@ async def measure_secure(
     total = len(workload.records)
     for _ in range(size.repeats):
         bare = await consume(bootstrap, spec, total, None, pool, True, broker)
-        timings.secure_bare_s = min(timings.secure_bare_s, timings.keep(SECURE_BARE, bare).wall_s)
-        timings.secure_bare_nocrc_s = min(
-            timings.secure_bare_nocrc_s,
-            (await consume(bootstrap, spec, total, None, pool, check_crcs=False)).wall_s,
-        )
+        timings.keep(SECURE_BARE, bare)
+        timings.keep(SECURE_NOCRC, await consume(bootstrap, spec, total, None, pool, False))
         path = SecureIngestPath.fresh(workload)
         path.engine_thread = engine_thread
         run = await consume(bootstrap, spec, total, path, pool, broker=broker)
-        elapsed = timings.keep(SECURE_INGEST, run).wall_s
         path.check()
-        if elapsed < timings.secure_s:
-            timings.secure_s, timings.secure_best = elapsed, path
+        if timings.keep(SECURE_INGEST, run):
+            timings.secure_best = path
 
 
 def report(
@@ -467,8 +468,8 @@ def report_cpu(console: Console, timings: Timings, updates: dict[str, int]) -> N
     for col in ("run", "wall", "this process", "broker", "both / cores"):
         table.add_column(col, justify="right")
     bounds: dict[str, float] = {}
-    for kind, run in timings.runs.items():
-        n = updates[kind]
+    for kind in (k for k in CPU_KINDS if k in timings.runs):
+        run, n = timings.runs[kind], updates[kind]
         row = [kind, f"{1000 * run.wall_s / n:.2f}", f"{1000 * run.cpu_s / n:.2f}"]
         if run.broker_cpu_s is None:
             table.add_row(*row, "n/a", "n/a")

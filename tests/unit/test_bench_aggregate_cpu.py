@@ -38,16 +38,18 @@ def test_the_cpu_table_bounds_each_mode_by_the_cpu_it_spent(
 ) -> None:
     monkeypatch.setattr(agg.os, "sched_getaffinity", lambda _pid: {0, 1})
     timings = agg.Timings()
-    timings.keep(agg.PLAIN_BARE, Run(0.5, 0.2, 0.2))
-    timings.keep(agg.PLAIN_BARE, Run(0.4, 0.2, 0.2))  # the faster run is kept
-    timings.keep(agg.PLAIN_BARE, Run(0.9, 0.2, 0.2))
+    assert timings.keep(agg.PLAIN_BARE, Run(0.5, 0.2, 0.2))
+    assert timings.keep(agg.PLAIN_BARE, Run(0.4, 0.2, 0.2))  # the faster run is kept
+    assert not timings.keep(agg.PLAIN_BARE, Run(0.9, 0.2, 0.2))
+    timings.keep(agg.PLAIN_NOCRC, Run(0.3, 0.1, 0.1))  # timed for its row, not in the CPU table
     timings.keep(agg.PLAIN_INGEST, Run(1.0, 1.2, 0.4))  # (1.2 + 0.4) / 2 cores = 0.8 s at least
     timings.keep(agg.SECURE_BARE, Run(3.0, 1.0, None))  # a broker not ours: no bound
     timings.keep(agg.SECURE_INGEST, Run(4.0, 5.0, None))
     console = Console(record=True, width=200)
     agg.report_cpu(console, timings, dict.fromkeys(timings.runs, 4))
     text = console.export_text()
-    assert timings.runs[agg.PLAIN_BARE].wall_s == 0.4
+    assert timings.bare_s == 0.4 and timings.bare_nocrc_s == 0.3
+    assert "no CRC" not in text
     assert "2 cores" in text and "n/a" in text
     assert "plain 0.50x" in text and "secure" not in text.split("bound its ratio")[1]
     assert "200.00" in text  # the plain ingest's bound per update: 0.8 s / 4 updates, in ms
