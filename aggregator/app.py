@@ -121,8 +121,16 @@ class AggregatorRuntime:
         reader = MessageReader(
             settings.federation_id, keys, chunk_timeout_s=settings.chunk_timeout_s, derive=DERIVE
         )
+        self.checkpoints = CheckpointStore(
+            settings.state_dir / "checkpoint.bin", key, settings.federation_id
+        )
         self.service = AggregatorService(
-            settings, load_dataset_schema(settings.dataset), reader, self.factory, TOPICS
+            settings,
+            load_dataset_schema(settings.dataset),
+            reader,
+            self.factory,
+            TOPICS,
+            note_encoded=self.checkpoints.note_encoded,
         )
         self.telemetry = setup_telemetry("fedsynth-aggregator", settings.run_dir)
         self.tracer = self.telemetry.tracer("fedsynth.aggregator")
@@ -133,9 +141,6 @@ class AggregatorRuntime:
         self.high_water: dict[tuple[str, int], int] = {}
         self.chunk_start: dict[tuple[str, int], dict[str, int]] = {}
         self.resume: dict[tuple[str, int], int] = {}
-        self.checkpoints = CheckpointStore(
-            settings.state_dir / "checkpoint.bin", key, settings.federation_id
-        )
         self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
         self.engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.dirty = False  # state changed since the last checkpoint

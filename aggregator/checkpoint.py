@@ -19,6 +19,9 @@ one blob (its delta) and a manifest instead of rewriting the model and the whole
 parameters and three buffered updates, about a third of the time (``python -m bench.aggregate``).
 A blob is written and fsynced before the manifest that names it; a blob's associated data binds
 its id, so blobs cannot be swapped; a manifest naming a missing or altered blob does not load.
+A plain update's delta that the aggregator decoded from its wire bytes
+(:meth:`CheckpointStore.note_encoded`) is stored as those bytes and decoded again on load: for
+1M parameters in ``quantize8|zstd`` that is 0.86 MB to encrypt, write and fsync instead of 4 MB.
 
 A checkpoint may also carry an *outbox*: Kafka records the aggregator decided to send together
 with the state that made them (a new global version, its audit event, cohort control messages).
@@ -48,7 +51,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from aggregator.engine import EngineState, VersionRecord
 from aggregator.strategies.base import ClientUpdate, StrategyState, frozen_array
 from fedsynth.durable import fsync_dir, write_atomic
-from fedsynth.errors import ConfigError, FedSynthError
+from fedsynth.errors import ConfigError, FedSynthError, MessageError
+from fedsynth.federation import decode_vector
 
 __all__ = [
     "ASSOCIATED_DATA_PREFIX",
@@ -359,6 +363,13 @@ def _encode_array(arr: np.ndarray) -> bytes:
     return _LEN.pack(len(header)) + header + data.tobytes()
 
 
+def _encode_encoded(arr: np.ndarray, encoding: Encoded) -> bytes:
+    """A blob of ``arr`` holding the wire bytes it was decoded from (see :meth:`note_encoded`)."""
+    meta = {"dtype": arr.dtype.str, "shape": list(arr.shape), "codec": encoding.codec}
+    header = json.dumps(meta).encode()
+    return _LEN.pack(len(header)) + header + bytes(encoding.data)
+
+
 def _decode_array(plaintext: bytes) -> np.ndarray:
     view = memoryview(plaintext)
     header, pos = _read_chunk(view, 0)
@@ -367,10 +378,35 @@ def _decode_array(plaintext: bytes) -> np.ndarray:
     if dtype.hasobject:
         raise CheckpointError("checkpoint blob holds Python objects")
     shape = tuple(int(n) for n in meta["shape"])
+    size = int(np.prod(shape, dtype=np.int64))
+    if "codec" in meta:
+        return _decode_encoded(view[pos:], str(meta["codec"]), dtype, shape, size)
     flat = np.frombuffer(view[pos:], dtype=dtype)
-    if flat.size != int(np.prod(shape, dtype=np.int64)):
+    if flat.size != size:
         raise CheckpointError("checkpoint blob size does not match its shape")
     return frozen_array(flat.reshape(shape))
+
+
+def _decode_encoded(
+    data: memoryview, codec: str, dtype: np.dtype[Any], shape: tuple[int, ...], size: int
+) -> np.ndarray:
+    """The array a blob of wire bytes stands for: the same decoding the aggregator applied."""
+    if dtype != np.float32:
+        raise CheckpointError(f"encoded checkpoint blob declares {dtype}, not float32")
+    try:
+        flat = decode_vector(bytes(data), codec, size)
+    except MessageError as exc:
+        raise CheckpointError(f"encoded checkpoint blob does not decode: {exc}") from exc
+    flat.setflags(write=False)
+    return flat.reshape(shape)
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """The wire form an array was decoded from: a codec pipeline's name and its bytes."""
+
+    codec: str
+    data: bytes | memoryview
 
 
 class _BlobRefs:
@@ -411,6 +447,25 @@ class CheckpointStore:
         self._aead = _aead(key)
         self._ad = _associated_data(federation_id)
         self._known: dict[int, tuple[weakref.ref[np.ndarray], str]] = {}
+        self._encoded: dict[int, tuple[weakref.ref[np.ndarray], Encoded]] = {}
+
+    def note_encoded(self, arr: np.ndarray, codec: str, data: bytes | memoryview) -> None:
+        """Record that ``arr`` is ``decode_vector(data, codec, arr.size)``, the float32 vector an
+        update's wire bytes decode to: if it is saved, its blob holds those bytes (about a fifth
+        of the array for ``quantize8|zstd``) and is decoded again, bit for bit, on load.
+
+        Only the caller knows that the array is that decoding; the store does not check it.
+        Arrays that are not 1-D float32 are stored as themselves.
+        """
+        if arr.dtype != np.float32 or arr.ndim != 1:
+            return
+        self._encoded[id(arr)] = (weakref.ref(arr), Encoded(codec, data))
+
+    def _encoding(self, arr: np.ndarray) -> Encoded | None:
+        entry = self._encoded.get(id(arr))
+        if entry is None or entry[0]() is not arr:
+            return None
+        return entry[1]
 
     def known_name(self, arr: np.ndarray) -> str | None:
         """The blob id of this very array object, if it was saved or loaded before."""
@@ -435,8 +490,10 @@ class CheckpointStore:
         doc = _checkpoint_doc(checkpoint, 2, refs)
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         for name, arr in refs.new:
+            encoding = self._encoding(arr)
+            plain = _encode_array(arr) if encoding is None else _encode_encoded(arr, encoding)
             nonce = os.urandom(NONCE_BYTES)
-            sealed = self._aead.encrypt(nonce, _encode_array(arr), self._blob_ad(name))
+            sealed = self._aead.encrypt(nonce, plain, self._blob_ad(name))
             write_atomic(
                 self.blob_dir / (name + _BLOB_SUFFIX), BLOB_MAGIC + nonce + sealed, sync_dir=False
             )
@@ -452,6 +509,13 @@ class CheckpointStore:
 
     def _collect(self, live: set[str]) -> None:
         self._known = {k: v for k, v in self._known.items() if v[0]() is not None}
+        # an array's wire bytes are needed until its blob is written, then never again
+        unsaved = {}
+        for k, (ref, encoding) in self._encoded.items():
+            arr = ref()
+            if arr is not None and self.known_name(arr) is None:
+                unsaved[k] = (ref, encoding)
+        self._encoded = unsaved
         for entry in self.blob_dir.iterdir():
             if entry.name.removesuffix(_BLOB_SUFFIX) not in live:
                 with suppress(FileNotFoundError):

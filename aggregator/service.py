@@ -132,6 +132,10 @@ class SiteInfo:
     epsilon_spent: float = 0.0
 
 
+NoteEncoded = Callable[[np.ndarray, str, "bytes | memoryview"], None]
+"""Told each plain update's decoded delta with the codec and wire bytes it came from, before the
+engine sees it (the app's checkpoint store keeps a buffered delta in that compact form)."""
+
 Prepared = Verified | Rejection
 """What :func:`prepare` gives for one message, for :meth:`AggregatorService.handle`."""
 
@@ -173,8 +177,10 @@ class AggregatorService:
         topics: dict[str, str],
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        note_encoded: NoteEncoded | None = None,
     ) -> None:
         self.settings = settings
+        self.note_encoded = note_encoded
         self.schema = schema
         self.reader = reader
         self.factory = factory
@@ -300,6 +306,8 @@ class AggregatorService:
             if isinstance(decoded, np.ndarray)
             else decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
         )
+        if self.note_encoded is not None:
+            self.note_encoded(delta, rec["codec"], rec["vector"])
         update = ClientUpdate(
             update_id=rec["update_id"],
             site_id=rec["site_id"],

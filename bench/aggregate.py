@@ -49,6 +49,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import statistics
 import tempfile
 import time
 import uuid
@@ -113,12 +114,14 @@ QUICK = Size(params=100_000, updates=4, sites=2, repeats=1, cohorts=1)
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """What was produced: the encoded records, the key ring and the decoded deltas."""
+    """What was produced: the encoded records, the key ring, the decoded deltas and the wire
+    bytes (``UPDATE_CODEC``) each was decoded from."""
 
     records: list[tuple[bytes, bytes]]
     keys: KeyRing
     deltas: list[np.ndarray]
     payload_bytes: int
+    vectors: list[bytes]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -162,12 +165,14 @@ def build_workload(size: Size, seed: int = 0) -> Workload:
     keys = KeyRing({s: k.public_key for s, k in identities.items()})
     records: list[tuple[bytes, bytes]] = []
     deltas: list[np.ndarray] = []
+    vectors: list[bytes] = []
     payload = 0
     for i in range(size.updates):
         site = sites[i % size.sites]
         delta = rng.normal(0.0, 0.01, size.params).astype(np.float32)
         vector, _ = encode_vector(delta, UPDATE_CODEC, rng)
         deltas.append(decode_vector(vector, UPDATE_CODEC, size.params))
+        vectors.append(vector)
         fields = {
             "update_id": str(uuid.uuid4()), "site_id": site, "base_version": 0,
             "n_samples": 100 + i, "mode": "plain", "cohort_id": None, "weight": 1.0,
@@ -178,7 +183,7 @@ def build_workload(size: Size, seed: int = 0) -> Workload:
         chunks = factory.build_payload("ModelUpdate", fields)
         records += [(site.encode(), c.value) for c in chunks]
         payload += sum(len(c.value) for c in chunks)
-    return Workload(records, keys, deltas, payload)
+    return Workload(records, keys, deltas, payload, vectors)
 
 
 def new_path(workload: Workload, size: Size) -> IngestPath:
@@ -264,9 +269,9 @@ async def _fetch(
 
 def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
     """Seconds per checkpoint after an update joins a FedBuff buffer: the app's
-    :class:`CheckpointStore` (only the new delta and a manifest are written) and, for
-    comparison, one self-contained file with the model and every buffered delta
-    (:func:`save_checkpoint`), at the fullest buffer (K-1 updates).
+    :class:`CheckpointStore` (only the new delta, as the wire bytes it was decoded from, and a
+    manifest are written) and, for comparison, one self-contained file with the model and every
+    buffered delta as float32 (:func:`save_checkpoint`), at the fullest buffer (K-1 updates).
 
     The aggregator app writes one after every message that changes state (before the offset is
     committed); it is not part of the ingest path measured above, so it is reported on its own.
@@ -278,17 +283,29 @@ def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         store = CheckpointStore(Path(tmp) / "checkpoint.bin", key, FEDERATION)
         store.save(Checkpoint(path.state))
-        for i in range(BUFFER_SIZE - 1):
-            update = ClientUpdate(f"ckpt-{i}", f"site{i % size.sites}", 0, 100, workload.deltas[i])
+        buffers = max(1, min(3, size.updates // BUFFER_SIZE))
+        for i in range(buffers * BUFFER_SIZE):
+            version = path.state.model_version
+            update = ClientUpdate(
+                f"ckpt-{i}", f"site{i % size.sites}", version, 100, workload.deltas[i]
+            )
+            store.note_encoded(update.delta, UPDATE_CODEC, workload.vectors[i])  # as the app does
             path.state, _ = path.engine.step(path.state, UpdateReceived(update, f"ckpt-m{i}"))
             start = time.perf_counter()
             store.save(Checkpoint(path.state, {("updates", 0): i + 1}, {}))
-            store_s.append(time.perf_counter() - start)
+            if path.state.model_version == version:  # buffered, not a new version
+                store_s.append(time.perf_counter() - start)
+        for i in range(BUFFER_SIZE - 1):  # the fullest buffer, for the whole-file comparison
+            update = ClientUpdate(
+                f"ckpt-w{i}", f"site{i % size.sites}", path.state.model_version, 100,
+                workload.deltas[i],
+            )
+            path.state, _ = path.engine.step(path.state, UpdateReceived(update, f"ckpt-w{i}"))
         for _ in range(3):
             start = time.perf_counter()
             save_checkpoint(Path(tmp) / "whole.bin", Checkpoint(path.state), key, FEDERATION)
             whole_s = min(whole_s, time.perf_counter() - start)
-    return sum(store_s) / len(store_s), whole_s
+    return statistics.median(store_s), whole_s
 
 
 def numpy_sum(deltas: list[np.ndarray]) -> float:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import aggregator.service as service_module
+from aggregator.checkpoint import CheckpointStore
 from aggregator.service import AggregatorService, Phase, prepare
 from fedsynth.federation import decode_vector
 from tests.integration.feeder import Feeder
@@ -64,3 +65,19 @@ def test_a_vector_the_worker_could_not_decode_is_dead_lettered_in_order(
     dead = [d for p in prepared for d in service.handle(p).dead]
     assert len(dead) == 1 and dead[0].error_class == "MessageError", dead
     assert service.state is not None and service.state.model_version == 0
+
+
+def test_each_buffered_delta_is_noted_with_its_wire_bytes_for_the_checkpoint(
+    make_service: Maker,
+) -> None:
+    feeder, service, n = _trained(make_service)
+    assert isinstance(getattr(service.note_encoded, "__self__", None), CheckpointStore)
+    noted: list[tuple[np.ndarray, str, bytes]] = []
+    service.note_encoded = lambda arr, codec, data: noted.append((arr, codec, bytes(data)))
+    for chunk in feeder.update("A", 0, n):
+        assert not service.handle(prepare(service.reader, chunk)).dead
+    assert service.state is not None
+    (buffered,) = service.state.strategy_state.buffer
+    ((arr, codec, data),) = noted
+    assert arr is buffered.delta  # the very array the checkpoint will find in the state
+    assert decode_vector(data, codec, n).tobytes() == arr.tobytes()

@@ -20,6 +20,7 @@ from aggregator.checkpoint import (
 from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, UpdateReceived
 from aggregator.strategies import BufferSpec, ClientUpdate, FedAdam
 from fedsynth.errors import ConfigError
+from fedsynth.federation import decode_vector, encode_vector
 
 FED = "fed-test"
 SITES = frozenset({"s1", "s2", "s3"})
@@ -291,3 +292,61 @@ def test_named_arrays_travel_with_the_state_and_an_unchanged_one_is_not_rewritte
     assert len(list(store.blob_dir.iterdir())) == len(blobs) - 1
     reloaded = store.load()
     assert reloaded is not None and dict(reloaded.arrays) == {}
+
+
+def _encoded_update(i: int, n: int, codec: str) -> tuple[ClientUpdate, bytes]:
+    """An update whose delta is what its wire bytes decode to, as the aggregator gets it."""
+    rng = np.random.default_rng(i)
+    data, _ = encode_vector(rng.normal(0, 0.01, n), codec, rng)
+    delta = decode_vector(data, codec, n)
+    return ClientUpdate(f"e{i}", f"s{i % 3 + 1}", 0, 10 + i, delta, 1.0), data
+
+
+@pytest.mark.parametrize("codec", ["quantize8|zstd", "quantize16", "topk0.1|zstd", "float32"])
+def test_a_noted_delta_is_stored_as_its_wire_bytes_and_loads_bit_for_bit(
+    tmp_path: Path, codec: str
+) -> None:
+    n = 20_000
+    engine = AggregatorEngine(
+        FedAdam(BufferSpec(3, 0.1)), EngineConfig(n_parameters=n, max_staleness=3)
+    )
+    key, path = new_key(), tmp_path / "checkpoint.bin"
+    store = CheckpointStore(path, key, FED)
+    state = engine.initial_state(np.zeros(n, np.float32), SITES)
+    store.save(Checkpoint(state))
+    sizes = []
+    for i in range(2):
+        update, data = _encoded_update(i, n, codec)
+        store.note_encoded(update.delta, codec, memoryview(data))
+        before = set(store.blob_dir.iterdir())
+        state, _ = engine.step(state, UpdateReceived(update, f"m{i}"))
+        store.save(Checkpoint(state))
+        (new,) = set(store.blob_dir.iterdir()) - before  # the delta's blob, nothing else
+        sizes.append(new.stat().st_size - len(data))
+    assert max(sizes) < 200  # the wire bytes plus a header, nonce and tag
+    fresh = CheckpointStore(path, key, FED).load()
+    assert fresh is not None
+    assert_same_state(fresh.state, state)
+    assert not fresh.state.strategy_state.buffer[0].delta.flags.writeable
+    # the next update completes the buffer the same way from the loaded state
+    update, data = _encoded_update(2, n, codec)
+    step = UpdateReceived(update, "m2")
+    assert_same_state(engine.step(fresh.state, step)[0], engine.step(state, step)[0])
+
+
+def test_an_unnoted_array_is_stored_whole_and_a_noted_one_that_does_not_decode_is_refused(
+    tmp_path: Path,
+) -> None:
+    key, path = new_key(), tmp_path / "checkpoint.bin"
+    store = CheckpointStore(path, key, FED)
+    state = run(events(1))
+    wide = np.ones(4, np.float64)
+    store.note_encoded(wide, "float32", b"\x00" * 16)  # not a float32 vector: not noted
+    store.save(Checkpoint(state, arrays={"wide": wide}))
+    loaded = CheckpointStore(path, key, FED).load()
+    assert loaded is not None and loaded.arrays["wide"].tobytes() == wide.tobytes()
+    delta = state.strategy_state.buffer[0].delta.copy()
+    store.note_encoded(delta, "quantize8|zstd", b"not a zstd frame")  # a caller's mistake
+    store.save(Checkpoint(state, arrays={"delta": delta}))
+    with pytest.raises(CheckpointError, match="does not decode"):
+        CheckpointStore(path, key, FED).load()
