@@ -459,7 +459,14 @@ class CheckpointStore:
         """
         if arr.dtype != np.float32 or arr.ndim != 1:
             return
-        self._encoded[id(arr)] = (weakref.ref(arr), Encoded(codec, data))
+        key = id(arr)
+        encoded = self._encoded
+
+        def forget(ref: weakref.ref[np.ndarray]) -> None:  # the array died unsaved (rejected)
+            if encoded.get(key, (None,))[0] is ref:
+                encoded.pop(key, None)  # (at worst a race drops a newer entry: stored as float32)
+
+        encoded[key] = (weakref.ref(arr, forget), Encoded(codec, data))
 
     def _encoding(self, arr: np.ndarray) -> Encoded | None:
         entry = self._encoded.get(id(arr))
@@ -510,12 +517,10 @@ class CheckpointStore:
     def _collect(self, live: set[str]) -> None:
         self._known = {k: v for k, v in self._known.items() if v[0]() is not None}
         # an array's wire bytes are needed until its blob is written, then never again
-        unsaved = {}
-        for k, (ref, encoding) in self._encoded.items():
+        for k, (ref, _) in list(self._encoded.items()):
             arr = ref()
-            if arr is not None and self.known_name(arr) is None:
-                unsaved[k] = (ref, encoding)
-        self._encoded = unsaved
+            if arr is None or self.known_name(arr) is not None:
+                self._encoded.pop(k, None)  # (a dead array's callback may have been first)
         for entry in self.blob_dir.iterdir():
             if entry.name.removesuffix(_BLOB_SUFFIX) not in live:
                 with suppress(FileNotFoundError):

@@ -350,3 +350,17 @@ def test_an_unnoted_array_is_stored_whole_and_a_noted_one_that_does_not_decode_i
     store.save(Checkpoint(state, arrays={"delta": delta}))
     with pytest.raises(CheckpointError, match="does not decode"):
         CheckpointStore(path, key, FED).load()
+
+
+def test_the_wire_bytes_of_an_array_are_let_go_once_it_is_saved_or_gone(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "checkpoint.bin", new_key(), FED)
+    state = run(events(1))
+    for i in range(50):  # rejected updates: noted, then dropped without a checkpoint
+        update, data = _encoded_update(i, 1000, "quantize8|zstd")
+        store.note_encoded(update.delta, "quantize8|zstd", data)
+        del update
+    kept, data = _encoded_update(99, 1000, "quantize8|zstd")
+    store.note_encoded(kept.delta, "quantize8|zstd", data)
+    assert len(store._encoded) == 1  # only the live array's bytes are held
+    store.save(Checkpoint(state, arrays={"kept": kept.delta}))
+    assert not store._encoded
