@@ -31,9 +31,9 @@ SecAgg+ cohorts of 4 sites whose masked 1M-word updates (8 MB, 9 chunks each) an
 are consumed by the aggregator's path (chunk verification on the workers; reassembly, payload
 signature, the coordinator's masked sum, unmasking and the FedBuff step on the engine thread) and
 by a bare consumer, alternating; its per-update table splits the ordered part live (reassembly
-with the payload's digest, signature and decoding; the masked sum; unmasking; the FedBuff step)
-and reading offline (chunk signatures, Avro, joining, the payload's one SHA-256 pass), next to a
-raw numpy uint64 sum of the same masked words.
+with the payload's signature and decoding; the masked sum; unmasking; the FedBuff step) and
+reading offline (chunk signatures, Avro, joining, the payload's signature against the digest its
+chunks carry), next to a raw numpy uint64 sum of the same masked words.
 
 Last, the fastest run of each kind as CPU per update: this process's (every thread) and the
 embedded broker's (its process group, from ``/proc``), over the same interval. Spent over ``c``
@@ -452,7 +452,7 @@ def report(
         ("  signature checks: each message's; a chunked payload's from its digest (offline)",
          split.chunk_signatures + split.payload_signature),
         ("  Avro decode (offline)", split.chunk_avro + split.payload_avro),
-        ("  payload digest + reassembly (offline)", split.payload_digest + split.join),
+        ("  reassembly (offline)", split.join),
         ("ordered: accept (reassembly, replay)", path.accept_s),
         ("ordered: decode, where no worker did it", path.codec_s),
         ("ordered: engine step (validation + FedBuff)", path.engine_s),

@@ -4,12 +4,21 @@ Outbound, :class:`MessageFactory` fills the envelope every message carries (``me
 ``federation_id``, ``sender``, ``created_at``), signs with the sender's Ed25519 identity key and,
 for large payloads (model updates, global models), signs the payload once and splits it into
 signed ``Chunk`` messages of at most 900 KiB. The chunks' ``sha256`` is the digest the payload's
-signature signs (:func:`~schemas.signing.unsigned_sha256`), so a reader checks the reassembled
-bytes and the payload's signature with one pass of SHA-256 over them, not two (with the pass over
-each chunk for its own signature, every byte of an update is hashed twice on its way in, not three
-times). Model updates go out through :meth:`MessageFactory.build_payload`, which sends a payload
-that fits in one chunk as itself, signed once and hashed once (ARCHITECTURE.md draws every update
-as chunked; a single chunk would only add a second signature and SHA-256 pass over the same bytes).
+signature signs (:func:`~schemas.signing.unsigned_sha256`). Model updates go out through
+:meth:`MessageFactory.build_payload`, which sends a payload that fits in one chunk as itself,
+signed once and hashed once (ARCHITECTURE.md draws every update as chunked; a single chunk would
+only add a second signature and SHA-256 pass over the same bytes).
+
+A chunked payload is authenticated by its chunks, and every byte of it is hashed once on its way
+in: each chunk's signature covers its data, its place in the set (payload id, index, count, total
+size) and the set's ``sha256``; the reassembler takes a set's chunks from one sender only and
+only if they agree on that digest; and the payload's own signature is verified against the
+digest its chunks carry, with the payload's sender the chunks' sender. So the joined bytes are
+what the sender signed, chunk by chunk, and are not hashed a second time to compare with the
+digest (the reassembler runs with ``digest=None``). What that second pass would still catch is a
+sender whose chunks contradict its own payload signature: bytes only that sender could have
+signed, which then meet every check an update meets. (An earlier design hashed the joined payload
+again: about 5 ms of 41 ms of CPU per masked 1M-parameter update, docs/bench-aggregate.md.)
 
 Inbound, :class:`MessageReader` checks the signature against the federation's key ring, decodes,
 checks the federation id, and feeds chunks to a :class:`~fedsynth.codec.chunk.Reassembler`; a
@@ -19,8 +28,8 @@ completed payload is verified and decoded again as the record it carries. Every 
 
 Reading is two steps so that the expensive part can run in parallel: :meth:`MessageReader.verify`
 (signature, Avro decoding, federation id; for a payload that fits in one chunk, the payload's
-digest, signature and decoding as well; for the chunk that completes a set of several, the set
-joined, its digest checked and the payload verified and decoded, kept for the reassembly to take)
+signature and decoding as well; for the chunk that completes a set of several, the set joined and
+the payload verified and decoded, kept for the reassembly to take)
 is safe to call from worker threads, in any order; :meth:`MessageReader.accept` is the stateful
 rest (reassembly, replay of chunks), which alone decides what is accepted, and must see the
 verified messages in consumption order. ``read(data)`` is ``accept(verify(data))``.
@@ -143,9 +152,9 @@ class Verified:
         name: The schema's short name.
         record: The decoded record.
         size: Encoded size in bytes.
-        inner: For a ``Chunk`` that carries a whole payload (count 1) whose digest matched: the
-            payload, verified and decoded the same way (an :class:`Inbound`, or the
-            :class:`Rejection` it earns); None otherwise.
+        inner: For a ``Chunk`` that carries a whole payload (count 1) with a well-formed digest:
+            the payload, verified against that digest and decoded the same way (an
+            :class:`Inbound`, or the :class:`Rejection` it earns); None otherwise.
         derived: As :attr:`Inbound.derived`.
     """
 
@@ -261,7 +270,8 @@ class MessageReader:
         self.federation_id = federation_id
         self.keys = keys
         self.derive: Mapping[str, Derive] = dict(derive or {})
-        self.reassembler = Reassembler(chunk_timeout_s, clock, digest=_payload_digest)
+        # Each chunk is signed over its data and the set's digest (see the module's docstring).
+        self.reassembler = Reassembler(chunk_timeout_s, clock, digest=None)
         self._early: EarlyJoiner[Inbound | Rejection] = EarlyJoiner(chunk_timeout_s, clock)
 
     def read(self, data: bytes) -> Inbound | Waiting | Rejection:
@@ -275,8 +285,8 @@ class MessageReader:
         locked), so a consumer may verify several messages at once on worker threads;
         ``hashlib``, Ed25519 and Avro decoding spend most of their time outside the GIL or in C.
         A chunk that carries a whole payload gets the payload verified and decoded here too
-        (:attr:`Verified.inner`); the chunk that completes a set of several has the set joined,
-        its digest checked and the payload verified and decoded here, for :meth:`accept` to take
+        (:attr:`Verified.inner`); the chunk that completes a set of several has the set joined
+        and the payload verified and decoded here, for :meth:`accept` to take
         when it completes the same set (:class:`~fedsynth.codec.chunk.EarlyJoiner`). What is
         accepted is decided by :meth:`accept` alone, in consumption order.
         """
@@ -297,15 +307,22 @@ class MessageReader:
     def _finish_payload(
         self, payload: bytes | memoryview, sha256: object
     ) -> Inbound | Rejection | None:
-        """The payload verified and decoded, if its digest is ``sha256`` (else None: the
-        reassembler rejects it with the reason)."""
-        try:
-            digest = _payload_digest(payload)
-        except MessageError:
+        """The payload of signed chunks verified against the digest they carry, and decoded
+        (None for a malformed digest: the reassembler rejects the chunk with the reason)."""
+        if not isinstance(sha256, bytes) or len(sha256) != _SHA256_SIZE:
             return None
-        if digest != sha256:
-            return None
-        return _as_inbound(self._verify_one(payload, digest))
+        return self._verify_payload(payload, sha256)
+
+    def _verify_payload(self, payload: bytes | memoryview, sha256: bytes) -> Inbound | Rejection:
+        got = _as_inbound(self._verify_one(payload, sha256))
+        if isinstance(got, Rejection) and got.error_class == "BadSignatureError":
+            return Rejection(
+                f"{got.reason}, checked against the digest its chunks carry (a payload other "
+                "than the one signed, or a forged signature)",
+                got.error_class,
+                got.message_id,
+            )
+        return got
 
     def _verify_one(
         self, data: bytes | memoryview, sha256: bytes | None = None
@@ -342,7 +359,7 @@ class MessageReader:
 
     def _chunk(self, verified: Verified) -> Inbound | Waiting | Rejection:
         record = verified.record
-        known = verified.inner is not None  # the payload's digest was checked in verify()
+        known = verified.inner is not None  # a lone chunk's payload was verified in verify()
         pid = record.get("payload_id")
         early = self._early.ready(pid) if isinstance(pid, str) else None
         event = self.reassembler.add(
@@ -355,7 +372,7 @@ class MessageReader:
             if inner is None and early is not None and event.payload is early[0].payload:
                 inner = early[1]  # the set joined ahead was taken
             if inner is None:
-                inner = _as_inbound(self._verify_one(event.payload, event.sha256 or None))
+                inner = self._verify_payload(event.payload, event.sha256)
             if isinstance(inner, Inbound) and inner.name == "Chunk":
                 return Rejection("a chunk payload is itself a chunk", "NestedChunk")
             if isinstance(inner, Inbound) and inner.record["sender"] != record["sender"]:
@@ -388,6 +405,9 @@ class MessageReader:
     def expire(self) -> list[Expired]:
         """Chunk sets that timed out incomplete (the adapter dead-letters them)."""
         return self.reassembler.expire()
+
+
+_SHA256_SIZE = 32
 
 
 def _payload_digest(payload: bytes | memoryview) -> bytes:

@@ -4,11 +4,13 @@ Apache Kafka refuses messages over 1 MiB by default, so an encoded model update 
 cut into ``Chunk`` records of at most 900 KiB of data each (room is left for the envelope). Every
 chunk carries the payload's id, chunk count, total size and a SHA-256 digest of the payload: by
 default of its bytes; a reader may name another SHA-256 over them (signed payloads carry the digest
-their signature signs, so one pass over the bytes checks both: :mod:`fedsynth.messages`).
-:class:`Reassembler` collects them in any order, ignores duplicates, rejects inconsistent or
-corrupt sets, bounds the memory held by incomplete sets, and reports sets that stayed incomplete
-past a timeout so that the adapter can send them to the dead-letter topic. It does no I/O and
-reads time only from the clock it is given.
+their signature signs: :mod:`fedsynth.messages`). :class:`Reassembler` collects them in any order,
+ignores duplicates, rejects inconsistent or corrupt sets, bounds the memory held by incomplete
+sets, and reports sets that stayed incomplete past a timeout so that the adapter can send them to
+the dead-letter topic. A set belongs to the sender of its first chunk (the envelope's ``sender``,
+when the records carry one): another sender's chunk for it is refused on its own. A reader whose
+chunks are each signed over their data and the set's digest need not hash the joined payload
+again (``digest=None``). It does no I/O and reads time only from the clock it is given.
 """
 
 from __future__ import annotations
@@ -76,9 +78,10 @@ ALLOWED_TRANSITIONS: Mapping[SetStage, frozenset[SetStage]] = {
 
 
 class RejectReason(StrEnum):
-    """Why a chunk (and, unless MALFORMED, its whole set) was rejected."""
+    """Why a chunk (and, unless MALFORMED or FOREIGN_SENDER, its whole set) was rejected."""
 
     MALFORMED = "malformed"
+    FOREIGN_SENDER = "foreign_sender"
     INCONSISTENT = "inconsistent"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     SIZE_MISMATCH = "size_mismatch"
@@ -90,7 +93,7 @@ class RejectReason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Complete:
-    """Every chunk arrived and the payload's digest matches."""
+    """Every chunk arrived (and the payload's digest matches, where the reassembler checks it)."""
 
     payload_id: str
     payload_schema: str
@@ -98,7 +101,8 @@ class Complete:
     """The joined chunks; a lone chunk's data as it came (a memoryview when the chunk was
     decoded with views, see :class:`schemas.codec.ViewReader`)."""
     sha256: bytes = field(default=b"", compare=False)
-    """The checked digest (the chunks' ``sha256``)."""
+    """The chunks' ``sha256`` (checked against the payload unless the reassembler was made
+    with ``digest=None``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +124,8 @@ class Duplicate:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """The chunk was refused; unless ``reason`` is MALFORMED its set was dropped too."""
+    """The chunk was refused; unless ``reason`` is MALFORMED or FOREIGN_SENDER its set was
+    dropped too."""
 
     payload_id: str
     reason: RejectReason
@@ -203,6 +208,7 @@ class _ChunkView:
     total_size: int
     sha256: bytes
     data: bytes | memoryview
+    sender: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +237,17 @@ class _PartialSet:
     total_size: int
     sha256: bytes
     started_at: float
+    sender: object = None
     parts: dict[int, bytes | memoryview] = field(default_factory=dict)
     size: int = 0
+
+    @classmethod
+    def opened_by(cls, view: _ChunkView, started_at: float) -> _PartialSet:
+        """A set whose first chunk is ``view``."""
+        return cls(
+            view.payload_schema, view.count, view.total_size, view.sha256, started_at,
+            view.sender,
+        )
 
     def agrees_with(self, view: _ChunkView) -> bool:
         """Whether the chunk names the same schema, count, size and digest as the set."""
@@ -266,7 +281,7 @@ def _parse(chunk: Mapping[str, Any]) -> _ChunkView | str:
         return f"index {index} outside 0..count-1 (count {count})"
     if total < 0 or len(data) > total or count > max(1, total):
         return f"sizes do not add up: total_size {total}, count {count}, chunk {len(data)} bytes"
-    return _ChunkView(pid, schema, index, count, total, digest, data)
+    return _ChunkView(pid, schema, index, count, total, digest, data, chunk.get("sender"))
 
 
 class Reassembler:
@@ -287,7 +302,7 @@ class Reassembler:
         clock: Callable[[], float],
         max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES,
         remember: int = 10_000,
-        digest: Callable[[bytes | memoryview], bytes] = _sha256,
+        digest: Callable[[bytes | memoryview], bytes] | None = _sha256,
     ) -> None:
         """Configure the reassembler.
 
@@ -298,7 +313,11 @@ class Reassembler:
             remember: How many finished payload ids are kept to classify late chunks.
             digest: What a complete payload must hash to (the chunks' ``sha256``); SHA-256 of
                 its bytes by default. It may raise :class:`MessageError` for a payload it cannot
-                digest, which rejects the set.
+                digest, which rejects the set. None: the joined payload is not hashed, for a
+                caller that has authenticated every chunk, its data and its ``sha256`` field
+                included, as its sender's (a set takes chunks of one sender only, and they must
+                agree on ``sha256``; the caller checks the payload against that digest, say by
+                the signature that signs it).
 
         Raises:
             ConfigError: A limit is not positive.
@@ -373,9 +392,7 @@ class Reassembler:
                     f"payload of {view.total_size} bytes exceeds the reassembly limit of "
                     f"{self._max_pending_bytes} bytes",
                 )
-            partial = _PartialSet(
-                view.payload_schema, view.count, view.total_size, view.sha256, self._clock()
-            )
+            partial = _PartialSet.opened_by(view, self._clock())
             self._pending[view.payload_id] = partial
         return self._store(view, partial, digest_checked, joined)
 
@@ -394,6 +411,12 @@ class Reassembler:
         joined: Joined | None = None,
     ) -> ReassemblyEvent:
         pid = view.payload_id
+        if view.sender != partial.sender:
+            return Rejected(
+                pid,
+                RejectReason.FOREIGN_SENDER,
+                f"chunk {view.index} comes from {view.sender!r}, the set from {partial.sender!r}",
+            )
         if not partial.agrees_with(view):
             return self._reject(
                 pid,
@@ -450,7 +473,7 @@ class Reassembler:
                 RejectReason.SIZE_MISMATCH,
                 f"chunks hold {len(payload)} bytes, total_size says {partial.total_size}",
             )
-        if not digest_checked:
+        if not digest_checked and self._digest is not None:
             try:
                 matches = self._digest(payload) == partial.sha256
             except MessageError as exc:
@@ -517,8 +540,9 @@ class EarlyJoiner(Generic[R]):
     """Chunk sets joined ahead of the in-order :class:`Reassembler`, from any thread.
 
     A reader that verifies chunks on worker threads offers each one here; the call that brings a
-    set's last missing chunk joins the set and runs ``finish(payload, sha256)`` (the digest
-    check, then whatever the payload needs: verifying and decoding it) on its own thread. When
+    set's last missing chunk joins the set and runs ``finish(payload, sha256)`` (checking the
+    payload against the digest, verifying and decoding it: whatever the caller needs) on its own
+    thread. Like the reassembler, a set takes chunks of its first chunk's sender only. When
     the in-order reassembly later completes the same set, it passes :meth:`ready`'s
     :class:`Joined` to :meth:`Reassembler.add`, which takes that payload only if the set holds
     exactly the same chunk objects; so this is a cache, and nothing here decides what is
@@ -552,10 +576,11 @@ class EarlyJoiner(Generic[R]):
             entry = self._sets.get(view.payload_id)
             if entry is None:
                 entry = _EarlySet(
-                    view.payload_schema, view.count, view.total_size, view.sha256, self._clock()
+                    view.payload_schema, view.count, view.total_size, view.sha256, self._clock(),
+                    view.sender,
                 )
                 self._sets[view.payload_id] = entry
-            if not entry.agrees_with(view):
+            if view.sender != entry.sender or not entry.agrees_with(view):
                 return
             if view.index in entry.parts or self._bytes + len(view.data) > self._max_bytes:
                 return

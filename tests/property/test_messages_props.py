@@ -1,4 +1,5 @@
-"""Property: verifying chunks ahead, in any order, never changes what the reader accepts."""
+"""Properties of the reader: verifying chunks ahead, in any order, never changes what it
+accepts; chunks signed by another roster member never change a payload."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from schemas.signing import IdentityKey, KeyRing
 
 SITE = IdentityKey.generate()
 FACTORY = MessageFactory("fed1", "Cleveland", SITE)
+INTRUDER = IdentityKey.generate()
+ENVELOPE = frozenset({"message_id", "federation_id", "sender", "created_at", "signature"})
 
 
 def _reader() -> MessageReader:
     ring = KeyRing()
     ring.add("Cleveland", SITE.public_raw())
+    ring.add("Hungary", INTRUDER.public_raw())
     return MessageReader("fed1", ring)
 
 
@@ -64,3 +68,50 @@ def test_accepting_in_order_gives_what_reading_in_order_gives(
     verified: dict[int, Any] = {i: reader.verify(values[i]) for i in order}
     got = [_summary(reader.accept(verified[i])) for i in range(len(values))]
     assert got == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(2, 6),
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3_999)), max_size=4),
+    st.randoms(use_true_random=False),
+    st.booleans(),
+)
+def test_chunks_of_another_sender_never_change_a_payload(
+    count: int, forged: list[tuple[int, int]], rng: random.Random, threaded_order: bool
+) -> None:
+    """Another roster member signs chunks under a set's payload id and digest, each the same
+    size as the sender's chunk of that index with one byte changed (the joined payload is not
+    hashed again: each chunk is authenticated on its own). In any consumed order, the payload
+    comes out as its sender built it, or not at all; never mixed."""
+    size = 4 * 1000 * count
+    update = _update(0, size)
+    chunks = FACTORY.build_chunked("ModelUpdate", update, max_chunk=-(-(size + 200) // count))
+    assert len(chunks) == count
+    first = _reader().verify(chunks[0].value)
+    assert not isinstance(first, Rejection)
+    fields = {k: v for k, v in first.record.items() if k not in ENVELOPE}
+    intruder = MessageFactory("fed1", "Hungary", INTRUDER)
+    parts = [bytes(_reader().verify(c.value).record["data"]) for c in chunks]  # type: ignore[union-attr]
+
+    def altered(index: int, at: int) -> bytes:
+        data = bytearray(parts[index])
+        data[at % len(data)] ^= 0xFF
+        return bytes(data)
+
+    values = [c.value for c in chunks] + [
+        intruder.build(
+            "Chunk", {**fields, "index": i % count, "data": altered(i % count, at)}
+        ).value
+        for i, at in forged
+    ]
+    rng.shuffle(values)
+    reader = _reader()
+    verified = [reader.verify(v) for v in (reversed(values) if threaded_order else values)]
+    got = [reader.accept(v) for v in (reversed(verified) if threaded_order else verified)]
+    payloads = [g for g in got if isinstance(g, Inbound)]
+    assert len(payloads) <= 1
+    for p in payloads:
+        assert p.record["sender"] == "Cleveland" and bytes(p.record["vector"]) == update["vector"]
+    if not forged:
+        assert len(payloads) == 1

@@ -294,3 +294,40 @@ def test_an_early_set_whose_digest_fails_or_that_times_out_is_not_offered() -> N
     assert early.payload_ids == {"new"}  # the old sets were forgotten
     early.offer({"payload_id": "m", "index": 0, "count": 2}, lambda joined, sha256: "x")
     assert early.payload_ids == {"new"}  # malformed chunks are left to the reassembler
+
+
+def test_a_set_takes_chunks_of_its_first_senders_only() -> None:
+    payload = os.urandom(3000)
+    chunks = [
+        {**c, "sender": "Cleveland"}
+        for c in split(payload, "ModelUpdate", max_chunk=1024, payload_id="p")
+    ]
+    forged = {**chunks[1], "sender": "Hungary", "data": os.urandom(1024)}
+    r, _ = reassembler()
+    assert isinstance(r.add(chunks[0]), Pending)
+    refused = r.add(forged)
+    assert isinstance(refused, Rejected) and refused.reason is RejectReason.FOREIGN_SENDER
+    assert "'Hungary'" in refused.detail and "'Cleveland'" in refused.detail
+    assert r.stage("p") is SetStage.COLLECTING  # refused alone: the set goes on
+    events = [r.add(c) for c in chunks[1:]]
+    assert events[-1] == Complete("p", "ModelUpdate", payload)
+
+    early: EarlyJoiner[str] = EarlyJoiner(30.0, FakeClock())
+    early.offer(forged, lambda joined, sha256: pytest.fail("joined a foreign chunk"))
+    for c in chunks:  # the set was opened by the foreign chunk: it never joins
+        early.offer(c, lambda joined, sha256: pytest.fail("joined a mixed set"))
+    assert early.ready("p") is None
+
+
+def test_without_a_digest_the_joined_payload_is_not_hashed() -> None:
+    """For chunks the caller authenticated one by one (messages.MessageReader)."""
+    payload = os.urandom(3000)
+    chunks = split(payload, "ModelUpdate", max_chunk=1024, payload_id="p", sha256=bytes(32))
+    r, _ = reassembler(digest=None)
+    done = [r.add(c) for c in reversed(chunks)][-1]
+    assert done == Complete("p", "ModelUpdate", payload) and done.sha256 == bytes(32)
+    # Every other check stays: the chunks must agree on the digest, sizes must add up.
+    again = split(payload, "ModelUpdate", max_chunk=1024, payload_id="q")
+    r.add(again[0])
+    refused = r.add({**again[1], "sha256": bytes(32)})
+    assert isinstance(refused, Rejected) and refused.reason is RejectReason.INCONSISTENT

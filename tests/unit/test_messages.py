@@ -205,13 +205,17 @@ def test_single_chunk_payload_is_verified_up_front_and_a_bad_digest_is_still_cau
     assert got.inner.record["message_id"] == inner.message_id
     bad = site.build("Chunk", {**good, "sha256": bytes(32)}).value
     checked = _reader().verify(bad)
-    assert not isinstance(checked, Rejection) and checked.inner is None
+    assert not isinstance(checked, Rejection) and isinstance(checked.inner, Rejection)
     result = _reader().accept(checked)
-    assert isinstance(result, Rejection) and "checksum" in result.reason.lower()
+    assert isinstance(result, Rejection) and result.error_class == "BadSignatureError"
+    assert "digest its chunks carry" in result.reason
+    short = site.build("Chunk", {**good, "sha256": b"x"}).value
+    refused = _reader().read(short)
+    assert isinstance(refused, Rejection) and "sha256 must be 32 bytes" in refused.reason
 
 
 def test_chunks_carry_the_digest_the_payload_signature_signs() -> None:
-    """One pass of SHA-256 checks the reassembled bytes and the payload's signature."""
+    """The payload's signature is checked against the digest the chunks carry."""
     from fedsynth.codec.chunk import split
     from schemas.signing import unsigned_sha256
 
@@ -228,7 +232,7 @@ def test_chunks_carry_the_digest_the_payload_signature_signs() -> None:
     plain = [site.build("Chunk", c).value for c in split(payload, "ModelUpdate", max_chunk=1500)]
     fresh = _reader()
     got = [fresh.read(v) for v in plain][-1]
-    assert isinstance(got, Rejection) and "checksum_mismatch" in got.reason
+    assert isinstance(got, Rejection) and got.error_class == "BadSignatureError"
 
 
 def test_a_matching_digest_does_not_let_a_forged_payload_signature_through() -> None:
@@ -257,19 +261,41 @@ def test_chunks_of_bytes_that_are_no_signed_message_are_rejected_with_the_reason
         ]
         reader = _reader()
         got = [reader.read(v) for v in values][-1]
-        assert isinstance(got, Rejection) and "checksum_mismatch" in got.reason
+        assert isinstance(got, Rejection) and got.message_id is None
+        assert got.error_class == "UnknownFingerprintError" and "ffffffffffffffff" in got.reason
+
+
+def test_a_chunk_signed_by_another_site_cannot_change_a_payload() -> None:
+    """A roster member copies a set's payload id and digest into a chunk of its own data."""
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    intruder = MessageFactory("fed1", "Hungary", OTHER)
+    vector = os.urandom(3000)
+    chunks = site.build_chunked("ModelUpdate", _update(vector), max_chunk=1500)
+    assert len(chunks) > 2
+    first = _reader().verify(chunks[0].value)
+    assert not isinstance(first, Rejection)
+    envelope = {"message_id", "federation_id", "sender", "created_at", "signature"}
+    swapped = {k: v for k, v in first.record.items() if k not in envelope}
+    swapped["index"], swapped["data"] = 1, os.urandom(len(bytes(swapped["data"])))
+    forged = intruder.build("Chunk", swapped).value
+    reader = _reader()
+    got = [reader.read(v) for v in (chunks[0].value, forged, *[c.value for c in chunks[1:]])]
+    assert isinstance(got[1], Rejection) and got[1].error_class == "ChunkRejected"
+    assert "foreign_sender" in got[1].reason and "'Hungary'" in got[1].reason
+    assert isinstance(got[-1], Inbound) and got[-1].record["vector"] == vector
 
 
 def _counting(reader: MessageReader) -> list[int]:
-    """Count the reassembler's own digests of a joined set (the in-order step's hashing)."""
+    """Count the payload verifications made after this call (the in-order step's, when every
+    chunk was verified before)."""
     calls = [0]
-    inner = reader.reassembler._digest
+    inner = reader._verify_payload
 
-    def digest(payload: bytes | memoryview) -> bytes:
+    def verify(payload: bytes | memoryview, sha256: bytes) -> Inbound | Rejection:
         calls[0] += 1
-        return inner(payload)
+        return inner(payload, sha256)
 
-    reader.reassembler._digest = digest
+    reader._verify_payload = verify  # type: ignore[method-assign]
     return calls
 
 
@@ -280,14 +306,14 @@ def test_a_set_verified_on_workers_is_joined_there_and_accepted_in_order() -> No
     )
     assert len(chunks) > 4
     reader = _reader()
-    digests = _counting(reader)
     with ThreadPoolExecutor(3) as pool:  # verified in any order, as prefetch workers do
         verified = list(pool.map(reader.verify, [c.value for c in chunks]))
+    digests = _counting(reader)
     results = [reader.accept(v) for v in verified]  # accepted in consumption order
     done = results[-1]
     assert all(isinstance(r, Waiting) for r in results[:-1])
     assert isinstance(done, Inbound) and done.record["vector"] == vector
-    assert digests[0] == 0  # the in-order step neither joined nor hashed the set
+    assert digests[0] == 0  # the in-order step neither joined nor verified the set
     assert reader._early.ready(str(verified[0].record["payload_id"])) is None  # forgotten
 
 
@@ -304,8 +330,8 @@ def _joined_ahead_then_verified_again(reader: MessageReader) -> list[Verified | 
 
 def test_a_set_accepted_from_other_chunk_objects_is_joined_again_not_trusted() -> None:
     reader = _reader()
-    digests = _counting(reader)
     again = _joined_ahead_then_verified_again(reader)
+    digests = _counting(reader)
     done = [reader.accept(v) for v in again][-1]
     assert isinstance(done, Inbound) and digests[0] == 1  # the reassembler did it itself
 
@@ -318,7 +344,8 @@ def test_a_set_whose_digest_fails_ahead_is_rejected_in_order_with_the_reason() -
     reader = _reader()
     verified = [reader.verify(v) for v in values]
     got = [reader.accept(v) for v in verified][-1]
-    assert isinstance(got, Rejection) and "checksum_mismatch" in got.reason
+    assert isinstance(got, Rejection) and got.error_class == "BadSignatureError"
+    assert "digest its chunks carry" in got.reason
 
 
 def test_sets_joined_ahead_are_forgotten_after_the_chunk_timeout() -> None:
