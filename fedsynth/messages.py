@@ -365,7 +365,9 @@ class MessageReader:
         event = self.reassembler.add(
             record, digest_checked=known, joined=None if early is None else early[0]
         )
-        if isinstance(event, Complete | Rejected):
+        if isinstance(event, Complete | Rejected) and (
+            self.reassembler.stage(event.payload_id) is not SetStage.COLLECTING
+        ):  # a chunk refused alone (malformed, another sender's) leaves its set as it was
             self._early.forget(event.payload_id)
         if isinstance(event, Complete):
             inner = verified.inner

@@ -285,6 +285,22 @@ def test_a_chunk_signed_by_another_site_cannot_change_a_payload() -> None:
     assert isinstance(got[-1], Inbound) and got[-1].record["vector"] == vector
 
 
+def test_a_chunk_refused_alone_leaves_the_set_joined_ahead_to_be_taken() -> None:
+    site = MessageFactory("fed1", "Cleveland", SITE)
+    chunks = site.build_chunked("ModelUpdate", _update(os.urandom(3000)), max_chunk=1500)
+    reader = _reader()
+    verified = [reader.verify(c.value) for c in chunks]  # the set is joined ahead
+    first = verified[0]
+    assert not isinstance(first, Rejection)
+    envelope = {"message_id", "federation_id", "sender", "created_at", "signature"}
+    fields = {k: v for k, v in first.record.items() if k not in envelope}
+    forged = MessageFactory("fed1", "Hungary", OTHER).build("Chunk", fields).value
+    calls = _counting(reader)
+    got = [reader.accept(v) for v in (verified[0], reader.verify(forged), *verified[1:])]
+    assert isinstance(got[1], Rejection) and "foreign_sender" in got[1].reason
+    assert isinstance(got[-1], Inbound) and calls[0] == 0  # the set joined ahead was taken
+
+
 def _counting(reader: MessageReader) -> list[int]:
     """Count the payload verifications made after this call (the in-order step's, when every
     chunk was verified before)."""
