@@ -16,7 +16,6 @@ from schemas.signing import IdentityKey, KeyRing
 SITE = IdentityKey.generate()
 FACTORY = MessageFactory("fed1", "Cleveland", SITE)
 INTRUDER = IdentityKey.generate()
-ENVELOPE = frozenset({"message_id", "federation_id", "sender", "created_at", "signature"})
 
 
 def _reader() -> MessageReader:
@@ -31,6 +30,12 @@ def _update(i: int, size: int) -> dict[str, object]:
     return {"update_id": f"u{i}", "site_id": "Cleveland", "base_version": 0, "n_samples": 1,
             "mode": "plain", "cohort_id": None, "weight": 1.0, "codec": "raw", "vector": vector,
             "n_parameters": size // 4, "train_loss": 0.0, "epsilon_spent": 0.0}
+
+
+def _record(value: bytes) -> dict[str, Any]:
+    got = _reader().verify(value)
+    assert not isinstance(got, Rejection), got
+    return got.record
 
 
 def _summary(got: Inbound | Waiting | Rejection) -> tuple[Any, ...]:
@@ -88,11 +93,10 @@ def test_chunks_of_another_sender_never_change_a_payload(
     update = _update(0, size)
     chunks = FACTORY.build_chunked("ModelUpdate", update, max_chunk=-(-(size + 200) // count))
     assert len(chunks) == count
-    first = _reader().verify(chunks[0].value)
-    assert not isinstance(first, Rejection)
-    fields = {k: v for k, v in first.record.items() if k not in ENVELOPE}
+    records = [_record(c.value) for c in chunks]
+    fields = {k: v for k, v in records[0].items() if k not in FACTORY.envelope()}
     intruder = MessageFactory("fed1", "Hungary", INTRUDER)
-    parts = [bytes(_reader().verify(c.value).record["data"]) for c in chunks]  # type: ignore[union-attr]
+    parts = [bytes(r["data"]) for r in records]
 
     def altered(index: int, at: int) -> bytes:
         data = bytearray(parts[index])

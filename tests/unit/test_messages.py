@@ -265,6 +265,12 @@ def test_chunks_of_bytes_that_are_no_signed_message_are_rejected_with_the_reason
         assert got.error_class == "UnknownFingerprintError" and "ffffffffffffffff" in got.reason
 
 
+def _body(record: Mapping[str, object]) -> dict[str, object]:
+    """A decoded record's fields without its envelope (for another sender to build on)."""
+    envelope = MessageFactory("fed1", "Cleveland", SITE).envelope()
+    return {k: v for k, v in record.items() if k not in envelope}
+
+
 def test_a_chunk_signed_by_another_site_cannot_change_a_payload() -> None:
     """A roster member copies a set's payload id and digest into a chunk of its own data."""
     site = MessageFactory("fed1", "Cleveland", SITE)
@@ -274,8 +280,7 @@ def test_a_chunk_signed_by_another_site_cannot_change_a_payload() -> None:
     assert len(chunks) > 2
     first = _reader().verify(chunks[0].value)
     assert not isinstance(first, Rejection)
-    envelope = {"message_id", "federation_id", "sender", "created_at", "signature"}
-    swapped = {k: v for k, v in first.record.items() if k not in envelope}
+    swapped = _body(first.record)
     swapped["index"], swapped["data"] = 1, os.urandom(len(bytes(swapped["data"])))
     forged = intruder.build("Chunk", swapped).value
     reader = _reader()
@@ -292,8 +297,7 @@ def test_a_chunk_refused_alone_leaves_the_set_joined_ahead_to_be_taken() -> None
     verified = [reader.verify(c.value) for c in chunks]  # the set is joined ahead
     first = verified[0]
     assert not isinstance(first, Rejection)
-    envelope = {"message_id", "federation_id", "sender", "created_at", "signature"}
-    fields = {k: v for k, v in first.record.items() if k not in envelope}
+    fields = _body(first.record)
     forged = MessageFactory("fed1", "Hungary", OTHER).build("Chunk", fields).value
     calls = _counting(reader)
     got = [reader.accept(v) for v in (verified[0], reader.verify(forged), *verified[1:])]
