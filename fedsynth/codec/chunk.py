@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 from fedsynth.errors import ConfigError, MessageError, ProtocolError
 
@@ -242,7 +242,7 @@ class _PartialSet:
     size: int = 0
 
     @classmethod
-    def opened_by(cls, view: _ChunkView, started_at: float) -> _PartialSet:
+    def opened_by(cls, view: _ChunkView, started_at: float) -> Self:
         """A set whose first chunk is ``view``."""
         return cls(
             view.payload_schema, view.count, view.total_size, view.sha256, started_at,
@@ -575,10 +575,7 @@ class EarlyJoiner(Generic[R]):
             self._prune()
             entry = self._sets.get(view.payload_id)
             if entry is None:
-                entry = _EarlySet(
-                    view.payload_schema, view.count, view.total_size, view.sha256, self._clock(),
-                    view.sender,
-                )
+                entry = _EarlySet.opened_by(view, self._clock())
                 self._sets[view.payload_id] = entry
             if view.sender != entry.sender or not entry.agrees_with(view):
                 return
