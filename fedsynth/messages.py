@@ -359,12 +359,9 @@ class MessageReader:
 
     def _chunk(self, verified: Verified) -> Inbound | Waiting | Rejection:
         record = verified.record
-        known = verified.inner is not None  # a lone chunk's payload was verified in verify()
         pid = record.get("payload_id")
         early = self._early.ready(pid) if isinstance(pid, str) else None
-        event = self.reassembler.add(
-            record, digest_checked=known, joined=None if early is None else early[0]
-        )
+        event = self.reassembler.add(record, joined=None if early is None else early[0])
         if isinstance(event, Complete | Rejected) and (
             self.reassembler.stage(event.payload_id) is not SetStage.COLLECTING
         ):  # a chunk refused alone (malformed, another sender's) leaves its set as it was

@@ -361,16 +361,12 @@ class Reassembler:
         self,
         chunk: Mapping[str, Any],
         *,
-        digest_checked: bool = False,
         joined: Joined | None = None,
     ) -> ReassemblyEvent:
-        """Take one Chunk record (envelope fields may be present and are ignored).
+        """Take one Chunk record (of its envelope fields, if present, only ``sender`` is read).
 
         Args:
             chunk: The decoded Chunk record.
-            digest_checked: The caller has already checked that the digest of this chunk's data
-                equals its ``sha256`` field; for a one-chunk set the digest is then not computed
-                again.
             joined: The caller has already joined this chunk's set from these very chunk data
                 objects and checked the digest of the result: when the set completes with
                 exactly those objects (by identity), that payload is the result, not joined or
@@ -394,7 +390,7 @@ class Reassembler:
                 )
             partial = _PartialSet.opened_by(view, self._clock())
             self._pending[view.payload_id] = partial
-        return self._store(view, partial, digest_checked, joined)
+        return self._store(view, partial, joined)
 
     def _late(self, view: _ChunkView, done: SetStage) -> ReassemblyEvent:
         if done is SetStage.COMPLETE:
@@ -407,7 +403,6 @@ class Reassembler:
         self,
         view: _ChunkView,
         partial: _PartialSet,
-        digest_checked: bool = False,
         joined: Joined | None = None,
     ) -> ReassemblyEvent:
         pid = view.payload_id
@@ -452,7 +447,7 @@ class Reassembler:
             return Pending(pid, len(partial.parts), partial.count)
         if joined is not None and joined.made_of(partial.parts):
             return self._complete(pid, partial, True, joined.payload)
-        return self._complete(pid, partial, digest_checked and partial.count == 1)
+        return self._complete(pid, partial)
 
     def _complete(
         self,
