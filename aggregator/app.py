@@ -73,6 +73,7 @@ from aggregator.service import (
     prepare,
 )
 from aggregator.settings import AggregatorSettings
+from fedsynth.codec.chunk import SetKey
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.messages import MessageFactory, MessageReader
 from observability import AuditChain, AuditEvent, extract_context, inject_headers, setup_telemetry
@@ -139,7 +140,7 @@ class AggregatorRuntime:
         self.next_offset: dict[tuple[str, int], int] = {}
         self.gaps = GapGuard()  # records the consumer was never handed are read again
         self.high_water: dict[tuple[str, int], int] = {}
-        self.chunk_start: dict[tuple[str, int], dict[str, int]] = {}
+        self.chunk_start: dict[tuple[str, int], dict[SetKey, int]] = {}
         self.resume: dict[tuple[str, int], int] = {}
         self.pool = ThreadPoolExecutor(settings.ingest_workers, thread_name_prefix="ingest")
         self.engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")

@@ -328,8 +328,8 @@ class AggregatorService:
         fx = Effects(
             dead=[
                 DeadLetterItem(
-                    f"chunk set {e.payload_id} ({e.payload_schema}) incomplete after "
-                    f"{e.age_s:.0f}s: {e.have}/{e.count} chunks",
+                    f"chunk set {e.payload_id} ({e.payload_schema}) from {e.sender!r} "
+                    f"incomplete after {e.age_s:.0f}s: {e.have}/{e.count} chunks",
                     "ChunkSetExpired",
                 )
                 for e in self.reader.expire()

@@ -11,8 +11,9 @@ only add a second signature and SHA-256 pass over the same bytes).
 
 A chunked payload is authenticated by its chunks, and every byte of it is hashed once on its way
 in: each chunk's signature covers its data, its place in the set (payload id, index, count, total
-size) and the set's ``sha256``; the reassembler takes a set's chunks from one sender only and
-only if they agree on that digest; and the payload's own signature is verified against the
+size) and the set's ``sha256``; the reassembler names a set by its sender and payload id (another
+sender's chunks under the same id form a set of their own) and takes its chunks only if they
+agree on that digest; and the payload's own signature is verified against the
 digest its chunks carry, with the payload's sender the chunks' sender. So the joined bytes are
 what the sender signed, chunk by chunk, and are not hashed a second time to compare with the
 digest (the reassembler runs with ``digest=None``). What that second pass would still catch is a
@@ -359,13 +360,13 @@ class MessageReader:
 
     def _chunk(self, verified: Verified) -> Inbound | Waiting | Rejection:
         record = verified.record
-        pid = record.get("payload_id")
-        early = self._early.ready(pid) if isinstance(pid, str) else None
+        pid, sender = record.get("payload_id"), record["sender"]
+        early = self._early.ready(pid, sender) if isinstance(pid, str) else None
         event = self.reassembler.add(record, joined=None if early is None else early[0])
         if isinstance(event, Complete | Rejected) and (
-            self.reassembler.stage(event.payload_id) is not SetStage.COLLECTING
-        ):  # a chunk refused alone (malformed, another sender's) leaves its set as it was
-            self._early.forget(event.payload_id)
+            self.reassembler.stage(event.payload_id, sender) is not SetStage.COLLECTING
+        ):  # a malformed chunk, refused alone, leaves its set as it was
+            self._early.forget(event.payload_id, sender)
         if isinstance(event, Complete):
             inner = verified.inner
             if inner is None and early is not None and event.payload is early[0].payload:
@@ -391,7 +392,7 @@ class MessageReader:
         if isinstance(event, Pending):
             return Waiting(event.payload_id, event.have, event.count)
         if isinstance(event, Duplicate):
-            if self.reassembler.stage(event.payload_id) is SetStage.COMPLETE:
+            if self.reassembler.stage(event.payload_id, sender) is SetStage.COMPLETE:
                 return Rejection(
                     f"replay: chunk {event.index} of payload {event.payload_id}, which was "
                     "already complete (a resend, or a replayed message)",

@@ -7,8 +7,9 @@ default of its bytes; a reader may name another SHA-256 over them (signed payloa
 their signature signs: :mod:`fedsynth.messages`). :class:`Reassembler` collects them in any order,
 ignores duplicates, rejects inconsistent or corrupt sets, bounds the memory held by incomplete
 sets, and reports sets that stayed incomplete past a timeout so that the adapter can send them to
-the dead-letter topic. A set belongs to the sender of its first chunk (the envelope's ``sender``,
-when the records carry one): another sender's chunk for it is refused on its own. A reader whose
+the dead-letter topic. A set is named by its sender and payload id (:data:`SetKey`; the sender is
+the envelope's ``sender`` when the records carry one): chunks of another sender under the same
+payload id form a set of their own, so they can neither change a set nor block it. A reader whose
 chunks are each signed over their data and the set's digest need not hash the joined payload
 again (``digest=None``). It does no I/O and reads time only from the clock it is given.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "Reassembler",
     "RejectReason",
     "Rejected",
+    "SetKey",
     "SetStage",
     "split",
 ]
@@ -50,6 +52,8 @@ DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
 _SHA256_SIZE = 32
 _AVRO_INT_MAX = 2**31 - 1
 R = TypeVar("R")
+SetKey = tuple[str | None, str]
+"""A chunk set's name: its sender (None for records without an envelope) and payload id."""
 
 
 def _sha256(data: bytes | memoryview) -> bytes:
@@ -78,10 +82,9 @@ ALLOWED_TRANSITIONS: Mapping[SetStage, frozenset[SetStage]] = {
 
 
 class RejectReason(StrEnum):
-    """Why a chunk (and, unless MALFORMED or FOREIGN_SENDER, its whole set) was rejected."""
+    """Why a chunk (and, unless MALFORMED, its whole set) was rejected."""
 
     MALFORMED = "malformed"
-    FOREIGN_SENDER = "foreign_sender"
     INCONSISTENT = "inconsistent"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     SIZE_MISMATCH = "size_mismatch"
@@ -124,8 +127,7 @@ class Duplicate:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """The chunk was refused; unless ``reason`` is MALFORMED or FOREIGN_SENDER its set was
-    dropped too."""
+    """The chunk was refused; unless ``reason`` is MALFORMED its set was dropped too."""
 
     payload_id: str
     reason: RejectReason
@@ -141,6 +143,7 @@ class Expired:
     have: int
     count: int
     age_s: float
+    sender: str | None = None
 
 
 ReassemblyEvent = Complete | Pending | Duplicate | Rejected
@@ -208,7 +211,11 @@ class _ChunkView:
     total_size: int
     sha256: bytes
     data: bytes | memoryview
-    sender: object = None
+    sender: str | None = None
+
+    @property
+    def key(self) -> SetKey:
+        return (self.sender, self.payload_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,17 +244,13 @@ class _PartialSet:
     total_size: int
     sha256: bytes
     started_at: float
-    sender: object = None
     parts: dict[int, bytes | memoryview] = field(default_factory=dict)
     size: int = 0
 
     @classmethod
     def opened_by(cls, view: _ChunkView, started_at: float) -> Self:
         """A set whose first chunk is ``view``."""
-        return cls(
-            view.payload_schema, view.count, view.total_size, view.sha256, started_at,
-            view.sender,
-        )
+        return cls(view.payload_schema, view.count, view.total_size, view.sha256, started_at)
 
     def agrees_with(self, view: _ChunkView) -> bool:
         """Whether the chunk names the same schema, count, size and digest as the set."""
@@ -262,8 +265,11 @@ def _parse(chunk: Mapping[str, Any]) -> _ChunkView | str:
         chunk.get(k) for k in ("payload_id", "payload_schema", "index", "count")
     )
     total, digest, data = chunk.get("total_size"), chunk.get("sha256"), chunk.get("data")
+    sender = chunk.get("sender")
     if not isinstance(pid, str) or not pid:
         return "payload_id missing or empty"
+    if sender is not None and not isinstance(sender, str):
+        return "sender must be a string"
     if not isinstance(schema, str) or not schema:
         return "payload_schema missing or empty"
     if (
@@ -281,7 +287,7 @@ def _parse(chunk: Mapping[str, Any]) -> _ChunkView | str:
         return f"index {index} outside 0..count-1 (count {count})"
     if total < 0 or len(data) > total or count > max(1, total):
         return f"sizes do not add up: total_size {total}, count {count}, chunk {len(data)} bytes"
-    return _ChunkView(pid, schema, index, count, total, digest, data, chunk.get("sender"))
+    return _ChunkView(pid, schema, index, count, total, digest, data, sender)
 
 
 class Reassembler:
@@ -315,9 +321,9 @@ class Reassembler:
                 its bytes by default. It may raise :class:`MessageError` for a payload it cannot
                 digest, which rejects the set. None: the joined payload is not hashed, for a
                 caller that has authenticated every chunk, its data and its ``sha256`` field
-                included, as its sender's (a set takes chunks of one sender only, and they must
-                agree on ``sha256``; the caller checks the payload against that digest, say by
-                the signature that signs it).
+                included, as its sender's (a set holds chunks of one sender, and they must agree
+                on ``sha256``; the caller checks the payload against that digest, say by the
+                signature that signs it).
 
         Raises:
             ConfigError: A limit is not positive.
@@ -332,8 +338,8 @@ class Reassembler:
         self._digest = digest
         self._max_pending_bytes = max_pending_bytes
         self._remember = remember
-        self._pending: dict[str, _PartialSet] = {}
-        self._finished: OrderedDict[str, SetStage] = OrderedDict()
+        self._pending: dict[SetKey, _PartialSet] = {}
+        self._finished: OrderedDict[SetKey, SetStage] = OrderedDict()
         self._pending_bytes = 0
 
     @property
@@ -347,15 +353,16 @@ class Reassembler:
         return len(self._pending)
 
     @property
-    def pending_ids(self) -> frozenset[str]:
-        """Payload ids of the incomplete sets (an adapter keeps their first offsets)."""
+    def pending_ids(self) -> frozenset[SetKey]:
+        """The incomplete sets (an adapter keeps their first offsets)."""
         return frozenset(self._pending)
 
-    def stage(self, payload_id: str) -> SetStage | None:
-        """The stage of a payload, or None when unseen (or long forgotten)."""
-        if payload_id in self._pending:
+    def stage(self, payload_id: str, sender: str | None = None) -> SetStage | None:
+        """The stage of a sender's payload, or None when unseen (or long forgotten)."""
+        key = (sender, payload_id)
+        if key in self._pending:
             return SetStage.COLLECTING
-        return self._finished.get(payload_id)
+        return self._finished.get(key)
 
     def add(
         self,
@@ -376,20 +383,20 @@ class Reassembler:
         if isinstance(view, str):
             pid = chunk.get("payload_id")
             return Rejected(pid if isinstance(pid, str) else "", RejectReason.MALFORMED, view)
-        done = self._finished.get(view.payload_id)
+        done = self._finished.get(view.key)
         if done is not None:
             return self._late(view, done)
-        partial = self._pending.get(view.payload_id)
+        partial = self._pending.get(view.key)
         if partial is None:
             if view.total_size > self._max_pending_bytes:
                 return self._reject(
-                    view.payload_id,
+                    view.key,
                     RejectReason.OVER_MEMORY_LIMIT,
                     f"payload of {view.total_size} bytes exceeds the reassembly limit of "
                     f"{self._max_pending_bytes} bytes",
                 )
             partial = _PartialSet.opened_by(view, self._clock())
-            self._pending[view.payload_id] = partial
+            self._pending[view.key] = partial
         return self._store(view, partial, joined)
 
     def _late(self, view: _ChunkView, done: SetStage) -> ReassemblyEvent:
@@ -405,16 +412,10 @@ class Reassembler:
         partial: _PartialSet,
         joined: Joined | None = None,
     ) -> ReassemblyEvent:
-        pid = view.payload_id
-        if view.sender != partial.sender:
-            return Rejected(
-                pid,
-                RejectReason.FOREIGN_SENDER,
-                f"chunk {view.index} comes from {view.sender!r}, the set from {partial.sender!r}",
-            )
+        key, pid = view.key, view.payload_id
         if not partial.agrees_with(view):
             return self._reject(
-                pid,
+                key,
                 RejectReason.INCONSISTENT,
                 f"chunk {view.index} disagrees with earlier chunks on schema, count, size or hash",
             )
@@ -423,19 +424,19 @@ class Reassembler:
             if held == view.data:
                 return Duplicate(pid, view.index)
             return self._reject(
-                pid,
+                key,
                 RejectReason.CONFLICTING_DUPLICATE,
                 f"chunk {view.index} arrived with other data",
             )
         if partial.size + len(view.data) > partial.total_size:
             return self._reject(
-                pid,
+                key,
                 RejectReason.SIZE_MISMATCH,
                 f"chunks hold more than total_size {view.total_size}",
             )
         if self._pending_bytes + len(view.data) > self._max_pending_bytes:
             return self._reject(
-                pid,
+                key,
                 RejectReason.OVER_MEMORY_LIMIT,
                 f"reassembly buffer full: {self._pending_bytes} bytes pending + {len(view.data)} "
                 f"exceeds the limit of {self._max_pending_bytes} bytes",
@@ -446,12 +447,12 @@ class Reassembler:
         if len(partial.parts) < partial.count:
             return Pending(pid, len(partial.parts), partial.count)
         if joined is not None and joined.made_of(partial.parts):
-            return self._complete(pid, partial, True, joined.payload)
-        return self._complete(pid, partial)
+            return self._complete(key, partial, True, joined.payload)
+        return self._complete(key, partial)
 
     def _complete(
         self,
-        pid: str,
+        key: SetKey,
         partial: _PartialSet,
         digest_checked: bool = False,
         payload: bytes | memoryview | None = None,
@@ -464,7 +465,7 @@ class Reassembler:
             )
         if len(payload) != partial.total_size:
             return self._reject(
-                pid,
+                key,
                 RejectReason.SIZE_MISMATCH,
                 f"chunks hold {len(payload)} bytes, total_size says {partial.total_size}",
             )
@@ -473,28 +474,28 @@ class Reassembler:
                 matches = self._digest(payload) == partial.sha256
             except MessageError as exc:
                 return self._reject(
-                    pid, RejectReason.CHECKSUM_MISMATCH, f"the reassembled payload: {exc}"
+                    key, RejectReason.CHECKSUM_MISMATCH, f"the reassembled payload: {exc}"
                 )
             if not matches:
                 return self._reject(
-                    pid, RejectReason.CHECKSUM_MISMATCH, "digest of the reassembled payload differs"
+                    key, RejectReason.CHECKSUM_MISMATCH, "digest of the reassembled payload differs"
                 )
-        self._finish(pid, SetStage.COMPLETE)
-        return Complete(pid, partial.payload_schema, payload, partial.sha256)
+        self._finish(key, SetStage.COMPLETE)
+        return Complete(key[1], partial.payload_schema, payload, partial.sha256)
 
-    def _reject(self, pid: str, reason: RejectReason, detail: str) -> Rejected:
-        self._finish(pid, SetStage.REJECTED)
-        return Rejected(pid, reason, detail)
+    def _reject(self, key: SetKey, reason: RejectReason, detail: str) -> Rejected:
+        self._finish(key, SetStage.REJECTED)
+        return Rejected(key[1], reason, detail)
 
-    def _finish(self, pid: str, stage: SetStage) -> None:
+    def _finish(self, key: SetKey, stage: SetStage) -> None:
         """Leave COLLECTING for ``stage``: free the set's memory and remember the outcome."""
-        current = self.stage(pid) or SetStage.COLLECTING
+        current = self.stage(key[1], key[0]) or SetStage.COLLECTING
         if stage not in ALLOWED_TRANSITIONS[current]:
-            raise ProtocolError(f"payload {pid}: no transition from {current} to {stage}")
-        partial = self._pending.pop(pid, None)
+            raise ProtocolError(f"payload {key[1]}: no transition from {current} to {stage}")
+        partial = self._pending.pop(key, None)
         if partial is not None:
             self._pending_bytes -= partial.size
-        self._finished[pid] = stage
+        self._finished[key] = stage
         while len(self._finished) > self._remember:
             self._finished.popitem(last=False)
 
@@ -509,19 +510,18 @@ class Reassembler:
         """
         t = self._clock() if now is None else now
         old = sorted(
-            (p.started_at, pid)
-            for pid, p in self._pending.items()
-            if t - p.started_at >= self._timeout_s
+            ((k, p) for k, p in self._pending.items() if t - p.started_at >= self._timeout_s),
+            key=lambda item: item[1].started_at,
         )
         events = []
-        for started_at, pid in old:
-            partial = self._pending[pid]
+        for key, partial in old:
             events.append(
                 Expired(
-                    pid, partial.payload_schema, len(partial.parts), partial.count, t - started_at
+                    key[1], partial.payload_schema, len(partial.parts), partial.count,
+                    t - partial.started_at, key[0],
                 )
             )
-            self._finish(pid, SetStage.EXPIRED)
+            self._finish(key, SetStage.EXPIRED)
         return events
 
 
@@ -537,7 +537,7 @@ class EarlyJoiner(Generic[R]):
     A reader that verifies chunks on worker threads offers each one here; the call that brings a
     set's last missing chunk joins the set and runs ``finish(payload, sha256)`` (checking the
     payload against the digest, verifying and decoding it: whatever the caller needs) on its own
-    thread. Like the reassembler, a set takes chunks of its first chunk's sender only. When
+    thread. Sets are named as the reassembler names them (:data:`SetKey`). When
     the in-order reassembly later completes the same set, it passes :meth:`ready`'s
     :class:`Joined` to :meth:`Reassembler.add`, which takes that payload only if the set holds
     exactly the same chunk objects; so this is a cache, and nothing here decides what is
@@ -556,7 +556,7 @@ class EarlyJoiner(Generic[R]):
         self._clock = clock
         self._max_bytes = max_pending_bytes
         self._lock = threading.Lock()
-        self._sets: dict[str, _EarlySet] = {}
+        self._sets: dict[SetKey, _EarlySet] = {}
         self._bytes = 0
 
     def offer(
@@ -568,11 +568,11 @@ class EarlyJoiner(Generic[R]):
             return  # malformed (the reassembler says why), or a lone chunk
         with self._lock:
             self._prune()
-            entry = self._sets.get(view.payload_id)
+            entry = self._sets.get(view.key)
             if entry is None:
                 entry = _EarlySet.opened_by(view, self._clock())
-                self._sets[view.payload_id] = entry
-            if view.sender != entry.sender or not entry.agrees_with(view):
+                self._sets[view.key] = entry
+            if not entry.agrees_with(view):
                 return
             if view.index in entry.parts or self._bytes + len(view.data) > self._max_bytes:
                 return
@@ -588,19 +588,19 @@ class EarlyJoiner(Generic[R]):
         if result is None:
             return
         with self._lock:
-            if self._sets.get(view.payload_id) is entry:
+            if self._sets.get(view.key) is entry:
                 entry.done = (Joined(payload, parts), result)
 
-    def ready(self, payload_id: str) -> tuple[Joined, R] | None:
+    def ready(self, payload_id: str, sender: str | None = None) -> tuple[Joined, R] | None:
         """The set's joined payload and ``finish`` result, once there."""
         with self._lock:
-            entry = self._sets.get(payload_id)
+            entry = self._sets.get((sender, payload_id))
             return None if entry is None else entry.done
 
-    def forget(self, payload_id: str) -> None:
+    def forget(self, payload_id: str, sender: str | None = None) -> None:
         """Drop a set the reassembler has finished with (complete or rejected)."""
         with self._lock:
-            entry = self._sets.pop(payload_id, None)
+            entry = self._sets.pop((sender, payload_id), None)
             if entry is not None:
                 self._bytes -= entry.size
 
@@ -611,11 +611,11 @@ class EarlyJoiner(Generic[R]):
 
     @property
     def payload_ids(self) -> frozenset[str]:
-        """The sets held."""
+        """The payload ids of the sets held."""
         with self._lock:
-            return frozenset(self._sets)
+            return frozenset(pid for _, pid in self._sets)
 
     def _prune(self) -> None:
         now = self._clock()
-        for pid in [p for p, e in self._sets.items() if now - e.started_at >= self._timeout_s]:
-            self._bytes -= self._sets.pop(pid).size
+        for key in [k for k, e in self._sets.items() if now - e.started_at >= self._timeout_s]:
+            self._bytes -= self._sets.pop(key).size

@@ -1,5 +1,5 @@
 """Properties of the reader: verifying chunks ahead, in any order, never changes what it
-accepts; chunks signed by another roster member never change a payload."""
+accepts; chunks signed by another roster member neither change a payload nor block it."""
 
 from __future__ import annotations
 
@@ -82,13 +82,13 @@ def test_accepting_in_order_gives_what_reading_in_order_gives(
     st.randoms(use_true_random=False),
     st.booleans(),
 )
-def test_chunks_of_another_sender_never_change_a_payload(
+def test_chunks_of_another_sender_neither_change_nor_block_a_payload(
     count: int, forged: list[tuple[int, int]], rng: random.Random, threaded_order: bool
 ) -> None:
     """Another roster member signs chunks under a set's payload id and digest, each the same
     size as the sender's chunk of that index with one byte changed (the joined payload is not
     hashed again: each chunk is authenticated on its own). In any consumed order, the payload
-    comes out as its sender built it, or not at all; never mixed."""
+    comes out once, as its sender built it; never mixed, never held back."""
     size = 4 * 1000 * count
     update = _update(0, size)
     chunks = FACTORY.build_chunked("ModelUpdate", update, max_chunk=-(-(size + 200) // count))
@@ -113,9 +113,6 @@ def test_chunks_of_another_sender_never_change_a_payload(
     reader = _reader()
     verified = [reader.verify(v) for v in (reversed(values) if threaded_order else values)]
     got = [reader.accept(v) for v in (reversed(verified) if threaded_order else verified)]
-    payloads = [g for g in got if isinstance(g, Inbound)]
-    assert len(payloads) <= 1
-    for p in payloads:
-        assert p.record["sender"] == "Cleveland" and bytes(p.record["vector"]) == update["vector"]
-    if not forged:
-        assert len(payloads) == 1
+    (payload,) = [g for g in got if isinstance(g, Inbound)]
+    assert payload.record["sender"] == "Cleveland"
+    assert bytes(payload.record["vector"]) == update["vector"]

@@ -296,27 +296,34 @@ def test_an_early_set_whose_digest_fails_or_that_times_out_is_not_offered() -> N
     assert early.payload_ids == {"new"}  # malformed chunks are left to the reassembler
 
 
-def test_a_set_takes_chunks_of_its_first_senders_only() -> None:
+def test_another_senders_chunks_under_a_payload_id_form_a_set_of_their_own() -> None:
     payload = os.urandom(3000)
     chunks = [
         {**c, "sender": "Cleveland"}
         for c in split(payload, "ModelUpdate", max_chunk=1024, payload_id="p")
     ]
     forged = {**chunks[1], "sender": "Hungary", "data": os.urandom(1024)}
-    r, _ = reassembler()
-    assert isinstance(r.add(chunks[0]), Pending)
-    refused = r.add(forged)
-    assert isinstance(refused, Rejected) and refused.reason is RejectReason.FOREIGN_SENDER
-    assert "'Hungary'" in refused.detail and "'Cleveland'" in refused.detail
-    assert r.stage("p") is SetStage.COLLECTING  # refused alone: the set goes on
-    events = [r.add(c) for c in chunks[1:]]
+    r, clock = reassembler()
+    assert r.add(forged) == Pending("p", 1, 3)  # first, and still it changes nothing
+    events = [r.add(c) for c in chunks]
     assert events[-1] == Complete("p", "ModelUpdate", payload)
+    assert r.stage("p", "Cleveland") is SetStage.COMPLETE
+    assert r.stage("p", "Hungary") is SetStage.COLLECTING and r.stage("p") is None
+    assert r.pending_ids == {("Hungary", "p")} and r.pending_bytes == 1024
+    assert isinstance(r.add({**chunks[0], "sender": 7}), Rejected)  # a sender must be a string
+    clock.now += 31
+    (expired,) = r.expire()
+    assert (expired.payload_id, expired.sender, expired.have) == ("p", "Hungary", 1)
 
     early: EarlyJoiner[str] = EarlyJoiner(30.0, FakeClock())
     early.offer(forged, lambda joined, sha256: pytest.fail("joined a foreign chunk"))
-    for c in chunks:  # the set was opened by the foreign chunk: it never joins
-        early.offer(c, lambda joined, sha256: pytest.fail("joined a mixed set"))
-    assert early.ready("p") is None
+    for c in chunks:
+        early.offer(c, lambda joined, sha256: "joined")
+    assert early.ready("p") is None and early.ready("p", "Hungary") is None
+    ready = early.ready("p", "Cleveland")
+    assert ready is not None and ready[0].payload == payload
+    early.forget("p", "Cleveland")
+    assert early.payload_ids == {"p"} and early.held_bytes == 1024  # the other set is held
 
 
 def test_without_a_digest_the_joined_payload_is_not_hashed() -> None:

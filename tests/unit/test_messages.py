@@ -271,23 +271,26 @@ def _body(record: Mapping[str, object]) -> dict[str, object]:
     return {k: v for k, v in record.items() if k not in envelope}
 
 
-def test_a_chunk_signed_by_another_site_cannot_change_a_payload() -> None:
-    """A roster member copies a set's payload id and digest into a chunk of its own data."""
+def test_chunks_signed_by_another_site_can_neither_change_nor_block_a_payload() -> None:
+    """A roster member copies a set's payload id and digest into chunks of its own."""
     site = MessageFactory("fed1", "Cleveland", SITE)
     intruder = MessageFactory("fed1", "Hungary", OTHER)
     vector = os.urandom(3000)
     chunks = site.build_chunked("ModelUpdate", _update(vector), max_chunk=1500)
     assert len(chunks) > 2
-    first = _reader().verify(chunks[0].value)
-    assert not isinstance(first, Rejection)
-    swapped = _body(first.record)
-    swapped["index"], swapped["data"] = 1, os.urandom(len(bytes(swapped["data"])))
-    forged = intruder.build("Chunk", swapped).value
+    records = [_reader().verify(c.value) for c in chunks]
+    bodies = [_body(r.record) for r in records if not isinstance(r, Rejection)]
+    noise = {**bodies[1], "data": os.urandom(len(bytes(bodies[1]["data"])))}
     reader = _reader()
-    got = [reader.read(v) for v in (chunks[0].value, forged, *[c.value for c in chunks[1:]])]
-    assert isinstance(got[1], Rejection) and got[1].error_class == "ChunkRejected"
-    assert "foreign_sender" in got[1].reason and "'Hungary'" in got[1].reason
+    ahead = reader.read(intruder.build("Chunk", noise).value)  # before the sender's own chunks
+    assert isinstance(ahead, Waiting)
+    got = [reader.read(c.value) for c in chunks]
     assert isinstance(got[-1], Inbound) and got[-1].record["vector"] == vector
+    assert reader.reassembler.pending_ids == {("Hungary", got[-1].record["message_id"])}
+    # The sender's very bytes, re-signed chunk by chunk by the intruder: refused as relayed.
+    fresh = _reader()
+    relayed = [fresh.read(intruder.build("Chunk", b).value) for b in bodies]
+    assert isinstance(relayed[-1], Rejection) and relayed[-1].error_class == "SenderMismatch"
 
 
 def test_a_chunk_refused_alone_leaves_the_set_joined_ahead_to_be_taken() -> None:
@@ -297,11 +300,10 @@ def test_a_chunk_refused_alone_leaves_the_set_joined_ahead_to_be_taken() -> None
     verified = [reader.verify(c.value) for c in chunks]  # the set is joined ahead
     first = verified[0]
     assert not isinstance(first, Rejection)
-    fields = _body(first.record)
-    forged = MessageFactory("fed1", "Hungary", OTHER).build("Chunk", fields).value
+    malformed = reader.verify(site.build("Chunk", {**_body(first.record), "index": 99}).value)
     calls = _counting(reader)
-    got = [reader.accept(v) for v in (verified[0], reader.verify(forged), *verified[1:])]
-    assert isinstance(got[1], Rejection) and "foreign_sender" in got[1].reason
+    got = [reader.accept(v) for v in (verified[0], malformed, *verified[1:])]
+    assert isinstance(got[1], Rejection) and "malformed" in got[1].reason
     assert isinstance(got[-1], Inbound) and calls[0] == 0  # the set joined ahead was taken
 
 
