@@ -35,7 +35,13 @@ from aggregator.strategies.base import (
     frozen_array,
 )
 from aggregator.strategies.kernels import apply_direction
-from aggregator.validation import ReasonCode, Rejection, ValidationContext, validate_update
+from aggregator.validation import (
+    ReasonCode,
+    Rejection,
+    ValidationContext,
+    replay_key,
+    validate_update,
+)
 from fedsynth.errors import ConfigError
 
 __all__ = [
@@ -184,7 +190,8 @@ class EngineState:
         params: Current global vector (read-only float32).
         strategy_state: The strategy's state (buffer, optimizer slots).
         known_sites: Roster of site ids.
-        seen: Base version -> accepted message and update ids (the replay window).
+        seen: Base version -> accepted message and update ids, each scoped by its site
+            (:func:`~aggregator.validation.replay_key`; the replay window).
         applied_cohorts: Ids of applied secure cohorts.
         history: One record per version after the initial one.
     """
@@ -294,7 +301,8 @@ class AggregatorEngine:
             )
         except UpdateRefused as exc:
             return state, [Rejected(mid, Rejection(exc.reason_code, exc.detail))]
-        seen = _remember(state.seen, update.base_version, (mid, update.update_id))
+        keys = (replay_key(update.site_id, mid), replay_key(update.site_id, update.update_id))
+        seen = _remember(state.seen, update.base_version, keys)
         state = _replace(state, seen=seen)
         out: list[OutEvent] = []
         if result.params is None:

@@ -29,6 +29,7 @@ __all__ = [
     "check_replay",
     "check_sample_count",
     "check_shape",
+    "replay_key",
     "validate_update",
 ]
 
@@ -65,7 +66,8 @@ class ValidationContext:
 
     Attributes:
         known_sites: Site ids on the federation roster.
-        seen_ids: Message ids and update ids already accepted (any ``Container``).
+        seen_ids: Message ids and update ids already accepted, as :func:`replay_key` names
+            them (any ``Container``).
         current_version: The current global version ``v``.
         max_staleness: Largest accepted ``v - b``; ``None`` for no bound.
         n_parameters: Expected length of the delta.
@@ -92,12 +94,29 @@ def check_known_site(
     return Rejection(ReasonCode.UNKNOWN_SITE, f"site {update.site_id!r} is not on the roster")
 
 
+def replay_key(site_id: str, ident: str) -> str:
+    """How an accepted message or update id is remembered: with the site that sent it.
+
+    Ids are chosen by their senders, and another roster member can read them off the updates
+    topic; scoped by site, ids one site sends never make another site's update a "replay" (the
+    signature binds an update's ``site_id`` to its sender). The site's length comes first, so no
+    pair of site and id names the same key as another.
+    """
+    return f"{len(site_id)}:{site_id}:{ident}"
+
+
 def check_replay(
     update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
 ) -> Rejection | None:
-    """Reject a message id or update id that was already accepted."""
+    """Reject a message id or update id that this site already had accepted.
+
+    A bare id in ``seen_ids`` counts too: that is how checkpoints written before ids were
+    scoped by site remember them.
+    """
     for label, ident in (("message", message_id), ("update", update.update_id)):
-        if ident is not None and ident in ctx.seen_ids:
+        if ident is None:
+            continue
+        if replay_key(update.site_id, ident) in ctx.seen_ids or ident in ctx.seen_ids:
             return Rejection(ReasonCode.REPLAY, f"{label} id {ident} was already accepted")
     return None
 

@@ -72,6 +72,18 @@ def test_same_update_id_under_a_new_message_id_is_a_replay() -> None:
     assert out[0].reason.reason_code == ReasonCode.REPLAY
 
 
+def test_ids_are_scoped_by_site_so_another_site_cannot_claim_them_first() -> None:
+    """A roster member that reads a site's ids off the updates topic and sends its own update
+    under them first must not make the site's update a replay."""
+    eng = engine(strategy=FedBuff(BufferSpec(3)))
+    honest = received("a", "s1")
+    squatter = UpdateReceived(received("a", "s2").update, honest.message_id)
+    state, out = run(eng, [squatter, honest])
+    assert [type(e) for e in out] == [Accepted, Accepted]
+    _, out = eng.step(state, honest)  # the site's own resend is still a replay
+    assert out[0].reason.reason_code == ReasonCode.REPLAY
+
+
 def test_invalid_updates_leave_state_untouched() -> None:
     eng = engine(max_norm=5.0)
     state0 = eng.initial_state(np.zeros(2, dtype=np.float32), SITES)

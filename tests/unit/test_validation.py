@@ -6,13 +6,19 @@ import numpy as np
 import pytest
 
 from aggregator.strategies import ClientUpdate
-from aggregator.validation import ReasonCode, ValidationContext, check_finite, validate_update
+from aggregator.validation import (
+    ReasonCode,
+    ValidationContext,
+    check_finite,
+    replay_key,
+    validate_update,
+)
 
 
 def ctx(**overrides) -> ValidationContext:
     base = dict(
         known_sites=frozenset({"s1", "s2"}),
-        seen_ids={"m-old", "u-old"},
+        seen_ids={"m-old", "u-old"},  # bare ids, as checkpoints before site scoping hold them
         current_version=5,
         max_staleness=2,
         n_parameters=3,
@@ -36,6 +42,17 @@ def upd(**overrides) -> ClientUpdate:
 
 def test_valid_update_passes() -> None:
     assert validate_update(upd(), ctx(), "m1") is None
+
+
+def test_replay_ids_are_scoped_by_site() -> None:
+    seen = ctx(seen_ids={replay_key("s2", "m1"), replay_key("s2", "u1")})
+    assert validate_update(upd(), seen, "m1") is None  # s2's ids do not refuse s1's update
+    own = ctx(seen_ids={replay_key("s1", "m1")})
+    refused = validate_update(upd(), own, "m1")
+    assert refused is not None and refused.reason_code == ReasonCode.REPLAY
+    # Unambiguous: no other site and id make the same key.
+    assert replay_key("a:b", "c") != replay_key("a", "b:c")
+    assert len({replay_key(s, i) for s in ("a", "a:", ":a") for i in ("b", ":b", "b:")}) == 9
 
 
 @pytest.mark.parametrize(
