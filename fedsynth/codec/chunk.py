@@ -489,7 +489,8 @@ class Reassembler:
 
     def _finish(self, key: SetKey, stage: SetStage) -> None:
         """Leave COLLECTING for ``stage``: free the set's memory and remember the outcome."""
-        current = self.stage(key[1], key[0]) or SetStage.COLLECTING
+        # A set refused on its first chunk (over the memory limit) was never pending: COLLECTING.
+        current = self._finished.get(key, SetStage.COLLECTING)
         if stage not in ALLOWED_TRANSITIONS[current]:
             raise ProtocolError(f"payload {key[1]}: no transition from {current} to {stage}")
         partial = self._pending.pop(key, None)
