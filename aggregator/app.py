@@ -257,12 +257,12 @@ class AggregatorRuntime:
             await self.app.consumer.seek(TP(topic, partition), verdict.seek_to)
 
     def _track_chunks(self, tp: tuple[str, int], offset: int, value: bytes, fx: Effects) -> None:
-        pending = self.service.reader.reassembler.pending_ids
+        pending = self.service.reader.reassembler.pending_keys
         starts = self.chunk_start.setdefault(tp, {})
-        for pid in pending - set(starts):
-            starts[pid] = offset
-        for pid in set(starts) - pending:
-            del starts[pid]
+        for key in pending - set(starts):
+            starts[key] = offset
+        for key in set(starts) - pending:
+            del starts[key]
 
     async def on_tick(self) -> None:
         """Deadlines and chunk expiry (none before the first assignment: nothing is consumed

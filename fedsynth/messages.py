@@ -19,7 +19,7 @@ what the sender signed, chunk by chunk, and are not hashed a second time to comp
 digest (the reassembler runs with ``digest=None``). What that second pass would still catch is a
 sender whose chunks contradict its own payload signature: bytes only that sender could have
 signed, which then meet every check an update meets. (An earlier design hashed the joined payload
-again: about 5 ms of 41 ms of CPU per masked 1M-parameter update, docs/bench-aggregate.md.)
+again: 5.2-5.8 ms of 42 ms of CPU per masked 1M-parameter update, docs/bench-aggregate.md.)
 
 Inbound, :class:`MessageReader` checks the signature against the federation's key ring, decodes,
 checks the federation id, and feeds chunks to a :class:`~fedsynth.codec.chunk.Reassembler`; a
@@ -55,6 +55,7 @@ from typing import Any
 
 from fedsynth.codec.chunk import (
     MAX_CHUNK,
+    SHA256_SIZE,
     Complete,
     Duplicate,
     EarlyJoiner,
@@ -310,7 +311,7 @@ class MessageReader:
     ) -> Inbound | Rejection | None:
         """The payload of signed chunks verified against the digest they carry, and decoded
         (None for a malformed digest: the reassembler rejects the chunk with the reason)."""
-        if not isinstance(sha256, bytes) or len(sha256) != _SHA256_SIZE:
+        if not isinstance(sha256, bytes) or len(sha256) != SHA256_SIZE:
             return None
         return self._verify_payload(payload, sha256)
 
@@ -406,8 +407,6 @@ class MessageReader:
         """Chunk sets that timed out incomplete (the adapter dead-letters them)."""
         return self.reassembler.expire()
 
-
-_SHA256_SIZE = 32
 
 
 def _payload_digest(payload: bytes | memoryview) -> bytes:

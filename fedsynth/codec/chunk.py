@@ -42,6 +42,7 @@ __all__ = [
     "Reassembler",
     "RejectReason",
     "Rejected",
+    "SHA256_SIZE",
     "SetKey",
     "SetStage",
     "split",
@@ -49,7 +50,8 @@ __all__ = [
 
 MAX_CHUNK = 900 * 1024
 DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
-_SHA256_SIZE = 32
+SHA256_SIZE = 32
+"""Bytes of the SHA-256 digest every chunk carries."""
 _AVRO_INT_MAX = 2**31 - 1
 R = TypeVar("R")
 SetKey = tuple[str | None, str]
@@ -180,8 +182,8 @@ def split(
         raise ChunkError("payload_schema must name the payload's schema")
     if max_chunk < 1:
         raise ConfigError(f"max_chunk must be positive, got {max_chunk}")
-    if sha256 is not None and len(sha256) != _SHA256_SIZE:
-        raise ChunkError(f"sha256 must be {_SHA256_SIZE} bytes, got {len(sha256)}")
+    if sha256 is not None and len(sha256) != SHA256_SIZE:
+        raise ChunkError(f"sha256 must be {SHA256_SIZE} bytes, got {len(sha256)}")
     data = bytes(payload)
     count = max(1, -(-len(data) // max_chunk))
     if count > _AVRO_INT_MAX:
@@ -279,7 +281,7 @@ def _parse(chunk: Mapping[str, Any]) -> _ChunkView | str:
         or any(isinstance(v, bool) for v in (index, count, total))
     ):
         return "index, count and total_size must be ints"
-    if not isinstance(digest, bytes) or len(digest) != _SHA256_SIZE:
+    if not isinstance(digest, bytes) or len(digest) != SHA256_SIZE:
         return "sha256 must be 32 bytes"
     if not isinstance(data, bytes | memoryview):
         return "data must be bytes"
@@ -353,7 +355,7 @@ class Reassembler:
         return len(self._pending)
 
     @property
-    def pending_ids(self) -> frozenset[SetKey]:
+    def pending_keys(self) -> frozenset[SetKey]:
         """The incomplete sets (an adapter keeps their first offsets)."""
         return frozenset(self._pending)
 

@@ -309,7 +309,7 @@ def test_another_senders_chunks_under_a_payload_id_form_a_set_of_their_own() -> 
     assert events[-1] == Complete("p", "ModelUpdate", payload)
     assert r.stage("p", "Cleveland") is SetStage.COMPLETE
     assert r.stage("p", "Hungary") is SetStage.COLLECTING and r.stage("p") is None
-    assert r.pending_ids == {("Hungary", "p")} and r.pending_bytes == 1024
+    assert r.pending_keys == {("Hungary", "p")} and r.pending_bytes == 1024
     assert isinstance(r.add({**chunks[0], "sender": 7}), Rejected)  # a sender must be a string
     clock.now += 31
     (expired,) = r.expire()

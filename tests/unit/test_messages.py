@@ -286,7 +286,7 @@ def test_chunks_signed_by_another_site_can_neither_change_nor_block_a_payload() 
     assert isinstance(ahead, Waiting)
     got = [reader.read(c.value) for c in chunks]
     assert isinstance(got[-1], Inbound) and got[-1].record["vector"] == vector
-    assert reader.reassembler.pending_ids == {("Hungary", got[-1].record["message_id"])}
+    assert reader.reassembler.pending_keys == {("Hungary", got[-1].record["message_id"])}
     # The sender's very bytes, re-signed chunk by chunk by the intruder: refused as relayed.
     fresh = _reader()
     relayed = [fresh.read(intruder.build("Chunk", b).value) for b in bodies]
