@@ -10,6 +10,10 @@ The site's DP histograms are drawn once, charged to the ledger, and kept in the 
 (``histograms.npy``) before the hello goes out: an agent restarted while the federation is still
 gathering sites submits the same released counts to the histogram cohort, instead of being left
 out of the sum (or drawing, and spending on, a second release).
+
+One agent at a time works on a site's folder (:class:`~fedsynth.durable.StateLock`, taken by
+:meth:`SiteAgent.run`): a second one, started by mistake beside a running one, would spend the
+same privacy budget again and overwrite the ledger's record of it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from agents.training import LocalTrainer, site_batch_size
 from fedsynth.data.preprocess import accounted_histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.data.validate import load_site_file
-from fedsynth.durable import write_atomic
+from fedsynth.durable import StateLock, write_atomic
 from fedsynth.errors import BudgetExceededError, ConfigError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
@@ -80,12 +84,10 @@ class SiteAgent:
         settings.site_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = settings.site_dir / "state.json"
         self.histograms_path = settings.site_dir / "histograms.npy"
-        self.state: dict[str, Any] = _read_json(self.state_path) or {
-            "hello_sent": False,
-            "trained_version": -1,
-            "trained_before": False,
-        }
-        self.outbox = Outbox(settings.site_dir / "outbox")
+        self.lock = StateLock(settings.site_dir, f"the agent of site {settings.site}")
+        self.state: dict[str, Any]
+        self.outbox: Outbox
+        self._read_local_state()
         self.pending_store = PendingStore(settings.site_dir / "pending-update.npz")
         identity = IdentityKey.load(settings.keys_dir, settings.site)
         self.factory = MessageFactory(settings.federation_id, settings.site, identity)
@@ -108,6 +110,15 @@ class SiteAgent:
         self.budget: PrivacyBudget | None = None
 
     # ------------------------------------------------------------------ setup
+    def _read_local_state(self) -> None:
+        """Read the site's progress (:attr:`state`) and its outbox's folder from disk."""
+        self.state = _read_json(self.state_path) or {
+            "hello_sent": False,
+            "trained_version": -1,
+            "trained_before": False,
+        }
+        self.outbox = Outbox(self.s.site_dir / "outbox")
+
     def prepare(self) -> None:
         """Validate the site's data (errors name row and column; nothing is sent yet) and open
         the privacy ledger. The encoder arrives later, with global version 0."""
@@ -149,17 +160,25 @@ class SiteAgent:
 
     # ------------------------------------------------------------------ main loop
     async def run(self) -> int:
-        """Run until the federation's final version arrives; returns an exit code."""
-        torch.set_num_threads(self.s.threads)
-        self.prepare()
-        backoff = 1.0
-        while True:
-            try:
-                return await self._session()
-            except (KafkaError, TransportError, OSError) as exc:
-                log.warning("connection lost (%s); retrying in %.0fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+        """Run until the federation's final version arrives; returns an exit code.
+
+        Raises:
+            StateInUseError: another agent works on this site's folder (it would spend the
+                same privacy budget).
+        """
+        with self.lock:
+            # read again under the lock: another agent may have moved on since __init__
+            self._read_local_state()
+            torch.set_num_threads(self.s.threads)
+            self.prepare()
+            backoff = 1.0
+            while True:
+                try:
+                    return await self._session()
+                except (KafkaError, TransportError, OSError) as exc:
+                    log.warning("connection lost (%s); retrying in %.0fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
 
     async def _session(self) -> int:
         producer = make_producer(self.bootstrap, client_id=f"agent-{self.s.site}")

@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 from aggregator.settings import AggregatorSettings
+from fedsynth.durable import StateLock
 from fedsynth.errors import ConfigError
 
 __all__ = ["configure", "load_checkpoint_key", "run"]
@@ -104,9 +105,11 @@ def run(args: argparse.Namespace) -> int:
             "PLAIN MODE: secure aggregation is OFF; the aggregator sees each site's update"
         )
     bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
-    app = build_app(settings, bootstrap, load_checkpoint_key(settings))
-    worker = Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
-    for noisy in ("faust", "mode", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    worker.execute_from_commandline()
+    # held for the life of the process; the kernel drops it however the process ends
+    with StateLock(settings.state_dir, "the aggregator"):
+        app = build_app(settings, bootstrap, load_checkpoint_key(settings))
+        worker = Worker(app, loglevel="INFO", quiet=True, redirect_stdouts=False)
+        for noisy in ("faust", "mode", "aiokafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        worker.execute_from_commandline()
     return 0

@@ -17,6 +17,7 @@ __all__ = [
     "MessageError",
     "ProtocolError",
     "SecAggError",
+    "StateInUseError",
     "TransportError",
 ]
 
@@ -61,5 +62,12 @@ class ConstraintError(FedSynthError):
 
 class TransportError(FedSynthError):
     """The broker or the network failed; usually worth retrying."""
+
+    retriable = True
+
+
+class StateInUseError(FedSynthError):
+    """Another process holds the state folder this one would work on (see
+    :class:`fedsynth.durable.StateLock`); retrying after that process has exited succeeds."""
 
     retriable = True
