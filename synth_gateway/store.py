@@ -21,6 +21,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from fedsynth.errors import StateInUseError
+
 __all__ = ["Provenance", "ReleaseInfo", "ReleaseStore"]
 
 log = logging.getLogger(__name__)
@@ -98,10 +100,23 @@ class ReleaseStore:
         self._con: duckdb.DuckDBPyConnection | None = None
 
     def open(self) -> ReleaseStore:
-        """Create the folders and tables; safe to call twice."""
+        """Create the folders and tables; safe to call twice.
+
+        Raises:
+            StateInUseError: another process (a second gateway on the same run directory) has
+                the catalogue open; DuckDB lets one process write a database file.
+        """
         if self._con is None:
             self.parquet_dir.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(self.db_path))
+            try:
+                self._con = duckdb.connect(str(self.db_path))
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    raise
+                raise StateInUseError(
+                    f"release store {self.db_path} is in use by another process ({exc}); "
+                    "stop the other gateway, or give this one its own --run-dir"
+                ) from exc
             self._con.execute(_RELEASES_DDL)
             for statement in _RELEASES_MIGRATIONS:
                 self._con.execute(statement)

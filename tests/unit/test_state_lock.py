@@ -1,5 +1,5 @@
-"""One process per state folder: a second aggregator or agent refuses to start, a killed holder
-never leaves a stale claim."""
+"""One process per state folder: a second aggregator, agent or gateway refuses to start with an
+error naming what is in use, and a killed holder never leaves a stale claim."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from agents.site import SiteAgent
 from fedsynth.durable import StateLock
 from fedsynth.errors import StateInUseError
 from schemas.signing import IdentityKey
+from synth_gateway.store import ReleaseStore
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -131,3 +132,28 @@ def test_an_agent_reads_its_progress_again_once_it_holds_the_folder(tmp_path: Pa
     asyncio.run(start())
     assert agent.state["trained_version"] == 3 and agent.state["hello_sent"]
     assert not agent.lock.held  # given up when run() ended
+
+
+def test_a_second_gateway_on_one_release_store_gets_a_clear_error(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from synth_gateway.store import ReleaseStore; "
+            f"store = ReleaseStore({str(tmp_path)!r}).open(); print('open', flush=True); "
+            "time.sleep(60)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"open\n"
+        with pytest.raises(StateInUseError, match="releases.duckdb is in use by another process"):
+            ReleaseStore(tmp_path).open()
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        assert child.stdout is not None
+        child.stdout.close()
+    with ReleaseStore(tmp_path) as store:  # free again once the holder is gone
+        assert store.con.execute("select count(*) from releases").fetchone() == (0,)
