@@ -37,7 +37,13 @@ Durable state is our checkpoint, never a faust table (ARCHITECTURE.md: the embed
 
 Resume offsets: the checkpoint stores, for each partition, the offset to start from after a
 restart: the first chunk of any payload still being reassembled, else the next unread message.
-On assignment the consumer seeks there. Messages re-read below the checkpoint's high-water mark
+After every assignment (at start, and after a rebalance mid-run) the consumer seeks there, and
+to the beginning of a partition the checkpoint has no offset for (:meth:`AggregatorRuntime.
+reposition`, run right after faust's own seek to the group's committed offsets, so that it wins).
+Those committed offsets are never trusted: at a rebalance faust skips, and acks, the events it
+fetched under the old generation, and another member of the group (a second aggregator started
+by mistake) may move them past records this one never handled; both lost records before (tested
+in tests/integration/test_aggregator_rebalance.py). Messages re-read below the high-water mark
 were already handled (applied, or dead-lettered), so they are skipped quietly; the engine's
 replay protection (message and update ids in the checkpoint) makes a second application
 impossible anyway.
@@ -168,9 +174,25 @@ class AggregatorRuntime:
             self.service.phase,
         )
 
+    async def on_revoked(self, revoked: Iterable[TP]) -> None:
+        """A consumer-group rebalance took partitions away: the aggregator stalled past its
+        session timeout, or another member joined its group. faust drops the events it fetched
+        before, and the assignment that follows reads them again (:meth:`on_assigned`)."""
+        names = sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)
+        if names and self.consuming:
+            log.warning(
+                "consumer-group rebalance: %d partitions revoked (%s); a stall past the session "
+                "timeout or another member of group %s; records fetched before it are read again",
+                len(names),
+                ", ".join(names),
+                self.app.conf.id,
+            )
+
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
-        """Send what the checkpoint's outbox holds, restart the deadlines of an open cohort (the
-        first time), then seek every assigned partition to its checkpointed resume offset."""
+        """Send what the checkpoint's outbox holds and restart the deadlines of an open cohort
+        (the first time). Positions are set afterwards, by :meth:`reposition`."""
+        if self.consuming:
+            log.warning("partitions assigned again after a rebalance: %d", len(set(assigned)))
         async with self.lock:
             if self.outbox:
                 log.info("sending %d records again from the checkpoint's outbox", len(self.outbox))
@@ -183,11 +205,22 @@ class AggregatorRuntime:
             if not self.consuming:  # the first assignment: deadlines run from now on
                 await self.on_engine(self.service.restart_deadlines)
                 self.consuming = True
-        for tp in assigned:
-            offset = self.resume.get((tp.topic, tp.partition))
-            if offset is not None:
-                await self.app.consumer.seek(tp, offset)
-                self.gaps.positioned((tp.topic, tp.partition), offset)
+
+    async def reposition(self) -> None:
+        """Seek every assigned partition to its resume offset: the last checkpoint's, or the
+        beginning where nothing was handled before it (a rebalance mid-run reads again from
+        there; what was handled since is skipped by its high-water mark).
+
+        Run right after faust's own seek to the group's committed offsets, which its recovery
+        makes after every assignment (after the assignment signal), so that this one counts:
+        those offsets cover records faust skipped at a rebalance, and another member of the
+        group may have moved them past records this aggregator never handled.
+        """
+        for tp in sorted(self.app.consumer.assignment()):
+            offset = self.resume.get((tp.topic, tp.partition), 0)
+            await self.app.consumer.seek(tp, offset)
+            self.gaps.positioned((tp.topic, tp.partition), offset)
+            if offset:
                 log.info("seek %s[%d] -> %d", tp.topic, tp.partition, offset)
 
     async def on_engine(self, fn: Callable[..., R], *args: Any) -> R:
@@ -434,6 +467,7 @@ class AggregatorRuntime:
         }
         arrays = self.service.extra_arrays()
         self.checkpoints.save(Checkpoint(self.service.state, offsets, extra, self.outbox, arrays))
+        self.resume = offsets  # where a re-assignment after a rebalance reads from
 
     def audit_head(self) -> dict[str, Any] | None:
         return self.audit_last.to_dict() if self.audit_last is not None else None
@@ -457,6 +491,21 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
         await runtime.on_assigned(assigned)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    async def _revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        await runtime.on_revoked(revoked)
+
+    consumer = app.consumer
+    seek_to_committed = consumer.perform_seek
+
+    async def perform_seek() -> None:  # faust's seek to committed offsets, then ours
+        try:
+            await seek_to_committed()
+        finally:
+            await runtime.reposition()
+
+    consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
     for spec in (SITE_EVENTS, UPDATES, SHARE_RELAY, UNMASK):
         _consume(app, runtime, spec.name)

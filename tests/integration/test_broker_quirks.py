@@ -4,6 +4,7 @@ broker behaviour and that the setting in ``topics/`` works around it."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import pytest
@@ -174,3 +175,38 @@ async def test_list_consumer_group_offsets_unsupported(broker: str) -> None:
             await asyncio.wait_for(admin.list_consumer_group_offsets("fedsynth-g"), timeout=30)
     finally:
         await admin.close()
+
+
+async def test_a_member_that_stops_heartbeating_is_not_evicted_but_a_joining_one_rebalances(
+    broker: str,
+) -> None:
+    """A group member silent for well past its session timeout keeps its generation (Apache
+    Kafka would evict it and rebalance); a second member joining does rebalance the group. So
+    test_aggregator_rebalance has a member join rather than stalling the aggregator."""
+    name = "fedsynth.quirk-session"
+    await ensure_topics(broker, [TopicSpec(name, 2, "k", ("X",), 60_000)])
+    timing = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
+    first = make_consumer(broker, name, group_id="quirk-g", **timing)
+    second = make_consumer(broker, name, group_id="quirk-g", **timing)
+    await first.start()
+    try:
+        for _ in range(40):  # joined: it holds both partitions
+            await first.getmany(timeout_ms=200)
+            if len(first.assignment()) == 2:
+                break
+        generation = first._coordinator.generation  # noqa: SLF001 - no public accessor
+        time.sleep(6.0)  # blocks the loop: no heartbeat for twice the session timeout
+        for _ in range(10):
+            await first.getmany(timeout_ms=200)
+        assert first._coordinator.generation == generation  # noqa: SLF001
+        assert len(first.assignment()) == 2
+        await second.start()
+        for _ in range(100):
+            await asyncio.gather(first.getmany(timeout_ms=200), second.getmany(timeout_ms=200))
+            if len(second.assignment()) == 1:
+                break
+        assert first._coordinator.generation > generation  # noqa: SLF001
+        assert len(first.assignment()) == 1 and len(second.assignment()) == 1
+    finally:
+        await second.stop()
+        await first.stop()

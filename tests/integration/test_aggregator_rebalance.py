@@ -1,0 +1,117 @@
+"""A consumer-group rebalance in the middle of a run: another member joins the aggregator's
+group, takes some of its partitions, reads and commits records there, and leaves; the final model
+is still bit-identical to an undisturbed run's.
+
+This is what a second aggregator started by mistake on another host, or (on Apache Kafka) an
+aggregator stalled past its session timeout, does to the group. faust lets records go by at a
+rebalance: its streams skip (and ack) the events fetched under the old generation, and its
+recovery seeks to the group's committed offsets, which the other member moved. The aggregator
+must read each of those records again (it seeks every partition it is assigned to its last
+checkpoint's offset, or to the beginning when it has handled nothing there) and count none twice
+(the high-water mark, replay ids). The embedded broker does not evict a member that stops
+heartbeating (tested in test_broker_quirks), so the test has a member join instead of stalling
+the aggregator. The inputs and the comparison are those of test_aggregator_recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.integration.feeder import Feeder
+from tests.integration.harness import FED, Federation, dump, start_aggregator, stop
+from topics.broker import EmbeddedBroker
+from topics.registry import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUNDS = 3
+TRIALS = 3
+ENV = {"FEDSYNTH_SESSION_TIMEOUT_S": "3"}
+
+
+class IntrudedFeeder(Feeder):
+    """Before sending the updates for version ``at``, starts a second member in the
+    aggregator's group; stops it (it leaves the group) once it has had time to read and commit
+    what its partitions got."""
+
+    def __init__(self, fed: Federation, at: int | None, bootstrap: str) -> None:
+        super().__init__(fed)
+        self.at = at
+        self.bootstrap = bootstrap
+        self.intruder_log = fed.run_dir / "intruder.log"
+
+    async def send_updates(self, bootstrap: str, version: int, n_parameters: int) -> None:
+        if version != self.at:
+            return await super().send_updates(bootstrap, version, n_parameters)
+        with open(self.intruder_log, "ab") as log:
+            intruder = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.integration.intruder",
+                    self.bootstrap,
+                    f"fedsynth-aggregator-{FED}",
+                    str(self.fed.run_dir / "intruder"),
+                ],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            await asyncio.sleep(4.0)  # it joins: the group rebalances
+            await super().send_updates(bootstrap, version, n_parameters)
+            await asyncio.sleep(3.0)  # it reads (and commits) what its partitions got
+        finally:
+            stop(intruder)  # SIGTERM: it leaves the group, another rebalance
+        return None
+
+
+async def _run(fed: Federation, at: int | None) -> tuple[dict[int, np.ndarray], str, str]:
+    """One run on a fresh broker: the versions, the aggregator's log and the intruder's."""
+    async with EmbeddedBroker(record=False) as broker:
+        await ensure_topics(broker.bootstrap)
+        (fed.run_dir / "aggregator" / "checkpoint.bin").unlink(missing_ok=True)
+        for name in ("aggregator.log", "intruder.log"):
+            (fed.run_dir / name).unlink(missing_ok=True)
+        proc = start_aggregator(fed, broker.bootstrap, rounds=ROUNDS, env=ENV)
+        feeder = IntrudedFeeder(fed, at, broker.bootstrap)
+        try:
+            versions = await asyncio.wait_for(feeder.run(broker.bootstrap, ROUNDS), timeout=150)
+        except TimeoutError:
+            raise AssertionError(
+                dump(fed.run_dir / "aggregator.log") + dump(feeder.intruder_log)
+            ) from None
+        finally:
+            stop(proc, signal.SIGKILL)
+        intruded = feeder.intruder_log.read_text() if feeder.intruder_log.exists() else ""
+        return versions, (fed.run_dir / "aggregator.log").read_text(errors="replace"), intruded
+
+
+@pytest.fixture(scope="module")
+async def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Federation, bytes]:
+    fed = Federation.create(tmp_path_factory.mktemp("group"), ["A", "B", "C", "D"])
+    versions, log, _ = await _run(fed, at=None)
+    assert sorted(versions) == list(range(ROUNDS + 1))
+    assert "consumer-group rebalance" not in log
+    return fed, versions[ROUNDS].tobytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(TRIALS))
+async def test_a_rebalance_mid_run_loses_nothing_and_counts_nothing_twice(
+    reference: tuple[Federation, bytes], trial: int
+) -> None:
+    fed, expected = reference
+    at = random.Random(7 * 1000 + trial).randrange(ROUNDS)
+    versions, log, intruded = await _run(fed, at)
+    assert versions[ROUNDS].tobytes() == expected, f"intruded at version {at}\n{log[-4000:]}"
+    assert "consumer-group rebalance" in log, log[-4000:]
+    assert "read" in intruded, intruded[-2000:]  # it did take records from the aggregator
