@@ -483,6 +483,12 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
         **faust_settings(
             broker_session_timeout=settings.session_timeout_s,
             broker_check_crcs=settings.check_crcs,
+            # faust would hold a rebalance (and a stop) until every event read is acked; this
+            # app acks only after a checkpoint, and keeps the hellos before version 0 unacked,
+            # so the rebalance would wait forever for events it stops delivering. Not waiting
+            # is safe: after the rebalance the app reads again from its checkpoint
+            # (reposition) and skips what it handled (the high-water mark, replay ids).
+            stream_wait_empty=False,
         ),
     )
     runtime = AggregatorRuntime(app, settings, checkpoint_key)

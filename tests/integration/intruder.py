@@ -3,13 +3,15 @@ handling anything, acking (so committing) what it reads: for the partitions it i
 member that moves the group's committed offsets past records the aggregator never handled. Its
 joining and leaving are each a rebalance for the aggregator.
 
-``python -m tests.integration.intruder BOOTSTRAP GROUP DATADIR``; stop it with SIGTERM (it leaves
-the group as it stops).
+``python -m tests.integration.intruder BOOTSTRAP GROUP DATADIR``, or :func:`start_intruder`; stop
+it with SIGTERM (it leaves the group as it stops).
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -17,6 +19,28 @@ from faust.worker import Worker
 
 from topics.clients import faust_settings
 from topics.registry import SHARE_RELAY, SITE_EVENTS, UNMASK, UPDATES
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_intruder(bootstrap: str, run_dir: Path, federation: str) -> subprocess.Popen[bytes]:
+    """The intruder as a child process in its own process group, logging to
+    ``run_dir/intruder.log``, in the group of the aggregator of ``federation``."""
+    with open(run_dir / "intruder.log", "ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.intruder",
+                bootstrap,
+                f"fedsynth-aggregator-{federation}",
+                str(run_dir / "intruder"),
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def main(argv: list[str]) -> None:

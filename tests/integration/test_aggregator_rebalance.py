@@ -18,19 +18,16 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.integration.feeder import Feeder
 from tests.integration.harness import FED, Federation, dump, start_aggregator, stop
+from tests.integration.intruder import start_intruder
 from topics.broker import EmbeddedBroker
 from topics.registry import ensure_topics
 
-ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 3
 TRIALS = 3
 ENV = {"FEDSYNTH_SESSION_TIMEOUT_S": "3"}
@@ -50,21 +47,7 @@ class IntrudedFeeder(Feeder):
     async def send_updates(self, bootstrap: str, version: int, n_parameters: int) -> None:
         if version != self.at:
             return await super().send_updates(bootstrap, version, n_parameters)
-        with open(self.intruder_log, "ab") as log:
-            intruder = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.integration.intruder",
-                    self.bootstrap,
-                    f"fedsynth-aggregator-{FED}",
-                    str(self.fed.run_dir / "intruder"),
-                ],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        intruder = start_intruder(self.bootstrap, self.fed.run_dir, FED)
         try:
             await asyncio.sleep(4.0)  # it joins: the group rebalances
             await super().send_updates(bootstrap, version, n_parameters)

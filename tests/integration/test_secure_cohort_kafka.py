@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -25,6 +26,7 @@ from fedsynth.secagg.fixedpoint import FixedPointSpec
 from fedsynth.staleness import make_staleness
 from schemas.signing import KeyRing
 from tests.integration.harness import FED, Federation, dump, produce, start_aggregator, stop
+from tests.integration.intruder import start_intruder
 from topics.broker import EmbeddedBroker
 from topics.clients import make_consumer
 from topics.registry import (
@@ -266,3 +268,62 @@ async def test_cohort_interrupted_by_an_aggregator_crash_goes_on_with_every_upda
     done = re.findall(r"cohort (\S+) done:", training)
     assert "abandoned" not in log and len(resumed) == 1, dump(fed.run_dir / "aggregator.log")
     assert done[:1] == resumed  # version 1 came from the cohort that was open at the kill
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", ["joined", "CohortRoster", "MaskRequest"])
+async def test_cohort_goes_on_with_every_update_through_a_rebalance(
+    tmp_path: Path, at: str
+) -> None:
+    """Another member joins the aggregator's group in a stage of a cohort (every site joined,
+    the roster, the mask request) and the sites wait until the aggregator has its partitions
+    back before going on; the member reads and commits what its partitions get meanwhile, then
+    leaves. The cohort finishes with every update (see test_aggregator_rebalance). Before faust
+    was told not to wait for unacked events at a rebalance, the aggregator hung in it: the
+    events it keeps unacked until a checkpoint covers them never got acked."""
+    fed = Federation.create(tmp_path, ["A", "B", "C"])
+    env = {
+        "FEDSYNTH_INPUT_DEADLINE_S": "30",
+        "FEDSYNTH_JOIN_DEADLINE_S": "40",
+        "FEDSYNTH_SESSION_TIMEOUT_S": "3",
+    }
+    intruders: list[subprocess.Popen[bytes]] = []
+    log = fed.run_dir / "aggregator.log"
+    async with EmbeddedBroker(record=False) as broker:
+        await ensure_topics(broker.bootstrap)
+        proc = start_aggregator(fed, broker.bootstrap, rounds=2, plain=False, env=env)
+        loop = asyncio.get_running_loop()
+
+        def intrude() -> None:  # runs inside the sites' driver, which it holds up meanwhile
+            if intruders:
+                return
+            intruders.append(start_intruder(broker.bootstrap, fed.run_dir, FED))
+            deadline = time.monotonic() + 30
+            while "partitions assigned again" not in log.read_text(errors="replace"):
+                assert time.monotonic() < deadline, dump(log)
+                time.sleep(0.2)
+            loop.call_later(4.0, stop, intruders[0])  # it leaves while the cohort goes on
+
+        def on_control(name: str) -> None:
+            if name == at:
+                intrude()
+
+        try:
+            await produce(
+                broker.bootstrap,
+                SITE_EVENTS.name,
+                [fed.hello(s, seed=i) for i, s in enumerate(fed.sites)],
+            )
+            on_joined = intrude if at == "joined" else None
+            versions, deltas, n = await asyncio.wait_for(
+                _drive(fed, broker.bootstrap, None, on_joined, on_control), 150
+            )
+        finally:
+            stop(proc)
+            for intruder in intruders:
+                stop(intruder)
+    text = log.read_text(errors="replace")
+    assert 1 in versions, dump(log)
+    expected = versions[0] + sum(n[s] * deltas[s] for s in fed.sites) / sum(n.values())
+    assert np.max(np.abs(versions[1] - expected)) < 1e-4
+    assert "consumer-group rebalance" in text and "abandoned" not in text, dump(log)
