@@ -99,6 +99,9 @@ from topics.registry import (
 
 __all__ = ["AggregatorRuntime", "build_app", "load_dataset_schema"]
 
+INBOUND = (SITE_EVENTS, UPDATES, SHARE_RELAY, UNMASK)
+INBOUND_PARTITIONS = frozenset((spec.name, p) for spec in INBOUND for p in range(spec.partitions))
+
 log = logging.getLogger(__name__)
 R = TypeVar("R")
 TOPICS = {"global-model": GLOBAL_MODEL.name, "control": CONTROL.name}
@@ -153,6 +156,8 @@ class AggregatorRuntime:
         self.dirty = False  # state changed since the last checkpoint
         self.outbox: tuple[OutboxRecord, ...] = ()  # decided, checkpointed, maybe not yet sent
         self.consuming = False  # partitions were assigned at least once
+        # set while this aggregator holds every inbound partition (see on_assigned)
+        self.whole = asyncio.Event()
         self._restore()
 
     # ---------------------------------------------------------------- restore
@@ -179,6 +184,8 @@ class AggregatorRuntime:
         session timeout, or another member joined its group. faust drops the events it fetched
         before, and the assignment that follows reads them again (:meth:`on_assigned`)."""
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)
+        if names:
+            self.whole.clear()
         if names and self.consuming:
             log.warning(
                 "consumer-group rebalance: %d partitions revoked (%s); a stall past the session "
@@ -189,10 +196,32 @@ class AggregatorRuntime:
             )
 
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
-        """Send what the checkpoint's outbox holds and restart the deadlines of an open cohort
-        (the first time). Positions are set afterwards, by :meth:`reposition`."""
+        """Once this aggregator holds every inbound partition: send what the checkpoint's
+        outbox holds, restart the deadlines of an open cohort (the first time), and let the
+        agents handle records again (:attr:`whole`). Positions are set afterwards, by
+        :meth:`reposition`.
+
+        Holding only some of them means another member is in the group: a second aggregator
+        started by mistake on another host, with state of its own. Both would publish versions,
+        different models under the same numbers; so this one handles nothing, sends nothing
+        and runs no deadline until it holds them all again (the other, holding the rest, does
+        the same), and says so as an error.
+        """
+        held = {(tp.topic, tp.partition) for tp in assigned}
+        missing = sorted(INBOUND_PARTITIONS - held)
+        if missing:
+            self.whole.clear()
+            log.error(
+                "holding %d of the %d inbound partitions: another member of consumer group %s "
+                "holds %s (a second aggregator?); handling nothing until this one holds them all",
+                len(INBOUND_PARTITIONS) - len(missing),
+                len(INBOUND_PARTITIONS),
+                self.app.conf.id,
+                ", ".join(f"{t}[{p}]" for t, p in missing),
+            )
+            return
         if self.consuming:
-            log.warning("partitions assigned again after a rebalance: %d", len(set(assigned)))
+            log.warning("every inbound partition assigned again after a rebalance")
         async with self.lock:
             if self.outbox:
                 log.info("sending %d records again from the checkpoint's outbox", len(self.outbox))
@@ -205,6 +234,7 @@ class AggregatorRuntime:
             if not self.consuming:  # the first assignment: deadlines run from now on
                 await self.on_engine(self.service.restart_deadlines)
                 self.consuming = True
+        self.whole.set()
 
     async def reposition(self) -> None:
         """Seek every assigned partition to its resume offset: the last checkpoint's, or the
@@ -299,8 +329,9 @@ class AggregatorRuntime:
 
     async def on_tick(self) -> None:
         """Deadlines and chunk expiry (none before the first assignment: nothing is consumed
-        yet, and a restored cohort's deadlines must not run out before its records are read)."""
-        if not self.consuming:
+        yet, and a restored cohort's deadlines must not run out before its records are read;
+        none while another member holds some of the inbound partitions)."""
+        if not self.whole.is_set():
             return
         async with self.lock:
             await self._apply_or_die(await self.on_engine(self.service.tick), origin=None)
@@ -513,7 +544,7 @@ def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: byte
 
     consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
-    for spec in (SITE_EVENTS, UPDATES, SHARE_RELAY, UNMASK):
+    for spec in INBOUND:
         _consume(app, runtime, spec.name)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
@@ -533,6 +564,7 @@ def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
     pipes: list[OrderedPrefetch[EventT[bytes], Prepared]] = []
 
     async def handle(event: EventT[bytes], prepared: Prepared) -> None:
+        await runtime.whole.wait()  # not while another member holds some inbound partitions
         msg = event.message
         await runtime.on_message(
             msg.topic,

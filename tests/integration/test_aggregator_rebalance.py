@@ -97,4 +97,7 @@ async def test_a_rebalance_mid_run_loses_nothing_and_counts_nothing_twice(
     versions, log, intruded = await _run(fed, at)
     assert versions[ROUNDS].tobytes() == expected, f"intruded at version {at}\n{log[-4000:]}"
     assert "consumer-group rebalance" in log, log[-4000:]
+    # while the other member held some partitions, this one handled nothing and published nothing
+    shared = log[log.index("a second aggregator?") : log.index("every inbound partition assigned")]
+    assert "applied" not in shared and "published" not in shared, shared
     assert "read" in intruded, intruded[-2000:]  # it did take records from the aggregator
