@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,28 @@ async def _drive(
         await consumer.stop()
 
 
+async def _drive_disturbed(
+    fed: Federation, bootstrap: str, at: str, disturb: Callable[[], None]
+) -> tuple[dict, dict, dict]:
+    """Send the sites' hellos and play the sites, calling ``disturb`` once, at stage ``at``:
+    a control record's name as :func:`_drive` passes it, or ``"joined"`` (every site joined)."""
+    called: list[bool] = []
+
+    def once() -> None:
+        if not called:
+            called.append(True)
+            disturb()
+
+    def on_control(name: str) -> None:
+        if name == at:
+            once()
+
+    hellos = [fed.hello(s, seed=i) for i, s in enumerate(fed.sites)]
+    await produce(bootstrap, SITE_EVENTS.name, hellos)
+    on_joined = once if at == "joined" else None
+    return await asyncio.wait_for(_drive(fed, bootstrap, None, on_joined, on_control), 150)
+
+
 @pytest.mark.slow
 async def test_cohort_finishes_without_a_site_that_vanished_after_joining(tmp_path: Path) -> None:
     fed = Federation.create(tmp_path, ["A", "B", "C"])
@@ -236,19 +259,9 @@ async def test_cohort_interrupted_by_an_aggregator_crash_goes_on_with_every_upda
             stop(procs[-1], signal.SIGKILL)
             procs.append(start_aggregator(fed, broker.bootstrap, rounds=2, plain=False, env=env))
 
-        def on_control(name: str) -> None:
-            if name == kill_at and len(procs) == 1:
-                crash_and_restart()
-
         try:
-            await produce(
-                broker.bootstrap,
-                SITE_EVENTS.name,
-                [fed.hello(s, seed=i) for i, s in enumerate(fed.sites)],
-            )
-            on_joined = crash_and_restart if kill_at == "joined" else None
-            versions, deltas, n = await asyncio.wait_for(
-                _drive(fed, broker.bootstrap, None, on_joined, on_control), 150
+            versions, deltas, n = await _drive_disturbed(
+                fed, broker.bootstrap, kill_at, crash_and_restart
             )
         finally:
             for proc in procs:
@@ -280,9 +293,9 @@ async def test_cohort_goes_on_with_every_update_through_a_rebalance(
     the aggregator's partitions before going on; the member reads and commits what its
     partitions get meanwhile, then leaves. The aggregator handles nothing while it holds only
     some of its partitions, and the cohort finishes with every update (see
-    test_aggregator_rebalance). Before faust
-    was told not to wait for unacked events at a rebalance, the aggregator hung in it: the
-    events it keeps unacked until a checkpoint covers them never got acked."""
+    test_aggregator_rebalance). Before faust was told not to wait for unacked events at a
+    rebalance, the aggregator hung in it: the events it keeps unacked until a checkpoint covers
+    them never got acked."""
     fed = Federation.create(tmp_path, ["A", "B", "C"])
     env = {
         "FEDSYNTH_INPUT_DEADLINE_S": "30",
@@ -297,8 +310,6 @@ async def test_cohort_goes_on_with_every_update_through_a_rebalance(
         loop = asyncio.get_running_loop()
 
         def intrude() -> None:  # runs inside the sites' driver, which it holds up meanwhile
-            if intruders:
-                return
             intruders.append(start_intruder(broker.bootstrap, fed.run_dir, FED))
             deadline = time.monotonic() + 30
             while "a second aggregator?" not in log.read_text(errors="replace"):
@@ -306,20 +317,8 @@ async def test_cohort_goes_on_with_every_update_through_a_rebalance(
                 time.sleep(0.2)
             loop.call_later(4.0, stop, intruders[0])  # it leaves while the cohort goes on
 
-        def on_control(name: str) -> None:
-            if name == at:
-                intrude()
-
         try:
-            await produce(
-                broker.bootstrap,
-                SITE_EVENTS.name,
-                [fed.hello(s, seed=i) for i, s in enumerate(fed.sites)],
-            )
-            on_joined = intrude if at == "joined" else None
-            versions, deltas, n = await asyncio.wait_for(
-                _drive(fed, broker.bootstrap, None, on_joined, on_control), 150
-            )
+            versions, deltas, n = await _drive_disturbed(fed, broker.bootstrap, at, intrude)
         finally:
             stop(proc)
             for intruder in intruders:

@@ -4,10 +4,12 @@ error naming what is in use, and a killed holder never leaves a stale claim."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +24,25 @@ from schemas.signing import IdentityKey
 from synth_gateway.store import ReleaseStore
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def _holder(code: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process that runs ``code`` (which takes the claim), prints ``ready`` and sleeps;
+    yielded once it is ready, SIGKILLed on the way out."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import time\n{code}\nprint('ready', flush=True)\ntime.sleep(60)"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        yield child
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        assert child.stdout is not None
+        child.stdout.close()
 
 
 def test_a_second_claim_is_refused_naming_the_folder_and_the_holder(tmp_path: Path) -> None:
@@ -44,28 +65,15 @@ def test_a_second_claim_is_refused_naming_the_folder_and_the_holder(tmp_path: Pa
 
 
 def test_a_killed_holder_leaves_no_stale_claim(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from fedsynth.durable import StateLock; "
-            f"StateLock({str(tmp_path)!r}, 'child').acquire(); print('held', flush=True); "
-            "time.sleep(60)",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
+    code = (
+        "from fedsynth.durable import StateLock\n"
+        f"StateLock({str(tmp_path)!r}, 'child').acquire()"
     )
-    try:
-        assert child.stdout is not None and child.stdout.readline() == b"held\n"
+    with _holder(code) as child:
         with pytest.raises(StateInUseError, match=f"pid {child.pid}"):
             StateLock(tmp_path, "the parent").acquire()
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
-    finally:
-        child.kill()
-        child.wait(timeout=10)
-        assert child.stdout is not None
-        child.stdout.close()
     with StateLock(tmp_path, "the parent") as lock:  # the kernel dropped the child's flock
         assert lock.held
         assert f"pid {os.getpid()}" in lock.path.read_text()
@@ -135,25 +143,11 @@ def test_an_agent_reads_its_progress_again_once_it_holds_the_folder(tmp_path: Pa
 
 
 def test_a_second_gateway_on_one_release_store_gets_a_clear_error(tmp_path: Path) -> None:
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time; from synth_gateway.store import ReleaseStore; "
-            f"store = ReleaseStore({str(tmp_path)!r}).open(); print('open', flush=True); "
-            "time.sleep(60)",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
+    code = (
+        "from synth_gateway.store import ReleaseStore\n"
+        f"store = ReleaseStore({str(tmp_path)!r}).open()"
     )
-    try:
-        assert child.stdout is not None and child.stdout.readline() == b"open\n"
-        with pytest.raises(StateInUseError, match="releases.duckdb is in use by another process"):
-            ReleaseStore(tmp_path).open()
-    finally:
-        child.kill()
-        child.wait(timeout=10)
-        assert child.stdout is not None
-        child.stdout.close()
+    with _holder(code), pytest.raises(StateInUseError, match="releases.duckdb is in use by"):
+        ReleaseStore(tmp_path).open()
     with ReleaseStore(tmp_path) as store:  # free again once the holder is gone
         assert store.con.execute("select count(*) from releases").fetchone() == (0,)
