@@ -155,7 +155,7 @@ class AggregatorRuntime:
         self.engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.dirty = False  # state changed since the last checkpoint
         self.outbox: tuple[OutboxRecord, ...] = ()  # decided, checkpointed, maybe not yet sent
-        self.consuming = False  # partitions were assigned at least once
+        self.consuming = False  # every inbound partition was held at least once
         # set while this aggregator holds every inbound partition (see on_assigned)
         self.whole = asyncio.Event()
         self._restore()
@@ -182,7 +182,7 @@ class AggregatorRuntime:
     async def on_revoked(self, revoked: Iterable[TP]) -> None:
         """A consumer-group rebalance took partitions away: the aggregator stalled past its
         session timeout, or another member joined its group. faust drops the events it fetched
-        before, and the assignment that follows reads them again (:meth:`on_assigned`)."""
+        before; after the assignment that follows they are read again (:meth:`reposition`)."""
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)
         if names:
             self.whole.clear()
