@@ -197,8 +197,8 @@ class AggregatorRuntime:
 
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
         """Once this aggregator holds every inbound partition: send what the checkpoint's
-        outbox holds, restart the deadlines of an open cohort (the first time), and let the
-        agents handle records again (:attr:`whole`). Positions are set afterwards, by
+        outbox holds, give an open cohort's stage its whole time again, and let the agents
+        handle records again (:attr:`whole`). Positions are set afterwards, by
         :meth:`reposition`.
 
         Holding only some of them means another member is in the group: a second aggregator
@@ -231,9 +231,10 @@ class AggregatorRuntime:
                     log.exception("resending the outbox failed; exiting")
                     logging.shutdown()
                     os._exit(70)
-            if not self.consuming:  # the first assignment: deadlines run from now on
-                await self.on_engine(self.service.restart_deadlines)
-                self.consuming = True
+            # the open cohort's stage gets its whole time from now on: at the first assignment
+            # (after a restart), and after a rebalance, during which nothing could be handled
+            await self.on_engine(self.service.restart_deadlines)
+            self.consuming = True
         self.whole.set()
 
     async def reposition(self) -> None:

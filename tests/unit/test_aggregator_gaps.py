@@ -7,40 +7,18 @@ engine thread are the real ones.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from aggregator.app import AggregatorRuntime
 from aggregator.settings import AggregatorSettings
 from tests.integration.harness import FED, Federation
+from tests.unit.standin_app import StandInApp
 from topics.registry import SITE_EVENTS
-
-
-class _Consumer:
-    def __init__(self) -> None:
-        self.seeks: list[tuple[str, int, int]] = []
-
-    async def seek(self, tp: Any, offset: int) -> None:
-        self.seeks.append((tp.topic, tp.partition, offset))
-
-
-class _Producer:
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-
-    async def send_and_wait(self, topic: str, *args: Any) -> None:
-        self.sent.append(topic)
-
-
-class _App:
-    def __init__(self) -> None:
-        self.consumer = _Consumer()
-        self.producer = _Producer()
 
 
 async def test_a_skipped_hello_is_read_again_and_nothing_twice(tmp_path: Path) -> None:
     fed = Federation.create(tmp_path, ["A", "B", "C", "D"])
     settings = AggregatorSettings(run_dir=tmp_path, federation_id=FED, sites=fed.sites)
-    app = _App()
+    app = StandInApp()
     runtime = AggregatorRuntime(app, settings, bytes(32))  # type: ignore[arg-type]
     hellos = {offset: fed.hello(site) for offset, site in enumerate(["A", "B", "C"])}
 
