@@ -97,7 +97,7 @@ from topics.registry import (
     UPDATES,
 )
 
-__all__ = ["AggregatorRuntime", "build_app", "load_dataset_schema"]
+__all__ = ["AggregatorRuntime", "build_app", "consumer_group", "load_dataset_schema"]
 
 INBOUND = (SITE_EVENTS, UPDATES, SHARE_RELAY, UNMASK)
 INBOUND_PARTITIONS = frozenset((spec.name, p) for spec in INBOUND for p in range(spec.partitions))
@@ -505,11 +505,16 @@ class AggregatorRuntime:
         return self.audit_last.to_dict() if self.audit_last is not None else None
 
 
+def consumer_group(federation_id: str) -> str:
+    """The faust app id of a federation's aggregator: its consumer group."""
+    return f"fedsynth-aggregator-{federation_id}"
+
+
 def build_app(settings: AggregatorSettings, bootstrap: str, checkpoint_key: bytes) -> faust.App:
     """The faust app: one agent per inbound topic and a timer; all logic in the runtime."""
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"fedsynth-aggregator-{settings.federation_id}",
+        consumer_group(settings.federation_id),
         broker=f"kafka://{bootstrap}",
         datadir=str(settings.state_dir / "faust"),
         **faust_settings(

@@ -17,8 +17,8 @@ from typing import Any
 import faust
 from faust.worker import Worker
 
+from aggregator.app import INBOUND, consumer_group
 from topics.clients import faust_settings
-from topics.registry import SHARE_RELAY, SITE_EVENTS, UNMASK, UPDATES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,7 @@ def start_intruder(bootstrap: str, run_dir: Path, federation: str) -> subprocess
                 "-m",
                 "tests.integration.intruder",
                 bootstrap,
-                f"fedsynth-aggregator-{federation}",
+                consumer_group(federation),
                 str(run_dir / "intruder"),
             ],
             cwd=ROOT,
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
             broker_session_timeout=3.0, broker_commit_interval=0.5
         )
     )
-    for spec in (SITE_EVENTS, UPDATES, SHARE_RELAY, UNMASK):
+    for spec in INBOUND:
         topic = app.topic(spec.name, value_serializer="raw", key_serializer="raw")
 
         async def read(stream: Any) -> None:
