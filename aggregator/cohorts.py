@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.engine import CohortAggregated
+from aggregator.ledgers import PrivacyLedgers, epsilon_from_json, epsilon_to_json
 from aggregator.strategies.staleness import StalenessFn, make_staleness
 from fedsynth.errors import ConfigError, FedSynthError, ProtocolError
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -205,13 +206,17 @@ class CoordinatorOutput:
 class _Open:
     server: ServerState
     stage_started: float
+    epsilon: dict[str, float] = field(default_factory=dict)  # of each masked input taken
 
 
 class CohortCoordinator:
     """Runs one secure cohort at a time (see the module docstring)."""
 
-    def __init__(self, config: CohortConfig) -> None:
+    def __init__(self, config: CohortConfig, ledgers: PrivacyLedgers | None = None) -> None:
+        """``ledgers``: the sites' privacy ledgers (:mod:`aggregator.ledgers`), checked at each
+        join and masked input and told of each survivor's epsilon; None checks nothing."""
         self.config = config
+        self.ledgers = ledgers
         self._open: _Open | None = None
         self._seq = 0
         self._past: deque[tuple[str, str]] = deque(maxlen=_PAST_KEPT)  # (cohort id, how it ended)
@@ -289,7 +294,8 @@ class CohortCoordinator:
             doc, _ = server_to_doc(server)
             open_ = {"cohort_id": server.config.cohort_id, "stage": str(server.stage),
                      "target_version": server.config.target_version,
-                     "stage_started": self._open.stage_started, "server": doc}
+                     "stage_started": self._open.stage_started, "server": doc,
+                     "epsilon": {s: epsilon_to_json(e) for s, e in self._open.epsilon.items()}}
         return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
                 "past": [list(p) for p in self._past], "closed": self._closed}
 
@@ -304,6 +310,7 @@ class CohortCoordinator:
         config: CohortConfig,
         state: Mapping[str, Any],
         arrays: Mapping[str, np.ndarray] | None = None,
+        ledgers: PrivacyLedgers | None = None,
     ) -> CohortCoordinator:
         """Restore after a restart, with the open cohort where it was (call
         :meth:`restart_stage_clock` once the adapter consumes again).
@@ -318,7 +325,7 @@ class CohortCoordinator:
         fmt = state.get("format")
         if fmt not in (1, _STATE_FORMAT):
             raise ConfigError(f"cohort state format {fmt!r} is not {_STATE_FORMAT}")
-        coordinator = cls(config)
+        coordinator = cls(config, ledgers)
         coordinator._seq = int(state["seq"])
         coordinator._past.extend((str(c), str(how)) for c, how in state["past"])
         coordinator._closed = state.get("closed")  # absent in older checkpoints
@@ -336,7 +343,8 @@ class CohortCoordinator:
             except FedSynthError as exc:
                 log.error("cohort %s cannot be resumed (%s); abandoning it", cohort_id, exc)
             else:
-                coordinator._open = _Open(server, float(open_["stage_started"]))
+                taken = {str(k): epsilon_from_json(e) for k, e in open_.get("epsilon", {}).items()}
+                coordinator._open = _Open(server, float(open_["stage_started"]), taken)
                 log.info("cohort %s resumed in stage %s", cohort_id, server.stage)
                 return coordinator
         coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
@@ -383,9 +391,16 @@ class CohortCoordinator:
         problem = self._precheck(message, record)
         if problem is not None:
             return _rejected(name, record, problem)
+        problem = self._ledger_refusal(message, record)
+        if problem is not None:  # may have suspended the site: checkpoint
+            out = _rejected(name, record, problem)
+            out.changed = True
+            return out
         out = self._step(message, now)
         if out.rejections:
             out.rejections = [_reason(name, record, r) for r in out.rejections]
+        elif isinstance(message, MaskedInput) and self._open is not None:
+            self._open.epsilon[message.site_id] = float(record["epsilon_spent"])
         return out
 
     def _require_open(self) -> _Open:
@@ -421,6 +436,26 @@ class CohortCoordinator:
                         f"the join's {join.base_version}")
         return None
 
+    def _ledger_refusal(self, message: object, record: Mapping[str, Any]) -> str | None:
+        """A suspended site may not join; a masked input's epsilon must pass its site's ledger
+        (a refused input is a dropout: the cohort goes on without it). An input the cohort
+        would refuse anyway is left to it: only a valid one may suspend its site."""
+        if self.ledgers is None:
+            return None
+        if isinstance(message, CohortJoin):
+            why = self.ledgers.suspended(message.site_id)
+            return None if why is None else f"site {message.site_id!r} is suspended: {why}"
+        if not isinstance(message, MaskedInput):
+            return None
+        epsilon = float(record["epsilon_spent"])
+        if self.ledgers.refusal(message.site_id, epsilon) is None:
+            return None
+        try:  # rare: a trial step (the server step is pure) tells whether the input is valid
+            server_step(self._require_open().server, message)
+        except FedSynthError:
+            return None
+        return self.ledgers.admit(message.site_id, epsilon)
+
     def _step(self, message: object, now: float) -> CoordinatorOutput:
         open_ = self._require_open()
         before = open_.server
@@ -455,6 +490,11 @@ class CohortCoordinator:
                                      result.survivors, server.config.target_version)
         out.finished = True
         self._past.append((result.cohort_id, _FINISHED))
+        if self.ledgers is not None and self._open is not None:
+            for site in result.survivors:  # a survivor's masked input is in the sum
+                epsilon = self._open.epsilon.get(site)  # (None: taken before a restart
+                if epsilon is not None:  # from a checkpoint older than the ledgers)
+                    self.ledgers.record(site, epsilon)
         self._open = None
         log.info("cohort %s done: %d survivors, weight %.6g", result.cohort_id,
                  len(result.survivors), result.weight_sum)

@@ -40,10 +40,12 @@ from aggregator.engine import (
     EngineConfig,
     EngineState,
     GlobalVersionPublished,
+    OutEvent,
     Rejected,
     RoundTimeout,
     UpdateReceived,
 )
+from aggregator.ledgers import PrivacyLedgers
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
 from fedsynth.data.encoder import FeatureEncoder
@@ -192,6 +194,7 @@ class AggregatorService:
         self.hist_cohort: str | None = None  # the cohort whose sum gave the histograms
         self.phase = Phase.GATHERING
         self.sites: dict[str, SiteInfo] = {}
+        self.ledgers = PrivacyLedgers()  # each site's epsilon must grow (aggregator.ledgers)
         self.spec: ModelSpec | None = None
         self.engine: AggregatorEngine | None = None
         self.state: EngineState | None = None
@@ -316,11 +319,22 @@ class AggregatorService:
             delta=delta,
             weight_hint=float(rec["weight"]),
         )
+        epsilon = float(rec["epsilon_spent"])
         site = self.sites.get(rec["site_id"])
         if site is not None:
-            eps = max(site.epsilon_spent, float(rec["epsilon_spent"]))
+            eps = max(site.epsilon_spent, epsilon)
             self.sites[rec["site_id"]] = SiteInfo(site.n_samples, site.histograms, eps)
-        return self._step(UpdateReceived(update, rec["message_id"]))
+        state, out = self.engine.step(self.state, UpdateReceived(update, rec["message_id"]))
+        if not any(isinstance(e, Rejected) for e in out):
+            # Valid in every other respect: the site's ledger has the last word. A refusal drops
+            # the engine's new state (the step is pure) and may suspend the site: checkpoint.
+            why = self.ledgers.admit(update.site_id, epsilon)
+            if why is not None:
+                return Effects(
+                    changed=True, dead=[DeadLetterItem(f"privacy_ledger: {why}", "UpdateRejected")]
+                )
+            self.ledgers.record(update.site_id, epsilon)
+        return self._take(state, out)
 
     # ----------------------------------------------------------------- timers
     def tick(self) -> Effects:
@@ -446,7 +460,7 @@ class AggregatorService:
         n_parameters = ModelSpec(encoder, config, self.settings.seed).build().n_parameters
         terms = None
         if self.settings.mode == "secure":
-            self.coordinator = CohortCoordinator(self._cohort_config(n_parameters))
+            self.coordinator = CohortCoordinator(self._cohort_config(n_parameters), self.ledgers)
             terms = self.coordinator.config.site_terms()
         self.spec = ModelSpec(encoder, config, self.settings.seed, terms)
         params = self.spec.build().flat_parameters()
@@ -519,7 +533,11 @@ class AggregatorService:
 
     def _step(self, event: Any) -> Effects:
         assert self.engine is not None and self.state is not None  # noqa: S101
-        self.state, out = self.engine.step(self.state, event)
+        return self._take(*self.engine.step(self.state, event))
+
+    def _take(self, state: EngineState, out: list[OutEvent]) -> Effects:
+        """Adopt an engine step's new state and act on its out events."""
+        self.state = state
         fx = Effects(changed=True, events=list(out))
         for ev in out:
             if isinstance(ev, Rejected):
@@ -590,6 +608,7 @@ class AggregatorService:
             },
             "cohorts": self.coordinator.to_state() if self.coordinator is not None else None,
             "histogram_cohort": self.hist_cohort,
+            "privacy_ledgers": self.ledgers.to_state(),
         }
 
     def restart_deadlines(self) -> None:
@@ -620,6 +639,7 @@ class AggregatorService:
         self._make_engine(int(np.asarray(state.params).size))
         self.state = state
         self.hist_cohort = extra.get("histogram_cohort")  # absent in older checkpoints
+        self.ledgers = PrivacyLedgers.from_state(extra.get("privacy_ledgers"))  # (so are these)
         if extra.get("cohorts") is not None:
             config = self._cohort_config(int(np.asarray(state.params).size))
             cohort_arrays = {
@@ -628,6 +648,6 @@ class AggregatorService:
                 if k.startswith("cohort.")
             }
             self.coordinator = CohortCoordinator.from_state(
-                config, extra["cohorts"], cohort_arrays
+                config, extra["cohorts"], cohort_arrays, self.ledgers
             )
         self.version_started = self.clock()

@@ -47,7 +47,7 @@ class Feeder:
                 "vector": delta.tobytes(),
                 "n_parameters": n_parameters,
                 "train_loss": 0.0,
-                "epsilon_spent": 1.0,
+                "epsilon_spent": 0.25 * (version + 1),  # one ledger: grows every update
             }
             chunks = self.fed.factory(site).build_chunked("ModelUpdate", fields, self.max_chunk)
             self.cache[key] = [c.value for c in chunks]

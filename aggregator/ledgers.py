@@ -1,0 +1,126 @@
+"""One privacy ledger per site: the epsilon a site reports must grow with every update it releases.
+
+Each site agent keeps its privacy spending in a ledger in its state folder and reports the total
+spent so far, this update included, as ``epsilon_spent`` in every update. One ledger only ever
+grows: every update takes at least one DP-SGD step. So a site whose update reports an epsilon no
+larger than one it already had applied has a second ledger: a second agent of the site running
+with its own state folder (on another host: the folder lock covers one host only), or a state
+folder lost or restored from a backup. Either way the site's real spending is more than any one
+ledger says, and the reports can no longer be trusted. The aggregator then suspends the site
+for the rest of the run: the update is refused, and so is everything the site sends later,
+whatever epsilon it reports (a second ledger would otherwise be let in again once its total
+passed the first one's). The operator sees why in the dead-letter topic and the error log.
+
+Only updates that were applied count (a plain update the engine took; a masked update in a
+cohort sum): a refused update, or a masked update whose cohort failed and which rejoins a later
+cohort with the same epsilon, is not compared against itself. A site that trains without DP
+reports infinity, which is not compared.
+
+Pure: no I/O, no clock; the service and the cohort coordinator own one and checkpoint it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from fedsynth.errors import ConfigError
+
+__all__ = ["PrivacyLedgers", "epsilon_from_json", "epsilon_to_json"]
+
+log = logging.getLogger(__name__)
+
+_FORMAT = 1
+
+
+class PrivacyLedgers:
+    """The epsilon of each site's last applied update, and the sites suspended for a ledger
+    that went back."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suspended: dict[str, str] = {}
+
+    def last(self, site: str) -> float | None:
+        """The epsilon the site's last applied update reported (None: none applied yet)."""
+        return self._last.get(site)
+
+    def suspended(self, site: str) -> str | None:
+        """Why the site is suspended, or None when it is not."""
+        return self._suspended.get(site)
+
+    def refusal(self, site: str, epsilon: float) -> str | None:
+        """Why an update of ``site`` reporting ``epsilon`` may not be applied (None: it may);
+        changes nothing."""
+        found = self._check(site, epsilon)
+        return None if found is None else found[1]
+
+    def admit(self, site: str, epsilon: float) -> str | None:
+        """As :meth:`refusal`, for an update that is otherwise valid: an epsilon no larger than
+        the last applied one also suspends the site (a NaN or negative one is refused without
+        suspending: it is no privacy total at all)."""
+        found = self._check(site, epsilon)
+        if found is None:
+            return None
+        regressed, why = found
+        if regressed:
+            self._suspended[site] = why
+            log.error("site %s suspended: %s", site, why)
+            return f"site {site!r} is suspended for this run: {why}"
+        return why
+
+    def _check(self, site: str, epsilon: float) -> tuple[bool, str] | None:
+        """None to admit; else whether the ledger went back, and why the update is refused."""
+        why = self._suspended.get(site)
+        if why is not None:
+            return False, f"site {site!r} is suspended for this run: {why}"
+        if math.isnan(epsilon) or epsilon < 0:
+            return False, f"site {site!r} reports epsilon {epsilon}, not a privacy total"
+        last = self._last.get(site)
+        if last is None or math.isinf(epsilon) or math.isinf(last) or epsilon > last:
+            return None
+        return True, (
+            f"its privacy ledger went back: an update reports epsilon {epsilon:.6g} after one "
+            f"applied at {last:.6g} (a second agent of the site with its own state folder, or "
+            "a state folder lost or restored from a backup)"
+        )
+
+    def record(self, site: str, epsilon: float) -> None:
+        """An update of ``site`` reporting ``epsilon`` was applied."""
+        self._last[site] = epsilon
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-ready state (infinities as the string ``"inf"``)."""
+        return {
+            "format": _FORMAT,
+            "last": {s: epsilon_to_json(e) for s, e in self._last.items()},
+            "suspended": dict(self._suspended),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any] | None) -> PrivacyLedgers:
+        """Restore :meth:`to_state`'s output; None (a checkpoint from before ledgers) is empty.
+
+        Raises:
+            ConfigError: a state of an unknown format.
+        """
+        ledgers = cls()
+        if state is None:
+            return ledgers
+        if state.get("format") != _FORMAT:
+            raise ConfigError(f"privacy ledger state format {state.get('format')!r} is not 1")
+        ledgers._last = {str(s): epsilon_from_json(e) for s, e in state["last"].items()}
+        ledgers._suspended = {str(s): str(w) for s, w in state["suspended"].items()}
+        return ledgers
+
+
+def epsilon_to_json(epsilon: float) -> float | str:
+    """An epsilon as JSON holds it: infinity (a site without DP) as the string ``"inf"``."""
+    return "inf" if math.isinf(epsilon) else epsilon
+
+
+def epsilon_from_json(value: float | str) -> float:
+    """The inverse of :func:`epsilon_to_json`."""
+    return float(value)

@@ -1,0 +1,183 @@
+"""A site whose reported epsilon goes back has a second privacy ledger: it is suspended.
+
+The pure :class:`PrivacyLedgers` first; then the aggregator's service in plain mode (no broker:
+the runtime's real service fed signed records) and the secure cohort coordinator in memory
+(the harness of ``test_cohorts.py``), where a refused masked input is a dropout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents.secure import PendingUpdate
+from aggregator.cohorts import CohortCoordinator
+from aggregator.ledgers import PrivacyLedgers
+from aggregator.service import AggregatorService, Phase
+from fedsynth.errors import ConfigError
+from tests.integration.harness import Federation
+from tests.unit.service_maker import Maker
+from tests.unit.test_cohorts import (
+    ALL_SITES,
+    N_SAMPLES,
+    D,
+    Net,
+    config,
+    delta_of,
+    expected,
+    finished_result,
+    make_net,
+)
+
+
+# ------------------------------------------------------------------------------------ pure
+def test_a_growing_epsilon_is_admitted_and_one_that_goes_back_suspends_the_site() -> None:
+    ledgers = PrivacyLedgers()
+    for eps in (0.5, 0.9, 1.4):
+        assert ledgers.admit("A", eps) is None
+        ledgers.record("A", eps)
+    assert ledgers.refusal("A", 0.3) is not None and ledgers.suspended("A") is None  # a query
+    why = ledgers.admit("A", 0.3)
+    assert why is not None and "suspended" in why and "0.3 after one applied at 1.4" in why
+    assert ledgers.suspended("A") is not None
+    assert ledgers.admit("A", 9.0) is not None, "a second ledger that passes the first stays out"
+    assert ledgers.admit("B", 0.1) is None and ledgers.suspended("B") is None
+
+
+def test_an_equal_epsilon_suspends_since_every_update_spends_some() -> None:
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", 1.0)
+    assert ledgers.admit("A", 1.0) is not None and ledgers.suspended("A") is not None
+
+
+def test_sites_without_dp_are_not_compared_and_bad_values_are_refused_without_suspending() -> None:
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", math.inf)
+    assert ledgers.admit("A", math.inf) is None and ledgers.admit("A", 0.5) is None
+    for bad in (math.nan, -1.0):
+        why = ledgers.admit("B", bad)
+        assert why is not None and "not a privacy total" in why
+    assert ledgers.suspended("B") is None
+
+
+def test_state_round_trips_with_infinity_and_older_checkpoints_start_empty() -> None:
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", 2.5)
+    ledgers.record("B", math.inf)
+    ledgers.record("C", 1.0)
+    assert ledgers.admit("C", 0.5) is not None
+    state = ledgers.to_state()
+    assert state["last"]["B"] == "inf"
+    back = PrivacyLedgers.from_state(state)
+    assert back.last("A") == 2.5 and back.last("B") == math.inf
+    assert back.suspended("C") == ledgers.suspended("C")
+    assert PrivacyLedgers.from_state(None).last("A") is None
+    with pytest.raises(ConfigError, match="format"):
+        PrivacyLedgers.from_state({**state, "format": 99})
+
+
+# ------------------------------------------------------------------------- plain service
+def _update(
+    fed: Federation, site: str, uid: int, base: int, eps: float, n: int, length: int | None = None
+) -> list[bytes]:
+    length = n if length is None else length
+    fields = {
+        "update_id": f"00000000-0000-0000-0000-{uid:012d}", "site_id": site,
+        "base_version": base, "n_samples": 50, "mode": "plain", "cohort_id": None,
+        "weight": 1.0, "codec": "float32", "vector": np.full(length, 1e-3, np.float32).tobytes(),
+        "n_parameters": length, "train_loss": 0.0, "epsilon_spent": eps,
+    }
+    return [c.value for c in fed.factory(site).build_chunked("ModelUpdate", fields, 900 * 1024)]
+
+
+def _feed(service: AggregatorService, values: list[bytes]) -> list[str]:
+    return [d.reason for v in values for d in service.handle(v).dead]
+
+
+def test_plain_a_second_ledger_suspends_its_site_and_replays_keep_their_reason(
+    make_service: Maker,
+) -> None:
+    fed, make = make_service
+    service = make(mode="plain", rounds=10)
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.phase is Phase.TRAINING and service.state is not None
+    n = int(service.state.params.size)
+    first = _update(fed, "A", 1, 0, 0.5, n)
+    assert _feed(service, first) == []
+    assert _feed(service, _update(fed, "B", 2, 0, 0.5, n)) == []
+    assert service.state.model_version == 1
+    replayed = _feed(service, first)
+    assert len(replayed) == 1 and replayed[0].startswith("replay"), replayed
+    malformed = _feed(service, _update(fed, "A", 9, 1, 0.1, n, length=n - 1))
+    assert len(malformed) == 1 and malformed[0].startswith("bad_shape"), malformed
+    assert service.ledgers.suspended("A") is None, "only an otherwise valid update may suspend"
+
+    second_ledger = _feed(service, _update(fed, "A", 3, 1, 0.5, n))
+    assert len(second_ledger) == 1 and "privacy_ledger" in second_ledger[0], second_ledger
+    assert "went back" in second_ledger[0]
+    later = _feed(service, _update(fed, "A", 4, 1, 5.0, n))
+    assert len(later) == 1 and "suspended" in later[0]
+    assert _feed(service, _update(fed, "B", 5, 1, 0.9, n)) == []  # B goes on
+
+    restarted = make(mode="plain", rounds=10)
+    restarted.restore(service.state, service.extra_state())
+    again = _feed(restarted, _update(fed, "A", 6, 1, 7.0, n))
+    assert len(again) == 1 and "suspended" in again[0], "the suspension is checkpointed"
+
+
+# ------------------------------------------------------------------------- secure cohorts
+def _ledgered_net() -> tuple[Net, PrivacyLedgers]:
+    ledgers = PrivacyLedgers()
+    net = make_net(ALL_SITES[:4])
+    net.coord = CohortCoordinator(config(), ledgers)
+    return net, ledgers
+
+
+def _submit(net: Net, eps: dict[str, float], tag: str) -> None:
+    for site, e in eps.items():
+        update = PendingUpdate(f"u-{site}-{tag}", delta_of(site), N_SAMPLES[site], 5, 0.5, e)
+        net.publish(site, net.sites[site].submit(update, net.clock.now))
+
+
+def test_secure_a_masked_input_from_a_second_ledger_is_a_dropout_and_its_site_is_suspended() -> (
+    None
+):
+    net, ledgers = _ledgered_net()
+    sites = ALL_SITES[:4]
+    net.open(version=5)
+    _submit(net, dict.fromkeys(sites, 1.0), "1")
+    net.settle()
+    finished_result(net)
+    assert all(ledgers.last(s) == 1.0 for s in sites)
+
+    net.open(version=6)
+    cohort = net.coord.cohort_id
+    early = {"update_id": "x", "site_id": "s0", "base_version": 5, "n_samples": 1,
+             "mode": "masked", "cohort_id": cohort, "weight": 0.0, "codec": "masked-u32",
+             "vector": bytes(4 * D), "n_parameters": D, "train_loss": 0.0,
+             "epsilon_spent": 0.5, "masked_weight": 0}
+    rec = {**net.factories["s0"].envelope(), **early}
+    out = net.coord.on_record("ModelUpdate", rec, net.clock.now)  # while joining: invalid anyway
+    assert "OutOfOrderError" in out.rejections[0] and ledgers.suspended("s0") is None
+    _submit(net, {"s0": 1.0, "s1": 2.0, "s2": 2.0, "s3": 2.0}, "2")  # s0: a second ledger
+    net.settle()
+    event = finished_result(net)
+    want_sum, want_w = expected(("s1", "s2", "s3"))
+    assert event.contributors == ("s1", "s2", "s3")
+    assert np.array_equal(event.weighted_delta_sum, want_sum) and event.weight_sum == want_w
+    assert any("s0" in r and "went back" in r for r in net.rejections), net.rejections
+    assert ledgers.suspended("s0") is not None and ledgers.last("s1") == 2.0
+
+    state: dict[str, Any] = ledgers.to_state()
+    restored = PrivacyLedgers.from_state(state)
+    net.coord = CohortCoordinator.from_state(config(), net.coord.to_state(), None, restored)
+    net.rejections.clear()
+    net.open(version=7)
+    _submit(net, {s: 3.0 for s in sites if net.sites[s].has_pending_update is False}, "3")
+    net.settle()
+    assert any("CohortJoin from 's0'" in r and "suspended" in r for r in net.rejections)
+    assert finished_result(net).contributors == ("s1", "s2", "s3")
