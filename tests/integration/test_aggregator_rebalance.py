@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,10 +34,20 @@ TRIALS = 3
 ENV = {"FEDSYNTH_SESSION_TIMEOUT_S": "3"}
 
 
+async def _logged(path: Path, text: str, timeout_s: float) -> None:
+    """Wait until ``text`` is in the log at ``path`` (or ``timeout_s`` passed: the test's
+    assertions then say what is missing). Under load a faust worker takes seconds to start."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        await asyncio.sleep(0.2)
+
+
 class IntrudedFeeder(Feeder):
     """Before sending the updates for version ``at``, starts a second member in the
-    aggregator's group; stops it (it leaves the group) once it has had time to read and commit
-    what its partitions got."""
+    aggregator's group and waits until the aggregator sees it; stops it (it leaves the group)
+    once it has read what its partitions got and had time to commit."""
 
     def __init__(self, fed: Federation, at: int | None, bootstrap: str) -> None:
         super().__init__(fed)
@@ -49,9 +60,11 @@ class IntrudedFeeder(Feeder):
             return await super().send_updates(bootstrap, version, n_parameters)
         intruder = start_intruder(self.bootstrap, self.fed.run_dir, FED)
         try:
-            await asyncio.sleep(4.0)  # it joins: the group rebalances
+            # it joins: the group rebalances, and the aggregator holds only some partitions
+            await _logged(self.fed.run_dir / "aggregator.log", "a second aggregator?", 60)
             await super().send_updates(bootstrap, version, n_parameters)
-            await asyncio.sleep(3.0)  # it reads (and commits) what its partitions got
+            await _logged(self.intruder_log, "read", 20)  # it reads what its partitions got
+            await asyncio.sleep(2.0)  # and commits it (every 0.5 s)
         finally:
             stop(intruder)  # SIGTERM: it leaves the group, another rebalance
         return None
