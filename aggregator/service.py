@@ -48,6 +48,7 @@ from aggregator.engine import (
 from aggregator.ledgers import PrivacyLedgers
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
+from aggregator.validation import ReasonCode
 from fedsynth.data.encoder import FeatureEncoder
 from fedsynth.data.preprocess import Histograms
 from fedsynth.data.schema import DatasetSchema
@@ -69,6 +70,7 @@ from fedsynth.secagg.fixedpoint import FixedPointSpec
 __all__ = [
     "DERIVE",
     "AggregatorService",
+    "NOT_A_REPORT",
     "DeadLetterItem",
     "Effects",
     "Phase",
@@ -81,6 +83,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 AGGREGATOR = "aggregator"
+
+NOT_A_REPORT = frozenset({
+    ReasonCode.UNKNOWN_SITE, ReasonCode.REPLAY, ReasonCode.FUTURE_BASE,
+    ReasonCode.BAD_SAMPLE_COUNT, ReasonCode.BAD_SHAPE, ReasonCode.NON_FINITE,
+})
+"""Refusals after which an update's epsilon is not held against its site's ledger: a replay (an
+old report again) and malformed updates. Every other update, applied or refused (too stale,
+over the norm bound, not wanted by the strategy this round), is a report of the site's ledger,
+and one ledger's reports only grow (:mod:`aggregator.ledgers`)."""
 
 
 class Phase(StrEnum):
@@ -325,15 +336,17 @@ class AggregatorService:
             eps = max(site.epsilon_spent, epsilon)
             self.sites[rec["site_id"]] = SiteInfo(site.n_samples, site.histograms, eps)
         state, out = self.engine.step(self.state, UpdateReceived(update, rec["message_id"]))
-        if not any(isinstance(e, Rejected) for e in out):
-            # Valid in every other respect: the site's ledger has the last word. A refusal drops
-            # the engine's new state (the step is pure) and may suspend the site: checkpoint.
+        refused = [e.reason.reason_code for e in out if isinstance(e, Rejected)]
+        if not refused or refused[0] not in NOT_A_REPORT:
+            # The site's ledger has the last word. A refusal drops the engine's new state (the
+            # step is pure) and may suspend the site: checkpoint.
             why = self.ledgers.admit(update.site_id, epsilon)
             if why is not None:
                 return Effects(
                     changed=True, dead=[DeadLetterItem(f"privacy_ledger: {why}", "UpdateRejected")]
                 )
-            self.ledgers.record(update.site_id, epsilon)
+            if not refused:
+                self.ledgers.record(update.site_id, epsilon)
         return self._take(state, out)
 
     # ----------------------------------------------------------------- timers

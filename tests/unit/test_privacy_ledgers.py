@@ -129,6 +129,25 @@ def test_plain_a_second_ledger_suspends_its_site_and_replays_keep_their_reason(
     assert len(again) == 1 and "suspended" in again[0], "the suspension is checkpointed"
 
 
+def test_plain_a_twin_refused_by_the_strategy_is_still_caught(make_service: Maker) -> None:
+    """Two agents in lockstep with one FedAvg round each: the twin's update is refused as a
+    second one of its site in the round, and its epsilon, equal to the one applied, gives it away;
+    an honest agent's retrained update (a higher epsilon) refused the same way does not."""
+    fed, make = make_service
+    service = make(mode="plain", rounds=10)
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.state is not None
+    n = int(service.state.params.size)
+    assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
+    retrained = _feed(service, _update(fed, "A", 2, 0, 0.7, n))
+    assert len(retrained) == 1 and retrained[0].startswith("duplicate_site"), retrained
+    assert _feed(service, _update(fed, "B", 3, 0, 0.5, n)) == []
+    twin = _feed(service, _update(fed, "B", 4, 0, 0.5, n))
+    assert len(twin) == 1 and "privacy_ledger" in twin[0] and "went back" in twin[0], twin
+    assert service.ledgers.suspended("A") is None and service.ledgers.suspended("B") is not None
+
+
 # ------------------------------------------------------------------------- secure cohorts
 def _ledgered_net() -> tuple[Net, PrivacyLedgers]:
     ledgers = PrivacyLedgers()
