@@ -82,7 +82,7 @@ def _kill_while_pending(
     raise AssertionError("the victim never had a pending update:\n" + child.log_tail(40))
 
 
-async def _final_and_updates(bootstrap: str, keys: KeyRing, timeout_s: float) -> list[dict]:
+async def final_and_updates(bootstrap: str, keys: KeyRing, timeout_s: float) -> list[dict]:
     """Wait for the final global version; then every ModelUpdate ever published."""
     reader = MessageReader("fedsynth-demo", keys)
     consumer = make_consumer(bootstrap, group_id=None)
@@ -135,7 +135,7 @@ def test_a_killed_agent_brings_its_pending_update_to_a_later_cohort(
         restarted = group.start(f"agent-{VICTIM}", argv, env)
         keys = KeyRing.from_dir(opts.run_dir / "keys")
         try:
-            updates = asyncio.run(_final_and_updates(broker.bootstrap, keys, timeout_s=300))
+            updates = asyncio.run(final_and_updates(broker.bootstrap, keys, timeout_s=300))
         except AssertionError as exc:
             logs = "\n\n".join(f"== {c.name}\n{c.log_tail(30)}" for c in group.children)
             raise AssertionError(f"{exc}\n{logs}") from None
