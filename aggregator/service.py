@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -566,6 +567,15 @@ class AggregatorService:
                 )
         return fx
 
+    def epsilon_by_site(self) -> dict[str, float]:
+        """The privacy each site reported spending, as a global version's provenance gives it:
+        the largest epsilon it reported, or infinity for a suspended site (once two ledgers
+        spent its privacy, no report bounds it; :mod:`aggregator.ledgers`)."""
+        return {
+            s: math.inf if self.ledgers.suspended(s) is not None else i.epsilon_spent
+            for s, i in self.sites.items()
+        }
+
     def _publish(self, version: int, vector: np.ndarray, contributors: tuple[str, ...]) -> Effects:
         assert self.spec is not None  # noqa: S101
         final = version >= self.settings.rounds
@@ -582,7 +592,7 @@ class AggregatorService:
             "n_parameters": int(np.asarray(vector).size),
             "encoder": self.spec.to_bytes(),
             "contributors": list(contributors),
-            "epsilon_by_site": {s: i.epsilon_spent for s, i in self.sites.items()},
+            "epsilon_by_site": self.epsilon_by_site(),
             "final": final,
         }
         chunks = self.factory.build_chunked("GlobalModel", fields)

@@ -146,6 +146,8 @@ def test_plain_a_twin_refused_by_the_strategy_is_still_caught(make_service: Make
     twin = _feed(service, _update(fed, "B", 4, 0, 0.5, n))
     assert len(twin) == 1 and "privacy_ledger" in twin[0] and "went back" in twin[0], twin
     assert service.ledgers.suspended("A") is None and service.ledgers.suspended("B") is not None
+    report = service.epsilon_by_site()  # what later versions' provenance says
+    assert report["A"] == 0.7 and report["B"] == math.inf, report
 
 
 # ------------------------------------------------------------------------- secure cohorts
