@@ -4,6 +4,7 @@ Routes:
     GET  /                         dashboard page (current model, recent releases)
     GET  /healthz                  liveness
     GET  /v1/model                 current model version, contributors, epsilon per site
+                                   (null: no bound, a site without DP or a suspended one)
     POST /v1/synthesize            body ``{"n": 1000, "where": "age>=40", "format": "csv"}``;
                                    streams rows (csv or ndjson) as they are sampled, or returns
                                    a Parquet file; every release is stored with provenance
@@ -31,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from fedsynth.errors import ConstraintError, FedSynthError
 from fedsynth.model.sampling import MAX_GUIDANCE
-from synth_gateway.ports import ModelSource, ReleasedModel
+from synth_gateway.ports import ModelSource, ReleasedModel, epsilon_json
 from synth_gateway.store import Provenance, ReleaseStore
 
 __all__ = ["SynthesisRequest", "build_app"]
@@ -237,7 +238,7 @@ def _release_headers(release_id: str, model: ReleasedModel) -> dict[str, str]:
     return {
         "X-Release-Id": release_id,
         "X-Model-Version": str(model.version),
-        "X-Epsilon-By-Site": json.dumps(model.epsilon_by_site, sort_keys=True),
+        "X-Epsilon-By-Site": json.dumps(epsilon_json(model.epsilon_by_site), sort_keys=True),
     }
 
 
@@ -254,7 +255,7 @@ def _model_json(model: ReleasedModel) -> dict[str, Any]:
         "dataset": model.dataset,
         "version": model.version,
         "contributors": list(model.contributors),
-        "epsilon_by_site": model.epsilon_by_site,
+        "epsilon_by_site": epsilon_json(model.epsilon_by_site),
         "columns": list(model.columns),
     }
 

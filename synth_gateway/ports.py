@@ -6,13 +6,22 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["ModelSource", "ReleasedModel", "RowSampler", "StaticModelSource"]
+__all__ = ["ModelSource", "ReleasedModel", "RowSampler", "StaticModelSource", "epsilon_json"]
+
+
+def epsilon_json(epsilon_by_site: Mapping[str, float]) -> dict[str, float | None]:
+    """Epsilon per site as the gateway's JSON gives it: ``null`` where no bound is known (a site
+    that trains without DP, or one the aggregator suspended for a second privacy ledger), since
+    JSON has no infinity (Python would write ``Infinity``, which strict parsers refuse)."""
+    return {s: e if math.isfinite(e) else None for s, e in epsilon_by_site.items()}
 
 
 class RowSampler(Protocol):

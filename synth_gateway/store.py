@@ -22,6 +22,7 @@ import duckdb
 import pandas as pd
 
 from fedsynth.errors import StateInUseError
+from synth_gateway.ports import epsilon_json
 
 __all__ = ["Provenance", "ReleaseInfo", "ReleaseStore"]
 
@@ -162,7 +163,7 @@ class ReleaseStore:
                     json.dumps(list(prov.contributors)),
                     prov.query,
                     len(rows),
-                    json.dumps(prov.epsilon_by_site, sort_keys=True),
+                    json.dumps(epsilon_json(prov.epsilon_by_site), sort_keys=True),
                     str(path),
                     digest,
                     prov.requested_by,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -142,5 +143,34 @@ def test_a_catalogue_without_the_guidance_column_gains_it(tmp_path: Path) -> Non
     try:
         (release,) = store.releases()
         assert release["release_id"] == "r0" and release["guidance"] == 1.0
+    finally:
+        store.close()
+
+
+async def test_an_unbounded_epsilon_is_null_in_strict_json(tmp_path: Path) -> None:
+    """A site without DP, or one suspended for a second privacy ledger, has no bound (infinity
+    in the model's provenance): the API, the header and the catalogue say null, never the
+    ``Infinity`` token that strict JSON parsers refuse."""
+
+    def strict(text: str) -> object:
+        def refuse(token: str) -> float:
+            raise ValueError(f"non-standard JSON token {token}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    store = ReleaseStore(tmp_path).open()
+    model = dataclasses.replace(MODEL, epsilon_by_site={"Cleveland": 1.5, "Hungary": np.inf})
+    app = build_app(StaticModelSource(model), store, tokens=frozenset({TOKEN}))
+    try:
+        async with TestClient(TestServer(app)) as c:
+            info = strict(await (await c.get("/v1/model", headers=AUTH)).text())
+            assert isinstance(info, dict)
+            assert info["epsilon_by_site"] == {"Cleveland": 1.5, "Hungary": None}
+            resp = await c.post("/v1/synthesize", json={"n": 5}, headers=AUTH)
+            assert resp.status == 200
+            assert strict(resp.headers["X-Epsilon-By-Site"]) == {"Cleveland": 1.5, "Hungary": None}
+            await resp.read()
+        (release,) = store.releases()
+        assert strict(release["epsilon_by_site"]) == {"Cleveland": 1.5, "Hungary": None}
     finally:
         store.close()
