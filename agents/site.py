@@ -13,7 +13,11 @@ out of the sum (or drawing, and spending on, a second release).
 
 One agent at a time works on a site's folder (:class:`~fedsynth.durable.StateLock`, taken by
 :meth:`SiteAgent.run`): a second one, started by mistake beside a running one, would spend the
-same privacy budget again and overwrite the ledger's record of it.
+same privacy budget again and overwrite the ledger's record of it. One on another host, with a
+copy of the folder, keeps a second ledger; the aggregator then suspends the site
+(:mod:`aggregator.ledgers`) and every later global version gives the site's epsilon as
+infinite. An agent training with DP that reads that stops with :data:`EXIT_SUSPENDED` and an
+error saying why, instead of training for updates that would all be refused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 import io
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -58,6 +63,8 @@ from topics.registry import CONTROL, GLOBAL_MODEL, SHARE_RELAY, SITE_EVENTS, UNM
 __all__ = ["GlobalVersion", "SiteAgent"]
 
 log = logging.getLogger(__name__)
+EXIT_SUSPENDED = 3
+"""The agent's exit code when the federation reports the site's privacy as unbounded."""
 _COHORT_RECORDS = frozenset(
     {"CohortOpen", "CohortRoster", "MaskRequest", "UnmaskRequest", "EncryptedShare"}
 )
@@ -72,6 +79,7 @@ class GlobalVersion:
     spec: ModelSpec
     final: bool
     traceparent: list[tuple[str, bytes]]
+    site_epsilon: float = 0.0  # the site's epsilon in the version's provenance
 
 
 class SiteAgent:
@@ -230,6 +238,16 @@ class SiteAgent:
                     self.secure.caught_up()  # later cohort opens are new ones
                     self._sync_store(self.secure)
             latest = self.latest
+            if latest is not None and self.s.dp and not math.isfinite(latest.site_epsilon):
+                log.error(
+                    "global version %d gives site %s's privacy as unbounded: the aggregator "
+                    "suspended the site (a second agent of it with its own state folder, or "
+                    "this folder restored from a backup) or another agent of it trains without "
+                    "DP; this agent stops. Run one agent per site with its whole state folder, "
+                    "in a new run.", latest.version, self.s.site,
+                )
+                await self._heartbeat("suspended")
+                return EXIT_SUSPENDED
             if latest is None or latest.version <= self.state["trained_version"]:
                 continue
             if self.secure is not None and not latest.final:
@@ -274,7 +292,8 @@ class SiteAgent:
             log.warning("ignoring global version %s: %s", rec["version"], exc)
             return
         self.latest = GlobalVersion(
-            int(rec["version"]), params, spec, bool(rec.get("final")), headers
+            int(rec["version"]), params, spec, bool(rec.get("final")), headers,
+            float(rec["epsilon_by_site"].get(self.s.site, 0.0)),
         )
         if spec.secure_terms is not None and self.secure is None:
             self._start_secure(spec.secure_terms)

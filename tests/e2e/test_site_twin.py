@@ -1,7 +1,8 @@
 """A second agent of one site on "another host", with its own copy of the site's state folder,
 in the demo's secure federation: both agents' privacy ledgers start alike and grow in lockstep,
 so the first of the twin's reports that the aggregator holds against an applied one gives the
-second ledger away. The site is suspended, and the run finishes with the other three sites.
+second ledger away. The site is suspended, the run finishes with the other three sites, and the
+site's agents stop once a version gives the site's privacy as unbounded.
 
 The agents, the aggregator and the broker are the demo's (a tiny model). The twin is started
 from a copy of the run directory made before anything ran: the folder lock (`StateLock`) covers
@@ -55,3 +56,6 @@ def test_a_second_ledger_of_one_site_is_caught_and_the_others_finish(tmp_path: P
     later = [line for line in after.splitlines() if "published global version" in line]
     assert len(published) == ROUNDS + 1 and "(final)" in published[-1], published
     assert later and all(SITE not in line.split("contributors")[1] for line in later), later
+    agents = [opts.run_dir / "logs" / f"{who}-{SITE}.log" for who in ("agent", "twin")]
+    stopped = [p.name for p in agents if "privacy as unbounded" in p.read_text()]
+    assert stopped, "a version after the suspension stops the site's agents"

@@ -8,18 +8,23 @@ the runtime's real service fed signed records) and the secure cohort coordinator
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from agents.secure import PendingUpdate
+from agents.site import EXIT_SUSPENDED, GlobalVersion
 from aggregator.cohorts import CohortCoordinator
 from aggregator.ledgers import PrivacyLedgers
 from aggregator.service import AggregatorService, Phase
 from fedsynth.errors import ConfigError
 from tests.integration.harness import Federation
 from tests.unit.service_maker import Maker
+from tests.unit.test_agent_histograms import _agent
+from tests.unit.test_agent_secure_wait import _Done, _Quiet
 from tests.unit.test_cohorts import (
     ALL_SITES,
     N_SAMPLES,
@@ -202,3 +207,42 @@ def test_secure_a_masked_input_from_a_second_ledger_is_a_dropout_and_its_site_is
     net.settle()
     assert any("CohortJoin from 's0'" in r and "suspended" in r for r in net.rejections)
     assert finished_result(net).contributors == ("s1", "s2", "s3")
+
+
+# ------------------------------------------------------------------------- the site's agent
+@pytest.mark.parametrize("dp", [True, False])
+async def test_an_agent_stops_once_the_federation_gives_its_privacy_as_unbounded(
+    tmp_path: Path, dp: bool
+) -> None:
+    """A version whose provenance gives the site's epsilon as infinite (the aggregator suspended
+    it) stops a DP agent with EXIT_SUSPENDED before it trains; an agent without DP reports
+    infinity itself and goes on."""
+    agent = _agent(tmp_path)
+    agent.s = agent.s.model_copy(update={"dp": dp})
+    trained: list[int] = []
+    beats: list[str] = []
+
+    async def train_and_send(gv: GlobalVersion) -> bool:
+        trained.append(gv.version)
+        agent.state["trained_version"] = gv.version
+        return True
+
+    async def heartbeat(status: str) -> None:
+        beats.append(status)
+
+    agent._train_and_send = train_and_send  # type: ignore[method-assign]
+    agent._heartbeat = heartbeat  # type: ignore[method-assign]
+
+    def see(v: int, eps: float) -> Callable[[], None]:
+        def step() -> None:
+            agent.latest = GlobalVersion(v, np.zeros(1, np.float32), None, False, [], eps)  # type: ignore[arg-type]
+        return step
+
+    steps = [see(1, 2.5), see(2, math.inf), see(3, math.inf)]
+    if dp:
+        assert await agent._follow(_Quiet(steps)) == EXIT_SUSPENDED
+        assert trained == [1] and beats[-1] == "suspended"
+    else:
+        with pytest.raises(_Done):
+            await agent._follow(_Quiet(steps))
+        assert trained == [1, 2, 3]
