@@ -45,6 +45,25 @@ class _Quiet:
         return {}
 
 
+def scripted(agent: SiteAgent) -> tuple[list[int], list[str]]:
+    """Stand-ins for the agent's training and heartbeats; the versions it trained on and the
+    statuses it reported, in order."""
+    trained: list[int] = []
+    beats: list[str] = []
+
+    async def train_and_send(gv: GlobalVersion) -> bool:
+        trained.append(gv.version)
+        agent.state["trained_version"] = gv.version
+        return True
+
+    async def heartbeat(status: str) -> None:
+        beats.append(status)
+
+    agent._train_and_send = train_and_send  # type: ignore[method-assign]
+    agent._heartbeat = heartbeat  # type: ignore[method-assign]
+    return trained, beats
+
+
 def _version(v: int) -> GlobalVersion:
     return GlobalVersion(v, np.zeros(1, np.float32), None, False, [])  # type: ignore[arg-type]
 
@@ -58,18 +77,7 @@ async def test_the_agent_waits_for_the_version_holding_its_spent_update(tmp_path
     )
     agent.secure._awaiting = ("c1", 6)  # spent in a cohort for version 5: its sum makes 6
     agent.state["trained_version"] = 4
-    trained: list[int] = []
-
-    async def train_and_send(gv: GlobalVersion) -> bool:
-        trained.append(gv.version)
-        agent.state["trained_version"] = gv.version
-        return True
-
-    async def heartbeat(status: str) -> None:
-        return None
-
-    agent._train_and_send = train_and_send  # type: ignore[method-assign]
-    agent._heartbeat = heartbeat  # type: ignore[method-assign]
+    trained, _ = scripted(agent)
 
     def see(v: int) -> Callable[[], None]:
         def step() -> None:

@@ -24,7 +24,7 @@ from fedsynth.errors import ConfigError
 from tests.integration.harness import Federation
 from tests.unit.service_maker import Maker
 from tests.unit.test_agent_histograms import _agent
-from tests.unit.test_agent_secure_wait import _Done, _Quiet
+from tests.unit.test_agent_secure_wait import _Done, _Quiet, scripted
 from tests.unit.test_cohorts import (
     ALL_SITES,
     N_SAMPLES,
@@ -219,19 +219,7 @@ async def test_an_agent_stops_once_the_federation_gives_its_privacy_as_unbounded
     infinity itself and goes on."""
     agent = _agent(tmp_path)
     agent.s = agent.s.model_copy(update={"dp": dp})
-    trained: list[int] = []
-    beats: list[str] = []
-
-    async def train_and_send(gv: GlobalVersion) -> bool:
-        trained.append(gv.version)
-        agent.state["trained_version"] = gv.version
-        return True
-
-    async def heartbeat(status: str) -> None:
-        beats.append(status)
-
-    agent._train_and_send = train_and_send  # type: ignore[method-assign]
-    agent._heartbeat = heartbeat  # type: ignore[method-assign]
+    trained, beats = scripted(agent)
 
     def see(v: int, eps: float) -> Callable[[], None]:
         def step() -> None:
