@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.engine import CohortAggregated
-from aggregator.ledgers import PrivacyLedgers, epsilon_from_json, epsilon_to_json
+from aggregator.ledgers import PrivacyLedgers
 from aggregator.strategies.staleness import StalenessFn, make_staleness
 from fedsynth.errors import ConfigError, FedSynthError, ProtocolError
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -295,7 +295,7 @@ class CohortCoordinator:
             open_ = {"cohort_id": server.config.cohort_id, "stage": str(server.stage),
                      "target_version": server.config.target_version,
                      "stage_started": self._open.stage_started, "server": doc,
-                     "epsilon": {s: epsilon_to_json(e) for s, e in self._open.epsilon.items()}}
+                     "epsilon": dict(self._open.epsilon)}
         return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
                 "past": [list(p) for p in self._past], "closed": self._closed}
 
@@ -343,7 +343,7 @@ class CohortCoordinator:
             except FedSynthError as exc:
                 log.error("cohort %s cannot be resumed (%s); abandoning it", cohort_id, exc)
             else:
-                taken = {str(k): epsilon_from_json(e) for k, e in open_.get("epsilon", {}).items()}
+                taken = {str(k): float(e) for k, e in open_.get("epsilon", {}).items()}
                 coordinator._open = _Open(server, float(open_["stage_started"]), taken)
                 log.info("cohort %s resumed in stage %s", cohort_id, server.stage)
                 return coordinator

@@ -11,10 +11,13 @@ for the rest of the run: the update is refused, and so is everything the site se
 whatever epsilon it reports (a second ledger would otherwise be let in again once its total
 passed the first one's). The operator sees why in the dead-letter topic and the error log.
 
-Only updates that were applied count (a plain update the engine took; a masked update in a
-cohort sum): a refused update, or a masked update whose cohort failed and which rejoins a later
-cohort with the same epsilon, is not compared against itself. A site that trains without DP
-reports infinity, which is not compared.
+Only applied updates are recorded (a plain update the engine took; a masked update in a cohort
+sum), so a masked update whose cohort failed and which rejoins a later cohort with the same
+epsilon is not compared against itself. Every other report is compared, applied or not, except
+a replay (an old report again) and a malformed update (:data:`NOT_A_REPORT`): a lockstep twin
+under FedAvg is refused as its site's second update of the round, and only its epsilon gives it
+away. A site that trains without DP reports infinity, which is not compared. Epsilons are kept
+as floats in the checkpoint's JSON, infinity included, as the service keeps the sites' own.
 
 Pure: no I/O, no clock; the service and the cohort coordinator own one and checkpoint it.
 """
@@ -26,13 +29,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from aggregator.validation import ReasonCode
 from fedsynth.errors import ConfigError
 
-__all__ = ["PrivacyLedgers", "epsilon_from_json", "epsilon_to_json"]
+__all__ = ["NOT_A_REPORT", "PrivacyLedgers"]
 
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
+
+NOT_A_REPORT = frozenset({
+    ReasonCode.UNKNOWN_SITE, ReasonCode.REPLAY, ReasonCode.FUTURE_BASE,
+    ReasonCode.BAD_SAMPLE_COUNT, ReasonCode.BAD_SHAPE, ReasonCode.NON_FINITE,
+})
+"""Refusals of a plain update after which its epsilon is not held against its site's ledger: a
+replay and malformed updates. Any other update, applied or refused (too stale, over the norm
+bound, not wanted by the strategy this round), is a report of the site's ledger."""
 
 
 class PrivacyLedgers:
@@ -92,10 +104,10 @@ class PrivacyLedgers:
         self._last[site] = epsilon
 
     def to_state(self) -> dict[str, Any]:
-        """JSON-ready state (infinities as the string ``"inf"``)."""
+        """JSON-ready state."""
         return {
             "format": _FORMAT,
-            "last": {s: epsilon_to_json(e) for s, e in self._last.items()},
+            "last": dict(self._last),
             "suspended": dict(self._suspended),
         }
 
@@ -111,16 +123,6 @@ class PrivacyLedgers:
             return ledgers
         if state.get("format") != _FORMAT:
             raise ConfigError(f"privacy ledger state format {state.get('format')!r} is not 1")
-        ledgers._last = {str(s): epsilon_from_json(e) for s, e in state["last"].items()}
+        ledgers._last = {str(s): float(e) for s, e in state["last"].items()}
         ledgers._suspended = {str(s): str(w) for s, w in state["suspended"].items()}
         return ledgers
-
-
-def epsilon_to_json(epsilon: float) -> float | str:
-    """An epsilon as JSON holds it: infinity (a site without DP) as the string ``"inf"``."""
-    return "inf" if math.isinf(epsilon) else epsilon
-
-
-def epsilon_from_json(value: float | str) -> float:
-    """The inverse of :func:`epsilon_to_json`."""
-    return float(value)

@@ -46,10 +46,9 @@ from aggregator.engine import (
     RoundTimeout,
     UpdateReceived,
 )
-from aggregator.ledgers import PrivacyLedgers
+from aggregator.ledgers import NOT_A_REPORT, PrivacyLedgers
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
-from aggregator.validation import ReasonCode
 from fedsynth.data.encoder import FeatureEncoder
 from fedsynth.data.preprocess import Histograms
 from fedsynth.data.schema import DatasetSchema
@@ -71,7 +70,6 @@ from fedsynth.secagg.fixedpoint import FixedPointSpec
 __all__ = [
     "DERIVE",
     "AggregatorService",
-    "NOT_A_REPORT",
     "DeadLetterItem",
     "Effects",
     "Phase",
@@ -84,15 +82,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 AGGREGATOR = "aggregator"
-
-NOT_A_REPORT = frozenset({
-    ReasonCode.UNKNOWN_SITE, ReasonCode.REPLAY, ReasonCode.FUTURE_BASE,
-    ReasonCode.BAD_SAMPLE_COUNT, ReasonCode.BAD_SHAPE, ReasonCode.NON_FINITE,
-})
-"""Refusals after which an update's epsilon is not held against its site's ledger: a replay (an
-old report again) and malformed updates. Every other update, applied or refused (too stale,
-over the norm bound, not wanted by the strategy this round), is a report of the site's ledger,
-and one ledger's reports only grow (:mod:`aggregator.ledgers`)."""
 
 
 class Phase(StrEnum):

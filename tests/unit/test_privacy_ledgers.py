@@ -7,6 +7,7 @@ the runtime's real service fed signed records) and the secure cohort coordinator
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -74,8 +75,7 @@ def test_state_round_trips_with_infinity_and_older_checkpoints_start_empty() -> 
     ledgers.record("B", math.inf)
     ledgers.record("C", 1.0)
     assert ledgers.admit("C", 0.5) is not None
-    state = ledgers.to_state()
-    assert state["last"]["B"] == "inf"
+    state = json.loads(json.dumps(ledgers.to_state()))  # as the checkpoint's header keeps it
     back = PrivacyLedgers.from_state(state)
     assert back.last("A") == 2.5 and back.last("B") == math.inf
     assert back.suspended("C") == ledgers.suspended("C")
