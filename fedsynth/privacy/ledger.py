@@ -19,6 +19,13 @@ new ledger, never a torn one. Design rules that keep a site from re-spending pri
 * **Write ahead.** :meth:`SiteLedger.record` persists the steps *before* the caller trains them,
   so a crash mid-round over-counts (safe) rather than under-counts.
 
+* **Absorbing a second ledger.** A second agent of the site that kept its own ledger (on another
+  host, or on a copy of the folder) spent the same records' privacy again.
+  :meth:`SiteLedger.absorb` adds that ledger's steps to this one (DP-SGD steps on the same data
+  compose, so the site's spending is at most the two histories composed; steps both ledgers hold
+  since one was copied from the other are counted twice, which over-counts, never under-counts)
+  and records the absorbed file's checksum, so that the same file is not added twice.
+
 Not handled: two processes writing the same ledger at once (one agent per site is assumed).
 Accounting: DP-SGD (Abadi et al. 2016) with the accountants of :mod:`fedsynth.privacy.accountant`.
 """
@@ -45,6 +52,7 @@ from fedsynth.privacy.errors import (
     LedgerMissingError,
     PrivacyConfigError,
 )
+from fedsynth.privacy.history import history_from_accountant_state
 
 __all__ = ["LEDGER_FORMAT", "SiteLedger"]
 
@@ -97,16 +105,23 @@ def _read_body(path: Path) -> dict[str, Any]:
 class SiteLedger:
     """A site's persistent privacy accountant. Build it with :meth:`create` or :meth:`open`."""
 
-    __slots__ = ("_accountant", "_delta", "_path", "_sequence", "_site_id")
+    __slots__ = ("_absorbed", "_accountant", "_delta", "_path", "_sequence", "_site_id")
 
     def __init__(
-        self, path: Path, site_id: str, delta: float, accountant: Accountant, sequence: int
+        self,
+        path: Path,
+        site_id: str,
+        delta: float,
+        accountant: Accountant,
+        sequence: int,
+        absorbed: tuple[str, ...] = (),
     ) -> None:
         self._path = path
         self._site_id = site_id
         self._delta = delta
         self._accountant = accountant
         self._sequence = sequence
+        self._absorbed = absorbed  # checksums of the ledgers added by absorb()
 
     @classmethod
     def create(
@@ -186,11 +201,14 @@ class SiteLedger:
             raise LedgerCorruptError(f"privacy ledger {path} lacks a site_id or delta")
         if isinstance(sequence, bool) or not isinstance(sequence, int) or sequence < 0:
             raise LedgerCorruptError(f"privacy ledger {path} has a bad sequence {sequence!r}")
+        absorbed = body.get("absorbed", [])
+        if not isinstance(absorbed, list) or not all(isinstance(a, str) for a in absorbed):
+            raise LedgerCorruptError(f"privacy ledger {path} has a bad absorbed list")
         try:
             accountant = accountant_from_state(body.get("accountant"))  # type: ignore[arg-type]
         except AccountantStateError as exc:
             raise LedgerCorruptError(f"privacy ledger {path}: {exc}") from exc
-        return cls(path, site_id, delta, accountant, sequence)
+        return cls(path, site_id, delta, accountant, sequence, tuple(absorbed))
 
     def _check_identity(self, site_id: str, delta: float, min_sequence: int) -> None:
         if self._site_id != site_id:
@@ -208,7 +226,9 @@ class SiteLedger:
                 f"{min_sequence} last seen: a rolled-back ledger would re-spend privacy"
             )
 
-    def _persist(self, accountant: Accountant, sequence: int) -> None:
+    def _persist(
+        self, accountant: Accountant, sequence: int, absorbed: tuple[str, ...] | None = None
+    ) -> None:
         body: dict[str, Any] = {
             "format": LEDGER_FORMAT,
             "site_id": self._site_id,
@@ -216,6 +236,9 @@ class SiteLedger:
             "sequence": sequence,
             "accountant": accountant.to_state(),
         }
+        absorbed = self._absorbed if absorbed is None else absorbed
+        if absorbed:  # absent until a first absorb, so older files keep their bytes
+            body["absorbed"] = list(absorbed)
         body["checksum"] = _checksum(body)
         try:
             _write_atomically(self._path, json.dumps(body, indent=2, sort_keys=True))
@@ -290,6 +313,57 @@ class SiteLedger:
         logger.info(
             "privacy spent recorded",
             extra={"site_id": self._site_id, "steps": steps, "epsilon": spent},
+        )
+        return spent
+
+    def absorb(self, other: str | os.PathLike[str]) -> float:
+        """Adds the steps of another ledger of this site to this one; returns the new epsilon.
+
+        For a site where a second agent kept its own ledger (see the module docstring). The other
+        file is read and checked as :meth:`open` does (it may account at another delta or with
+        another accountant: its steps are composed in this ledger's). No budget is applied:
+        the privacy was spent already, and a total over the site's budget stops its training.
+
+        Raises:
+            LedgerMissingError: No file at ``other``.
+            LedgerCorruptError: The other file is unreadable or fails its checksum.
+            LedgerMismatchError: The other ledger is another site's.
+            LedgerError: It is this very file, or a file absorbed before; or this file could not
+                be written (the in-memory ledger is then unchanged).
+        """
+        source = Path(other)
+        if source.resolve() == self._path.resolve():
+            raise LedgerError(f"privacy ledger {source} is this ledger; absorb another one")
+        try:
+            body = _read_body(source)
+        except FileNotFoundError:
+            raise LedgerMissingError(f"privacy ledger {source} to absorb is missing") from None
+        checksum = _checksum(body)
+        theirs = SiteLedger._from_body(source, body)
+        if theirs.site_id != self._site_id:
+            raise LedgerMismatchError(
+                f"privacy ledger {source} belongs to site {theirs.site_id!r}, not "
+                f"{self._site_id!r}"
+            )
+        if checksum in self._absorbed:
+            raise LedgerError(f"privacy ledger {source} was absorbed into {self._path} before")
+        state = theirs._accountant.to_state()
+        try:
+            steps = history_from_accountant_state(state, str(state.get("mechanism")))
+        except AccountantStateError as exc:
+            raise LedgerCorruptError(f"privacy ledger {source}: {exc}") from exc
+        updated = copy_accountant(self._accountant)
+        for seg in steps:
+            updated.step(
+                noise_multiplier=seg.noise_multiplier, sample_rate=seg.sample_rate, steps=seg.steps
+            )
+        absorbed = (*self._absorbed, checksum)
+        self._persist(updated, self._sequence + 1, absorbed)
+        self._accountant, self._sequence, self._absorbed = updated, self._sequence + 1, absorbed
+        spent = self.spent()
+        logger.warning(
+            "privacy ledger absorbed a second ledger of the site",
+            extra={"site_id": self._site_id, "source": str(source), "epsilon": spent},
         )
         return spent
 

@@ -171,3 +171,64 @@ def test_create_validates_arguments(tmp_path: Path) -> None:
     with pytest.raises(PrivacyConfigError):
         SiteLedger.create(tmp_path / "a.json", site_id="s", delta=DELTA, mechanism="gdp")
     assert not (tmp_path / "a.json").exists()
+
+
+# ---------------------------------------------------------------------- a second ledger
+def test_absorbing_a_second_ledger_composes_both_histories_once(tmp_path: Path) -> None:
+    """A copy of the folder that trained on its own: the merged ledger spends as both did."""
+    ours = SiteLedger.create(tmp_path / "ledger.json", site_id="hungary", delta=DELTA)
+    ours.record(1.1, 0.05, 40)
+    twin_dir = tmp_path / "twin"
+    twin_dir.mkdir()
+    twin_path = twin_dir / "ledger.json"
+    twin_path.write_text((tmp_path / "ledger.json").read_text())  # the copied folder
+    twin = SiteLedger.open(twin_path, site_id="hungary", delta=DELTA)
+    ours.record(1.1, 0.05, 40)
+    twin.record(0.9, 0.05, 10)
+    before = ours.spent()
+    merged = ours.absorb(twin_path)
+    reference = RDPAccountant()
+    reference.step(noise_multiplier=1.1, sample_rate=0.05, steps=80)  # ours
+    reference.step(noise_multiplier=1.1, sample_rate=0.05, steps=40)  # the copied steps, again
+    reference.step(noise_multiplier=0.9, sample_rate=0.05, steps=10)  # the twin's own
+    assert merged == pytest.approx(reference.epsilon(DELTA), rel=1e-12)
+    assert merged > max(before, twin.spent())
+    reopened = SiteLedger.open(tmp_path / "ledger.json", site_id="hungary", delta=DELTA,
+                               min_sequence=3)
+    assert reopened.spent() == merged and reopened.total_steps == 130
+    with pytest.raises(LedgerError, match="absorbed into .* before"):
+        reopened.absorb(twin_path)  # the same file again would count its steps twice
+    reopened.record(1.1, 0.05, 1)  # later writes keep the record of what was absorbed
+    with pytest.raises(LedgerError, match="before"):
+        SiteLedger.open(tmp_path / "ledger.json", site_id="hungary", delta=DELTA).absorb(
+            twin_path
+        )
+
+
+def test_absorb_refuses_another_site_itself_and_a_bad_file(tmp_path: Path) -> None:
+    ours = _ledger(tmp_path, "hungary")
+    other = SiteLedger.create(tmp_path / "other.json", site_id="va", delta=DELTA)
+    other.record(1.0, 0.1, 5)
+    with pytest.raises(LedgerMismatchError, match="belongs to site 'va', not 'hungary'"):
+        ours.absorb(other.path)
+    with pytest.raises(LedgerError, match="is this ledger"):
+        ours.absorb(ours.path)
+    with pytest.raises(LedgerMissingError, match="to absorb is missing"):
+        ours.absorb(tmp_path / "nowhere.json")
+    body = json.loads(other.path.read_text())
+    body["site_id"] = "hungary"  # a hand edit: the checksum no longer matches
+    other.path.write_text(json.dumps(body))
+    with pytest.raises(LedgerCorruptError, match="checksum"):
+        ours.absorb(other.path)
+    assert ours.sequence == 0 and ours.spent() == 0.0
+
+
+def test_a_prv_ledger_absorbs_an_rdp_one_at_its_own_delta(tmp_path: Path) -> None:
+    ours = SiteLedger.create(tmp_path / "ledger.json", site_id="va", delta=DELTA, mechanism="prv")
+    ours.record(1.0, 0.1, 20)
+    theirs = SiteLedger.create(tmp_path / "theirs.json", site_id="va", delta=1e-6)
+    theirs.record(1.0, 0.1, 20)
+    merged = ours.absorb(theirs.path)
+    reference = PRVAccountant()
+    reference.step(noise_multiplier=1.0, sample_rate=0.1, steps=40)
+    assert merged == pytest.approx(reference.epsilon(DELTA), rel=1e-6)
