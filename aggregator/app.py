@@ -54,7 +54,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -67,6 +66,7 @@ from faust.types import TP, EventT
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from aggregator.audit import audit_record
 from aggregator.checkpoint import Checkpoint, CheckpointStore, OutboxRecord
 from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import (
@@ -87,7 +87,6 @@ from schemas.signing import IdentityKey, KeyRing
 from topics.clients import faust_settings
 from topics.gaps import GapGuard, Verdict, VerdictKind
 from topics.registry import (
-    AUDIT,
     CONTROL,
     DEAD_LETTER,
     GLOBAL_MODEL,
@@ -469,17 +468,7 @@ class AggregatorRuntime:
                 },
             )
             self.audit_last = entry
-            msg = self.factory.build(
-                "AuditEvent",
-                {
-                    "actor": entry.actor,
-                    "action": entry.action,
-                    "detail": json.dumps(entry.to_dict(), sort_keys=True),
-                    "prev_hash": bytes.fromhex(entry.prev_hash),
-                    "hash": bytes.fromhex(entry.hash),
-                },
-            )
-            out.append(OutboxRecord(AUDIT.name, b"aggregator", msg.value))
+            out.append(audit_record(self.factory, entry))
         return out
 
     def _checkpoint(self) -> None:

@@ -40,6 +40,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plain mode: the aggregator sees each site's update (NOT the default)",
     )
+    parser.add_argument(
+        "--reinstate",
+        metavar="SITE",
+        help="instead of running: take back a suspended site in the stopped aggregator's "
+        "checkpoint (with --epsilon, the total `fedsynth ledger absorb` printed for it)",
+    )
+    parser.add_argument(
+        "--epsilon", type=float, help="with --reinstate: the site's privacy ledger's total"
+    )
 
 
 def _settings(args: argparse.Namespace) -> AggregatorSettings:
@@ -92,14 +101,30 @@ def load_checkpoint_key(settings: AggregatorSettings) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
+def _reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> int:
+    from aggregator.reinstate import reinstate_site
+
+    if args.reinstate is None or args.epsilon is None:
+        raise ConfigError("--reinstate SITE and --epsilon TOTAL go together")
+    why = reinstate_site(settings, load_checkpoint_key(settings), args.reinstate, args.epsilon)
+    print(  # noqa: T201 - CLI output
+        f"site {args.reinstate} reinstated at epsilon {args.epsilon!r} (it was suspended: "
+        f"{why}); start the aggregator again"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
-    """Start the worker; returns when it is stopped (Ctrl-C or SIGTERM)."""
+    """Start the worker; returns when it is stopped (Ctrl-C or SIGTERM). With ``--reinstate``,
+    take back a suspended site in the checkpoint instead (:mod:`aggregator.reinstate`)."""
     from faust.worker import Worker
 
     from aggregator.app import build_app
     from topics.discovery import resolve_bootstrap
 
     settings = _settings(args)
+    if args.reinstate is not None or args.epsilon is not None:
+        return _reinstate(args, settings)
     if settings.mode == "plain":
         log.warning(
             "PLAIN MODE: secure aggregation is OFF; the aggregator sees each site's update"

@@ -9,7 +9,10 @@ folder lost or restored from a backup. Either way the site's real spending is mo
 ledger says, and the reports can no longer be trusted. The aggregator then suspends the site
 for the rest of the run: the update is refused, and so is everything the site sends later,
 whatever epsilon it reports (a second ledger would otherwise be let in again once its total
-passed the first one's). The operator sees why in the dead-letter topic and the error log.
+passed the first one's). The operator sees why in the dead-letter topic and the error log, and
+may take the site back once its other agents are stopped and their ledgers added to the one
+that goes on (:meth:`PrivacyLedgers.reinstate`, run on the checkpoint by ``fedsynth aggregator
+--reinstate`` while the aggregator is stopped).
 
 Only applied updates are recorded (a plain update the engine took; a masked update in a cohort
 sum), so a masked update whose cohort failed and which rejoins a later cohort with the same
@@ -98,6 +101,36 @@ class PrivacyLedgers:
             f"applied at {last:.6g} (a second agent of the site with its own state folder, or "
             "a state folder lost or restored from a backup)"
         )
+
+    def reinstate(self, site: str, epsilon: float, reported: float) -> str:
+        """Lift ``site``'s suspension, its ledger now standing at ``epsilon``; returns why it had
+        been suspended.
+
+        For an operator who stopped the site's other agents and added their ledgers to the one
+        that goes on (``fedsynth ledger absorb``): ``epsilon`` is that ledger's total, which
+        every later report must exceed. It must be larger than ``reported``, the largest epsilon
+        the site reported so far: a total that holds a second ledger's steps is larger than
+        either ledger's.
+
+        Raises:
+            ConfigError: the site is not suspended, or ``epsilon`` is not finite or not larger
+                than ``reported``.
+        """
+        why = self._suspended.get(site)
+        if why is None:
+            raise ConfigError(f"site {site!r} is not suspended")
+        if not math.isfinite(epsilon) or epsilon <= 0:
+            raise ConfigError(f"site {site!r}: epsilon {epsilon} is not a privacy total")
+        if not epsilon > reported:
+            raise ConfigError(
+                f"site {site!r} reported epsilon {reported:.6g} already; a total with its second "
+                f"ledger added must be larger, not {epsilon:.6g} (run `fedsynth ledger absorb` "
+                "on the site first)"
+            )
+        del self._suspended[site]
+        self._last[site] = epsilon
+        log.warning("site %s reinstated at epsilon %.6g (it was suspended: %s)", site, epsilon, why)
+        return why
 
     def record(self, site: str, epsilon: float) -> None:
         """An update of ``site`` reporting ``epsilon`` was applied."""

@@ -52,7 +52,7 @@ from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
 from fedsynth.data.encoder import FeatureEncoder
 from fedsynth.data.preprocess import Histograms
 from fedsynth.data.schema import DatasetSchema
-from fedsynth.errors import MessageError
+from fedsynth.errors import ConfigError, MessageError
 from fedsynth.federation import MODEL_CODEC, ModelSpec, decode_vector, encode_vector
 from fedsynth.messages import (
     Derive,
@@ -622,6 +622,27 @@ class AggregatorService:
             "histogram_cohort": self.hist_cohort,
             "privacy_ledgers": self.ledgers.to_state(),
         }
+
+    @staticmethod
+    def reinstated(
+        extra: Mapping[str, Any], site: str, epsilon: float
+    ) -> tuple[dict[str, Any], str]:
+        """:meth:`extra_state` output with ``site``'s suspension lifted at ``epsilon``
+        (:meth:`PrivacyLedgers.reinstate`), and why the site had been suspended. Later versions'
+        provenance gives the site's epsilon as ``epsilon`` until it reports more.
+
+        Raises:
+            ConfigError: the site is not in the federation or not suspended, or ``epsilon`` is
+                not larger than every epsilon it reported.
+        """
+        sites = dict(extra["sites"])
+        if site not in sites:
+            raise ConfigError(f"site {site!r} is not in this federation's checkpoint")
+        ledgers = PrivacyLedgers.from_state(extra.get("privacy_ledgers"))
+        n, hist, reported = sites[site]
+        why = ledgers.reinstate(site, epsilon, float(reported))
+        sites[site] = [n, hist, epsilon]
+        return {**extra, "sites": sites, "privacy_ledgers": ledgers.to_state()}, why
 
     def restart_deadlines(self) -> None:
         """After a restart, once consuming again: the open cohort's stage gets its whole time."""

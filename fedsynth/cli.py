@@ -40,6 +40,9 @@ COMMANDS: dict[str, Command] = {
     "topics": Command("topics.cli_create", "create every registered topic on a cluster"),
     "keys": Command("schemas.cli", "manage site identity keys (keys new --site NAME)"),
     "agent": Command("agents.cli", "run a site agent beside the site's data"),
+    "ledger": Command(
+        "agents.ledger_cli", "show a site's privacy ledger, or add a second one of the site to it"
+    ),
     "aggregator": Command("aggregator.cli", "run the streaming aggregator"),
     "gateway": Command("synth_gateway.cli", "run the synthesis gateway (HTTP)"),
     "schema": Command("fedsynth.data.cli", "dataset schemas (schema infer DATA)"),

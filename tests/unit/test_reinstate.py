@@ -1,0 +1,193 @@
+"""Taking a suspended site back: the pure rule, the service's state, and the offline command on
+a real encrypted checkpoint (``fedsynth aggregator --reinstate``), whose audit event the
+restarted aggregator sends with its outbox."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aggregator.app import AggregatorRuntime
+from aggregator.ledgers import PrivacyLedgers
+from aggregator.reinstate import reinstate_site
+from aggregator.service import AggregatorService, Phase
+from aggregator.settings import AggregatorSettings
+from fedsynth.cli import main
+from fedsynth.durable import StateInUseError, StateLock
+from fedsynth.errors import ConfigError
+from fedsynth.messages import Inbound, MessageReader
+from fedsynth.privacy import SiteLedger
+from observability.audit import GENESIS_HASH, AuditEvent, verify_chain
+from schemas.signing import KeyRing
+from tests.integration.harness import FED, Federation
+from tests.unit.test_privacy_ledgers import _feed, _update
+
+KEY = bytes(range(32))
+
+
+# ------------------------------------------------------------------------------------ pure
+def _suspended() -> PrivacyLedgers:
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", 1.5)
+    assert ledgers.admit("A", 1.2) is not None  # a second ledger's report
+    return ledgers
+
+
+def test_a_reinstated_site_must_report_more_than_its_absorbed_total_from_then_on() -> None:
+    ledgers = _suspended()
+    why = ledgers.reinstate("A", 3.0, reported=1.5)
+    assert "went back" in why and ledgers.suspended("A") is None and ledgers.last("A") == 3.0
+    assert ledgers.admit("A", 3.2) is None
+    ledgers.record("A", 3.2)
+    assert ledgers.admit("A", 1.2) is not None and ledgers.suspended("A") is not None, (
+        "the other ledger, still running, is caught again"
+    )
+
+
+@pytest.mark.parametrize(
+    ("site", "epsilon", "match"),
+    [
+        ("B", 3.0, "'B' is not suspended"),
+        ("A", 1.5, "reported epsilon 1.5 already"),
+        ("A", math.inf, "not a privacy total"),
+        ("A", math.nan, "not a privacy total"),
+    ],
+)
+def test_reinstatement_is_refused_for_a_total_no_ledger_merge_gives(
+    site: str, epsilon: float, match: str
+) -> None:
+    ledgers = _suspended()
+    with pytest.raises(ConfigError, match=match):
+        ledgers.reinstate(site, epsilon, reported=1.5)
+    assert ledgers.suspended("A") is not None
+
+
+# ---------------------------------------------------------------- service and checkpoint
+@pytest.fixture
+def runtime_maker(tmp_path: Path) -> Iterator[tuple[Federation, AggregatorSettings, list]]:
+    fed = Federation.create(tmp_path, ["A", "B"])
+    settings = AggregatorSettings(
+        run_dir=tmp_path, federation_id=FED, sites=fed.sites, hidden=(16, 16), n_timesteps=5,
+        mode="plain", rounds=10,
+    )
+    made: list[AggregatorRuntime] = []
+    try:
+        yield fed, settings, made
+    finally:
+        for runtime in made:
+            runtime.pool.shutdown()
+            runtime.engine_thread.shutdown()
+            runtime.telemetry.shutdown()
+
+
+def _runtime(settings: AggregatorSettings, made: list) -> AggregatorRuntime:
+    runtime = AggregatorRuntime(None, settings, KEY)  # type: ignore[arg-type]  # never started
+    made.append(runtime)
+    return runtime
+
+
+def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+) -> None:
+    fed, settings, made = runtime_maker
+    runtime = _runtime(settings, made)
+    service = runtime.service
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.phase is Phase.TRAINING and service.state is not None
+    n = int(service.state.params.size)
+    assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
+    assert _feed(service, _update(fed, "B", 2, 0, 0.5, n)) == []
+    twin = _feed(service, _update(fed, "A", 3, 1, 0.4, n))
+    assert len(twin) == 1 and "went back" in twin[0]
+    assert service.epsilon_by_site()["A"] == math.inf
+    runtime._checkpoint()
+
+    with StateLock(settings.state_dir, "a running aggregator"), pytest.raises(StateInUseError):
+        reinstate_site(settings, KEY, "A", 0.9)
+    with pytest.raises(ConfigError, match="reported epsilon 0.5 already"):
+        reinstate_site(settings, KEY, "A", 0.45)  # not a total that holds both ledgers
+    with pytest.raises(ConfigError, match="'C' is not in this federation"):
+        reinstate_site(settings, KEY, "C", 0.9)
+    assert "went back" in reinstate_site(settings, KEY, "A", 0.9)
+    with pytest.raises(ConfigError, match="not suspended"):
+        reinstate_site(settings, KEY, "A", 1.0)  # once is enough
+
+    restarted = _runtime(settings, made)  # restores from the checkpoint, as a restart does
+    again = restarted.service
+    assert again.ledgers.suspended("A") is None and again.epsilon_by_site()["A"] == 0.9
+    assert again.state is not None and again.state.model_version == 1
+    assert _feed(again, _update(fed, "A", 4, 1, 1.1, n)) == []  # the merged ledger goes on
+    stale = _feed(again, _update(fed, "A", 5, 1, 0.6, n))  # the other one, not stopped
+    assert len(stale) == 1 and "went back" in stale[0]
+
+    record = restarted.outbox[-1]
+    assert record.topic == "fedsynth.audit" and record.key == b"operator"
+    msg = MessageReader(FED, KeyRing.from_dir(settings.keys_dir)).read(record.value)
+    assert isinstance(msg, Inbound) and msg.name == "AuditEvent", msg
+    event = AuditEvent.from_dict(json.loads(msg.record["detail"]))
+    assert (event.actor, event.action) == ("operator", "reinstate_site")
+    assert event.details["site"] == "A" and event.details["epsilon"] == 0.9
+    assert event.seq == 0 and verify_chain([event], GENESIS_HASH).ok
+    assert restarted.audit_head() == event.to_dict(), "the chain goes on from the event"
+
+
+def test_reinstating_before_any_checkpoint_says_there_is_nothing_to_take_back(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+) -> None:
+    _, settings, _ = runtime_maker
+    with pytest.raises(ConfigError, match="has not published version 0"):
+        reinstate_site(settings, KEY, "A", 1.0)
+
+
+def test_the_service_state_keeps_the_reinstated_total_as_the_sites_report() -> None:
+    ledgers = _suspended()
+    extra = {"sites": {"A": [50, "", 1.5]}, "privacy_ledgers": ledgers.to_state(), "phase": "x"}
+    out, why = AggregatorService.reinstated(extra, "A", 2.0)
+    assert "went back" in why and out["sites"]["A"] == [50, "", 2.0] and out["phase"] == "x"
+    assert PrivacyLedgers.from_state(out["privacy_ledgers"]).last("A") == 2.0
+    assert extra["sites"]["A"] == [50, "", 1.5], "the input is not changed"
+
+
+def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`fedsynth ledger absorb` prints the command the aggregator's operator runs next."""
+    fed, settings, made = runtime_maker
+    runtime = _runtime(settings, made)
+    service = runtime.service
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.state is not None
+    n = int(service.state.params.size)
+    assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
+    assert "went back" in _feed(service, _update(fed, "A", 2, 0, 0.4, n))[0]
+    runtime._checkpoint()
+
+    run_dir = settings.run_dir
+    (run_dir / "sites" / "A").mkdir(parents=True)
+    ours = SiteLedger.create(run_dir / "sites" / "A" / "ledger.json", site_id="A", delta=1e-5)
+    ours.record(1.0, 0.1, 30)
+    theirs = SiteLedger.create(run_dir / "twin.json", site_id="A", delta=1e-5)
+    theirs.record(1.0, 0.1, 20)
+    argv = ["ledger", "absorb", str(theirs.path), "--site", "A", "--run-dir", str(run_dir)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    command = next(line.split() for line in printed.splitlines() if "--reinstate" in line)
+    total = float(command[command.index("--epsilon") + 1])
+    assert total == SiteLedger.open(ours.path, site_id="A", delta=1e-5).spent()
+    assert main(argv) == 1, "the same ledger is not added twice"
+
+    monkeypatch.setenv("FEDSYNTH_CHECKPOINT_KEY", KEY.hex())
+    common = ["--run-dir", str(run_dir), "--federation", FED, "--sites", "A,B", "--plain"]
+    assert main(["aggregator", *common, "--reinstate", "A"]) == 1, "--epsilon is needed too"
+    assert main(["aggregator", *common, *command[2:]]) == 0
+    assert "reinstated" in capsys.readouterr().out
+    back = _runtime(settings, made).service
+    assert back.ledgers.suspended("A") is None and back.epsilon_by_site()["A"] == total
