@@ -17,7 +17,11 @@ same privacy budget again and overwrite the ledger's record of it. One on anothe
 copy of the folder, keeps a second ledger; the aggregator then suspends the site
 (:mod:`aggregator.ledgers`) and every later global version gives the site's epsilon as
 infinite. An agent training with DP that reads that stops with :data:`EXIT_SUSPENDED` and an
-error saying why, instead of training for updates that would all be refused.
+error saying why, instead of training for updates that would all be refused. It keeps the version
+it stopped at in ``state.json``: started again (once the operator has added the other ledger to
+this one and reinstated the site, README "When something fails"), it does not train on that
+version or an older one, and goes on with the first later version that gives its site a bounded
+epsilon (a later one that still gives it as unbounded stops it again).
 """
 
 from __future__ import annotations
@@ -239,13 +243,20 @@ class SiteAgent:
                     self._sync_store(self.secure)
             latest = self.latest
             if latest is not None and self.s.dp and not math.isfinite(latest.site_epsilon):
+                if latest.version <= self.state.get("suspended_at", -1):
+                    continue  # stopped at it before: wait for a version after a reinstatement
                 log.error(
                     "global version %d gives site %s's privacy as unbounded: the aggregator "
                     "suspended the site (a second agent of it with its own state folder, or "
                     "this folder restored from a backup) or another agent of it trains without "
-                    "DP; this agent stops. Run one agent per site with its whole state folder, "
-                    "in a new run.", latest.version, self.s.site,
+                    "DP; this agent stops. Stop the site's other agents, add their ledgers to "
+                    "this one (`fedsynth ledger absorb`) and have the aggregator reinstate the "
+                    "site (`fedsynth aggregator --reinstate`), then start this agent again; or "
+                    "run one agent per site with its whole state folder in a new run.",
+                    latest.version, self.s.site,
                 )
+                self.state["suspended_at"] = latest.version
+                _write_json(self.state_path, self.state)
                 await self._heartbeat("suspended")
                 return EXIT_SUSPENDED
             if latest is None or latest.version <= self.state["trained_version"]:

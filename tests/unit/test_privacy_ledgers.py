@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from agents.secure import PendingUpdate
-from agents.site import EXIT_SUSPENDED, GlobalVersion
+from agents.site import EXIT_SUSPENDED, GlobalVersion, SiteAgent
 from aggregator.cohorts import CohortCoordinator
 from aggregator.ledgers import PrivacyLedgers
 from aggregator.service import AggregatorService, Phase
@@ -234,3 +234,26 @@ async def test_an_agent_stops_once_the_federation_gives_its_privacy_as_unbounded
         with pytest.raises(_Done):
             await agent._follow(_Quiet(steps))
         assert trained == [1, 2, 3]
+
+
+async def test_an_agent_started_again_after_a_suspension_waits_for_a_bounded_version(
+    tmp_path: Path,
+) -> None:
+    """Started again after it stopped (the operator added the other ledger and reinstated the
+    site), the agent skips the version it stopped at, trains on the first later one that gives
+    its site a bounded epsilon, and stops again at a later unbounded one."""
+    def see(agent: SiteAgent, v: int, eps: float) -> Callable[[], None]:
+        def step() -> None:
+            agent.latest = GlobalVersion(v, np.zeros(1, np.float32), None, False, [], eps)  # type: ignore[arg-type]
+        return step
+
+    first = _agent(tmp_path)
+    scripted(first)
+    assert await first._follow(_Quiet([see(first, 2, math.inf)])) == EXIT_SUSPENDED
+    assert json.loads(first.state_path.read_text())["suspended_at"] == 2
+    again = _agent(tmp_path)  # a new process reads the state the first one left
+    trained, beats = scripted(again)
+    steps = [see(again, v, e) for v, e in ((2, math.inf), (2, math.inf), (3, 4.0), (4, math.inf))]
+    assert await again._follow(_Quiet(steps)) == EXIT_SUSPENDED
+    assert trained == [3] and beats[-1] == "suspended"
+    assert json.loads(again.state_path.read_text())["suspended_at"] == 4
