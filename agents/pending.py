@@ -23,6 +23,7 @@ leaves the old file or none.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Mapping
@@ -48,6 +49,10 @@ class PendingStore:
 
     def save(self, update: PendingUpdate) -> None:
         """Write ``update`` atomically, replacing any earlier one."""
+        self._write(update)
+        self.clear_mark()  # a mark of an earlier update names that one, never this
+
+    def _write(self, update: PendingUpdate) -> None:
         header = {name: getattr(update, name) for name in _FIELDS}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -57,7 +62,6 @@ class PendingStore:
             header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
         )
         write_atomic(self.path, buffer.getvalue())
-        self.clear_mark()  # a mark of an earlier update names that one, never this
 
     def load(self) -> PendingUpdate | None:
         """The saved update, or None when there is none.
@@ -120,9 +124,15 @@ class PendingStore:
             raise ConfigError(f"masked-input mark {self.mark_path} is unreadable: {exc}") from exc
         return cohort_id if self.saved_id() == update_id else None
 
-    def restore(self, site: SecureSite) -> PendingUpdate | None:
+    def restore(self, site: SecureSite, spent: float | None = None) -> PendingUpdate | None:
         """After a restart: give ``site`` the saved update, held back until the cohort its
         masked input went to (if it went out) is known to have ended; the update, or None.
+
+        ``spent`` is the site's ledger total now. The update's steps are in it (charged before
+        training); a larger total than the update was saved with means a second ledger of the
+        site was added since (``fedsynth ledger absorb``), and the update then reports that
+        total: the aggregator refuses, from a site it reinstated, a report below the total it
+        was reinstated at (the file is rewritten; a mark naming the update is kept).
 
         Raises:
             ConfigError: The update or its mark cannot be read.
@@ -130,6 +140,9 @@ class PendingStore:
         update = self.load()
         if update is None:
             return None
+        if spent is not None and spent > update.epsilon_spent:
+            update = dataclasses.replace(update, epsilon_spent=spent)
+            self._write(update)
         site.pending = update
         masked_in = self.masked_in()
         if masked_in is not None:

@@ -423,7 +423,8 @@ class SiteAgent:
                 wait[0],
                 int(wait[1]),
             )
-        restored = self.pending_store.restore(self.secure)  # trained before a crash
+        spent = self.ledger.spent() if self.ledger is not None else None
+        restored = self.pending_store.restore(self.secure, spent)  # trained before a crash
         if restored is None:
             return
         masked_in = self.secure.masked_in  # set: it waits to learn whether that cohort counted it

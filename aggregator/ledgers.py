@@ -107,10 +107,12 @@ class PrivacyLedgers:
         been suspended.
 
         For an operator who stopped the site's other agents and added their ledgers to the one
-        that goes on (``fedsynth ledger absorb``): ``epsilon`` is that ledger's total, which
-        every later report must exceed. It must be larger than ``reported``, the largest epsilon
-        the site reported so far: a total that holds a second ledger's steps is larger than
-        either ledger's.
+        that goes on (``fedsynth ledger absorb``): ``epsilon`` is that ledger's total. The
+        site's next report must be at least that (an update trained before the absorb has its
+        steps in the total and reports it, :meth:`agents.pending.PendingStore.restore`), and
+        each later one larger, as before. It must be larger than ``reported``, the largest
+        epsilon the site reported so far: a total that holds a second ledger's steps is larger
+        than either ledger's.
 
         Raises:
             ConfigError: the site is not suspended, or ``epsilon`` is not finite or not larger
@@ -128,7 +130,7 @@ class PrivacyLedgers:
                 "on the site first)"
             )
         del self._suspended[site]
-        self._last[site] = epsilon
+        self._last[site] = math.nextafter(epsilon, 0.0)  # a report equal to the total passes
         log.warning("site %s reinstated at epsilon %.6g (it was suspended: %s)", site, epsilon, why)
         return why
 

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from agents.pending import PendingStore
-from agents.secure import PendingUpdate
+from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
+from aggregator.strategies.staleness import constant_staleness
 from fedsynth.errors import ConfigError
+from fedsynth.secagg import FixedPointSpec
 
 
 def _update(uid: str = "u-1") -> PendingUpdate:
@@ -89,3 +91,28 @@ def test_a_corrupt_mark_is_named(tmp_path: Path) -> None:
     store.mark_path.write_text("{")
     with pytest.raises(ConfigError, match="pending-update.npz.masked"):
         store.masked_in()
+
+
+def _site() -> SecureSite:
+    spec = FixedPointSpec(clip=1.0, levels=1 << 10, max_weight=500.0)
+    return SecureSite(
+        SecureSiteConfig("fed", "A", spec, constant_staleness), np.random.default_rng(0)
+    )
+
+
+def test_a_restored_update_reports_a_ledger_total_grown_by_an_absorbed_ledger(
+    tmp_path: Path,
+) -> None:
+    """Its steps are in the total; a report below it would be refused from a reinstated site."""
+    store = PendingStore(tmp_path / "pending-update.npz")
+    store.save(_update("u-1"))  # saved at epsilon 2.5
+    store.before_send("ModelUpdate", {"update_id": "u-1", "cohort_id": "c1"})
+    site = _site()
+    restored = store.restore(site, spent=4.0)
+    assert restored is not None and restored.epsilon_spent == 4.0
+    assert site.pending is restored and site.masked_in == "c1", "its mark is kept"
+    back = PendingStore(store.path).load()
+    assert back is not None and back.epsilon_spent == 4.0 and store.masked_in() == "c1"
+    again = PendingStore(store.path).restore(_site(), spent=2.5)  # never lowered
+    assert again is not None and again.epsilon_spent == 4.0
+    assert np.array_equal(again.delta, _update().delta)

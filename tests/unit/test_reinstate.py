@@ -40,8 +40,11 @@ def _suspended() -> PrivacyLedgers:
 def test_a_reinstated_site_must_report_more_than_its_absorbed_total_from_then_on() -> None:
     ledgers = _suspended()
     why = ledgers.reinstate("A", 3.0, reported=1.5)
-    assert "went back" in why and ledgers.suspended("A") is None and ledgers.last("A") == 3.0
-    assert ledgers.admit("A", 3.2) is None
+    assert "went back" in why and ledgers.suspended("A") is None
+    assert ledgers.refusal("A", 2.9) is not None, "a report below the total"
+    assert ledgers.admit("A", 3.0) is None, "an update trained before the absorb reports it"
+    ledgers.record("A", 3.0)
+    assert ledgers.refusal("A", 3.0) is not None and ledgers.admit("A", 3.2) is None
     ledgers.record("A", 3.2)
     assert ledgers.admit("A", 1.2) is not None and ledgers.suspended("A") is not None, (
         "the other ledger, still running, is caught again"
@@ -149,7 +152,8 @@ def test_the_service_state_keeps_the_reinstated_total_as_the_sites_report() -> N
     extra = {"sites": {"A": [50, "", 1.5]}, "privacy_ledgers": ledgers.to_state(), "phase": "x"}
     out, why = AggregatorService.reinstated(extra, "A", 2.0)
     assert "went back" in why and out["sites"]["A"] == [50, "", 2.0] and out["phase"] == "x"
-    assert PrivacyLedgers.from_state(out["privacy_ledgers"]).last("A") == 2.0
+    back = PrivacyLedgers.from_state(out["privacy_ledgers"])
+    assert back.refusal("A", 2.0) is None and back.refusal("A", 1.99) is not None
     assert extra["sites"]["A"] == [50, "", 1.5], "the input is not changed"
 
 
