@@ -1,8 +1,12 @@
 """A second agent of one site on "another host", with its own copy of the site's state folder,
 in the demo's secure federation: both agents' privacy ledgers start alike and grow in lockstep,
 so the first of the twin's reports that the aggregator holds against an applied one gives the
-second ledger away. The site is suspended, the run finishes with the other three sites, and the
-site's agents stop once a version gives the site's privacy as unbounded.
+second ledger away. The site is suspended, the federation goes on with the other three sites,
+and the site's agent stops once a version gives the site's privacy as unbounded. Then the
+operators take the site back as README "When something fails" says: the twin is stopped, its
+ledger added to the agent's (`fedsynth ledger absorb`), the aggregator stopped and the site
+reinstated at the printed total (`fedsynth aggregator --reinstate`), the aggregator and the
+agent started again; the site contributes to later versions and the run finishes.
 
 The agents, the aggregator and the broker are the demo's (a tiny model). The twin is started
 from a copy of the run directory made before anything ran: the folder lock (`StateLock`) covers
@@ -13,24 +17,39 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from agents.demo import DemoOptions, agent_argv, prepare, service_env, start_services
-from agents.processes import ProcessGroup
+from agents.processes import Child, ProcessGroup
+from fedsynth.cli import main
 from schemas.signing import KeyRing
 from tests.e2e.test_agent_restart import FAST, final_and_updates
 from topics.broker import EmbeddedBroker
 from topics.registry import ensure_topics
 
 SITE = "Hungary"
-ROUNDS = 4
+ROUNDS = 6
+
+
+def _wait(what: str, done: object, timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"no {what} in {timeout_s:.0f}s"
+        time.sleep(0.5)
+
+
+def _child(group: ProcessGroup, name: str) -> Child:
+    return next(c for c in group.children if c.name == name)
 
 
 @pytest.mark.slow
-def test_a_second_ledger_of_one_site_is_caught_and_the_others_finish(tmp_path: Path) -> None:
+def test_a_second_ledger_of_one_site_is_caught_and_the_site_taken_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     opts = DemoOptions(run_dir=tmp_path / "run", rounds=ROUNDS, steps_per_round=4, epsilon=8.0)
     _, _, files = prepare(opts, Console(quiet=True))
     twin_opts = DemoOptions(
@@ -38,24 +57,51 @@ def test_a_second_ledger_of_one_site_is_caught_and_the_others_finish(tmp_path: P
     )
     shutil.copytree(opts.run_dir, twin_opts.run_dir)
     env = {**service_env(opts), **FAST}
-    with EmbeddedBroker(record=False) as broker, ProcessGroup(opts.run_dir / "logs") as group:
+    logs = opts.run_dir / "logs"
+    aggregator_log = logs / "aggregator.log"
+    with EmbeddedBroker(record=False) as broker, ProcessGroup(logs) as group:
         asyncio.run(ensure_topics(broker.bootstrap))
         start_services(opts, group, broker.bootstrap, files, port=None, env=FAST)
-        twin_argv = agent_argv(twin_opts, broker.bootstrap, SITE, files[SITE])
-        group.start(f"twin-{SITE}", twin_argv, env)
-        keys = KeyRing.from_dir(opts.run_dir / "keys")
+        twin = group.start(
+            f"twin-{SITE}", agent_argv(twin_opts, broker.bootstrap, SITE, files[SITE]), env
+        )
         try:
+            _wait("suspension", lambda: f"site {SITE} suspended" in aggregator_log.read_text())
+            group.stop_one(twin)
+            agent = _child(group, f"agent-{SITE}")
+            _wait("stop of the site's agent", lambda: not agent.alive())
+            assert agent.popen.returncode == 3, agent.log_tail()
+
+            other = twin_opts.run_dir / "sites" / SITE / "ledger.json"
+            assert main(["ledger", "absorb", str(other), "--site", SITE,
+                         "--run-dir", str(opts.run_dir)]) == 0
+            command = next(
+                line.split() for line in capsys.readouterr().out.splitlines()
+                if "--reinstate" in line
+            )
+            aggregator = _child(group, "aggregator")
+            group.stop_one(aggregator)
+            for name, value in env.items():
+                monkeypatch.setenv(name, value)
+            assert main(["aggregator", "--run-dir", str(opts.run_dir),
+                         "--sites", ",".join(files), *command[2:]]) == 0
+            group.start("aggregator-2", list(aggregator.popen.args), env)
+            group.start(
+                f"agent-{SITE}-2", agent_argv(opts, broker.bootstrap, SITE, files[SITE]), env
+            )
+            keys = KeyRing.from_dir(opts.run_dir / "keys")
             asyncio.run(final_and_updates(broker.bootstrap, keys, timeout_s=300))
         except AssertionError as exc:
-            logs = "\n\n".join(f"== {c.name}\n{c.log_tail(30)}" for c in group.children)
-            raise AssertionError(f"{exc}\n{logs}") from None
-    log = (opts.run_dir / "logs" / "aggregator.log").read_text()
-    assert f"site {SITE} suspended: its privacy ledger went back" in log, log[-4000:]
-    published = [line for line in log.splitlines() if "published global version" in line]
-    after = log[log.index(f"site {SITE} suspended") :]
-    later = [line for line in after.splitlines() if "published global version" in line]
+            tails = "\n\n".join(f"== {c.name}\n{c.log_tail(30)}" for c in group.children)
+            raise AssertionError(f"{exc}\n{tails}") from None
+    first = aggregator_log.read_text()
+    assert f"site {SITE} suspended: its privacy ledger went back" in first, first[-4000:]
+    suspended = first[first.index(f"site {SITE} suspended") :]
+    while_out = [line for line in suspended.splitlines() if "published global version" in line]
+    assert all(SITE not in line.split("contributors")[1] for line in while_out), while_out
+    second = (logs / "aggregator-2.log").read_text()
+    assert "suspended" not in second, second[-4000:]
+    published = [line for line in (first + second).splitlines() if "published global" in line]
     assert len(published) == ROUNDS + 1 and "(final)" in published[-1], published
-    assert later and all(SITE not in line.split("contributors")[1] for line in later), later
-    agents = [opts.run_dir / "logs" / f"{who}-{SITE}.log" for who in ("agent", "twin")]
-    stopped = [p.name for p in agents if "privacy as unbounded" in p.read_text()]
-    assert stopped, "a version after the suspension stops the site's agents"
+    back = [line for line in second.splitlines() if "published global version" in line]
+    assert any(SITE in line.split("contributors")[1] for line in back), back

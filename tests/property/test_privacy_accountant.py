@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsynth.privacy import BudgetGuard, PrivacyBudget, RDPAccountant, accountant_from_state
+from fedsynth.privacy import (
+    BudgetGuard,
+    PrivacyBudget,
+    RDPAccountant,
+    SiteLedger,
+    accountant_from_state,
+)
 
 sigmas = st.floats(min_value=0.5, max_value=5.0, allow_nan=False)
 rates = st.floats(min_value=1e-3, max_value=1.0, allow_nan=False)
@@ -53,3 +60,28 @@ def test_max_steps_fits_and_one_more_does_not(sigma: float, q: float, budget: fl
         assert guard.prospective(sigma, q, 1) > budget
     elif limit < 100_000:
         assert guard.prospective(sigma, q, limit) <= budget < guard.prospective(sigma, q, limit + 1)
+
+
+short = st.lists(st.tuples(sigmas, rates, st.integers(1, 500)), min_size=1, max_size=2)
+
+
+@settings(max_examples=12, deadline=None)  # each record() computes an epsilon
+@given(ours=short, theirs=short)
+def test_absorbing_a_ledger_spends_as_one_accountant_of_both_histories(
+    tmp_path_factory: pytest.TempPathFactory,
+    ours: list[tuple[float, float, int]],
+    theirs: list[tuple[float, float, int]],
+) -> None:
+    folder = tmp_path_factory.mktemp("ledgers")
+    mine = SiteLedger.create(folder / "a.json", site_id="s", delta=1e-5)
+    other = SiteLedger.create(folder / "b.json", site_id="s", delta=1e-5)
+    both = RDPAccountant()
+    for ledger, history in ((mine, ours), (other, theirs)):
+        for sigma, q, steps in history:
+            ledger.record(sigma, q, steps)
+            both.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    before = max(mine.spent(), other.spent())
+    total = mine.absorb(other.path)
+    assert total == pytest.approx(both.epsilon(1e-5), rel=1e-12)
+    assert total >= before
+    assert mine.total_steps == both.total_steps
