@@ -17,11 +17,12 @@ same privacy budget again and overwrite the ledger's record of it. One on anothe
 copy of the folder, keeps a second ledger; the aggregator then suspends the site
 (:mod:`aggregator.ledgers`) and every later global version gives the site's epsilon as
 infinite. An agent training with DP that reads that stops with :data:`EXIT_SUSPENDED` and an
-error saying why, instead of training for updates that would all be refused. It keeps the version
-it stopped at in ``state.json``: started again (once the operator has added the other ledger to
-this one and reinstated the site, README "When something fails"), it does not train on that
-version or an older one, and goes on with the first later version that gives its site a bounded
-epsilon (a later one that still gives it as unbounded stops it again).
+error saying why, instead of training for updates that would all be refused. It notes in
+``state.json`` that it stopped so. Started again after that (once the operator has added the
+other ledger to this one and reinstated the site, README "When something fails"), it does not
+train on the versions it finds already published, which may predate the reinstatement, and goes
+on with the first later version that gives its site a bounded epsilon; a later one that still
+gives it as unbounded (the site was not reinstated) stops it again.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ class SiteAgent:
             "fedsynth.agent"
         )
         self.latest: GlobalVersion | None = None
+        self.found_version: int | None = None  # the newest version there when this process began
         self.epsilon_spent = 0.0
         self.rows = 0
         self.trainer: LocalTrainer | None = None
@@ -242,9 +244,11 @@ class SiteAgent:
                     self.secure.caught_up()  # later cohort opens are new ones
                     self._sync_store(self.secure)
             latest = self.latest
+            if self.found_version is None:  # the first pass here: what was there is read
+                self.found_version = -1 if latest is None else latest.version
             if latest is not None and self.s.dp and not math.isfinite(latest.site_epsilon):
-                if latest.version <= self.state.get("suspended_at", -1):
-                    continue  # stopped at it before: wait for a version after a reinstatement
+                if "suspended_at" in self.state and latest.version <= self.found_version:
+                    continue  # from before a reinstatement, maybe: wait for a later version
                 log.error(
                     "global version %d gives site %s's privacy as unbounded: the aggregator "
                     "suspended the site (a second agent of it with its own state folder, or "

@@ -4,9 +4,10 @@ so the first of the twin's reports that the aggregator holds against an applied 
 second ledger away. The site is suspended, the federation goes on with the other three sites,
 and the site's agent stops once a version gives the site's privacy as unbounded. Then the
 operators take the site back as README "When something fails" says: the twin is stopped, its
-ledger added to the agent's (`fedsynth ledger absorb`), the aggregator stopped and the site
-reinstated at the printed total (`fedsynth aggregator --reinstate`), the aggregator and the
-agent started again; the site contributes to later versions and the run finishes.
+ledger added to the agent's (`fedsynth ledger absorb`), the aggregator stopped (after it made a
+version without the site, which the restarted agent then finds) and the site reinstated at the
+printed total (`fedsynth aggregator --reinstate`), the aggregator and the agent started again;
+the site contributes to later versions and the run finishes.
 
 The agents, the aggregator and the broker are the demo's (a tiny model). The twin is started
 from a copy of the run directory made before anything ran: the folder lock (`StateLock`) covers
@@ -16,6 +17,7 @@ one host, and a copy is what a second host would have.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from pathlib import Path
@@ -71,6 +73,10 @@ def test_a_second_ledger_of_one_site_is_caught_and_the_site_taken_back(
             agent = _child(group, f"agent-{SITE}")
             _wait("stop of the site's agent", lambda: not agent.alive())
             assert agent.popen.returncode == 3, agent.log_tail()
+            stopped_at = int(re.findall(r"global version (\d+) gives site", agent.log_tail())[-1])
+            # a version made while the site is out: the restarted agent finds it published
+            _wait("version while the site is out", lambda: f"published global version "
+                  f"{stopped_at + 1} " in aggregator_log.read_text())
 
             other = twin_opts.run_dir / "sites" / SITE / "ledger.json"
             assert main(["ledger", "absorb", str(other), "--site", SITE,

@@ -240,8 +240,9 @@ async def test_an_agent_started_again_after_a_suspension_waits_for_a_bounded_ver
     tmp_path: Path,
 ) -> None:
     """Started again after it stopped (the operator added the other ledger and reinstated the
-    site), the agent skips the version it stopped at, trains on the first later one that gives
-    its site a bounded epsilon, and stops again at a later unbounded one."""
+    site), the agent skips the versions it finds published (the one it stopped at, or one the
+    federation made before the reinstatement), trains on the first later one that gives its site
+    a bounded epsilon, and stops again at a later unbounded one."""
     def see(agent: SiteAgent, v: int, eps: float) -> Callable[[], None]:
         def step() -> None:
             agent.latest = GlobalVersion(v, np.zeros(1, np.float32), None, False, [], eps)  # type: ignore[arg-type]
@@ -257,3 +258,9 @@ async def test_an_agent_started_again_after_a_suspension_waits_for_a_bounded_ver
     assert await again._follow(_Quiet(steps)) == EXIT_SUSPENDED
     assert trained == [3] and beats[-1] == "suspended"
     assert json.loads(again.state_path.read_text())["suspended_at"] == 4
+    third = _agent(tmp_path)  # versions 5 and 6 came while it was stopped: found, skipped
+    trained, _ = scripted(third)
+    steps = [see(third, v, e) for v, e in ((6, math.inf), (7, 5.0))]
+    with pytest.raises(_Done):
+        await third._follow(_Quiet(steps))
+    assert trained == [7]
