@@ -5,10 +5,10 @@ fedsynth ledger absorb OTHER_LEDGER --site SITE [--run-dir DIR]
 
 ``absorb`` is the first step of taking a suspended site back (README, "When something fails"):
 a second agent of the site kept its own ledger, so the site's privacy was spent by both. The
-other ledger's steps are composed into this site's ledger (:meth:`fedsynth.privacy.SiteLedger.
-absorb`), and the command prints the new total, which the aggregator's operator then passes to
-``fedsynth aggregator --reinstate SITE --epsilon TOTAL``. It holds the site folder's lock, so it
-refuses to run beside the site's agent.
+other ledger's steps are composed into this site's ledger
+(:meth:`fedsynth.privacy.SiteLedger.absorb`), and the command prints the new total, which the
+aggregator's operator then passes to ``fedsynth aggregator --reinstate SITE --epsilon TOTAL``.
+It holds the site folder's lock, so it refuses to run beside the site's agent.
 """
 
 from __future__ import annotations

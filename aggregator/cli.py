@@ -76,8 +76,13 @@ def _settings(args: argparse.Namespace) -> AggregatorSettings:
         raise ConfigError(f"aggregator settings: {exc}") from exc
 
 
-def load_checkpoint_key(settings: AggregatorSettings) -> bytes:
-    """The 32-byte checkpoint key: FEDSYNTH_CHECKPOINT_KEY (hex), else a 0600 key file."""
+def load_checkpoint_key(settings: AggregatorSettings, create: bool = True) -> bytes:
+    """The 32-byte checkpoint key: FEDSYNTH_CHECKPOINT_KEY (hex), else a 0600 key file (made
+    when missing, unless ``create`` is False: then a missing one is an error).
+
+    Raises:
+        ConfigError: a malformed FEDSYNTH_CHECKPOINT_KEY, or no key and ``create`` False.
+    """
     env = os.environ.get("FEDSYNTH_CHECKPOINT_KEY")
     if env:
         try:
@@ -88,6 +93,11 @@ def load_checkpoint_key(settings: AggregatorSettings) -> bytes:
             raise ConfigError("FEDSYNTH_CHECKPOINT_KEY must be 64 hex digits (32 bytes)")
         return key
     path = settings.state_dir / "checkpoint.key"
+    if not path.exists() and not create:
+        raise ConfigError(
+            f"no checkpoint key: set FEDSYNTH_CHECKPOINT_KEY as for the aggregator ({path} "
+            "does not exist)"
+        )
     if not path.exists():
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -106,7 +116,8 @@ def _reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> int:
 
     if args.reinstate is None or args.epsilon is None:
         raise ConfigError("--reinstate SITE and --epsilon TOTAL go together")
-    why = reinstate_site(settings, load_checkpoint_key(settings), args.reinstate, args.epsilon)
+    key = load_checkpoint_key(settings, create=False)  # a new key could not read the checkpoint
+    why = reinstate_site(settings, key, args.reinstate, args.epsilon)
     print(  # noqa: T201 - CLI output
         f"site {args.reinstate} reinstated at epsilon {args.epsilon!r} (it was suspended: "
         f"{why}); start the aggregator again"

@@ -188,8 +188,10 @@ def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
     assert total == SiteLedger.open(ours.path, site_id="A", delta=1e-5).spent()
     assert main(argv) == 1, "the same ledger is not added twice"
 
-    monkeypatch.setenv("FEDSYNTH_CHECKPOINT_KEY", KEY.hex())
     common = ["--run-dir", str(run_dir), "--federation", FED, "--sites", "A,B", "--plain"]
+    assert main(["aggregator", *common, *command[2:]]) == 1, "no key: nothing is made up"
+    assert not (settings.state_dir / "checkpoint.key").exists()
+    monkeypatch.setenv("FEDSYNTH_CHECKPOINT_KEY", KEY.hex())
     assert main(["aggregator", *common, "--reinstate", "A"]) == 1, "--epsilon is needed too"
     assert main(["aggregator", *common, *command[2:]]) == 0
     assert "reinstated" in capsys.readouterr().out
