@@ -8,7 +8,10 @@ a second agent of the site kept its own ledger, so the site's privacy was spent 
 other ledger's steps are composed into this site's ledger
 (:meth:`fedsynth.privacy.SiteLedger.absorb`), and the command prints the new total, which the
 aggregator's operator then passes to ``fedsynth aggregator --reinstate SITE --epsilon TOTAL``.
-It holds the site folder's lock, so it refuses to run beside the site's agent.
+It holds the site folder's lock, so it refuses to run beside the site's agent. Updates still
+in the site's outbox (an agent stopped before it could send them) report the total from before
+the absorb, which the aggregator refuses from a reinstated site (suspending it again): they are
+dropped, and the command says how many (their privacy stays counted in the ledger).
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agents.outbox import Outbox
 from fedsynth.durable import StateLock
 from fedsynth.errors import ConfigError
 from fedsynth.privacy import SiteLedger
+from topics.registry import UPDATES
 
 __all__ = ["configure", "run"]
 
@@ -56,6 +61,12 @@ def run(args: argparse.Namespace) -> int:
             )
             return 0
         total = ledger.absorb(args.other)
+        dropped = _drop_unsent_updates(Outbox(site_dir / "outbox"))
+    if dropped:
+        print(  # noqa: T201 - CLI output
+            f"site {args.site}: dropped {dropped} unsent update message(s) from its outbox: "
+            "they report the total from before the absorb, which the aggregator would refuse"
+        )
     print(  # noqa: T201 - CLI output (plain: a wrapped line would break the command in it)
         f"site {args.site}: {args.other} added to {path}; epsilon {before!r} -> {total!r} at "
         f"delta {ledger.delta:g}.\nOnce the site's other agents are stopped, its aggregator's "
@@ -63,3 +74,11 @@ def run(args: argparse.Namespace) -> int:
         f"--epsilon {total!r}"
     )
     return 0
+
+
+def _drop_unsent_updates(outbox: Outbox) -> int:
+    """Remove the outbox's messages to the updates topic; how many there were."""
+    stale = [m for m in outbox.pending() if m.topic == UPDATES.name]
+    for message in stale:
+        outbox.ack(message.message_id)
+    return len(stale)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.outbox import Outbox, OutboxMessage
 from aggregator.app import AggregatorRuntime
 from aggregator.ledgers import PrivacyLedgers
 from aggregator.reinstate import reinstate_site
@@ -25,6 +26,7 @@ from observability.audit import GENESIS_HASH, AuditEvent, verify_chain
 from schemas.signing import KeyRing
 from tests.integration.harness import FED, Federation
 from tests.unit.test_privacy_ledgers import _feed, _update
+from topics.registry import SITE_EVENTS, UPDATES
 
 KEY = bytes(range(32))
 
@@ -180,9 +182,14 @@ def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
     ours.record(1.0, 0.1, 30)
     theirs = SiteLedger.create(run_dir / "twin.json", site_id="A", delta=1e-5)
     theirs.record(1.0, 0.1, 20)
+    outbox = Outbox(run_dir / "sites" / "A" / "outbox")  # left by an agent stopped mid-send
+    outbox.put(OutboxMessage("m-update", UPDATES.name, b"A", b"stale total"))
+    outbox.put(OutboxMessage("m-beat", SITE_EVENTS.name, b"A", b"heartbeat"))
     argv = ["ledger", "absorb", str(theirs.path), "--site", "A", "--run-dir", str(run_dir)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
+    assert "dropped 1 unsent update message(s)" in printed
+    assert [m.message_id for m in outbox.pending()] == ["m-beat"]
     command = next(line.split() for line in printed.splitlines() if "--reinstate" in line)
     total = float(command[command.index("--epsilon") + 1])
     assert total == SiteLedger.open(ours.path, site_id="A", delta=1e-5).spent()
