@@ -95,10 +95,11 @@ def _runtime(settings: AggregatorSettings, made: list) -> AggregatorRuntime:
     return runtime
 
 
-def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
-    runtime_maker: tuple[Federation, AggregatorSettings, list],
-) -> None:
-    fed, settings, made = runtime_maker
+def _suspend_a_and_checkpoint(
+    fed: Federation, settings: AggregatorSettings, made: list
+) -> int:
+    """Version 1 from A and B at epsilon 0.5, then a second ledger of A (0.4) suspends it; the
+    runtime writes its checkpoint. Returns the model's parameter count."""
     runtime = _runtime(settings, made)
     service = runtime.service
     for i, site in enumerate(fed.sites):
@@ -111,6 +112,14 @@ def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
     assert len(twin) == 1 and "went back" in twin[0]
     assert service.epsilon_by_site()["A"] == math.inf
     runtime._checkpoint()
+    return n
+
+
+def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+) -> None:
+    fed, settings, made = runtime_maker
+    n = _suspend_a_and_checkpoint(fed, settings, made)
 
     with StateLock(settings.state_dir, "a running aggregator"), pytest.raises(StateInUseError):
         reinstate_site(settings, KEY, "A", 0.9)
@@ -166,15 +175,7 @@ def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
 ) -> None:
     """`fedsynth ledger absorb` prints the command the aggregator's operator runs next."""
     fed, settings, made = runtime_maker
-    runtime = _runtime(settings, made)
-    service = runtime.service
-    for i, site in enumerate(fed.sites):
-        assert not service.handle(fed.hello(site, seed=i)).dead
-    assert service.state is not None
-    n = int(service.state.params.size)
-    assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
-    assert "went back" in _feed(service, _update(fed, "A", 2, 0, 0.4, n))[0]
-    runtime._checkpoint()
+    _suspend_a_and_checkpoint(fed, settings, made)
 
     run_dir = settings.run_dir
     (run_dir / "sites" / "A").mkdir(parents=True)
