@@ -5,8 +5,9 @@ Once its operator has stopped the site's other agents and added their ledgers to
 goes on (``fedsynth ledger absorb``, which prints the new total), the aggregator's operator
 stops the aggregator and runs ``fedsynth aggregator --reinstate SITE --epsilon TOTAL``. That
 holds the state folder's lock (so it refuses to run beside the aggregator), loads the encrypted
-checkpoint, lifts the suspension (every later report of the site must exceed ``TOTAL``, and
-later versions' provenance gives the site's epsilon as ``TOTAL`` until it reports more),
+checkpoint, lifts the suspension (the site's next report must be at least ``TOTAL`` and each
+later one larger, and later versions' provenance gives the site's epsilon as ``TOTAL`` until it
+reports more),
 appends an ``operator`` event to the audit chain and writes the checkpoint again with that
 event's record in its outbox: the restarted aggregator sends it with the rest of the outbox
 when it takes its partitions. Crash-only: the checkpoint write is atomic, so a reinstatement

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
 
 from fedsynth.privacy.errors import AccountantStateError, PrivacyConfigError
+from fedsynth.privacy.history import StepSegment
 from fedsynth.privacy.prv import PRVAccountant
 from fedsynth.privacy.rdp import RDPAccountant
 
@@ -35,6 +36,11 @@ class Accountant(Protocol):
     @property
     def total_steps(self) -> int:
         """Number of steps recorded so far."""
+        ...
+
+    @property
+    def history(self) -> tuple[StepSegment, ...]:
+        """The steps recorded so far, as run-length segments in order."""
         ...
 
     def step(self, *, noise_multiplier: float, sample_rate: float, steps: int = 1) -> None:

@@ -52,7 +52,6 @@ from fedsynth.privacy.errors import (
     LedgerMissingError,
     PrivacyConfigError,
 )
-from fedsynth.privacy.history import history_from_accountant_state
 
 __all__ = ["LEDGER_FORMAT", "SiteLedger"]
 
@@ -347,13 +346,8 @@ class SiteLedger:
             )
         if checksum in self._absorbed:
             raise LedgerError(f"privacy ledger {source} was absorbed into {self._path} before")
-        state = theirs._accountant.to_state()
-        try:
-            steps = history_from_accountant_state(state, str(state.get("mechanism")))
-        except AccountantStateError as exc:
-            raise LedgerCorruptError(f"privacy ledger {source}: {exc}") from exc
         updated = copy_accountant(self._accountant)
-        for seg in steps:
+        for seg in theirs._accountant.history:
             updated.step(
                 noise_multiplier=seg.noise_multiplier, sample_rate=seg.sample_rate, steps=seg.steps
             )
