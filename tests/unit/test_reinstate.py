@@ -205,3 +205,16 @@ def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
     assert "reinstated" in capsys.readouterr().out
     back = _runtime(settings, made).service
     assert back.ledgers.suspended("A") is None and back.epsilon_by_site()["A"] == total
+
+
+def test_ledger_show_prints_the_total_and_a_missing_ledger_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "sites" / "A").mkdir(parents=True)
+    ledger = SiteLedger.create(tmp_path / "sites" / "A" / "ledger.json", site_id="A", delta=1e-5)
+    ledger.record(1.0, 0.1, 30)
+    assert main(["ledger", "show", "--site", "A", "--run-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"epsilon {ledger.spent()!r} at delta 1e-05, 30 steps, sequence 1" in out
+    assert main(["ledger", "show", "--site", "B", "--run-dir", str(tmp_path)]) == 1
+    assert "site 'B' has no privacy ledger at" in capsys.readouterr().err
