@@ -155,6 +155,7 @@ class AggregatorRuntime:
         self.dirty = False  # state changed since the last checkpoint
         self.outbox: tuple[OutboxRecord, ...] = ()  # decided, checkpointed, maybe not yet sent
         self.consuming = False  # every inbound partition was held at least once
+        self.paused_at: float | None = None  # when handling stopped for a rebalance (wall clock)
         # set while this aggregator holds every inbound partition (see on_assigned)
         self.whole = asyncio.Event()
         self._restore()
@@ -184,7 +185,7 @@ class AggregatorRuntime:
         before; after the assignment that follows they are read again (:meth:`reposition`)."""
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in revoked)
         if names:
-            self.whole.clear()
+            self._pause()
         if names and self.consuming:
             log.warning(
                 "consumer-group rebalance: %d partitions revoked (%s); a stall past the session "
@@ -209,7 +210,7 @@ class AggregatorRuntime:
         held = {(tp.topic, tp.partition) for tp in assigned}
         missing = sorted(INBOUND_PARTITIONS - held)
         if missing:
-            self.whole.clear()
+            self._pause()
             log.error(
                 "holding %d of the %d inbound partitions: another member of consumer group %s "
                 "holds %s (a second aggregator?); handling nothing until this one holds them all",
@@ -230,11 +231,19 @@ class AggregatorRuntime:
                     log.exception("resending the outbox failed; exiting")
                     logging.shutdown()
                     os._exit(70)
-            # the open cohort's stage gets its whole time from now on: at the first assignment
-            # (after a restart), and after a rebalance, during which nothing could be handled
-            await self.on_engine(self.service.restart_deadlines)
-            self.consuming = True
+            # the open cohort's stage gets its whole time from now on at the first assignment
+            # (after a restart), and the time the pause took after a rebalance
+            paused = None if self.paused_at is None else self.service.wall_clock() - self.paused_at
+            await self.on_engine(self.service.restart_deadlines, paused)
+            self.consuming, self.paused_at = True, None
         self.whole.set()
+
+    def _pause(self) -> None:
+        """Stop handling records until every inbound partition is held again; from the first
+        pause after consuming, the open cohort's stage clock stops (:meth:`on_assigned`)."""
+        self.whole.clear()
+        if self.consuming and self.paused_at is None:
+            self.paused_at = self.service.wall_clock()
 
     async def reposition(self) -> None:
         """Seek every assigned partition to its resume offset: the last checkpoint's, or the

@@ -30,7 +30,8 @@ are sent again (sites drop repeats by message id, see :mod:`agents.secure`), so 
 the cohort no member and no update. The ids of recently ended cohorts are checkpointed too, so an
 unmask response that arrives after its cohort's result is dropped, not dead-lettered, on either side
 of a restart. The open cohort's current stage gets a fresh deadline once the adapter consumes
-again (:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the sites' fault.
+again after a restart, and the time a pause took after a rebalance
+(:meth:`CohortCoordinator.restart_stage_clock`), since the downtime is not the sites' fault.
 Only when the state cannot be rebuilt (an older checkpoint format) is the cohort abandoned: its
 late records are dead-lettered with that reason, the adapter opens a new one, and sites leave the
 old cohort when they see the new ``CohortOpen`` and rejoin with the same pending update, unless
@@ -365,11 +366,18 @@ class CohortCoordinator:
             raise ProtocolError(f"cohort {self.cohort_id} is still open")
         self._closed = why
 
-    def restart_stage_clock(self, now: float) -> None:
-        """Give the open cohort's current stage its whole time again, from ``now``: after a
-        restart, the time the aggregator was down is not taken from the sites."""
-        if self._open is not None:
+    def restart_stage_clock(self, now: float, paused_s: float | None = None) -> None:
+        """After a restart (``paused_s`` None): give the open cohort's current stage its whole
+        time again, from ``now``, since the time the aggregator was down is not the sites' fault
+        (and not known). After a pause within one run (a rebalance): move the stage's start by
+        the ``paused_s`` seconds in which nothing could be handled, so that repeated rebalances
+        give back the time they took and never the whole stage again."""
+        if self._open is None:
+            return
+        if paused_s is None:
             self._open.stage_started = now
+        else:
+            self._open.stage_started += max(0.0, paused_s)
 
     # ------------------------------------------------------------------ internals
     def _on_record(self, name: str, record: Mapping[str, Any], now: float) -> CoordinatorOutput:

@@ -644,10 +644,12 @@ class AggregatorService:
         sites[site] = [n, hist, epsilon]
         return {**extra, "sites": sites, "privacy_ledgers": ledgers.to_state()}, why
 
-    def restart_deadlines(self) -> None:
-        """After a restart, once consuming again: the open cohort's stage gets its whole time."""
+    def restart_deadlines(self, paused_s: float | None = None) -> None:
+        """Once consuming again: after a restart (``paused_s`` None) the open cohort's stage gets
+        its whole time; after a pause of ``paused_s`` seconds within the run, that much more
+        (:meth:`CohortCoordinator.restart_stage_clock`)."""
         if self.coordinator is not None:
-            self.coordinator.restart_stage_clock(self.wall_clock())
+            self.coordinator.restart_stage_clock(self.wall_clock(), paused_s)
 
     def extra_arrays(self) -> dict[str, np.ndarray]:
         """Arrays beside :meth:`extra_state` (an open cohort's masked running sum)."""

@@ -1,6 +1,7 @@
 """What the aggregator runtime does at assignments (no broker; see tests/unit/standin_app.py):
 it handles nothing while another member of its group holds some inbound partitions, gives an
-open cohort's stage its whole time again after a rebalance, and seeks every partition it holds
+open cohort's stage its whole time again after a restart and the time a rebalance took after
+one, and seeks every partition it holds
 to its checkpoint's offset, or to the beginning."""
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def runtime(tmp_path: Path) -> Iterator[AggregatorRuntime]:
 async def test_a_partial_assignment_stops_everything_until_every_partition_is_back(
     runtime: AggregatorRuntime, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    restarts: list[bool] = []
-    monkeypatch.setattr(runtime.service, "restart_deadlines", lambda: restarts.append(True))
+    restarts: list[float | None] = []
+    monkeypatch.setattr(runtime.service, "restart_deadlines", restarts.append)
+    now = [1000.0]
+    monkeypatch.setattr(runtime.service, "wall_clock", lambda: now[0])
     ticks: list[bool] = []
     monkeypatch.setattr(runtime.service, "tick", lambda: ticks.append(True))
     other = sorted(EVERY)[::3]  # what another member of the group holds
@@ -48,11 +51,19 @@ async def test_a_partial_assignment_stops_everything_until_every_partition_is_ba
     assert ticks == [] and restarts == []  # no deadline runs while shared
 
     await runtime.on_assigned(EVERY)
-    assert runtime.whole.is_set() and runtime.consuming and restarts == [True]
+    assert runtime.whole.is_set() and runtime.consuming
+    assert restarts == [None], "after a restart: the stage's whole time"
     await runtime.on_revoked(EVERY)  # a rebalance
     assert not runtime.whole.is_set()
+    now[0] += 4.0
+    await runtime.on_assigned(EVERY - set(other))  # a second member for a while
+    now[0] += 3.0
     await runtime.on_assigned(EVERY)
-    assert runtime.whole.is_set() and restarts == [True, True]  # the stage's whole time again
+    assert runtime.whole.is_set() and restarts == [None, 7.0], "the time the pause took"
+    await runtime.on_revoked(EVERY)
+    now[0] += 2.0
+    await runtime.on_assigned(EVERY)
+    assert restarts == [None, 7.0, 2.0], "each pause once, never the whole stage again"
 
 
 async def test_reposition_seeks_to_the_checkpoint_or_the_beginning(

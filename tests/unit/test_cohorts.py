@@ -740,6 +740,20 @@ def test_a_resumed_stage_gets_a_fresh_deadline() -> None:
     assert net.coord.deadline() == net.clock.now + config().share_deadline_s
 
 
+def test_a_pause_within_the_run_gives_the_stage_only_the_time_it_took() -> None:
+    net = make_net()
+    net.open(version=5)
+    net.submit()
+    net.settle_until(lambda: net.coord.stage is ServerStage.SHARING)
+    deadline = net.coord.deadline()
+    assert deadline is not None
+    for paused in (3.0, 2.5):  # two rebalances
+        net.clock.now += paused
+        net.coord.restart_stage_clock(net.clock.now, paused)
+    assert net.coord.deadline() == deadline + 5.5
+    assert net.coord.stage is ServerStage.SHARING
+
+
 def test_an_older_checkpoint_abandons_the_cohort_and_sites_rejoin_with_the_same_update() -> None:
     net = make_net()
     net.open(version=5)
