@@ -730,21 +730,24 @@ def test_a_restart_at_any_point_resumes_the_cohort_with_every_update() -> None:
     assert steps > 30  # joins, roster, 12 shares, masked chunks, unmask responses
 
 
-def test_a_resumed_stage_gets_a_fresh_deadline() -> None:
+def _in_stage(stage: ServerStage) -> Net:
+    """A cohort for version 5 with every site's update submitted, settled until ``stage``."""
     net = make_net()
     net.open(version=5)
     net.submit()
-    net.settle_until(lambda: net.coord.stage is ServerStage.SHARING)
+    net.settle_until(lambda: net.coord.stage is stage)
+    return net
+
+
+def test_a_resumed_stage_gets_a_fresh_deadline() -> None:
+    net = _in_stage(ServerStage.SHARING)
     net.clock.now += config().share_deadline_s - 1  # the aggregator was down most of the stage
     _restarted(net)
     assert net.coord.deadline() == net.clock.now + config().share_deadline_s
 
 
 def test_a_pause_within_the_run_gives_the_stage_only_the_time_it_took() -> None:
-    net = make_net()
-    net.open(version=5)
-    net.submit()
-    net.settle_until(lambda: net.coord.stage is ServerStage.SHARING)
+    net = _in_stage(ServerStage.SHARING)
     deadline = net.coord.deadline()
     assert deadline is not None
     for paused in (3.0, 2.5):  # two rebalances
@@ -778,10 +781,7 @@ def test_an_older_checkpoint_abandons_the_cohort_and_sites_rejoin_with_the_same_
 
 
 def test_a_checkpoint_whose_sum_does_not_fit_abandons_the_cohort() -> None:
-    net = make_net()
-    net.open(version=5)
-    net.submit()
-    net.settle_until(lambda: net.coord.stage is ServerStage.UNMASKING)
+    net = _in_stage(ServerStage.UNMASKING)
     state = net.coord.to_state()
     bad = {"total": np.zeros(D, dtype=np.uint64)}  # one word short
     restored = CohortCoordinator.from_state(config(), state, bad)
