@@ -38,7 +38,8 @@ from fedsynth.errors import ConfigError
 
 __all__ = ["PendingStore"]
 
-_FIELDS = ("update_id", "n_samples", "base_version", "train_loss", "epsilon_spent")
+_FIELDS = ("update_id", "n_samples", "base_version", "train_loss", "epsilon_spent",
+           "ledger_sequence")
 
 
 class PendingStore:
@@ -82,6 +83,7 @@ class PendingStore:
                 int(header["base_version"]),
                 float(header["train_loss"]),
                 float(header["epsilon_spent"]),
+                _sequence(header.get("ledger_sequence")),  # absent in older files
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"pending update file {self.path} is unreadable: {exc}") from exc
@@ -180,3 +182,11 @@ def _unlink(path: Path) -> bool:
 def _header(data: Any) -> dict[str, Any]:
     header: dict[str, Any] = json.loads(bytes(data["header"]).decode())
     return header
+
+
+def _sequence(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"ledger_sequence {value!r} is not an integer")
+    return value

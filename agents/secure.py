@@ -105,6 +105,8 @@ class PendingUpdate:
         base_version: the global version ``b`` it was trained from.
         train_loss: mean local training loss.
         epsilon_spent: privacy spent including this update.
+        ledger_sequence: the site ledger's sequence once the update was charged (None: no
+            ledger).
     """
 
     update_id: str
@@ -113,6 +115,7 @@ class PendingUpdate:
     base_version: int
     train_loss: float = 0.0
     epsilon_spent: float = 0.0
+    ledger_sequence: int | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -517,6 +520,7 @@ class SecureSite:
             upd.train_loss,
             upd.epsilon_spent,
             roster.modulus_bits,
+            upd.ledger_sequence,
         )
         return to_fields(message, info)
 

@@ -359,6 +359,7 @@ class SiteAgent:
                     gv.version,
                     result.report.final_loss,
                     self.epsilon_spent,
+                    result.ledger_sequence,
                 )
                 self.pending_store.save(update)  # survives a crash until it is masked
                 await self._send_secure(self.secure.submit(update, time.time()))
@@ -384,6 +385,7 @@ class SiteAgent:
                 "n_parameters": int(result.delta.size),
                 "train_loss": result.report.final_loss,
                 "epsilon_spent": self.epsilon_spent,
+                "ledger_sequence": result.ledger_sequence,
             }
             headers: list[tuple[str, bytes]] = []
             inject_headers(headers)

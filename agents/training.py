@@ -41,6 +41,8 @@ class RoundResult:
     report: TrainReport
     epsilon_spent: float
     """The site's whole spend so far (histograms and every DP-SGD step, from its ledger)."""
+    ledger_sequence: int | None = None
+    """The ledger's sequence once this round was charged (None: no ledger)."""
 
 
 class LocalTrainer:
@@ -134,5 +136,6 @@ class LocalTrainer:
         delta = model.flat_parameters() - params.astype(np.float32)
         if not np.all(np.isfinite(delta)):
             raise ConfigError("local training diverged (non-finite parameters); update not sent")
-        eps = self.ledger.spent() if self.ledger is not None else float("inf")
-        return RoundResult(delta, report, eps)
+        if self.ledger is None:
+            return RoundResult(delta, report, float("inf"))
+        return RoundResult(delta, report, self.ledger.spent(), self.ledger.sequence)

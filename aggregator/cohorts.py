@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.engine import CohortAggregated
-from aggregator.ledgers import PrivacyLedgers
+from aggregator.ledgers import PrivacyLedgers, reported
 from aggregator.strategies.staleness import StalenessFn, make_staleness
 from fedsynth.errors import ConfigError, FedSynthError, ProtocolError
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -208,6 +208,7 @@ class _Open:
     server: ServerState
     stage_started: float
     epsilon: dict[str, float] = field(default_factory=dict)  # of each masked input taken
+    sequence: dict[str, int] = field(default_factory=dict)  # its ledger sequence, if reported
 
 
 class CohortCoordinator:
@@ -296,7 +297,8 @@ class CohortCoordinator:
             open_ = {"cohort_id": server.config.cohort_id, "stage": str(server.stage),
                      "target_version": server.config.target_version,
                      "stage_started": self._open.stage_started, "server": doc,
-                     "epsilon": dict(self._open.epsilon)}
+                     "epsilon": dict(self._open.epsilon),
+                     "sequence": dict(self._open.sequence)}
         return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
                 "past": [list(p) for p in self._past], "closed": self._closed}
 
@@ -345,7 +347,8 @@ class CohortCoordinator:
                 log.error("cohort %s cannot be resumed (%s); abandoning it", cohort_id, exc)
             else:
                 taken = {str(k): float(e) for k, e in open_.get("epsilon", {}).items()}
-                coordinator._open = _Open(server, float(open_["stage_started"]), taken)
+                seqs = {str(k): int(q) for k, q in open_.get("sequence", {}).items()}
+                coordinator._open = _Open(server, float(open_["stage_started"]), taken, seqs)
                 log.info("cohort %s resumed in stage %s", cohort_id, server.stage)
                 return coordinator
         coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
@@ -408,7 +411,10 @@ class CohortCoordinator:
         if out.rejections:
             out.rejections = [_reason(name, record, r) for r in out.rejections]
         elif isinstance(message, MaskedInput) and self._open is not None:
-            self._open.epsilon[message.site_id] = float(record["epsilon_spent"])
+            epsilon, sequence = reported(record)
+            self._open.epsilon[message.site_id] = epsilon
+            if sequence is not None:
+                self._open.sequence[message.site_id] = sequence
         return out
 
     def _require_open(self) -> _Open:
@@ -455,14 +461,14 @@ class CohortCoordinator:
             return None if why is None else f"site {message.site_id!r} is suspended: {why}"
         if not isinstance(message, MaskedInput):
             return None
-        epsilon = float(record["epsilon_spent"])
-        if self.ledgers.refusal(message.site_id, epsilon) is None:
+        epsilon, sequence = reported(record)
+        if self.ledgers.refusal(message.site_id, epsilon, sequence) is None:
             return None
         try:  # rare: a trial step (the server step is pure) tells whether the input is valid
             server_step(self._require_open().server, message)
         except FedSynthError:
             return None
-        return self.ledgers.admit(message.site_id, epsilon)
+        return self.ledgers.admit(message.site_id, epsilon, sequence)
 
     def _step(self, message: object, now: float) -> CoordinatorOutput:
         open_ = self._require_open()
@@ -502,7 +508,7 @@ class CohortCoordinator:
             for site in result.survivors:  # a survivor's masked input is in the sum
                 epsilon = self._open.epsilon.get(site)  # (None: taken before a restart
                 if epsilon is not None:  # from a checkpoint older than the ledgers)
-                    self.ledgers.record(site, epsilon)
+                    self.ledgers.record(site, epsilon, self._open.sequence.get(site))
         self._open = None
         log.info("cohort %s done: %d survivors, weight %.6g", result.cohort_id,
                  len(result.survivors), result.weight_sum)

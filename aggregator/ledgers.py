@@ -22,6 +22,15 @@ under FedAvg is refused as its site's second update of the round, and only its e
 away. A site that trains without DP reports infinity, which is not compared. Epsilons are kept
 as floats in the checkpoint's JSON, infinity included, as the service keeps the sites' own.
 
+Epsilon alone misses two ledgers whose reports arrive in strictly increasing turns (one trains
+more steps per update than the other: 1.2, then 1.35 from the other, then 1.45 ...). So an update
+also reports its ledger's ``sequence`` (``ledger_sequence``: every write of one ledger adds one,
+and every update is charged before it trains), and it must be larger than the last applied
+update's too. Two ledgers copied from one folder count from the same sequence, so the second to
+report a number the other already reported is caught; to slip by, each would have to skip the
+numbers the other used, in turn. An update without one (an agent from before the field, or no
+ledger) is compared by epsilon only.
+
 Pure: no I/O, no clock; the service and the cohort coordinator own one and checkpoint it.
 """
 
@@ -35,7 +44,7 @@ from typing import Any
 from aggregator.validation import ReasonCode
 from fedsynth.errors import ConfigError
 
-__all__ = ["NOT_A_REPORT", "PrivacyLedgers"]
+__all__ = ["NOT_A_REPORT", "PrivacyLedgers", "reported"]
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +59,19 @@ replay and malformed updates. Any other update, applied or refused (too stale, o
 bound, not wanted by the strategy this round), is a report of the site's ledger."""
 
 
+def reported(record: Mapping[str, Any]) -> tuple[float, int | None]:
+    """The epsilon and ledger sequence a ``ModelUpdate`` record reports (None: no sequence)."""
+    sequence = record.get("ledger_sequence")
+    return float(record["epsilon_spent"]), None if sequence is None else int(sequence)
+
+
 class PrivacyLedgers:
     """The epsilon of each site's last applied update, and the sites suspended for a ledger
     that went back."""
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        self._sequence: dict[str, int] = {}
         self._suspended: dict[str, str] = {}
 
     def last(self, site: str) -> float | None:
@@ -66,17 +82,17 @@ class PrivacyLedgers:
         """Why the site is suspended, or None when it is not."""
         return self._suspended.get(site)
 
-    def refusal(self, site: str, epsilon: float) -> str | None:
-        """Why an update of ``site`` reporting ``epsilon`` may not be applied (None: it may);
-        changes nothing."""
-        found = self._check(site, epsilon)
+    def refusal(self, site: str, epsilon: float, sequence: int | None = None) -> str | None:
+        """Why an update of ``site`` reporting ``epsilon`` and ledger ``sequence`` may not be
+        applied (None: it may); changes nothing."""
+        found = self._check(site, epsilon, sequence)
         return None if found is None else found[1]
 
-    def admit(self, site: str, epsilon: float) -> str | None:
-        """As :meth:`refusal`, for an update that is otherwise valid: an epsilon no larger than
-        the last applied one also suspends the site (a NaN or negative one is refused without
-        suspending: it is no privacy total at all)."""
-        found = self._check(site, epsilon)
+    def admit(self, site: str, epsilon: float, sequence: int | None = None) -> str | None:
+        """As :meth:`refusal`, for an update that is otherwise valid: an epsilon or a sequence no
+        larger than the last applied update's also suspends the site (a NaN or negative epsilon,
+        or a negative sequence, is refused without suspending: it is no ledger's report)."""
+        found = self._check(site, epsilon, sequence)
         if found is None:
             return None
         regressed, why = found
@@ -86,21 +102,24 @@ class PrivacyLedgers:
             return f"site {site!r} is suspended for this run: {why}"
         return why
 
-    def _check(self, site: str, epsilon: float) -> tuple[bool, str] | None:
+    def _check(
+        self, site: str, epsilon: float, sequence: int | None
+    ) -> tuple[bool, str] | None:
         """None to admit; else whether the ledger went back, and why the update is refused."""
         why = self._suspended.get(site)
         if why is not None:
             return False, f"site {site!r} is suspended for this run: {why}"
         if math.isnan(epsilon) or epsilon < 0:
             return False, f"site {site!r} reports epsilon {epsilon}, not a privacy total"
+        if sequence is not None and sequence < 0:
+            return False, f"site {site!r} reports ledger sequence {sequence}, not a ledger's"
         last = self._last.get(site)
-        if last is None or math.isinf(epsilon) or math.isinf(last) or epsilon > last:
-            return None
-        return True, (
-            f"its privacy ledger went back: an update reports epsilon {epsilon:.6g} after one "
-            f"applied at {last:.6g} (a second agent of the site with its own state folder, or "
-            "a state folder lost or restored from a backup)"
-        )
+        if last is not None and not (math.isinf(epsilon) or math.isinf(last) or epsilon > last):
+            return True, _went_back(f"epsilon {epsilon:.6g}", f"{last:.6g}")
+        last_seq = self._sequence.get(site)
+        if sequence is not None and last_seq is not None and sequence <= last_seq:
+            return True, _went_back(f"ledger sequence {sequence}", str(last_seq))
+        return None
 
     def reinstate(self, site: str, epsilon: float, reported: float) -> str:
         """Lift ``site``'s suspension, its ledger now standing at ``epsilon``; returns why it had
@@ -131,18 +150,26 @@ class PrivacyLedgers:
             )
         del self._suspended[site]
         self._last[site] = math.nextafter(epsilon, 0.0)  # a report equal to the total passes
+        # The ledger that goes on may stand at a lower sequence than the other one reported:
+        # its next report sets the bar again (a record the other sent before it was stopped
+        # reports less than the total, and the epsilon bar refuses it).
+        self._sequence.pop(site, None)
         log.warning("site %s reinstated at epsilon %.6g (it was suspended: %s)", site, epsilon, why)
         return why
 
-    def record(self, site: str, epsilon: float) -> None:
-        """An update of ``site`` reporting ``epsilon`` was applied."""
+    def record(self, site: str, epsilon: float, sequence: int | None = None) -> None:
+        """An update of ``site`` reporting ``epsilon`` and ledger ``sequence`` was applied (a
+        report without a sequence keeps the last one's)."""
         self._last[site] = epsilon
+        if sequence is not None:
+            self._sequence[site] = sequence
 
     def to_state(self) -> dict[str, Any]:
         """JSON-ready state."""
         return {
             "format": _FORMAT,
             "last": dict(self._last),
+            "sequence": dict(self._sequence),
             "suspended": dict(self._suspended),
         }
 
@@ -159,5 +186,15 @@ class PrivacyLedgers:
         if state.get("format") != _FORMAT:
             raise ConfigError(f"privacy ledger state format {state.get('format')!r} is not 1")
         ledgers._last = {str(s): float(e) for s, e in state["last"].items()}
+        # absent in checkpoints from before sequences were reported
+        ledgers._sequence = {str(s): int(q) for s, q in state.get("sequence", {}).items()}
         ledgers._suspended = {str(s): str(w) for s, w in state["suspended"].items()}
         return ledgers
+
+
+def _went_back(reported: str, applied: str) -> str:
+    return (
+        f"its privacy ledger went back: an update reports {reported} after one applied at "
+        f"{applied} (a second agent of the site with its own state folder, or a state folder "
+        "lost or restored from a backup)"
+    )

@@ -46,7 +46,7 @@ from aggregator.engine import (
     RoundTimeout,
     UpdateReceived,
 )
-from aggregator.ledgers import NOT_A_REPORT, PrivacyLedgers
+from aggregator.ledgers import NOT_A_REPORT, PrivacyLedgers, reported
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
 from fedsynth.data.encoder import FeatureEncoder
@@ -320,7 +320,7 @@ class AggregatorService:
             delta=delta,
             weight_hint=float(rec["weight"]),
         )
-        epsilon = float(rec["epsilon_spent"])
+        epsilon, sequence = reported(rec)
         site = self.sites.get(rec["site_id"])
         if site is not None:
             eps = max(site.epsilon_spent, epsilon)
@@ -330,13 +330,13 @@ class AggregatorService:
         if not refused or refused[0] not in NOT_A_REPORT:
             # The site's ledger has the last word. A refusal drops the engine's new state (the
             # step is pure) and may suspend the site: checkpoint.
-            why = self.ledgers.admit(update.site_id, epsilon)
+            why = self.ledgers.admit(update.site_id, epsilon, sequence)
             if why is not None:
                 return Effects(
                     changed=True, dead=[DeadLetterItem(f"privacy_ledger: {why}", "UpdateRejected")]
                 )
             if not refused:
-                self.ledgers.record(update.site_id, epsilon)
+                self.ledgers.record(update.site_id, epsilon, sequence)
         return self._take(state, out)
 
     # ----------------------------------------------------------------- timers

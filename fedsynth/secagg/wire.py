@@ -74,6 +74,8 @@ class MaskedUpdateInfo:
         train_loss: mean training loss of the local run.
         epsilon_spent: privacy budget spent including this update.
         modulus_bits: the cohort's ``m`` (from the roster); picks the word width.
+        ledger_sequence: the site ledger's sequence once the update was charged (None: no
+            ledger).
     """
 
     update_id: str
@@ -82,6 +84,7 @@ class MaskedUpdateInfo:
     train_loss: float
     epsilon_spent: float
     modulus_bits: int
+    ledger_sequence: int | None = None
 
 
 def _to_long(value: int) -> int:
@@ -118,6 +121,7 @@ def _masked_fields(msg: MaskedInput, info: MaskedUpdateInfo) -> Fields:
         "train_loss": info.train_loss,
         "epsilon_spent": info.epsilon_spent,
         "masked_weight": _to_long(msg.masked_weight),
+        "ledger_sequence": info.ledger_sequence,
     }
 
 

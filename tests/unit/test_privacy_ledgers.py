@@ -84,9 +84,62 @@ def test_state_round_trips_with_infinity_and_older_checkpoints_start_empty() -> 
         PrivacyLedgers.from_state({**state, "format": 99})
 
 
+def test_two_ledgers_in_strictly_growing_turns_are_caught_by_their_sequence() -> None:
+    """Copied at sequence 4, one ledger trains more steps per update than the other: their
+    epsilons grow in turns (1.2, 1.35, 1.45), but both count on from 4, so the second report of
+    sequence 5 gives the copy away."""
+    ledgers = PrivacyLedgers()
+    assert ledgers.admit("A", 1.2, 5) is None
+    ledgers.record("A", 1.2, 5)
+    assert ledgers.refusal("A", 1.35, 5) is not None and ledgers.suspended("A") is None
+    why = ledgers.admit("A", 1.35, 5)
+    assert why is not None and "ledger sequence 5 after one applied at 5" in why
+    assert "went back" in why and ledgers.suspended("A") is not None
+    assert ledgers.admit("A", 1.45, 6) is not None, "suspended for the rest of the run"
+
+
+def test_a_sequence_is_compared_only_when_reported_and_a_negative_one_is_refused() -> None:
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", 1.0, 3)
+    assert ledgers.admit("A", 1.1) is None, "no sequence (an older agent): epsilon only"
+    ledgers.record("A", 1.1)
+    assert ledgers.admit("A", 1.2, 3) is not None, "the bar is the last sequence reported"
+    ledgers.record("B", 1.0)
+    assert ledgers.admit("B", 1.1, 0) is None, "a first sequence sets the bar"
+    why = ledgers.admit("C", 1.0, -1)
+    assert why is not None and "not a ledger's" in why and ledgers.suspended("C") is None
+    assert ledgers.admit("D", 0.5, 9) is None and ledgers.admit("D", 0.5, 9) is None  # no record
+
+
+def test_a_reinstated_site_is_held_to_its_total_not_to_the_other_ledgers_sequence() -> None:
+    """The ledger that goes on may stand below the sequence the other one reported; after the
+    reinstatement its next report sets the bar again, and the total bars the other's records."""
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", 1.5, 14)  # the other ledger's update, applied
+    assert ledgers.admit("A", 1.2, 8) is not None
+    ledgers.reinstate("A", 2.7, 1.5)
+    assert ledgers.refusal("A", 1.6, 15) is not None, "a late record of the other ledger"
+    assert ledgers.admit("A", 2.9, 10) is None
+    ledgers.record("A", 2.9, 10)
+    assert ledgers.admit("A", 3.1, 10) is not None
+
+
+def test_sequences_round_trip_and_a_checkpoint_without_them_loads() -> None:
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", 2.5, 7)
+    ledgers.record("B", 1.0)
+    state = json.loads(json.dumps(ledgers.to_state()))
+    back = PrivacyLedgers.from_state(state)
+    assert back.admit("A", 2.6, 7) is not None and back.admit("B", 1.1, 1) is None
+    del state["sequence"]  # written before sequences were reported
+    older = PrivacyLedgers.from_state(state)
+    assert older.admit("A", 2.6, 7) is None and older.last("A") == 2.5
+
+
 # ------------------------------------------------------------------------- plain service
 def _update(
-    fed: Federation, site: str, uid: int, base: int, eps: float, n: int, length: int | None = None
+    fed: Federation, site: str, uid: int, base: int, eps: float, n: int, length: int | None = None,
+    sequence: int | None = None,
 ) -> list[bytes]:
     length = n if length is None else length
     fields = {
@@ -94,6 +147,7 @@ def _update(
         "base_version": base, "n_samples": 50, "mode": "plain", "cohort_id": None,
         "weight": 1.0, "codec": "float32", "vector": np.full(length, 1e-3, np.float32).tobytes(),
         "n_parameters": length, "train_loss": 0.0, "epsilon_spent": eps,
+        "ledger_sequence": sequence,
     }
     return [c.value for c in fed.factory(site).build_chunked("ModelUpdate", fields, 900 * 1024)]
 
@@ -155,6 +209,26 @@ def test_plain_a_twin_refused_by_the_strategy_is_still_caught(make_service: Make
     assert report["A"] == 0.7 and report["B"] == math.inf, report
 
 
+def test_plain_a_repeated_ledger_sequence_suspends_though_epsilon_grew(
+    make_service: Maker,
+) -> None:
+    """The service reads the update's ledger sequence: a second ledger whose epsilon passed the
+    first one's is caught by a sequence already applied, and the bar survives a restart."""
+    fed, make = make_service
+    service = make(mode="plain", rounds=10)
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.state is not None
+    n = int(service.state.params.size)
+    assert _feed(service, _update(fed, "A", 1, 0, 1.2, n, sequence=5)) == []
+    restarted = make(mode="plain", rounds=10)
+    restarted.restore(service.state, service.extra_state())
+    twin = _feed(restarted, _update(fed, "A", 2, 0, 1.35, n, sequence=5))
+    assert len(twin) == 1 and "privacy_ledger" in twin[0], twin
+    assert "ledger sequence 5 after one applied at 5" in twin[0]
+    assert restarted.ledgers.suspended("A") is not None
+
+
 # ------------------------------------------------------------------------- secure cohorts
 def _ledgered_net() -> tuple[Net, PrivacyLedgers]:
     ledgers = PrivacyLedgers()
@@ -163,9 +237,12 @@ def _ledgered_net() -> tuple[Net, PrivacyLedgers]:
     return net, ledgers
 
 
-def _submit(net: Net, eps: dict[str, float], tag: str) -> None:
+def _submit(
+    net: Net, eps: dict[str, float], tag: str, sequence: dict[str, int] | None = None
+) -> None:
     for site, e in eps.items():
-        update = PendingUpdate(f"u-{site}-{tag}", delta_of(site), N_SAMPLES[site], 5, 0.5, e)
+        seq = None if sequence is None else sequence.get(site)
+        update = PendingUpdate(f"u-{site}-{tag}", delta_of(site), N_SAMPLES[site], 5, 0.5, e, seq)
         net.publish(site, net.sites[site].submit(update, net.clock.now))
 
 
@@ -207,6 +284,29 @@ def test_secure_a_masked_input_from_a_second_ledger_is_a_dropout_and_its_site_is
     net.settle()
     assert any("CohortJoin from 's0'" in r and "suspended" in r for r in net.rejections)
     assert finished_result(net).contributors == ("s1", "s2", "s3")
+
+
+def test_secure_a_repeated_ledger_sequence_is_a_dropout_and_the_bar_is_checkpointed() -> None:
+    """A survivor's sequence is recorded when its cohort finishes (kept in the open cohort's
+    checkpoint until then); a later masked input with the same sequence suspends its site."""
+    net, ledgers = _ledgered_net()
+    sites = ALL_SITES[:4]
+    net.open(version=5)
+    _submit(net, dict.fromkeys(sites, 1.0), "1", dict.fromkeys(sites, 3))
+    net.settle_until(lambda: net.coord._open is not None and len(net.coord._open.epsilon) == 4)
+    assert net.coord._open.sequence == dict.fromkeys(sites, 3)
+    state, arrays = net.coord.to_state(), net.coord.state_arrays()
+    net.coord = CohortCoordinator.from_state(config(), state, arrays, ledgers)
+    assert net.coord._open is not None and net.coord._open.sequence == dict.fromkeys(sites, 3)
+    net.settle()
+    finished_result(net)
+
+    net.open(version=6)
+    _submit(net, dict.fromkeys(sites, 2.0), "2", {"s0": 3, "s1": 4, "s2": 4, "s3": 4})
+    net.settle()
+    assert finished_result(net).contributors == ("s1", "s2", "s3")
+    assert any("s0" in r and "ledger sequence 3" in r for r in net.rejections), net.rejections
+    assert ledgers.suspended("s0") is not None
 
 
 # ------------------------------------------------------------------------- the site's agent
