@@ -193,7 +193,7 @@ def _read_body(
 def _read_body_from(entry: SchemaEntry, data: bytes | memoryview, buf: IO[bytes]) -> dict[str, Any]:
     buf.seek(HEADER_SIZE)
     try:
-        record = schemaless_reader(buf, entry.reader, None)
+        record = schemaless_reader(buf, entry.reader, entry.resolved)
     except (EOFError, IndexError) as exc:
         raise TruncatedMessageError(
             f"{entry.name}: body of {len(data) - HEADER_SIZE} bytes ends early ({exc or 'EOF'})"
@@ -246,6 +246,6 @@ def decode_as(name: str, data: bytes, registry: SchemaRegistry | None = None) ->
     """Decode a message that must be of schema ``name``; raises SchemaMismatchError otherwise."""
     expected = _registry(registry).by_name(name)
     entry = peek_schema(data, registry)
-    if entry.fingerprint != expected.fingerprint:
+    if entry.name != expected.name:  # the current version or an older one
         raise SchemaMismatchError(f"expected a {expected.name} message, got {entry.name}")
     return _read_body(entry, bytes(data))

@@ -4,6 +4,13 @@ Fingerprints are the CRC-64-AVRO (Rabin) fingerprint of the schema's Parsing Can
 Avro specification defines for single-object encoding. Docs and logical types are not part of the
 canonical form, so editing a ``doc`` never changes a fingerprint; changing a name, type or field
 order does (and the known-answer test notices).
+
+A schema changed since records were written keeps its earlier versions in ``schemas/older/``, one
+file ``<Name>.<fingerprint>.avsc`` each: a record written with one is read with it as the writer
+schema and the current one as the reader schema (Avro schema resolution: a field added since comes
+back with its default), so a record of the older version, from an agent not yet upgraded or an
+outbox written before the upgrade, is read rather than refused as an unknown schema. The contract
+test checks that each older version resolves to the current one.
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -73,6 +80,8 @@ class SchemaEntry:
         writer: fastavro-parsed schema for encoding (accepts ints or datetimes for timestamps).
         reader: fastavro-parsed schema for decoding (timestamps come back as int milliseconds).
         defaults: Top-level fields that have a default, with it (filled in when left out).
+        resolved: For an older version, the current version's reader schema its records are
+            resolved to; None for a current schema.
     """
 
     name: str
@@ -84,10 +93,12 @@ class SchemaEntry:
     writer: Any
     reader: Any
     defaults: Mapping[str, Any]
+    resolved: Any = None
 
     @classmethod
-    def from_raw(cls, raw: Mapping[str, Any]) -> SchemaEntry:
-        """Parse a raw record schema into an entry."""
+    def from_raw(cls, raw: Mapping[str, Any], current: SchemaEntry | None = None) -> SchemaEntry:
+        """Parse a raw record schema into an entry (an older version of ``current``, if given:
+        its records are read into ``current``'s shape)."""
         writer = parse_schema(copy.deepcopy(dict(raw)), named_schemas={})
         reader = parse_schema(_strip_logical_types(dict(raw)), named_schemas={})
         canonical = to_parsing_canonical_form(writer)
@@ -103,16 +114,20 @@ class SchemaEntry:
             writer=writer,
             reader=reader,
             defaults={f["name"]: f["default"] for f in raw["fields"] if "default" in f},
+            resolved=None if current is None else current.reader,
         )
 
 
 class SchemaRegistry:
     """Message schemas by short name, full name and fingerprint (read-only once built)."""
 
-    def __init__(self, entries: list[SchemaEntry]) -> None:
-        """Index ``entries``; raises :class:`SchemaError` on a duplicate name or fingerprint."""
+    def __init__(self, entries: Sequence[SchemaEntry], older: Sequence[SchemaEntry] = ()) -> None:
+        """Index ``entries`` (current versions) and ``older`` versions of them (by fingerprint
+        only); raises :class:`SchemaError` on a duplicate name or fingerprint, or an older
+        version of no current schema."""
         self._by_name: dict[str, SchemaEntry] = {}
         self._by_fp: dict[int, SchemaEntry] = {}
+        self._current: list[SchemaEntry] = sorted(entries, key=lambda e: e.name)
         for entry in entries:
             if entry.name in self._by_name:
                 raise SchemaError(f"schema {entry.name!r} is defined twice")
@@ -122,10 +137,42 @@ class SchemaRegistry:
             self._by_name[entry.name] = entry
             self._by_name[entry.fullname] = entry
             self._by_fp[entry.fingerprint] = entry
+        for entry in older:
+            if entry.name not in self._by_name or entry.resolved is None:
+                raise SchemaError(f"an older version of {entry.name!r}, which is no schema now")
+            if entry.fingerprint in self._by_fp:
+                raise SchemaError(
+                    f"older {entry.name!r} {entry.fingerprint:016x} is defined twice or is current"
+                )
+            self._by_fp[entry.fingerprint] = entry
 
     @classmethod
     def from_dir(cls, directory: Path) -> SchemaRegistry:
-        """Load every ``*.avsc`` in ``directory``; each file's record name must be its stem."""
+        """Load every ``*.avsc`` in ``directory``, each file's record name its stem, and the
+        older versions in ``directory/older``, each named ``<Name>.<fingerprint>.avsc``."""
+        current = cls._load_dir(directory)
+        by_name = {e.name: e for e in current}
+        older = []
+        for path in sorted((directory / "older").glob("*.avsc")):
+            name, _, fp = path.stem.partition(".")
+            if name not in by_name:
+                raise SchemaError(f"older schema {path.name} names no current schema {name!r}")
+            try:
+                entry = SchemaEntry.from_raw(
+                    json.loads(path.read_text(encoding="utf-8")), by_name[name]
+                )
+            except (ValueError, TypeError, KeyError) as exc:
+                raise SchemaError(f"cannot parse schema file older/{path.name}: {exc}") from exc
+            if entry.name != name or f"{entry.fingerprint:016x}" != fp:
+                raise SchemaError(
+                    f"older/{path.name} defines {entry.name!r} with fingerprint "
+                    f"{entry.fingerprint:016x}, not what its name says"
+                )
+            older.append(entry)
+        return cls(current, older)
+
+    @staticmethod
+    def _load_dir(directory: Path) -> list[SchemaEntry]:
         entries = []
         for path in sorted(directory.glob("*.avsc")):
             try:
@@ -138,7 +185,7 @@ class SchemaRegistry:
                     f"{path.name} defines record {entry.name!r}, expected {path.stem!r}"
                 )
             entries.append(entry)
-        return cls(entries)
+        return entries
 
     def by_name(self, name: str) -> SchemaEntry:
         """The entry for a short (``"Chunk"``) or full (``"fedsynth.Chunk"``) name."""
@@ -166,13 +213,22 @@ class SchemaRegistry:
     @property
     def names(self) -> list[str]:
         """Short names of every schema, sorted."""
-        return sorted(e.name for e in self._by_fp.values())
+        return [e.name for e in self._current]
 
     def __iter__(self) -> Iterator[SchemaEntry]:
-        return iter(sorted(self._by_fp.values(), key=lambda e: e.name))
+        """The current version of each schema, by name."""
+        return iter(self._current)
+
+    def older(self) -> list[SchemaEntry]:
+        """The older versions still read, by name and fingerprint."""
+        current = {id(e) for e in self._current}
+        return sorted(
+            (e for e in self._by_fp.values() if id(e) not in current),
+            key=lambda e: (e.name, e.fingerprint),
+        )
 
     def __len__(self) -> int:
-        return len(self._by_fp)
+        return len(self._current)
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name

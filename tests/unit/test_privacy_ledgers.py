@@ -22,6 +22,8 @@ from aggregator.cohorts import CohortCoordinator
 from aggregator.ledgers import PrivacyLedgers
 from aggregator.service import AggregatorService, Phase
 from fedsynth.errors import ConfigError
+from schemas.registry import SchemaEntry, SchemaRegistry, default_registry
+from schemas.signing import encode_signed
 from tests.integration.harness import Federation
 from tests.unit.service_maker import Maker
 from tests.unit.test_agent_histograms import _agent
@@ -227,6 +229,37 @@ def test_plain_a_repeated_ledger_sequence_suspends_though_epsilon_grew(
     assert len(twin) == 1 and "privacy_ledger" in twin[0], twin
     assert "ledger sequence 5 after one applied at 5" in twin[0]
     assert restarted.ledgers.suspended("A") is not None
+
+
+def test_plain_an_update_of_the_schema_before_ledger_sequence_is_applied_by_epsilon(
+    make_service: Maker,
+) -> None:
+    """An agent not yet upgraded sends ModelUpdate without ``ledger_sequence``: the service reads
+    it (schemas/older/) and holds it to epsilon only, after an update that did report one."""
+    fed, make = make_service
+    service = make(mode="plain", rounds=10)
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.state is not None
+    n = int(service.state.params.size)
+    assert _feed(service, _update(fed, "A", 1, 0, 1.0, n, sequence=5)) == []
+    assert _feed(service, _update(fed, "B", 9, 0, 1.0, n)) == []
+    assert service.state is not None and service.state.model_version == 1
+    older = next(e for e in default_registry().older() if e.name == "ModelUpdate")
+    factory = fed.factory("A")
+    fields = {
+        **factory.envelope(), "update_id": f"00000000-0000-0000-0000-{2:012d}", "site_id": "A",
+        "base_version": 1, "n_samples": 50, "mode": "plain", "cohort_id": None, "weight": 1.0,
+        "codec": "float32", "vector": np.full(n, 1e-3, np.float32).tobytes(), "n_parameters": n,
+        "train_loss": 0.0,
+    }
+    old = SchemaRegistry([SchemaEntry.from_raw(older.raw)])
+    applied = encode_signed("ModelUpdate", {**fields, "epsilon_spent": 1.1}, factory.key, old)
+    assert _feed(service, [applied]) == [] and service.ledgers.last("A") == 1.1
+    fields = {**fields, **factory.envelope(), "update_id": f"00000000-0000-0000-0000-{3:012d}"}
+    back = encode_signed("ModelUpdate", {**fields, "epsilon_spent": 1.05}, factory.key, old)
+    went = _feed(service, [back])
+    assert len(went) == 1 and "epsilon 1.05 after one applied at 1.1" in went[0], went
 
 
 # ------------------------------------------------------------------------- secure cohorts
