@@ -411,10 +411,10 @@ class CohortCoordinator:
         if out.rejections:
             out.rejections = [_reason(name, record, r) for r in out.rejections]
         elif isinstance(message, MaskedInput) and self._open is not None:
-            epsilon, sequence = reported(record)
-            self._open.epsilon[message.site_id] = epsilon
-            if sequence is not None:
-                self._open.sequence[message.site_id] = sequence
+            report = reported(record)
+            self._open.epsilon[message.site_id] = report.epsilon
+            if report.sequence is not None:
+                self._open.sequence[message.site_id] = report.sequence
         return out
 
     def _require_open(self) -> _Open:
@@ -461,14 +461,15 @@ class CohortCoordinator:
             return None if why is None else f"site {message.site_id!r} is suspended: {why}"
         if not isinstance(message, MaskedInput):
             return None
-        epsilon, sequence = reported(record)
-        if self.ledgers.refusal(message.site_id, epsilon, sequence) is None:
+        report = reported(record)
+        claim = (report.epsilon, report.sequence, report.created_ms)
+        if self.ledgers.refusal(message.site_id, *claim) is None:
             return None
         try:  # rare: a trial step (the server step is pure) tells whether the input is valid
             server_step(self._require_open().server, message)
         except FedSynthError:
             return None
-        return self.ledgers.admit(message.site_id, epsilon, sequence)
+        return self.ledgers.admit(message.site_id, *claim)
 
     def _step(self, message: object, now: float) -> CoordinatorOutput:
         open_ = self._require_open()

@@ -39,12 +39,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aggregator.validation import ReasonCode
 from fedsynth.errors import ConfigError
 
-__all__ = ["NOT_A_REPORT", "PrivacyLedgers", "reported"]
+__all__ = ["NOT_A_REPORT", "PrivacyLedgers", "Report", "reported"]
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,29 @@ replay and malformed updates. Any other update, applied or refused (too stale, o
 bound, not wanted by the strategy this round), is a report of the site's ledger."""
 
 
-def reported(record: Mapping[str, Any]) -> tuple[float, int | None]:
-    """The epsilon and ledger sequence a ``ModelUpdate`` record reports (None: no sequence)."""
-    sequence = record.get("ledger_sequence")
-    return float(record["epsilon_spent"]), None if sequence is None else int(sequence)
+@dataclass(frozen=True, slots=True)
+class Report:
+    """What one update says of its site's ledger.
+
+    Attributes:
+        epsilon: the site's total spent, this update included.
+        sequence: the ledger's sequence once the update was charged (None: not reported).
+        created_ms: when the site created the record (its ``created_at``; None: unknown).
+    """
+
+    epsilon: float
+    sequence: int | None = None
+    created_ms: int | None = None
+
+
+def reported(record: Mapping[str, Any]) -> Report:
+    """The :class:`Report` of a ``ModelUpdate`` record."""
+    sequence, created = record.get("ledger_sequence"), record.get("created_at")
+    return Report(
+        float(record["epsilon_spent"]),
+        None if sequence is None else int(sequence),
+        None if created is None else int(created),
+    )
 
 
 class PrivacyLedgers:
@@ -73,6 +93,7 @@ class PrivacyLedgers:
         self._last: dict[str, float] = {}
         self._sequence: dict[str, int] = {}
         self._suspended: dict[str, str] = {}
+        self._reinstated: dict[str, int] = {}  # when, in ms since the epoch
 
     def last(self, site: str) -> float | None:
         """The epsilon the site's last applied update reported (None: none applied yet)."""
@@ -82,17 +103,24 @@ class PrivacyLedgers:
         """Why the site is suspended, or None when it is not."""
         return self._suspended.get(site)
 
-    def refusal(self, site: str, epsilon: float, sequence: int | None = None) -> str | None:
-        """Why an update of ``site`` reporting ``epsilon`` and ledger ``sequence`` may not be
-        applied (None: it may); changes nothing."""
-        found = self._check(site, epsilon, sequence)
+    def refusal(
+        self, site: str, epsilon: float, sequence: int | None = None,
+        created_ms: int | None = None,
+    ) -> str | None:
+        """Why an update of ``site`` reporting ``epsilon`` and ledger ``sequence``, created at
+        ``created_ms``, may not be applied (None: it may); changes nothing."""
+        found = self._check(site, epsilon, sequence, created_ms)
         return None if found is None else found[1]
 
-    def admit(self, site: str, epsilon: float, sequence: int | None = None) -> str | None:
+    def admit(
+        self, site: str, epsilon: float, sequence: int | None = None,
+        created_ms: int | None = None,
+    ) -> str | None:
         """As :meth:`refusal`, for an update that is otherwise valid: an epsilon or a sequence no
         larger than the last applied update's also suspends the site (a NaN or negative epsilon,
-        or a negative sequence, is refused without suspending: it is no ledger's report)."""
-        found = self._check(site, epsilon, sequence)
+        or a negative sequence, is refused without suspending: it is no ledger's report; so is
+        a record of a reinstated site created before its reinstatement, see :meth:`reinstate`)."""
+        found = self._check(site, epsilon, sequence, created_ms)
         if found is None:
             return None
         regressed, why = found
@@ -103,7 +131,7 @@ class PrivacyLedgers:
         return why
 
     def _check(
-        self, site: str, epsilon: float, sequence: int | None
+        self, site: str, epsilon: float, sequence: int | None, created_ms: int | None
     ) -> tuple[bool, str] | None:
         """None to admit; else whether the ledger went back, and why the update is refused."""
         why = self._suspended.get(site)
@@ -115,13 +143,31 @@ class PrivacyLedgers:
             return False, f"site {site!r} reports ledger sequence {sequence}, not a ledger's"
         last = self._last.get(site)
         if last is not None and not (math.isinf(epsilon) or math.isinf(last) or epsilon > last):
-            return True, _went_back(f"epsilon {epsilon:.6g}", f"{last:.6g}")
+            return self._went_back(site, created_ms, f"epsilon {epsilon:.6g}", f"{last:.6g}")
         last_seq = self._sequence.get(site)
         if sequence is not None and last_seq is not None and sequence <= last_seq:
-            return True, _went_back(f"ledger sequence {sequence}", str(last_seq))
+            return self._went_back(site, created_ms, f"ledger sequence {sequence}", str(last_seq))
         return None
 
-    def reinstate(self, site: str, epsilon: float, reported: float) -> str:
+    def _went_back(
+        self, site: str, created_ms: int | None, reported: str, applied: str
+    ) -> tuple[bool, str]:
+        since = self._reinstated.get(site)
+        if since is not None and created_ms is not None and created_ms < since:
+            return False, (
+                f"site {site!r} reports {reported} after {applied} in a record created before "
+                "its reinstatement: a ledger the reinstatement took in, whose record was still "
+                "on its way (refused; the site stays admitted)"
+            )
+        return True, (
+            f"its privacy ledger went back: an update reports {reported} after one applied at "
+            f"{applied} (a second agent of the site with its own state folder, or a state "
+            "folder lost or restored from a backup)"
+        )
+
+    def reinstate(
+        self, site: str, epsilon: float, reported: float, at_ms: int | None = None
+    ) -> str:
         """Lift ``site``'s suspension, its ledger now standing at ``epsilon``; returns why it had
         been suspended.
 
@@ -132,6 +178,14 @@ class PrivacyLedgers:
         each later one larger, as before. It must be larger than ``reported``, the largest
         epsilon the site reported so far: a total that holds a second ledger's steps is larger
         than either ledger's.
+
+        ``at_ms``: when (ms since the epoch) the reinstatement is made, after the other agents
+        were stopped. A record the site created before then that goes back (a stopped agent's
+        last record, still on its way) is refused without suspending the site again: its
+        ledger's steps are in the total. Records are dated by the site's clock, so one running
+        ahead of this one by more than the time from the stop to the reinstatement makes such a
+        record suspend the site again, as before; one running behind leaves a twin still
+        running unsuspended while its records are refused.
 
         Raises:
             ConfigError: the site is not suspended, or ``epsilon`` is not finite or not larger
@@ -154,6 +208,8 @@ class PrivacyLedgers:
         # its next report sets the bar again (a record the other sent before it was stopped
         # reports less than the total, and the epsilon bar refuses it).
         self._sequence.pop(site, None)
+        if at_ms is not None:
+            self._reinstated[site] = at_ms
         log.warning("site %s reinstated at epsilon %.6g (it was suspended: %s)", site, epsilon, why)
         return why
 
@@ -171,6 +227,7 @@ class PrivacyLedgers:
             "last": dict(self._last),
             "sequence": dict(self._sequence),
             "suspended": dict(self._suspended),
+            "reinstated": dict(self._reinstated),
         }
 
     @classmethod
@@ -188,13 +245,7 @@ class PrivacyLedgers:
         ledgers._last = {str(s): float(e) for s, e in state["last"].items()}
         # absent in checkpoints from before sequences were reported
         ledgers._sequence = {str(s): int(q) for s, q in state.get("sequence", {}).items()}
+        ledgers._reinstated = {str(s): int(t) for s, t in state.get("reinstated", {}).items()}
         ledgers._suspended = {str(s): str(w) for s, w in state["suspended"].items()}
         return ledgers
 
-
-def _went_back(reported: str, applied: str) -> str:
-    return (
-        f"its privacy ledger went back: an update reports {reported} after one applied at "
-        f"{applied} (a second agent of the site with its own state folder, or a state folder "
-        "lost or restored from a backup)"
-    )

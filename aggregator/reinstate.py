@@ -7,7 +7,8 @@ stops the aggregator and runs ``fedsynth aggregator --reinstate SITE --epsilon T
 holds the state folder's lock (so it refuses to run beside the aggregator), loads the encrypted
 checkpoint, lifts the suspension (the site's next report must be at least ``TOTAL`` and each
 later one larger, and later versions' provenance gives the site's epsilon as ``TOTAL`` until it
-reports more),
+reports more; a record the site created before the reinstatement that reports less, a stopped
+agent's last one still on its way, is refused without suspending the site again),
 appends an ``operator`` event to the audit chain and writes the checkpoint again with that
 event's record in its outbox: the restarted aggregator sends it with the rest of the outbox
 when it takes its partitions. Crash-only: the checkpoint write is atomic, so a reinstatement
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from aggregator.audit import audit_record
 from aggregator.checkpoint import CheckpointStore
@@ -54,11 +56,13 @@ def reinstate_site(settings: AggregatorSettings, key: bytes, site: str, epsilon:
                 f"no checkpoint in {settings.state_dir}: the aggregator has not published "
                 "version 0, so no site can be suspended"
             )
-        service, why = AggregatorService.reinstated(ckpt.extra["service"], site, epsilon)
+        now_ms = int(time.time() * 1000)  # the other agents are stopped by now
+        service, why = AggregatorService.reinstated(ckpt.extra["service"], site, epsilon, now_ms)
         head = ckpt.extra.get("audit_head")
         chain = AuditChain(head=AuditEvent.from_dict(head) if head else None)
         entry = chain.append(
-            "operator", "reinstate_site", {"site": site, "epsilon": epsilon, "suspended": why}
+            "operator", "reinstate_site",
+            {"site": site, "epsilon": epsilon, "suspended": why, "at_ms": now_ms},
         )
         identity = IdentityKey.load(settings.keys_dir, "aggregator")
         record = audit_record(MessageFactory(settings.federation_id, "aggregator", identity), entry)

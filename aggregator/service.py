@@ -320,7 +320,8 @@ class AggregatorService:
             delta=delta,
             weight_hint=float(rec["weight"]),
         )
-        epsilon, sequence = reported(rec)
+        report = reported(rec)
+        epsilon = report.epsilon
         site = self.sites.get(rec["site_id"])
         if site is not None:
             eps = max(site.epsilon_spent, epsilon)
@@ -330,13 +331,13 @@ class AggregatorService:
         if not refused or refused[0] not in NOT_A_REPORT:
             # The site's ledger has the last word. A refusal drops the engine's new state (the
             # step is pure) and may suspend the site: checkpoint.
-            why = self.ledgers.admit(update.site_id, epsilon, sequence)
+            why = self.ledgers.admit(update.site_id, epsilon, report.sequence, report.created_ms)
             if why is not None:
                 return Effects(
                     changed=True, dead=[DeadLetterItem(f"privacy_ledger: {why}", "UpdateRejected")]
                 )
             if not refused:
-                self.ledgers.record(update.site_id, epsilon, sequence)
+                self.ledgers.record(update.site_id, epsilon, report.sequence)
         return self._take(state, out)
 
     # ----------------------------------------------------------------- timers
@@ -625,7 +626,7 @@ class AggregatorService:
 
     @staticmethod
     def reinstated(
-        extra: Mapping[str, Any], site: str, epsilon: float
+        extra: Mapping[str, Any], site: str, epsilon: float, at_ms: int | None = None
     ) -> tuple[dict[str, Any], str]:
         """:meth:`extra_state` output with ``site``'s suspension lifted at ``epsilon``
         (:meth:`PrivacyLedgers.reinstate`), and why the site had been suspended. Later versions'
@@ -640,7 +641,7 @@ class AggregatorService:
             raise ConfigError(f"site {site!r} is not in this federation's checkpoint")
         ledgers = PrivacyLedgers.from_state(extra.get("privacy_ledgers"))
         n, hist, reported = sites[site]
-        why = ledgers.reinstate(site, epsilon, float(reported))
+        why = ledgers.reinstate(site, epsilon, float(reported), at_ms)
         sites[site] = [n, hist, epsilon]
         return {**extra, "sites": sites, "privacy_ledgers": ledgers.to_state()}, why
 

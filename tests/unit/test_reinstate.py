@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,26 @@ def test_a_reinstated_site_must_report_more_than_its_absorbed_total_from_then_on
     assert ledgers.admit("A", 1.2) is not None and ledgers.suspended("A") is not None, (
         "the other ledger, still running, is caught again"
     )
+
+
+def test_a_record_created_before_the_reinstatement_is_refused_without_suspending() -> None:
+    """The stopped agent's last record may still be on its way: dated before the reinstatement
+    it is refused and the site stays admitted; dated after, or undated, it suspends again."""
+    ledgers = _suspended()
+    ledgers.reinstate("A", 3.0, reported=1.5, at_ms=10_000)
+    why = ledgers.admit("A", 1.6, 9, created_ms=9_999)
+    assert why is not None and "created before its reinstatement" in why
+    assert ledgers.suspended("A") is None
+    assert ledgers.admit("A", 3.1, 9, created_ms=9_999) is None, "one that passes, passes"
+    ledgers.record("A", 3.1, 9)
+    assert ledgers.admit("A", 3.3, 9, created_ms=9_000) is not None, "a sequence too"
+    assert ledgers.suspended("A") is None
+    back = PrivacyLedgers.from_state(json.loads(json.dumps(ledgers.to_state())))
+    assert back.admit("A", 1.7, None, created_ms=10_000) is not None
+    assert back.suspended("A") is not None, "created at the reinstatement or later: caught"
+    undated = _suspended()
+    undated.reinstate("A", 3.0, reported=1.5, at_ms=10_000)
+    assert undated.admit("A", 1.7) is not None and undated.suspended("A") is not None
 
 
 @pytest.mark.parametrize(
@@ -127,6 +148,8 @@ def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
         reinstate_site(settings, KEY, "A", 0.45)  # not a total that holds both ledgers
     with pytest.raises(ConfigError, match="'C' is not in this federation"):
         reinstate_site(settings, KEY, "C", 0.9)
+    on_its_way = _update(fed, "A", 6, 1, 0.55, n)  # the other agent's last record, then stopped
+    time.sleep(0.01)  # records are dated in ms
     assert "went back" in reinstate_site(settings, KEY, "A", 0.9)
     with pytest.raises(ConfigError, match="not suspended"):
         reinstate_site(settings, KEY, "A", 1.0)  # once is enough
@@ -135,6 +158,9 @@ def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
     again = restarted.service
     assert again.ledgers.suspended("A") is None and again.epsilon_by_site()["A"] == 0.9
     assert again.state is not None and again.state.model_version == 1
+    late = _feed(again, on_its_way)
+    assert len(late) == 1 and "created before its reinstatement" in late[0], late
+    assert again.ledgers.suspended("A") is None, "a record from before does not suspend again"
     assert _feed(again, _update(fed, "A", 4, 1, 1.1, n)) == []  # the merged ledger goes on
     stale = _feed(again, _update(fed, "A", 5, 1, 0.6, n))  # the other one, not stopped
     assert len(stale) == 1 and "went back" in stale[0]
@@ -146,6 +172,7 @@ def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
     event = AuditEvent.from_dict(json.loads(msg.record["detail"]))
     assert (event.actor, event.action) == ("operator", "reinstate_site")
     assert event.details["site"] == "A" and event.details["epsilon"] == 0.9
+    assert event.details["at_ms"] <= time.time() * 1000
     assert event.seq == 0 and verify_chain([event], GENESIS_HASH).ok
     assert restarted.audit_head() == event.to_dict(), "the chain goes on from the event"
 
