@@ -100,7 +100,7 @@ def prepare(
         files[sid] = folder / "data.csv"
         real[real["dataset"] == hospital].to_csv(files[sid], index=False)
     keys = opts.run_dir / "keys"
-    for name in (*files, "aggregator", "gateway"):
+    for name in (*files, "aggregator", "gateway", "operator"):
         if not (keys / f"{name}.key").exists():
             IdentityKey.generate().save(keys, name)
     console.print(

@@ -7,7 +7,8 @@ fedsynth ledger absorb OTHER_LEDGER --site SITE [--run-dir DIR]
 a second agent of the site kept its own ledger, so the site's privacy was spent by both. The
 other ledger's steps are composed into this site's ledger
 (:meth:`fedsynth.privacy.SiteLedger.absorb`), and the command prints the new total, which the
-aggregator's operator then passes to ``fedsynth aggregator --reinstate SITE --epsilon TOTAL``.
+aggregator's operator then passes to ``fedsynth aggregator --reinstate SITE --epsilon TOTAL``
+(``--send`` to a running aggregator).
 It holds the site folder's lock, so it refuses to run beside the site's agent. Updates still
 in the site's outbox (an agent stopped before it could send them) report the total from before
 the absorb, which the aggregator refuses from a reinstated site (suspending it again): they are
@@ -70,8 +71,10 @@ def run(args: argparse.Namespace) -> int:
     print(  # noqa: T201 - CLI output (plain: a wrapped line would break the command in it)
         f"site {args.site}: {args.other} added to {path}; epsilon {before!r} -> {total!r} at "
         f"delta {ledger.delta:g}.\nOnce the site's other agents are stopped, its aggregator's "
-        f"operator may reinstate it:\n  fedsynth aggregator --reinstate {args.site} "
-        f"--epsilon {total!r}"
+        f"operator may reinstate it, with the aggregator stopped:\n  fedsynth aggregator "
+        f"--reinstate {args.site} --epsilon {total!r}\nor while it runs (the key folder's "
+        f"operator key signs it):\n  fedsynth aggregator --reinstate {args.site} --epsilon "
+        f"{total!r} --send"
     )
     return 0
 

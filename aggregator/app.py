@@ -71,11 +71,13 @@ from aggregator.checkpoint import Checkpoint, CheckpointStore, OutboxRecord
 from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import (
     DERIVE,
+    OPERATOR,
     AggregatorService,
     DeadLetterItem,
     Effects,
     Prepared,
     Send,
+    SiteReinstated,
     prepare,
 )
 from aggregator.settings import AggregatorSettings
@@ -465,6 +467,14 @@ class AggregatorRuntime:
     def _audit_records(self, fx: Effects) -> list[OutboxRecord]:
         out = []
         for ev in fx.events:
+            if isinstance(ev, SiteReinstated):
+                entry = self.audit.append(OPERATOR, "reinstate_site", {
+                    "site": ev.site, "epsilon": ev.epsilon, "suspended": ev.suspended,
+                    "at_ms": ev.at_ms, "note": ev.note, "command": ev.command_id,
+                })
+                self.audit_last = entry
+                out.append(audit_record(self.factory, entry))
+                continue
             if type(ev).__name__ != "GlobalVersionPublished":
                 continue
             entry = self.audit.append(

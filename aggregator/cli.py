@@ -49,10 +49,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--epsilon", type=float, help="with --reinstate: the site's privacy ledger's total"
     )
+    parser.add_argument(
+        "--send",
+        action="store_true",
+        help="with --reinstate: send the command to the running aggregator, signed with the "
+        "key folder's operator key, instead of editing the stopped aggregator's checkpoint",
+    )
+    parser.add_argument("--note", default="", help="with --send: a note for the audit event")
 
 
 def _settings(args: argparse.Namespace) -> AggregatorSettings:
     over: dict[str, object] = {}
+    if args.send and not args.sites and not os.environ.get("FEDSYNTH_SITES"):
+        over["sites"] = (args.reinstate or "-",)  # a command to send needs no roster
     if args.run_dir:
         over["run_dir"] = args.run_dir
     if args.federation:
@@ -116,11 +125,42 @@ def _reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> int:
 
     if args.reinstate is None or args.epsilon is None:
         raise ConfigError("--reinstate SITE and --epsilon TOTAL go together")
+    if args.send:
+        return _send_reinstate(args, settings)
     key = load_checkpoint_key(settings, create=False)  # a new key could not read the checkpoint
     why = reinstate_site(settings, key, args.reinstate, args.epsilon)
     print(  # noqa: T201 - CLI output
         f"site {args.reinstate} reinstated at epsilon {args.epsilon!r} (it was suspended: "
         f"{why}); start the aggregator again"
+    )
+    return 0
+
+
+def _send_reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> int:
+    import asyncio
+
+    from aggregator.operator import reinstate_command, send_command
+    from aggregator.service import OPERATOR
+    from schemas.errors import KeyStoreError
+    from schemas.signing import IdentityKey
+    from topics.discovery import resolve_bootstrap
+
+    try:
+        key = IdentityKey.load(settings.keys_dir, OPERATOR)
+    except KeyStoreError as exc:
+        raise ConfigError(
+            f"{exc}: the operator signs commands with its own key (`fedsynth keys new --site "
+            f"{OPERATOR}`, its .pub in the aggregator's key folder)"
+        ) from exc
+    command = reinstate_command(
+        settings.federation_id, key, args.reinstate, args.epsilon, args.note
+    )
+    bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
+    asyncio.run(send_command(bootstrap, command, args.reinstate))
+    print(  # noqa: T201 - CLI output
+        f"sent: reinstate site {args.reinstate} at epsilon {args.epsilon!r} (command "
+        f"{command.message_id}); the aggregator records it in the audit topic, or says why not "
+        "in the dead-letter topic; then start the site's agent again"
     )
     return 0
 
@@ -134,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from topics.discovery import resolve_bootstrap
 
     settings = _settings(args)
-    if args.reinstate is not None or args.epsilon is not None:
+    if args.reinstate is not None or args.epsilon is not None or args.send:
         return _reinstate(args, settings)
     if settings.mode == "plain":
         log.warning(

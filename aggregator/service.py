@@ -76,12 +76,16 @@ __all__ = [
     "Prepared",
     "Send",
     "SiteInfo",
+    "SiteReinstated",
     "plain_delta",
     "prepare",
 ]
 
 log = logging.getLogger(__name__)
 AGGREGATOR = "aggregator"
+OPERATOR = "operator"
+"""The sender name of the federation's operator: an ``OperatorCommand`` must be signed with the
+``operator`` identity key of the key folder, and no site may have that name."""
 
 
 class Phase(StrEnum):
@@ -124,6 +128,19 @@ class Effects:
         self.changed |= other.changed
         self.events += other.events
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class SiteReinstated:
+    """An operator's command took a suspended site back (the app records it in the audit
+    chain)."""
+
+    site: str
+    epsilon: float
+    suspended: str
+    at_ms: int
+    note: str
+    command_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +260,8 @@ class AggregatorService:
             return self._on_heartbeat(msg.record)
         if msg.name == "ModelUpdate":
             return self._on_update(msg.record, msg.derived)
+        if msg.name == "OperatorCommand":
+            return self._on_operator(msg.record)
         return Effects(
             dead=[DeadLetterItem(f"{msg.name} is not expected by the aggregator", "Unexpected")]
         )
@@ -339,6 +358,28 @@ class AggregatorService:
             if not refused:
                 self.ledgers.record(update.site_id, epsilon, report.sequence)
         return self._take(state, out)
+
+    def _on_operator(self, rec: dict[str, Any]) -> Effects:
+        """Reinstate a suspended site while running, as ``fedsynth aggregator --reinstate``
+        does offline: the command's time dates the reinstatement (records the site created
+        before it that go back are refused without suspending it again)."""
+        if rec["sender"] != OPERATOR or OPERATOR in self.settings.sites:
+            raise MessageError(
+                f"OperatorCommand signed by {rec['sender']!r}: only the operator's key "
+                f"({OPERATOR!r}, a name no site has) may command the aggregator"
+            )
+        site, epsilon = rec["site_id"], float(rec["epsilon"])
+        info = self.sites.get(site)
+        if info is None:
+            raise MessageError(f"{rec['action']}: {site!r} is not a site of this run")
+        at_ms = int(rec["created_at"])
+        try:
+            why = self.ledgers.reinstate(site, epsilon, info.epsilon_spent, at_ms)
+        except ConfigError as exc:
+            raise MessageError(f"{rec['action']} refused: {exc}") from exc
+        self.sites[site] = SiteInfo(info.n_samples, info.histograms, epsilon)
+        event = SiteReinstated(site, epsilon, why, at_ms, str(rec["note"]), rec["message_id"])
+        return Effects(changed=True, events=[event])
 
     # ----------------------------------------------------------------- timers
     def tick(self) -> Effects:

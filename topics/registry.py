@@ -127,7 +127,7 @@ SITE_EVENTS = TopicSpec(
     "fedsynth.site-events",
     DEFAULT_PARTITIONS,
     "site_id",
-    ("SiteHello", "Heartbeat", "CohortJoin"),
+    ("SiteHello", "Heartbeat", "CohortJoin", "OperatorCommand"),
     7 * DAY_MS,
 )
 SHARE_RELAY = TopicSpec(

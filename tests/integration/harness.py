@@ -46,7 +46,7 @@ class Federation:
     def create(cls, run_dir: Path, sites: Iterable[str]) -> Federation:
         names = tuple(sites)
         keys = {}
-        for name in (*names, "aggregator", "gateway"):
+        for name in (*names, "aggregator", "gateway", "operator"):
             keys[name] = IdentityKey.generate()
             keys[name].save(run_dir / "keys", name)
         return cls(run_dir, names, keys)

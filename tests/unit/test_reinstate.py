@@ -15,16 +15,17 @@ import pytest
 from agents.outbox import Outbox, OutboxMessage
 from aggregator.app import AggregatorRuntime
 from aggregator.ledgers import PrivacyLedgers
+from aggregator.operator import reinstate_command
 from aggregator.reinstate import reinstate_site
-from aggregator.service import AggregatorService, Phase
+from aggregator.service import AggregatorService, Phase, SiteReinstated
 from aggregator.settings import AggregatorSettings
 from fedsynth.cli import main
 from fedsynth.durable import StateInUseError, StateLock
 from fedsynth.errors import ConfigError
-from fedsynth.messages import Inbound, MessageReader
+from fedsynth.messages import Inbound, MessageFactory, MessageReader
 from fedsynth.privacy import SiteLedger
 from observability.audit import GENESIS_HASH, AuditEvent, verify_chain
-from schemas.signing import KeyRing
+from schemas.signing import IdentityKey, KeyRing
 from tests.integration.harness import FED, Federation
 from tests.unit.test_privacy_ledgers import _feed, _update
 from topics.registry import SITE_EVENTS, UPDATES
@@ -245,3 +246,93 @@ def test_ledger_show_prints_the_total_and_a_missing_ledger_is_named(
     assert f"epsilon {ledger.spent()!r} at delta 1e-05, 30 steps, sequence 1" in out
     assert main(["ledger", "show", "--site", "B", "--run-dir", str(tmp_path)]) == 1
     assert "site 'B' has no privacy ledger at" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- online, by command
+def _suspended_runtime(
+    fed: Federation, settings: AggregatorSettings, made: list
+) -> tuple[AggregatorRuntime, int]:
+    runtime = _runtime(settings, made)
+    service = runtime.service
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.state is not None
+    n = int(service.state.params.size)
+    assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
+    assert _feed(service, _update(fed, "B", 2, 0, 0.5, n)) == []
+    assert "went back" in _feed(service, _update(fed, "A", 3, 1, 0.4, n))[0]
+    return runtime, n
+
+
+def test_the_operators_command_takes_a_suspended_site_back_while_running(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+) -> None:
+    fed, settings, made = runtime_maker
+    runtime, n = _suspended_runtime(fed, settings, made)
+    service = runtime.service
+    on_its_way = _update(fed, "A", 6, 1, 0.45, n)  # the other agent's last record
+    time.sleep(0.01)
+    command = reinstate_command(FED, fed.keys["operator"], "A", 0.9, note="ticket 42")
+    fx = service.handle(command.value)
+    assert not fx.dead and fx.changed and service.ledgers.suspended("A") is None
+    assert service.epsilon_by_site()["A"] == 0.9
+    (event,) = fx.events
+    assert isinstance(event, SiteReinstated) and (event.site, event.epsilon) == ("A", 0.9)
+
+    (record,) = runtime._audit_records(fx)  # into the audit chain, signed by the aggregator
+    msg = MessageReader(FED, KeyRing.from_dir(settings.keys_dir)).read(record.value)
+    assert isinstance(msg, Inbound) and msg.name == "AuditEvent", msg
+    audit = AuditEvent.from_dict(json.loads(msg.record["detail"]))
+    assert (audit.actor, audit.action) == ("operator", "reinstate_site")
+    assert audit.details["note"] == "ticket 42" and audit.details["command"] == command.message_id
+    assert "went back" in audit.details["suspended"]
+
+    late = _feed(service, on_its_way)
+    assert len(late) == 1 and "created before its reinstatement" in late[0], late
+    assert _feed(service, _update(fed, "A", 4, 1, 1.1, n)) == []
+    again = _feed(service, [reinstate_command(FED, fed.keys["operator"], "A", 2.0).value])
+    assert len(again) == 1 and "not suspended" in again[0], again
+
+
+@pytest.mark.parametrize(
+    ("sender", "site", "epsilon", "match"),
+    [
+        ("A", "A", 0.9, "only the operator's key"),  # a site signing a command
+        ("operator", "C", 0.9, "'C' is not a site of this run"),
+        ("operator", "A", 0.45, "reported epsilon 0.5 already"),
+    ],
+)
+def test_a_command_that_may_not_be_applied_is_dead_lettered_with_its_reason(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+    sender: str, site: str, epsilon: float, match: str,
+) -> None:
+    fed, settings, made = runtime_maker
+    runtime, _ = _suspended_runtime(fed, settings, made)
+    command = MessageFactory(FED, sender, fed.keys[sender]).build(
+        "OperatorCommand",
+        {"action": "reinstate_site", "site_id": site, "epsilon": epsilon, "note": ""},
+    )
+    dead = _feed(runtime.service, [command.value])
+    assert len(dead) == 1 and match in dead[0], dead
+    assert runtime.service.ledgers.suspended("A") is not None
+
+
+@pytest.mark.parametrize(("site", "epsilon"), [("", 1.0), ("A", math.inf), ("A", 0.0)])
+def test_a_command_is_not_built_for_no_site_or_no_total(site: str, epsilon: float) -> None:
+    with pytest.raises(ConfigError):
+        reinstate_command(FED, IdentityKey.generate(), site, epsilon)
+
+
+def test_sending_to_no_broker_says_the_command_was_not_sent(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fed, settings, _ = runtime_maker
+    monkeypatch.delenv("FEDSYNTH_SITES", raising=False)
+    code = main(["aggregator", "--run-dir", str(settings.run_dir), "--bootstrap", "127.0.0.1:1",
+                 "--reinstate", "A", "--epsilon", "0.9", "--send"])
+    assert code == 1 and "the command was not sent: broker 127.0.0.1:1" in capsys.readouterr().err
+    (settings.keys_dir / "operator.key").unlink()
+    assert main(["aggregator", "--run-dir", str(settings.run_dir), "--reinstate", "A",
+                 "--epsilon", "0.9", "--send"]) == 1
+    assert "operator.key" in capsys.readouterr().err, "a missing operator key is named"

@@ -33,7 +33,7 @@ EXPECTED = {
     "SiteHello", "Heartbeat", "CohortJoin", "RoundOpen", "CohortOpen", "CohortRoster",
     "UnmaskRequest",
     "MaskRequest", "GlobalVersionNotice", "EncryptedShare", "ModelUpdate", "UnmaskResponse",
-    "GlobalModel", "Chunk", "SyntheticRow", "AuditEvent", "DeadLetter",
+    "GlobalModel", "Chunk", "SyntheticRow", "AuditEvent", "DeadLetter", "OperatorCommand",
 }  # fmt: skip
 REGISTRY = default_registry()
 ENTRIES = list(REGISTRY)
