@@ -22,9 +22,14 @@ new ledger, never a torn one. Design rules that keep a site from re-spending pri
 * **Absorbing a second ledger.** A second agent of the site that kept its own ledger (on another
   host, or on a copy of the folder) spent the same records' privacy again.
   :meth:`SiteLedger.absorb` adds that ledger's steps to this one (DP-SGD steps on the same data
-  compose, so the site's spending is at most the two histories composed; steps both ledgers hold
-  since one was copied from the other are counted twice, which over-counts, never under-counts)
-  and records the absorbed file's checksum, so that the same file is not added twice.
+  compose, so the site's spending is at most the two histories composed) and records the absorbed
+  file's checksum, so that the same file is not added twice. Steps both ledgers hold because one
+  was copied from the other were spent once and are counted once: every write that adds steps
+  also appends a random id and the step count it reached to the ledger's ``writes``, so the
+  writes two files share name the steps they share (a copy keeps the ids; two ledgers that
+  happen to record the same steps do not share them). Without shared write ids (a ledger from
+  before ``writes``, or copied before its first write with them) every step of the other ledger
+  is added: an over-count, never an under-count.
 
 Not handled: two processes writing the same ledger at once (one agent per site is assumed).
 Accounting: DP-SGD (Abadi et al. 2016) with the accountants of :mod:`fedsynth.privacy.accountant`.
@@ -37,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,7 @@ from fedsynth.privacy.errors import (
     LedgerMissingError,
     PrivacyConfigError,
 )
+from fedsynth.privacy.history import StepSegment
 
 __all__ = ["LEDGER_FORMAT", "SiteLedger"]
 
@@ -104,7 +111,9 @@ def _read_body(path: Path) -> dict[str, Any]:
 class SiteLedger:
     """A site's persistent privacy accountant. Build it with :meth:`create` or :meth:`open`."""
 
-    __slots__ = ("_absorbed", "_accountant", "_delta", "_path", "_sequence", "_site_id")
+    __slots__ = (
+        "_absorbed", "_accountant", "_delta", "_path", "_sequence", "_site_id", "_writes"
+    )
 
     def __init__(
         self,
@@ -114,6 +123,7 @@ class SiteLedger:
         accountant: Accountant,
         sequence: int,
         absorbed: tuple[str, ...] = (),
+        writes: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self._path = path
         self._site_id = site_id
@@ -121,6 +131,7 @@ class SiteLedger:
         self._accountant = accountant
         self._sequence = sequence
         self._absorbed = absorbed  # checksums of the ledgers added by absorb()
+        self._writes = writes  # (random id, total steps after it) of each write adding steps
 
     @classmethod
     def create(
@@ -207,7 +218,8 @@ class SiteLedger:
             accountant = accountant_from_state(body.get("accountant"))  # type: ignore[arg-type]
         except AccountantStateError as exc:
             raise LedgerCorruptError(f"privacy ledger {path}: {exc}") from exc
-        return cls(path, site_id, delta, accountant, sequence, tuple(absorbed))
+        writes = _writes_from(path, body.get("writes", []), accountant.total_steps)
+        return cls(path, site_id, delta, accountant, sequence, tuple(absorbed), writes)
 
     def _check_identity(self, site_id: str, delta: float, min_sequence: int) -> None:
         if self._site_id != site_id:
@@ -226,7 +238,11 @@ class SiteLedger:
             )
 
     def _persist(
-        self, accountant: Accountant, sequence: int, absorbed: tuple[str, ...] | None = None
+        self,
+        accountant: Accountant,
+        sequence: int,
+        absorbed: tuple[str, ...] | None = None,
+        writes: tuple[tuple[str, int], ...] | None = None,
     ) -> None:
         body: dict[str, Any] = {
             "format": LEDGER_FORMAT,
@@ -238,6 +254,9 @@ class SiteLedger:
         absorbed = self._absorbed if absorbed is None else absorbed
         if absorbed:  # absent until a first absorb, so older files keep their bytes
             body["absorbed"] = list(absorbed)
+        writes = self._writes if writes is None else writes
+        if writes:  # absent until a first write adding steps
+            body["writes"] = [list(w) for w in writes]
         body["checksum"] = _checksum(body)
         try:
             _write_atomically(self._path, json.dumps(body, indent=2, sort_keys=True))
@@ -306,8 +325,9 @@ class SiteLedger:
             BudgetGuard(self._accountant, budget).check(noise_multiplier, sample_rate, steps)
         updated = copy_accountant(self._accountant)
         updated.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps)
-        self._persist(updated, self._sequence + 1)
-        self._accountant, self._sequence = updated, self._sequence + 1
+        writes = (*self._writes, (secrets.token_hex(16), updated.total_steps))
+        self._persist(updated, self._sequence + 1, writes=writes)
+        self._accountant, self._sequence, self._writes = updated, self._sequence + 1, writes
         spent = self.spent()
         logger.info(
             "privacy spent recorded",
@@ -320,15 +340,18 @@ class SiteLedger:
 
         For a site where a second agent kept its own ledger (see the module docstring). The other
         file is read and checked as :meth:`open` does (it may account at another delta or with
-        another accountant: its steps are composed in this ledger's). No budget is applied:
-        the privacy was spent already, and a total over the site's budget stops its training.
+        another accountant: its steps are composed in this ledger's). Steps the two hold from
+        the writes they share (one was copied from the other) are not added again. No budget is
+        applied: the privacy was spent already, and a total over the site's budget stops its
+        training.
 
         Raises:
             LedgerMissingError: No file at ``other``.
             LedgerCorruptError: The other file is unreadable or fails its checksum.
             LedgerMismatchError: The other ledger is another site's.
-            LedgerError: It is this very file, or a file absorbed before; or this file could not
-                be written (the in-memory ledger is then unchanged).
+            LedgerError: It is this very file, or a file absorbed before; or the two share
+                writes but not the steps those writes recorded; or this file could not be
+                written (the in-memory ledger is then unchanged).
         """
         source = Path(other)
         if source.resolve() == self._path.resolve():
@@ -346,23 +369,89 @@ class SiteLedger:
             )
         if checksum in self._absorbed:
             raise LedgerError(f"privacy ledger {source} was absorbed into {self._path} before")
+        shared = self._shared_steps(theirs, source)
         updated = copy_accountant(self._accountant)
-        for seg in theirs._accountant.history:
+        for seg in _after(theirs._accountant.history, shared):
             updated.step(
                 noise_multiplier=seg.noise_multiplier, sample_rate=seg.sample_rate, steps=seg.steps
             )
         absorbed = (*self._absorbed, checksum)
-        self._persist(updated, self._sequence + 1, absorbed)
-        self._accountant, self._sequence, self._absorbed = updated, self._sequence + 1, absorbed
+        writes = (*self._writes, (secrets.token_hex(16), updated.total_steps))
+        self._persist(updated, self._sequence + 1, absorbed, writes)
+        self._accountant, self._sequence = updated, self._sequence + 1
+        self._absorbed, self._writes = absorbed, writes
         spent = self.spent()
         logger.warning(
             "privacy ledger absorbed a second ledger of the site",
-            extra={"site_id": self._site_id, "source": str(source), "epsilon": spent},
+            extra={"site_id": self._site_id, "source": str(source), "epsilon": spent,
+                   "shared_steps": shared},
         )
         return spent
+
+    def _shared_steps(self, theirs: SiteLedger, source: Path) -> int:
+        """How many first steps ``theirs`` holds from writes this ledger holds too."""
+        common = 0
+        for mine, other in zip(self._writes, theirs._writes, strict=False):
+            if mine[0] != other[0]:
+                break
+            if mine[1] != other[1]:
+                raise LedgerError(
+                    f"privacy ledger {source} shares write {mine[0]} with {self._path} but "
+                    f"records {other[1]} steps after it, not {mine[1]}"
+                )
+            common += 1
+        shared = self._writes[common - 1][1] if common else 0
+        if _first(self._accountant.history, shared) != _first(theirs._accountant.history, shared):
+            raise LedgerError(
+                f"privacy ledger {source} shares {common} writes with {self._path} but not "
+                f"their {shared} steps"
+            )
+        return shared
 
     def __repr__(self) -> str:
         return (
             f"SiteLedger(site_id={self._site_id!r}, delta={self._delta:g}, "
             f"sequence={self._sequence}, total_steps={self.total_steps})"
         )
+
+
+def _writes_from(path: Path, raw: object, total_steps: int) -> tuple[tuple[str, int], ...]:
+    """The ``writes`` of a ledger body, checked: ids, and step counts that grow to the total."""
+    if not isinstance(raw, list):
+        raise LedgerCorruptError(f"privacy ledger {path} has a bad writes list")
+    out: list[tuple[str, int]] = []
+    for item in raw:
+        ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+        if not ok or isinstance(item[1], bool) or not isinstance(item[1], int):
+            raise LedgerCorruptError(f"privacy ledger {path} has a bad write {item!r}")
+        if out and item[1] < out[-1][1]:
+            raise LedgerCorruptError(f"privacy ledger {path}: its writes' steps go back")
+        out.append((item[0], item[1]))
+    if out and out[-1][1] > total_steps:
+        raise LedgerCorruptError(f"privacy ledger {path}: its writes count more steps than it has")
+    return tuple(out)
+
+
+def _split(
+    history: tuple[StepSegment, ...], n: int
+) -> tuple[list[StepSegment], list[StepSegment]]:
+    """The first ``n`` steps of ``history`` and the rest, as segments."""
+    first: list[StepSegment] = []
+    rest: list[StepSegment] = []
+    left = n
+    for seg in history:
+        take = min(left, seg.steps)
+        if take:
+            first.append(StepSegment(seg.noise_multiplier, seg.sample_rate, take))
+        if seg.steps > take:
+            rest.append(StepSegment(seg.noise_multiplier, seg.sample_rate, seg.steps - take))
+        left -= take
+    return first, rest
+
+
+def _first(history: tuple[StepSegment, ...], n: int) -> list[StepSegment]:
+    return _split(history, n)[0]
+
+
+def _after(history: tuple[StepSegment, ...], n: int) -> list[StepSegment]:
+    return _split(history, n)[1]

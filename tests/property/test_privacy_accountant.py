@@ -85,3 +85,33 @@ def test_absorbing_a_ledger_spends_as_one_accountant_of_both_histories(
     assert total == pytest.approx(both.epsilon(1e-5), rel=1e-12)
     assert total >= before
     assert mine.total_steps == both.total_steps
+
+
+@settings(max_examples=12, deadline=None)
+@given(common=st.lists(st.tuples(sigmas, rates, st.integers(1, 500)), max_size=2),
+       ours=st.lists(st.tuples(sigmas, rates, st.integers(1, 500)), max_size=2), theirs=short)
+def test_absorbing_a_copy_counts_the_steps_before_the_copy_once(
+    tmp_path_factory: pytest.TempPathFactory,
+    common: list[tuple[float, float, int]],
+    ours: list[tuple[float, float, int]],
+    theirs: list[tuple[float, float, int]],
+) -> None:
+    """A ledger copied after ``common`` and then grown apart: absorbing the copy spends as one
+    accountant of the common steps and both ledgers' own, whatever the steps are."""
+    folder = tmp_path_factory.mktemp("fork")
+    mine = SiteLedger.create(folder / "a.json", site_id="s", delta=1e-5)
+    spent = RDPAccountant()
+    for sigma, q, steps in common:
+        mine.record(sigma, q, steps)
+        spent.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    (folder / "copy").mkdir()
+    (folder / "copy" / "a.json").write_bytes(mine.path.read_bytes())
+    other = SiteLedger.open(folder / "copy" / "a.json", site_id="s", delta=1e-5)
+    for ledger, history in ((mine, ours), (other, theirs)):
+        for sigma, q, steps in history:
+            ledger.record(sigma, q, steps)
+            spent.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    before = max(mine.spent(), other.spent())
+    total = mine.absorb(other.path)
+    assert total == pytest.approx(spent.epsilon(1e-5), rel=1e-9)
+    assert total >= before and mine.total_steps == spent.total_steps

@@ -174,8 +174,51 @@ def test_create_validates_arguments(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- a second ledger
+def test_ledgers_that_share_no_write_are_added_whole_though_their_steps_are_alike(
+    tmp_path: Path,
+) -> None:
+    """Two ledgers created apart (a copy made before the site's first write) that recorded the
+    same steps spent them twice: nothing is shared. A copy that trained no more adds nothing."""
+    ours = SiteLedger.create(tmp_path / "ledger.json", site_id="hungary", delta=DELTA)
+    (tmp_path / "twin").mkdir()
+    twin = SiteLedger.create(tmp_path / "twin" / "ledger.json", site_id="hungary", delta=DELTA)
+    for ledger in (ours, twin):
+        ledger.record(1.1, 0.05, 40)
+    reference = RDPAccountant()
+    reference.step(noise_multiplier=1.1, sample_rate=0.05, steps=80)
+    assert ours.absorb(twin.path) == pytest.approx(reference.epsilon(DELTA), rel=1e-12)
+    assert ours.total_steps == 80
+    (tmp_path / "idle").mkdir()
+    idle = tmp_path / "idle" / "ledger.json"
+    idle.write_text(ours.path.read_text())  # copied now, and never trained
+    assert ours.absorb(idle) == pytest.approx(reference.epsilon(DELTA), rel=1e-12)
+    assert ours.total_steps == 80 and ours.sequence == 3
+
+
+def test_a_ledger_whose_writes_contradict_its_steps_is_refused(tmp_path: Path) -> None:
+    ours = SiteLedger.create(tmp_path / "ledger.json", site_id="hungary", delta=DELTA)
+    ours.record(1.1, 0.05, 40)
+    for writes, match in (([["x", 41]], "more steps"), ([["x", 5], ["y", 4]], "go back"),
+                          ([["x"]], "bad write"), ("x", "bad writes")):
+        path = tmp_path / f"bad-{match.replace(' ', '-')}.json"
+        path.write_text(ours.path.read_text())
+        _tamper(path, {"writes": writes}, reseal=True)
+        with pytest.raises(LedgerCorruptError, match=match):
+            SiteLedger.open(path, site_id="hungary", delta=DELTA)
+    (tmp_path / "forged").mkdir()
+    forged = tmp_path / "forged" / "ledger.json"
+    forged.write_text(ours.path.read_text())
+    write_id = json.loads(ours.path.read_text())["writes"][0][0]
+    empty = SiteLedger.create(tmp_path / "empty.json", site_id="hungary", delta=DELTA)
+    _tamper(forged, {"writes": [[write_id, 0]], "accountant": empty.accountant.to_state()},
+            reseal=True)  # the same write id, but no steps behind it
+    with pytest.raises(LedgerError, match="records 0 steps after it, not 40"):
+        ours.absorb(forged)
+
+
 def test_absorbing_a_second_ledger_composes_both_histories_once(tmp_path: Path) -> None:
-    """A copy of the folder that trained on its own: the merged ledger spends as both did."""
+    """A copy of the folder that trained on its own: the merged ledger spends as both did, the
+    steps recorded before the copy (their writes are in both files) counted once."""
     ours = SiteLedger.create(tmp_path / "ledger.json", site_id="hungary", delta=DELTA)
     ours.record(1.1, 0.05, 40)
     twin_dir = tmp_path / "twin"
@@ -188,14 +231,13 @@ def test_absorbing_a_second_ledger_composes_both_histories_once(tmp_path: Path) 
     before = ours.spent()
     merged = ours.absorb(twin_path)
     reference = RDPAccountant()
-    reference.step(noise_multiplier=1.1, sample_rate=0.05, steps=80)  # ours
-    reference.step(noise_multiplier=1.1, sample_rate=0.05, steps=40)  # the copied steps, again
+    reference.step(noise_multiplier=1.1, sample_rate=0.05, steps=80)  # ours, the copied 40 too
     reference.step(noise_multiplier=0.9, sample_rate=0.05, steps=10)  # the twin's own
     assert merged == pytest.approx(reference.epsilon(DELTA), rel=1e-12)
     assert merged > max(before, twin.spent())
     reopened = SiteLedger.open(tmp_path / "ledger.json", site_id="hungary", delta=DELTA,
                                min_sequence=3)
-    assert reopened.spent() == merged and reopened.total_steps == 130
+    assert reopened.spent() == merged and reopened.total_steps == 90
     with pytest.raises(LedgerError, match="absorbed into .* before"):
         reopened.absorb(twin_path)  # the same file again would count its steps twice
     reopened.record(1.1, 0.05, 1)  # later writes keep the record of what was absorbed
