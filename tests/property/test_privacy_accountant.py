@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -65,6 +66,13 @@ def test_max_steps_fits_and_one_more_does_not(sigma: float, q: float, budget: fl
 short = st.lists(st.tuples(sigmas, rates, st.integers(1, 500)), min_size=1, max_size=2)
 
 
+def _record(ledger: SiteLedger, history: list[tuple[float, float, int]], also: Any) -> None:
+    """Record ``history`` in ``ledger`` and in the reference accountant ``also``."""
+    for sigma, q, steps in history:
+        ledger.record(sigma, q, steps)
+        also.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+
+
 @settings(max_examples=12, deadline=None)  # each record() computes an epsilon
 @given(ours=short, theirs=short)
 def test_absorbing_a_ledger_spends_as_one_accountant_of_both_histories(
@@ -77,9 +85,7 @@ def test_absorbing_a_ledger_spends_as_one_accountant_of_both_histories(
     other = SiteLedger.create(folder / "b.json", site_id="s", delta=1e-5)
     both = RDPAccountant()
     for ledger, history in ((mine, ours), (other, theirs)):
-        for sigma, q, steps in history:
-            ledger.record(sigma, q, steps)
-            both.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+        _record(ledger, history, both)
     before = max(mine.spent(), other.spent())
     total = mine.absorb(other.path)
     assert total == pytest.approx(both.epsilon(1e-5), rel=1e-12)
@@ -101,16 +107,12 @@ def test_absorbing_a_copy_counts_the_steps_before_the_copy_once(
     folder = tmp_path_factory.mktemp("fork")
     mine = SiteLedger.create(folder / "a.json", site_id="s", delta=1e-5)
     spent = RDPAccountant()
-    for sigma, q, steps in common:
-        mine.record(sigma, q, steps)
-        spent.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+    _record(mine, common, spent)
     (folder / "copy").mkdir()
     (folder / "copy" / "a.json").write_bytes(mine.path.read_bytes())
     other = SiteLedger.open(folder / "copy" / "a.json", site_id="s", delta=1e-5)
     for ledger, history in ((mine, ours), (other, theirs)):
-        for sigma, q, steps in history:
-            ledger.record(sigma, q, steps)
-            spent.step(noise_multiplier=sigma, sample_rate=q, steps=steps)
+        _record(ledger, history, spent)
     before = max(mine.spent(), other.spent())
     total = mine.absorb(other.path)
     assert total == pytest.approx(spent.epsilon(1e-5), rel=1e-9)

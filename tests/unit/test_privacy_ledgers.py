@@ -158,15 +158,22 @@ def _feed(service: AggregatorService, values: list[bytes]) -> list[str]:
     return [d.reason for v in values for d in service.handle(v).dead]
 
 
-def test_plain_a_second_ledger_suspends_its_site_and_replays_keep_their_reason(
-    make_service: Maker,
-) -> None:
+def _training(make_service: Maker) -> tuple[Federation, AggregatorService, int]:
+    """A plain service past every site's hello; the federation and the parameter count."""
     fed, make = make_service
     service = make(mode="plain", rounds=10)
     for i, site in enumerate(fed.sites):
         assert not service.handle(fed.hello(site, seed=i)).dead
-    assert service.phase is Phase.TRAINING and service.state is not None
-    n = int(service.state.params.size)
+    assert service.state is not None
+    return fed, service, int(service.state.params.size)
+
+
+def test_plain_a_second_ledger_suspends_its_site_and_replays_keep_their_reason(
+    make_service: Maker,
+) -> None:
+    fed, service, n = _training(make_service)
+    make = make_service[1]
+    assert service.phase is Phase.TRAINING
     first = _update(fed, "A", 1, 0, 0.5, n)
     assert _feed(service, first) == []
     assert _feed(service, _update(fed, "B", 2, 0, 0.5, n)) == []
@@ -194,12 +201,7 @@ def test_plain_a_twin_refused_by_the_strategy_is_still_caught(make_service: Make
     """Two agents in lockstep with one FedAvg round each: the twin's update is refused as a
     second one of its site in the round, and its epsilon, equal to the one applied, gives it away;
     an honest agent's retrained update (a higher epsilon) refused the same way does not."""
-    fed, make = make_service
-    service = make(mode="plain", rounds=10)
-    for i, site in enumerate(fed.sites):
-        assert not service.handle(fed.hello(site, seed=i)).dead
-    assert service.state is not None
-    n = int(service.state.params.size)
+    fed, service, n = _training(make_service)
     assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
     retrained = _feed(service, _update(fed, "A", 2, 0, 0.7, n))
     assert len(retrained) == 1 and retrained[0].startswith("duplicate_site"), retrained
@@ -216,12 +218,8 @@ def test_plain_a_repeated_ledger_sequence_suspends_though_epsilon_grew(
 ) -> None:
     """The service reads the update's ledger sequence: a second ledger whose epsilon passed the
     first one's is caught by a sequence already applied, and the bar survives a restart."""
-    fed, make = make_service
-    service = make(mode="plain", rounds=10)
-    for i, site in enumerate(fed.sites):
-        assert not service.handle(fed.hello(site, seed=i)).dead
-    assert service.state is not None
-    n = int(service.state.params.size)
+    fed, service, n = _training(make_service)
+    make = make_service[1]
     assert _feed(service, _update(fed, "A", 1, 0, 1.2, n, sequence=5)) == []
     restarted = make(mode="plain", rounds=10)
     restarted.restore(service.state, service.extra_state())
@@ -236,12 +234,7 @@ def test_plain_an_update_of_the_schema_before_ledger_sequence_is_applied_by_epsi
 ) -> None:
     """An agent not yet upgraded sends ModelUpdate without ``ledger_sequence``: the service reads
     it (schemas/older/) and holds it to epsilon only, after an update that did report one."""
-    fed, make = make_service
-    service = make(mode="plain", rounds=10)
-    for i, site in enumerate(fed.sites):
-        assert not service.handle(fed.hello(site, seed=i)).dead
-    assert service.state is not None
-    n = int(service.state.params.size)
+    fed, service, n = _training(make_service)
     assert _feed(service, _update(fed, "A", 1, 0, 1.0, n, sequence=5)) == []
     assert _feed(service, _update(fed, "B", 9, 0, 1.0, n)) == []
     assert service.state is not None and service.state.model_version == 1
