@@ -11,8 +11,8 @@ aggregator's operator then passes to ``fedsynth aggregator --reinstate SITE --ep
 (``--send`` to a running aggregator).
 It holds the site folder's lock, so it refuses to run beside the site's agent. Updates still
 in the site's outbox (an agent stopped before it could send them) report the total from before
-the absorb, which the aggregator refuses from a reinstated site (suspending it again): they are
-dropped, and the command says how many (their privacy stays counted in the ledger).
+the absorb, which the aggregator refuses from a reinstated site: they are dropped, and the
+command says how many (their privacy stays counted in the ledger).
 """
 
 from __future__ import annotations

@@ -461,15 +461,14 @@ class CohortCoordinator:
             return None if why is None else f"site {message.site_id!r} is suspended: {why}"
         if not isinstance(message, MaskedInput):
             return None
-        report = reported(record)
-        claim = (report.epsilon, report.sequence, report.created_ms)
-        if self.ledgers.refusal(message.site_id, *claim) is None:
+        r = reported(record)
+        if self.ledgers.refusal(message.site_id, r.epsilon, r.sequence, r.created_ms) is None:
             return None
         try:  # rare: a trial step (the server step is pure) tells whether the input is valid
             server_step(self._require_open().server, message)
         except FedSynthError:
             return None
-        return self.ledgers.admit(message.site_id, *claim)
+        return self.ledgers.admit(message.site_id, r.epsilon, r.sequence, r.created_ms)
 
     def _step(self, message: object, now: float) -> CoordinatorOutput:
         open_ = self._require_open()

@@ -150,17 +150,17 @@ class PrivacyLedgers:
         return None
 
     def _went_back(
-        self, site: str, created_ms: int | None, reported: str, applied: str
+        self, site: str, created_ms: int | None, claim: str, applied: str
     ) -> tuple[bool, str]:
         since = self._reinstated.get(site)
         if since is not None and created_ms is not None and created_ms < since:
             return False, (
-                f"site {site!r} reports {reported} after {applied} in a record created before "
+                f"site {site!r} reports {claim} after {applied} in a record created before "
                 "its reinstatement: a ledger the reinstatement took in, whose record was still "
                 "on its way (refused; the site stays admitted)"
             )
         return True, (
-            f"its privacy ledger went back: an update reports {reported} after one applied at "
+            f"its privacy ledger went back: an update reports {claim} after one applied at "
             f"{applied} (a second agent of the site with its own state folder, or a state "
             "folder lost or restored from a backup)"
         )

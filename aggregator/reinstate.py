@@ -23,7 +23,7 @@ import time
 
 from aggregator.audit import audit_record
 from aggregator.checkpoint import CheckpointStore
-from aggregator.service import AggregatorService
+from aggregator.service import OPERATOR, AggregatorService
 from aggregator.settings import AggregatorSettings
 from fedsynth.durable import StateLock
 from fedsynth.errors import ConfigError
@@ -61,7 +61,7 @@ def reinstate_site(settings: AggregatorSettings, key: bytes, site: str, epsilon:
         head = ckpt.extra.get("audit_head")
         chain = AuditChain(head=AuditEvent.from_dict(head) if head else None)
         entry = chain.append(
-            "operator", "reinstate_site",
+            OPERATOR, "reinstate_site",
             {"site": site, "epsilon": epsilon, "suspended": why, "at_ms": now_ms},
         )
         identity = IdentityKey.load(settings.keys_dir, "aggregator")
