@@ -71,7 +71,6 @@ from aggregator.checkpoint import Checkpoint, CheckpointStore, OutboxRecord
 from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import (
     DERIVE,
-    OPERATOR,
     AggregatorService,
     DeadLetterItem,
     Effects,
@@ -80,7 +79,7 @@ from aggregator.service import (
     SiteReinstated,
     prepare,
 )
-from aggregator.settings import AggregatorSettings
+from aggregator.settings import OPERATOR, AggregatorSettings
 from fedsynth.codec.chunk import SetKey
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.messages import MessageFactory, MessageReader
@@ -468,10 +467,7 @@ class AggregatorRuntime:
         out = []
         for ev in fx.events:
             if isinstance(ev, SiteReinstated):
-                entry = self.audit.append(OPERATOR, "reinstate_site", {
-                    "site": ev.site, "epsilon": ev.epsilon, "suspended": ev.suspended,
-                    "at_ms": ev.at_ms, "note": ev.note, "command": ev.command_id,
-                })
+                entry = self.audit.append(OPERATOR, "reinstate_site", ev.audit_detail())
                 self.audit_last = entry
                 out.append(audit_record(self.factory, entry))
                 continue

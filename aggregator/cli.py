@@ -55,7 +55,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="with --reinstate: send the command to the running aggregator, signed with the "
         "key folder's operator key, instead of editing the stopped aggregator's checkpoint",
     )
-    parser.add_argument("--note", default="", help="with --send: a note for the audit event")
+    parser.add_argument("--note", default="", help="with --reinstate: a note for the audit event")
 
 
 def _settings(args: argparse.Namespace) -> AggregatorSettings:
@@ -128,7 +128,7 @@ def _reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> int:
     if args.send:
         return _send_reinstate(args, settings)
     key = load_checkpoint_key(settings, create=False)  # a new key could not read the checkpoint
-    why = reinstate_site(settings, key, args.reinstate, args.epsilon)
+    why = reinstate_site(settings, key, args.reinstate, args.epsilon, args.note)
     print(  # noqa: T201 - CLI output
         f"site {args.reinstate} reinstated at epsilon {args.epsilon!r} (it was suspended: "
         f"{why}); start the aggregator again"
@@ -140,7 +140,7 @@ def _send_reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> i
     import asyncio
 
     from aggregator.operator import reinstate_command, send_command
-    from aggregator.service import OPERATOR
+    from aggregator.settings import OPERATOR
     from schemas.errors import KeyStoreError
     from schemas.signing import IdentityKey
     from topics.discovery import resolve_bootstrap

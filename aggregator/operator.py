@@ -23,7 +23,7 @@ import math
 
 from aiokafka.errors import KafkaError
 
-from aggregator.service import OPERATOR
+from aggregator.settings import OPERATOR
 from fedsynth.errors import ConfigError
 from fedsynth.messages import MessageFactory, Outgoing
 from schemas.signing import IdentityKey

@@ -23,8 +23,8 @@ import time
 
 from aggregator.audit import audit_record
 from aggregator.checkpoint import CheckpointStore
-from aggregator.service import OPERATOR, AggregatorService
-from aggregator.settings import AggregatorSettings
+from aggregator.service import AggregatorService, SiteReinstated
+from aggregator.settings import OPERATOR, AggregatorSettings
 from fedsynth.durable import StateLock
 from fedsynth.errors import ConfigError
 from fedsynth.messages import MessageFactory
@@ -36,7 +36,9 @@ __all__ = ["reinstate_site"]
 log = logging.getLogger(__name__)
 
 
-def reinstate_site(settings: AggregatorSettings, key: bytes, site: str, epsilon: float) -> str:
+def reinstate_site(
+    settings: AggregatorSettings, key: bytes, site: str, epsilon: float, note: str = ""
+) -> str:
     """Lift ``site``'s suspension in the checkpoint at ``epsilon``; returns why it had been
     suspended.
 
@@ -60,10 +62,8 @@ def reinstate_site(settings: AggregatorSettings, key: bytes, site: str, epsilon:
         service, why = AggregatorService.reinstated(ckpt.extra["service"], site, epsilon, now_ms)
         head = ckpt.extra.get("audit_head")
         chain = AuditChain(head=AuditEvent.from_dict(head) if head else None)
-        entry = chain.append(
-            OPERATOR, "reinstate_site",
-            {"site": site, "epsilon": epsilon, "suspended": why, "at_ms": now_ms},
-        )
+        event = SiteReinstated(site, epsilon, why, now_ms, note, None)
+        entry = chain.append(OPERATOR, "reinstate_site", event.audit_detail())
         identity = IdentityKey.load(settings.keys_dir, "aggregator")
         record = audit_record(MessageFactory(settings.federation_id, "aggregator", identity), entry)
         store.save(

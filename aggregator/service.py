@@ -47,7 +47,7 @@ from aggregator.engine import (
     UpdateReceived,
 )
 from aggregator.ledgers import NOT_A_REPORT, PrivacyLedgers, reported
-from aggregator.settings import AggregatorSettings
+from aggregator.settings import OPERATOR, AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
 from fedsynth.data.encoder import FeatureEncoder
 from fedsynth.data.preprocess import Histograms
@@ -83,9 +83,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 AGGREGATOR = "aggregator"
-OPERATOR = "operator"
-"""The sender name of the federation's operator: an ``OperatorCommand`` must be signed with the
-``operator`` identity key of the key folder, and no site may have that name."""
 
 
 class Phase(StrEnum):
@@ -140,7 +137,12 @@ class SiteReinstated:
     suspended: str
     at_ms: int
     note: str
-    command_id: str
+    command_id: str | None  # None: the offline command, which has no message
+
+    def audit_detail(self) -> dict[str, Any]:
+        """The detail of the ``operator``/``reinstate_site`` audit event."""
+        return {"site": self.site, "epsilon": self.epsilon, "suspended": self.suspended,
+                "at_ms": self.at_ms, "note": self.note, "command": self.command_id}
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,10 +365,10 @@ class AggregatorService:
         """Reinstate a suspended site while running, as ``fedsynth aggregator --reinstate``
         does offline: the command's time dates the reinstatement (records the site created
         before it that go back are refused without suspending it again)."""
-        if rec["sender"] != OPERATOR or OPERATOR in self.settings.sites:
+        if rec["sender"] != OPERATOR:  # no site may be named so (AggregatorSettings)
             raise MessageError(
                 f"OperatorCommand signed by {rec['sender']!r}: only the operator's key "
-                f"({OPERATOR!r}, a name no site has) may command the aggregator"
+                f"({OPERATOR!r}) may command the aggregator"
             )
         site, epsilon = rec["site_id"], float(rec["epsilon"])
         info = self.sites.get(site)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedsynth.model.config import FEDERATED_DP_CONFIG
@@ -15,6 +15,13 @@ from fedsynth.model.config import FEDERATED_DP_CONFIG
 __all__ = ["AggregatorSettings"]
 
 log = logging.getLogger(__name__)
+
+
+OPERATOR = "operator"
+"""The sender name of the federation's operator: an ``OperatorCommand`` must be signed with the
+``operator`` identity key of the key folder."""
+RESERVED_SENDERS = frozenset({"aggregator", "gateway", OPERATOR})
+"""Sender names that are no site's (their identity keys sit beside the sites' in one folder)."""
 
 
 class AggregatorSettings(BaseSettings):
@@ -93,6 +100,14 @@ class AggregatorSettings(BaseSettings):
     checkpoint_every: int = Field(
         default=16, ge=1, description="most messages handled back to back under one checkpoint"
     )
+
+    @field_validator("sites")
+    @classmethod
+    def _no_reserved_site(cls, sites: tuple[str, ...]) -> tuple[str, ...]:
+        taken = sorted(RESERVED_SENDERS.intersection(sites))
+        if taken:
+            raise ValueError(f"{', '.join(taken)} may not be site ids: they name other senders")
+        return sites
 
     @property
     def keys_dir(self) -> Path:

@@ -128,6 +128,7 @@ class SchemaRegistry:
         self._by_name: dict[str, SchemaEntry] = {}
         self._by_fp: dict[int, SchemaEntry] = {}
         self._current: list[SchemaEntry] = sorted(entries, key=lambda e: e.name)
+        self._older: list[SchemaEntry] = sorted(older, key=lambda e: (e.name, e.fingerprint))
         for entry in entries:
             if entry.name in self._by_name:
                 raise SchemaError(f"schema {entry.name!r} is defined twice")
@@ -221,11 +222,7 @@ class SchemaRegistry:
 
     def older(self) -> list[SchemaEntry]:
         """The older versions still read, by name and fingerprint."""
-        current = {id(e) for e in self._current}
-        return sorted(
-            (e for e in self._by_fp.values() if id(e) not in current),
-            key=lambda e: (e.name, e.fingerprint),
-        )
+        return list(self._older)
 
     def __len__(self) -> int:
         return len(self._current)

@@ -371,7 +371,7 @@ class SiteLedger:
             raise LedgerError(f"privacy ledger {source} was absorbed into {self._path} before")
         shared = self._shared_steps(theirs, source)
         updated = copy_accountant(self._accountant)
-        for seg in _after(theirs._accountant.history, shared):
+        for seg in _split(theirs._accountant.history, shared)[1]:
             updated.step(
                 noise_multiplier=seg.noise_multiplier, sample_rate=seg.sample_rate, steps=seg.steps
             )
@@ -401,7 +401,8 @@ class SiteLedger:
                 )
             common += 1
         shared = self._writes[common - 1][1] if common else 0
-        if _first(self._accountant.history, shared) != _first(theirs._accountant.history, shared):
+        ours_first = _split(self._accountant.history, shared)[0]
+        if ours_first != _split(theirs._accountant.history, shared)[0]:
             raise LedgerError(
                 f"privacy ledger {source} shares {common} writes with {self._path} but not "
                 f"their {shared} steps"
@@ -448,10 +449,3 @@ def _split(
         left -= take
     return first, rest
 
-
-def _first(history: tuple[StepSegment, ...], n: int) -> list[StepSegment]:
-    return _split(history, n)[0]
-
-
-def _after(history: tuple[StepSegment, ...], n: int) -> list[StepSegment]:
-    return _split(history, n)[1]

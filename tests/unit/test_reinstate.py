@@ -174,6 +174,7 @@ def test_the_offline_command_takes_a_suspended_site_back_with_an_audit_event(
     assert (event.actor, event.action) == ("operator", "reinstate_site")
     assert event.details["site"] == "A" and event.details["epsilon"] == 0.9
     assert event.details["at_ms"] <= time.time() * 1000
+    assert event.details["note"] == "" and event.details["command"] is None  # offline
     assert event.seq == 0 and verify_chain([event], GENESIS_HASH).ok
     assert restarted.audit_head() == event.to_dict(), "the chain goes on from the event"
 
@@ -336,3 +337,10 @@ def test_sending_to_no_broker_says_the_command_was_not_sent(
     assert main(["aggregator", "--run-dir", str(settings.run_dir), "--reinstate", "A",
                  "--epsilon", "0.9", "--send"]) == 1
     assert "operator.key" in capsys.readouterr().err, "a missing operator key is named"
+
+
+@pytest.mark.parametrize("name", ["operator", "aggregator", "gateway"])
+def test_no_site_may_take_another_senders_name(tmp_path: Path, name: str) -> None:
+    """Their keys sit beside the sites' in one folder: a site so named could sign as them."""
+    with pytest.raises(ValueError, match=f"{name} may not be site ids"):
+        AggregatorSettings(run_dir=tmp_path, sites=("A", name))
