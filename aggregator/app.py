@@ -20,8 +20,8 @@ then finds the version already made and sends the checkpoint's outbox again (rec
 duplicate by its message id), instead of making a different model under the same version number.
 
 Each agent reads ahead: the pure part of reading (:func:`aggregator.service.prepare`: signatures,
-Avro decoding, zstd, dequantization, joining a completed chunk set and verifying its payload) runs
-on a thread pool for the next ``prefetch_depth`` messages through
+Avro decoding, zstd, reading a quantized delta's levels, joining a completed chunk set and verifying
+its payload) runs on a thread pool for the next ``prefetch_depth`` messages through
 :class:`~aggregator.pipeline.OrderedPrefetch`, while the stateful part runs in consumption order;
 events are consumed with manual acks, so an event read ahead is not committed before it was handled
 and checkpointed.

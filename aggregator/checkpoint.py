@@ -19,9 +19,11 @@ one blob (its delta) and a manifest instead of rewriting the model and the whole
 parameters and three buffered updates, about a third of the time (``python -m bench.aggregate``).
 A blob is written and fsynced before the manifest that names it; a blob's associated data binds
 its id, so blobs cannot be swapped; a manifest naming a missing or altered blob does not load.
-A plain update's delta that the aggregator decoded from its wire bytes
-(:meth:`CheckpointStore.note_encoded`) is stored as those bytes and decoded again on load: for
-1M parameters in ``quantize8|zstd`` that is 0.86 MB to encrypt, write and fsync instead of 4 MB.
+A quantized delta (the agents' ``quantize8|zstd``, buffered as its levels,
+:class:`~fedsynth.codec.quantize.QuantizedVector`) is stored as its levels array and its range in
+the document: for 1M parameters 1 MB to encrypt, write and fsync instead of 4 MB, loaded back as
+the same levels. A float delta that the aggregator decoded from its wire bytes
+(:meth:`CheckpointStore.note_encoded`) is stored as those bytes and decoded again on load.
 
 A checkpoint may also carry an *outbox*: Kafka records the aggregator decided to send together
 with the state that made them (a new global version, its audit event, cohort control messages).
@@ -49,7 +51,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aggregator.engine import EngineState, VersionRecord
-from aggregator.strategies.base import ClientUpdate, StrategyState, frozen_array
+from aggregator.strategies.base import ClientUpdate, Delta, StrategyState, frozen_array
+from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.durable import fsync_dir, write_atomic
 from fedsynth.errors import ConfigError, FedSynthError, MessageError
 from fedsynth.federation import decode_vector
@@ -156,6 +159,19 @@ class _ArrayRefs(Protocol):
     def ref(self, arr: np.ndarray) -> dict[str, Any]: ...
 
 
+def _delta_doc(delta: Delta, arrays: _ArrayRefs) -> dict[str, Any]:
+    """A buffered delta: an array's reference, or a quantized vector's levels (their reference)
+    and its range (JSON floats round-trip exactly), so it is restored as it was summed."""
+    if isinstance(delta, QuantizedVector):
+        return {
+            "levels": arrays.ref(delta.levels),
+            "low": delta.low,
+            "high": delta.high,
+            "bits": delta.bits,
+        }
+    return arrays.ref(delta)
+
+
 def _state_doc(state: EngineState, arrays: _ArrayRefs) -> dict[str, Any]:
     strat = state.strategy_state
     buffer = [
@@ -165,7 +181,7 @@ def _state_doc(state: EngineState, arrays: _ArrayRefs) -> dict[str, Any]:
             "base_version": u.base_version,
             "n_samples": u.n_samples,
             "weight_hint": u.weight_hint,
-            "delta": arrays.ref(u.delta),
+            "delta": _delta_doc(u.delta, arrays),
         }
         for u in strat.buffer
     ]
@@ -188,6 +204,16 @@ Resolve = Callable[[Mapping[str, Any]], np.ndarray]
 """An array reference of a document (``{"$array": i}`` or ``{"$blob": id}``) -> the array."""
 
 
+def _delta_from_doc(doc: Mapping[str, Any], arr: Resolve) -> Delta:
+    if "levels" not in doc:
+        return arr(doc)
+    try:
+        return QuantizedVector(arr(doc["levels"]), float(doc["low"]), float(doc["high"]),
+                               int(doc["bits"]))
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint holds a bad quantized delta: {exc}") from exc
+
+
 def _state_from_doc(doc: Mapping[str, Any], arr: Resolve) -> EngineState:
     strat = doc["strategy"]
     buffer = tuple(
@@ -196,7 +222,7 @@ def _state_from_doc(doc: Mapping[str, Any], arr: Resolve) -> EngineState:
             u["site_id"],
             u["base_version"],
             u["n_samples"],
-            arr(u["delta"]),
+            _delta_from_doc(u["delta"], arr),
             u["weight_hint"],
         )
         for u in strat["buffer"]

@@ -1,14 +1,14 @@
 """Ordered prefetch: a pure step on worker threads ahead of a stateful, in-order step.
 
 The aggregator's work per message splits into a pure part (signature checks, Avro decoding, zstd,
-dequantization, and for the chunk that completes a chunked payload the join and the payload's digest
-and signature: :func:`aggregator.service.prepare`) and a stateful part that must see messages in
-consumption order (reassembly, replay checks, the engine). :class:`OrderedPrefetch` runs the pure
-part of the next few messages on a thread pool while the stateful step (the app runs it on its
-engine thread) handles the current one, and hands results over strictly in the order the items
-were put in. Much of the pure part runs in C code that releases the GIL (``hashlib``, zstd, numpy),
-so more cores help until the GIL is the limit: the event loop's fetch holds it most of the time
-(``docs/bench-aggregate.md``, "Where the time goes" and "On 16 cores").
+reading quantization levels, and for the chunk that completes a chunked payload the join and the
+payload's digest and signature: :func:`aggregator.service.prepare`) and a stateful part that must
+see messages in consumption order (reassembly, replay checks, the engine). :class:`OrderedPrefetch`
+runs the pure part of the next few messages on a thread pool while the stateful step (the app runs
+it on its engine thread) handles the current one, and hands results over strictly in the order the
+items were put in. Much of the pure part runs in C code that releases the GIL (``hashlib``, zstd,
+numpy), so more cores help until the GIL is the limit: the event loop's fetch holds it most of the
+time (``docs/bench-aggregate.md``, "Where the time goes" and "On 16 cores").
 
 Back-pressure: :meth:`OrderedPrefetch.put` waits while ``depth`` items are in flight, so memory
 stays bounded by ``depth`` messages. An exception raised by the stateful step stops the pipeline

@@ -13,7 +13,7 @@ one site's values (ARCHITECTURE.md, Privacy).
 
 Reading a message is split so that the adapter can overlap its expensive part with consumption:
 :func:`prepare` (signatures, Avro decoding, and, with the reader's :data:`DERIVE`, a plain update's
-zstd and dequantization, whether it came in one chunk or several) is pure and thread-safe;
+zstd and quantization levels, whether it came in one chunk or several) is pure and thread-safe;
 :meth:`AggregatorService.handle` takes its result, in consumption order, for everything that
 touches state. ``handle(data)`` on raw bytes does both in one go.
 """
@@ -49,11 +49,13 @@ from aggregator.engine import (
 from aggregator.ledgers import NOT_A_REPORT, PrivacyLedgers, reported
 from aggregator.settings import OPERATOR, AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
+from aggregator.strategies.base import Delta
+from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.data.encoder import FeatureEncoder
 from fedsynth.data.preprocess import Histograms
 from fedsynth.data.schema import DatasetSchema
 from fedsynth.errors import ConfigError, MessageError
-from fedsynth.federation import MODEL_CODEC, ModelSpec, decode_vector, encode_vector
+from fedsynth.federation import MODEL_CODEC, ModelSpec, decode_delta, encode_vector
 from fedsynth.messages import (
     Derive,
     Inbound,
@@ -162,16 +164,17 @@ Prepared = Verified | Rejection
 """What :func:`prepare` gives for one message, for :meth:`AggregatorService.handle`."""
 
 
-def plain_delta(record: Mapping[str, Any]) -> np.ndarray | None:
-    """A plain ``ModelUpdate``'s float32 delta, decoded (zstd, dequantization); None for a masked
-    one. The service's reader runs it where it verifies an update (:data:`DERIVE`).
+def plain_delta(record: Mapping[str, Any]) -> Delta | None:
+    """A plain ``ModelUpdate``'s delta, decoded (zstd; a quantized one kept as its levels, see
+    :func:`~fedsynth.federation.decode_delta`); None for a masked one. The service's reader runs
+    it where it verifies an update (:data:`DERIVE`).
 
     Raises:
         MessageError: The vector does not decode to ``n_parameters`` values.
     """
     if record["mode"] != "plain":
         return None
-    return decode_vector(record["vector"], record["codec"], int(record["n_parameters"]))
+    return decode_delta(record["vector"], record["codec"], int(record["n_parameters"]))
 
 
 DERIVE: Mapping[str, Derive] = MappingProxyType({"ModelUpdate": plain_delta})
@@ -328,10 +331,10 @@ class AggregatorService:
             raise MessageError("masked updates need secure mode, which this aggregator is not in")
         delta = (  # decoded where it was verified, or here (and a decoding error raised here)
             decoded
-            if isinstance(decoded, np.ndarray)
-            else decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
+            if isinstance(decoded, np.ndarray | QuantizedVector)
+            else decode_delta(rec["vector"], rec["codec"], int(rec["n_parameters"]))
         )
-        if self.note_encoded is not None:
+        if self.note_encoded is not None and isinstance(delta, np.ndarray):
             self.note_encoded(delta, rec["codec"], rec["vector"])
         update = ClientUpdate(
             update_id=rec["update_id"],

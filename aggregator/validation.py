@@ -17,6 +17,7 @@ import numpy as np
 
 from aggregator.strategies.base import ClientUpdate
 from aggregator.strategies.kernels import l2_norm
+from fedsynth.codec.quantize import QuantizedVector
 
 __all__ = [
     "ReasonCode",
@@ -149,8 +150,14 @@ def check_sample_count(
 def check_shape(
     update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
 ) -> Rejection | None:
-    """Reject anything but a 1-D float32 array of ``n_parameters`` values."""
+    """Reject anything but ``n_parameters`` values: a 1-D float32 array or a quantized vector."""
     delta = update.delta
+    if isinstance(delta, QuantizedVector):
+        if delta.shape != (ctx.n_parameters,):
+            return Rejection(
+                ReasonCode.BAD_SHAPE, f"delta has {delta.size} values, not {ctx.n_parameters}"
+            )
+        return None
     if not isinstance(delta, np.ndarray) or delta.dtype != np.float32:
         kind = getattr(delta, "dtype", type(delta).__name__)
         return Rejection(ReasonCode.BAD_SHAPE, f"delta must be a float32 array, got {kind}")
@@ -161,15 +168,28 @@ def check_shape(
     return None
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_finite(
     update: ClientUpdate, ctx: ValidationContext, message_id: str | None = None
 ) -> Rejection | None:
     """Reject NaN or infinite values.
 
     Fast path: the sum of squares is finite exactly when no value is NaN or infinite, unless
-    finite values overflow it; only then (or when it is not finite) are the values counted.
+    finite values overflow it; only then (or when it is not finite) are the values counted. A
+    quantized vector's values lie between its ``low`` and ``high``: both must be finite and,
+    as float32 holds a delta, within float32's range (every value then is, without a pass).
     """
     delta = update.delta
+    if isinstance(delta, QuantizedVector):
+        ends = (delta.low, delta.high, delta.step)
+        if all(math.isfinite(x) for x in ends) and max(abs(delta.low), abs(delta.high)) <= _F32_MAX:
+            return None
+        return Rejection(
+            ReasonCode.NON_FINITE,
+            f"quantized range [{delta.low}, {delta.high}] is not finite in float32",
+        )
     if delta.dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
             squares = float(np.dot(delta, delta))

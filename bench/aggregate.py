@@ -6,8 +6,8 @@
 a chunk; larger payloads go as signed chunks) and produced once onto a fresh topic
 of an embedded broker. Then, alternating, (a) a bare aiokafka consumer only fetches every record
 and (b) the aggregator's ingest path consumes the same records the way the aggregator app does:
-:func:`aggregator.service.prepare` (signature verification, Avro decoding, zstd and
-dequantization) runs on a thread pool ahead of the consumer through
+:func:`aggregator.service.prepare` (signature verification, Avro decoding, zstd, reading the
+quantization levels) runs on a thread pool ahead of the consumer through
 :class:`~aggregator.pipeline.OrderedPrefetch`, and in consumption order, on one engine thread,
 :meth:`MessageReader.accept` (chunk reassembly, replay) and :class:`AggregatorEngine` with FedBuff
 (K=4) fed ``UpdateReceived`` events as ``aggregator.service`` builds them. Two more rows show the
@@ -76,8 +76,9 @@ from bench.ingest_path import BARE_NOCRC, Run, TimedPath, group_cpu_s, read_spli
 from bench.secure_ingest import SecureIngestPath, SecureWorkload
 from bench.secure_ingest import build_workload as build_secure_workload
 from bench.secure_ingest import report as report_secure
+from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.errors import ConfigError, MessageError
-from fedsynth.federation import UPDATE_CODEC, decode_vector, encode_vector
+from fedsynth.federation import UPDATE_CODEC, decode_delta, decode_vector, encode_vector
 from fedsynth.messages import MessageFactory, MessageReader
 from schemas.signing import IdentityKey, KeyRing
 from topics.broker import EmbeddedBroker
@@ -143,8 +144,8 @@ class IngestPath(TimedPath):
         t1 = time.perf_counter()
         rec = msg.record
         delta = msg.derived
-        if not isinstance(delta, np.ndarray):  # not decoded on a worker: decoded here, in order
-            delta = decode_vector(rec["vector"], rec["codec"], int(rec["n_parameters"]))
+        if not isinstance(delta, np.ndarray | QuantizedVector):  # no worker decoded it: here
+            delta = decode_delta(rec["vector"], rec["codec"], int(rec["n_parameters"]))
         t2 = time.perf_counter()
         update = ClientUpdate(
             update_id=rec["update_id"], site_id=rec["site_id"],
@@ -271,9 +272,9 @@ async def _fetch(
 
 def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
     """Seconds per checkpoint after an update joins a FedBuff buffer: the app's
-    :class:`CheckpointStore` (only the new delta, as the wire bytes it was decoded from, and a
-    manifest are written) and, for comparison, one self-contained file with the model and every
-    buffered delta as float32 (:func:`save_checkpoint`), at the fullest buffer (K-1 updates).
+    :class:`CheckpointStore` (only the new delta, as the quantization levels it is buffered as,
+    and a manifest are written) and, for comparison, one self-contained file with the model and
+    every buffered delta (:func:`save_checkpoint`), at the fullest buffer (K-1 updates).
 
     The aggregator app writes one after every message that changes state (before the offset is
     committed); it is not part of the ingest path measured above, so it is reported on its own.
@@ -288,10 +289,8 @@ def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
         buffers = max(1, min(3, size.updates // BUFFER_SIZE))
         for i in range(buffers * BUFFER_SIZE):
             version = path.state.model_version
-            update = ClientUpdate(
-                f"ckpt-{i}", f"site{i % size.sites}", version, 100, workload.deltas[i]
-            )
-            store.note_encoded(update.delta, UPDATE_CODEC, workload.vectors[i])  # as the app does
+            delta = decode_delta(workload.vectors[i], UPDATE_CODEC, size.params)  # as the app
+            update = ClientUpdate(f"ckpt-{i}", f"site{i % size.sites}", version, 100, delta)
             path.state, _ = path.engine.step(path.state, UpdateReceived(update, f"ckpt-m{i}"))
             start = time.perf_counter()
             store.save(Checkpoint(path.state, {("updates", 0): i + 1}, {}))
@@ -300,7 +299,7 @@ def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
         for i in range(BUFFER_SIZE - 1):  # the fullest buffer, for the whole-file comparison
             update = ClientUpdate(
                 f"ckpt-w{i}", f"site{i % size.sites}", path.state.model_version, 100,
-                workload.deltas[i],
+                decode_delta(workload.vectors[i], UPDATE_CODEC, size.params),
             )
             path.state, _ = path.engine.step(path.state, UpdateReceived(update, f"ckpt-w{i}"))
         for _ in range(3):
@@ -452,7 +451,7 @@ def report(
     parts.add_column("part")
     parts.add_column("ms/update", justify="right")
     for label, secs in (
-        ("prepare on workers: verify, decode, zstd, dequantize", path.prepare_s),
+        ("prepare on workers: verify, decode, zstd, levels", path.prepare_s),
         ("  signature checks: each message's; a chunked payload's from its digest (offline)",
          split.chunk_signatures + split.payload_signature),
         ("  Avro decode (offline)", split.chunk_avro + split.payload_avro),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedsynth.codec.pipeline import Pipeline
+from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.data.encoder import FeatureEncoder
 from fedsynth.errors import MessageError
 from fedsynth.model.config import DiffusionConfig
@@ -22,7 +23,14 @@ from fedsynth.model.config import DiffusionConfig
 if TYPE_CHECKING:
     from fedsynth.model.tabddpm import TabularDiffusion
 
-__all__ = ["MODEL_CODEC", "UPDATE_CODEC", "ModelSpec", "decode_vector", "encode_vector"]
+__all__ = [
+    "MODEL_CODEC",
+    "UPDATE_CODEC",
+    "ModelSpec",
+    "decode_delta",
+    "decode_vector",
+    "encode_vector",
+]
 
 #: Plain-mode model updates: 8-bit stochastic quantization, then zstd.
 UPDATE_CODEC = "quantize8|zstd"
@@ -91,12 +99,31 @@ def encode_vector(vector: np.ndarray, codec: str, rng: np.random.Generator) -> t
 
 def decode_vector(data: bytes, codec: str, n_parameters: int) -> np.ndarray:
     """Decode a float32 vector of ``n_parameters`` values; MessageError if it does not fit."""
+    vector = _decoded(data, codec, n_parameters, compact=False)
+    assert isinstance(vector, np.ndarray)
+    return vector.astype(np.float32, copy=False)
+
+
+def decode_delta(data: bytes, codec: str, n_parameters: int) -> QuantizedVector | np.ndarray:
+    """Decode an update's delta of ``n_parameters`` values for aggregation: a quantized codec's
+    levels as they came (:class:`~fedsynth.codec.quantize.QuantizedVector`, summed without
+    forming its floats), any other codec's float32 vector; MessageError if it does not fit."""
+    vector = _decoded(data, codec, n_parameters, compact=True)
+    if isinstance(vector, np.ndarray):
+        return vector.astype(np.float32, copy=False)
+    return vector
+
+
+def _decoded(
+    data: bytes, codec: str, n_parameters: int, compact: bool
+) -> QuantizedVector | np.ndarray:
     try:
-        vector = Pipeline.parse(codec).decode(data, np.float32)
+        pipeline = Pipeline.parse(codec)
+        vector = pipeline.decode_compact(data) if compact else pipeline.decode(data, np.float32)
     except MessageError:
         raise
     except Exception as exc:  # the codec's own errors are ConfigError or library errors
         raise MessageError(f"cannot decode vector with codec {codec!r}: {exc}") from exc
     if vector.shape != (n_parameters,):
         raise MessageError(f"vector has {vector.size} values, message says {n_parameters}")
-    return vector.astype(np.float32, copy=False)
+    return vector

@@ -14,21 +14,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
+from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.errors import ProtocolError
 
 __all__ = [
     "AppliedWeight",
     "ClientUpdate",
+    "Delta",
     "Strategy",
     "StrategyResult",
     "StrategyState",
     "UpdateRefused",
+    "dense_delta",
     "frozen_array",
 ]
+
+Delta: TypeAlias = np.ndarray | QuantizedVector
+"""An update's delta: a 1-D float32 array, or the levels of a quantized one as they came off the
+wire (:mod:`fedsynth.codec.quantize`), which the weighted-mean rules sum without forming floats."""
+
+
+def dense_delta(delta: Delta) -> np.ndarray:
+    """``delta`` as a 1-D float32 array (a quantized one's values rounded to float32)."""
+    if isinstance(delta, QuantizedVector):
+        return delta.dense(np.float32)
+    return delta
 
 
 def frozen_array(values: np.ndarray, dtype: type[np.generic] | None = None) -> np.ndarray:
@@ -55,7 +69,8 @@ class ClientUpdate:
         site_id: The sending site.
         base_version: Global version ``b`` the site trained from.
         n_samples: Number of local samples behind the update (the FedAvg weight).
-        delta: ``local - global_b`` as a 1-D float32 array.
+        delta: ``local - global_b``: a 1-D float32 array, or a :class:`QuantizedVector` of the
+            levels it was sent as (:data:`Delta`).
         weight_hint: The client's own declared weight multiplier. Built-in strategies do not trust
             it (they weight by ``n_samples`` and server-side staleness); it is carried for audit and
             for rules that choose to use it.
@@ -65,7 +80,7 @@ class ClientUpdate:
     site_id: str
     base_version: int
     n_samples: int
-    delta: np.ndarray
+    delta: Delta
     weight_hint: float = 1.0
 
 

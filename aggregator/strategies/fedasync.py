@@ -20,6 +20,7 @@ from aggregator.strategies.base import (
     StrategyResult,
     StrategyState,
     UpdateRefused,
+    dense_delta,
 )
 from aggregator.strategies.kernels import apply_direction
 from aggregator.strategies.staleness import StalenessFn, constant_staleness
@@ -61,7 +62,7 @@ class FedAsync:
         if t < 0:
             raise UpdateRefused("future_base", f"base {update.base_version} > version {version}")
         alpha_t = self.alpha * self.staleness(t)
-        new_params = apply_direction(params, update.delta, alpha_t)
+        new_params = apply_direction(params, dense_delta(update.delta), alpha_t)
         applied = (AppliedWeight(update.update_id, update.site_id, t, alpha_t),)
         return StrategyResult(state, new_params, applied)
 

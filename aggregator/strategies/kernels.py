@@ -1,6 +1,8 @@
 """Numeric kernels of the aggregation rules: pure functions on arrays.
 
-Every function takes arrays, returns new arrays and mutates nothing. Reductions run in float64
+Every function takes arrays (a delta may also be a
+:class:`~fedsynth.codec.quantize.QuantizedVector`, whose float64 values are formed block by block
+as they are used), returns new arrays and mutates nothing. Reductions run in float64
 (so that results do not depend on float32 rounding of intermediate sums) in a fixed order, which
 makes them bit-for-bit reproducible for the same inputs.
 
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.errors import ConfigError
 
 __all__ = [
@@ -42,7 +45,7 @@ __all__ = [
 
 
 def stack_deltas(
-    deltas: list[np.ndarray] | tuple[np.ndarray, ...], columns: slice | None = None
+    deltas: Sequence[np.ndarray | QuantizedVector], columns: slice | None = None
 ) -> np.ndarray:
     """Stack 1-D vectors (or their ``columns``) into a ``(k, d)`` float64 matrix.
 
@@ -51,15 +54,23 @@ def stack_deltas(
     """
     if not deltas:
         raise ConfigError("cannot aggregate zero updates")
-    sizes = {int(np.asarray(d).size) for d in deltas}
+    sizes = {_size(d) for d in deltas}
     if len(sizes) != 1:
         raise ConfigError(f"updates have different sizes: {sorted(sizes)}")
-    cols = slice(0, sizes.pop()) if columns is None else columns
-    width = len(range(*cols.indices(int(np.asarray(deltas[0]).size))))
+    n = sizes.pop()
+    cols = slice(0, n) if columns is None else columns
+    width = len(range(*cols.indices(n)))
     out = np.empty((len(deltas), width), dtype=np.float64)
     for row, d in zip(out, deltas, strict=True):
-        row[:] = np.asarray(d).reshape(-1)[cols]  # one float32 -> float64 pass, no temporaries
+        if isinstance(d, QuantizedVector):
+            d.values(cols, out=row)
+        else:
+            row[:] = np.asarray(d).reshape(-1)[cols]  # one float32 -> float64 pass
     return out
+
+
+def _size(vector: np.ndarray | QuantizedVector) -> int:
+    return vector.size if isinstance(vector, QuantizedVector) else int(np.asarray(vector).size)
 
 
 def weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -88,12 +99,17 @@ def weighted_mean(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 def weighted_mean_rows(
-    rows: Sequence[np.ndarray], weights: np.ndarray, columns: slice | None = None
+    rows: Sequence[np.ndarray | QuantizedVector],
+    weights: np.ndarray,
+    columns: slice | None = None,
 ) -> np.ndarray:
     """:func:`weighted_mean` of 1-D rows (any float dtype), over their ``columns`` only.
 
     No ``(k, d)`` stack is built: each row is converted to float64 as it is multiplied, so over
-    a cache-sized block of columns the work stays in cache.
+    a cache-sized block of columns the work stays in cache. A quantized row (value
+    ``low + level * step``) adds ``level * (c * step)`` in that pass, straight from its levels,
+    and its ``c * low`` joins one constant added at the end: per coordinate the same terms as
+    for its float64 values, rounded differently, and still independent of the other columns.
 
     Raises:
         ConfigError: As :func:`weighted_mean`.
@@ -108,32 +124,51 @@ def weighted_mean_rows(
         raise ConfigError("weights sum to zero")
     coeffs = w / total
     cols = slice(None) if columns is None else columns
-    out = np.multiply(np.asarray(rows[0])[cols], coeffs[0], dtype=np.float64)
-    term = np.empty_like(out)
-    for row, c in zip(rows[1:], coeffs[1:], strict=True):
-        np.multiply(np.asarray(row)[cols], c, out=term, dtype=np.float64)
+    out: np.ndarray | None = None
+    term: np.ndarray | None = None
+    offset = 0.0
+    for row, c in zip(rows, coeffs, strict=True):
+        if isinstance(row, QuantizedVector):
+            source, factor = row.levels[cols], c * row.step
+            offset += c * row.low
+        else:
+            source, factor = np.asarray(row)[cols], c
+        if out is None:
+            out = np.multiply(source, factor, dtype=np.float64)
+            continue
+        if term is None:
+            term = np.empty_like(out)
+        np.multiply(source, factor, out=term, dtype=np.float64)
         out += term
+    assert out is not None
+    if offset != 0.0:
+        out += offset
     return np.asarray(out, dtype=np.float64)
 
 
 _NORM_BLOCK = 1 << 16
 
 
-def l2_norm(vector: np.ndarray) -> float:
+def l2_norm(vector: np.ndarray | QuantizedVector) -> float:
     """The L2 norm of ``vector``, its squares summed in float64 in a fixed order.
 
     Block by block: each block of ``2^16`` values is widened into one reused float64 buffer and
     its squares summed there, the block sums added in turn, so no float64 copy of the whole
     vector is made (for 1M float32 values that copy's fresh pages cost more than the sums).
     For float32 input the sum cannot overflow, so a NaN or infinite value, and only such a
-    value, gives a norm that is not finite.
+    value, gives a norm that is not finite. A quantized vector's float64 values are formed in
+    the same buffer.
     """
-    flat = np.asarray(vector).reshape(-1)
+    quantized = vector if isinstance(vector, QuantizedVector) else None
+    flat = np.asarray(vector).reshape(-1) if quantized is None else quantized.levels
     buf = np.empty(min(_NORM_BLOCK, flat.size), dtype=np.float64)
     total = 0.0
     for start in range(0, flat.size, _NORM_BLOCK):
         block = buf[: min(_NORM_BLOCK, flat.size - start)]
-        block[...] = flat[start : start + block.size]
+        if quantized is None:
+            block[...] = flat[start : start + block.size]
+        else:
+            quantized.values(slice(start, start + block.size), out=block)
         total += float(np.dot(block, block))
     return math.sqrt(total)
 

@@ -18,9 +18,10 @@ from aggregator.strategies.base import (
     Strategy,
     StrategyResult,
     StrategyState,
+    dense_delta,
     frozen_array,
 )
-from aggregator.strategies.kernels import clip_by_norm
+from aggregator.strategies.kernels import clip_by_norm, l2_norm
 from fedsynth.errors import ConfigError
 
 __all__ = ["NormClipping"]
@@ -54,8 +55,13 @@ class NormClipping:
     def on_update(
         self, state: StrategyState, update: ClientUpdate, version: int, params: np.ndarray
     ) -> StrategyResult:
-        """Clip the delta, then hand the update to the inner rule."""
-        clipped = frozen_array(clip_by_norm(update.delta, self.max_norm))
+        """Clip the delta, then hand the update to the inner rule.
+
+        A delta within the bound goes on as it came (a quantized one stays quantized).
+        """
+        if l2_norm(update.delta) <= self.max_norm:
+            return self.inner.on_update(state, update, version, params)
+        clipped = frozen_array(clip_by_norm(dense_delta(update.delta), self.max_norm))
         return self.inner.on_update(
             state, dataclasses.replace(update, delta=clipped), version, params
         )

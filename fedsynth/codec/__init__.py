@@ -7,7 +7,7 @@ Every codec is a pure encode/decode pair over bytes and reports its sizes
 from __future__ import annotations
 
 from fedsynth.codec.pipeline import Pipeline
-from fedsynth.codec.quantize import dequantize, quantize
+from fedsynth.codec.quantize import QuantizedVector, dequantize, quantize, read_levels
 from fedsynth.codec.report import CodecReport
 from fedsynth.codec.topk import ErrorFeedback, topk_decode, topk_encode
 from fedsynth.codec.zstd import zstd_compress, zstd_decompress
@@ -16,8 +16,10 @@ __all__ = [
     "CodecReport",
     "ErrorFeedback",
     "Pipeline",
+    "QuantizedVector",
     "dequantize",
     "quantize",
+    "read_levels",
     "topk_decode",
     "topk_encode",
     "zstd_compress",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from fedsynth.codec.quantize import dequantize, quantize
+from fedsynth.codec.quantize import QuantizedVector, dequantize, quantize, read_levels
 from fedsynth.codec.report import CodecReport
 from fedsynth.codec.topk import topk_decode, topk_encode
 from fedsynth.codec.zstd import zstd_compress, zstd_decompress
@@ -96,6 +96,22 @@ class Pipeline:
         if len(data) % np.dtype(raw).itemsize:
             raise MessageError("raw float payload has a partial element")
         return np.frombuffer(data, dtype=raw).astype(np.float64).astype(dtype, copy=False)
+
+    def decode_compact(
+        self, data: bytes, dtype: npt.DTypeLike = np.float32
+    ) -> QuantizedVector | npt.NDArray[np.floating]:
+        """Like :meth:`decode`, but a quantize stage gives its levels (:func:`read_levels`)
+        instead of floats; other array stages decode to ``dtype``.
+
+        Raises:
+            MessageError: corrupt input.
+        """
+        match = _ARRAY.match(self.array_stage)
+        if match is None or match.group(2) is None:
+            return self.decode(data, dtype)
+        for _stage in reversed(self.byte_stages):
+            data = zstd_decompress(data)
+        return read_levels(data)
 
     def _encode_array(self, flat: npt.NDArray[np.float64], rng: np.random.Generator) -> bytes:
         match = _ARRAY.match(self.array_stage)

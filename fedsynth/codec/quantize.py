@@ -5,19 +5,25 @@ Alistarh et al., "QSGD: Communication-Efficient SGD via Gradient Quantization an
 minimum and maximum, rounding up with probability equal to the fractional part, so the decoded
 vector equals the input in expectation. Frame: ``b"Q"``, bits (u8), count (u64), low and high
 (f64), then the levels packed little-endian into bytes (1, 2, 4 or 8 bits per value) or as u16.
+
+A frame decodes either to floats (:func:`dequantize`) or to its levels (:func:`read_levels`, a
+:class:`QuantizedVector`): a consumer that only forms weighted sums, such as the aggregator's
+FedBuff step, multiplies the levels by ``weight * step`` as it adds them and never builds the float
+vector (``docs/bench-aggregate.md``).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from fedsynth.errors import ConfigError, MessageError
 
-__all__ = ["SUPPORTED_BITS", "dequantize", "quantize"]
+__all__ = ["SUPPORTED_BITS", "QuantizedVector", "dequantize", "quantize", "read_levels"]
 
 SUPPORTED_BITS = (1, 2, 4, 8, 16)
 _HEADER = struct.Struct("<cBQdd")
@@ -80,15 +86,80 @@ def quantize(vector: npt.ArrayLike, bits: int, rng: np.random.Generator) -> byte
     return _HEADER.pack(b"Q", bits, flat.size, low, high) + _pack(levels, bits)
 
 
-def dequantize(
-    frame: bytes, dtype: npt.DTypeLike = np.float64
-) -> npt.NDArray[np.floating]:
-    """Decode a frame made by :func:`quantize`.
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
+class QuantizedVector:
+    """A vector held as its quantization levels: value ``i`` is ``low + levels[i] * step``.
 
-    Each level ``l`` decodes to ``low + l * ((high - low) / (2^bits - 1))`` computed in float64;
-    with ``dtype=np.float32`` that value is rounded to float32 (the same as casting the float64
-    result). A large float32 decode is formed block by block (:func:`_affine_blocks`); otherwise,
-    up to 8 bits, the ``2^bits`` values are computed once and looked up.
+    ``step`` is ``(high - low) / (2^bits - 1)`` and each value is defined in float64, as
+    :func:`dequantize` forms it; :meth:`dense` rounds it to float32 as :func:`dequantize` does.
+    ``low`` and ``high`` are the frame's, unchecked: a frame sent with a non-finite range gives
+    non-finite values, for a validator to refuse. Immutable: ``levels`` is a read-only 1-D
+    ``uint8`` (up to 8 bits) or ``uint16`` array.
+
+    Attributes:
+        levels: One level per value, each in ``[0, 2^bits - 1]``.
+        low: The value of level 0.
+        high: The value of the top level ``2^bits - 1``.
+        bits: Bits per level of the frame it came from.
+    """
+
+    levels: npt.NDArray[np.uint8] | npt.NDArray[np.uint16]
+    low: float
+    high: float
+    bits: int
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise ConfigError(f"bits must be one of {SUPPORTED_BITS}, got {self.bits}")
+        want = np.uint16 if self.bits == 16 else np.uint8
+        if self.levels.dtype != want or self.levels.ndim != 1:
+            raise ConfigError(
+                f"{self.bits}-bit levels must be a 1-D {np.dtype(want)} array, got "
+                f"{self.levels.dtype} of shape {self.levels.shape}"
+            )
+        if self.levels.flags.writeable:
+            raise ConfigError("levels must be read-only (a QuantizedVector is immutable)")
+
+    @property
+    def size(self) -> int:
+        """Number of values."""
+        return int(self.levels.size)
+
+    @property
+    def shape(self) -> tuple[int]:
+        """``(size,)``, like a 1-D array's."""
+        return (self.size,)
+
+    @property
+    def step(self) -> float:
+        """The distance between neighbouring levels' values."""
+        return (self.high - self.low) / ((1 << self.bits) - 1)
+
+    def values(self, columns: slice, out: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Write the float64 values of ``columns`` into ``out`` (its length must match)."""
+        np.multiply(self.levels[columns], self.step, out=out)
+        out += self.low
+        return out
+
+    def dense(self, dtype: npt.DTypeLike = np.float32) -> npt.NDArray[np.floating]:
+        """The whole vector as ``dtype`` (each float64 value rounded once), writable."""
+        step = self.step
+        if np.dtype(dtype) == np.float32 and self.size >= _BLOCKED_MIN:
+            return _affine_blocks(self.levels, self.low, step)
+        if self.bits == 16:
+            wide: npt.NDArray[np.float64] = self.low + self.levels.astype(np.float64) * step
+            return wide.astype(dtype, copy=False)
+        top = (1 << self.bits) - 1
+        table = (self.low + np.arange(top + 1, dtype=np.float64) * step).astype(dtype)
+        out: npt.NDArray[np.floating] = np.take(table, self.levels)
+        return out
+
+
+def read_levels(frame: bytes | memoryview) -> QuantizedVector:
+    """Read a frame made by :func:`quantize` without forming its floats.
+
+    The levels of an 8-bit frame are a read-only view of ``frame``; other widths are unpacked
+    into a new (read-only) array.
 
     Raises:
         MessageError: a malformed or truncated frame.
@@ -102,16 +173,25 @@ def dequantize(
     if len(body) != -(-count * bits // 8):
         raise MessageError(f"quantized body of {len(body)} bytes does not hold {count} values")
     levels = _unpack(body, bits, count)
-    top = (1 << bits) - 1
-    step = (high - low) / top
-    if np.dtype(dtype) == np.float32 and count >= _BLOCKED_MIN:
-        return _affine_blocks(levels, low, step)
-    if bits == 16:
-        wide: npt.NDArray[np.float64] = low + levels.astype(np.float64) * step
-        return wide.astype(dtype, copy=False)
-    table = (low + np.arange(top + 1, dtype=np.float64) * step).astype(dtype)
-    out: npt.NDArray[np.floating] = np.take(table, levels)
-    return out
+    if levels.flags.writeable:
+        levels.setflags(write=False)
+    return QuantizedVector(levels, low, high, bits)
+
+
+def dequantize(
+    frame: bytes, dtype: npt.DTypeLike = np.float64
+) -> npt.NDArray[np.floating]:
+    """Decode a frame made by :func:`quantize`.
+
+    Each level ``l`` decodes to ``low + l * ((high - low) / (2^bits - 1))`` computed in float64;
+    with ``dtype=np.float32`` that value is rounded to float32 (the same as casting the float64
+    result). A large float32 decode is formed block by block (:func:`_affine_blocks`); otherwise,
+    up to 8 bits, the ``2^bits`` values are computed once and looked up.
+
+    Raises:
+        MessageError: a malformed or truncated frame.
+    """
+    return read_levels(frame).dense(dtype)
 
 
 _BLOCKED_MIN = 1 << 16

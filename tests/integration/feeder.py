@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from aiokafka import TopicPartition
 
-from fedsynth.federation import decode_vector
+from fedsynth.federation import UPDATE_CODEC, decode_vector, encode_vector
 from fedsynth.messages import Inbound, MessageReader
 from schemas.signing import KeyRing
 from tests.integration.harness import FED, Federation, produce
@@ -22,11 +22,18 @@ from topics.registry import GLOBAL_MODEL, SITE_EVENTS, UPDATES
 
 
 class Feeder:
-    """Sends the sites' hellos, then each site's update for every new global version once."""
+    """Sends the sites' hellos, then each site's update for every new global version once.
 
-    def __init__(self, fed: Federation, max_chunk: int = 900 * 1024) -> None:
+    Updates use the agents' codec (``quantize8|zstd``: the aggregator sums their levels) unless
+    ``codec`` names another.
+    """
+
+    def __init__(
+        self, fed: Federation, max_chunk: int = 900 * 1024, codec: str = UPDATE_CODEC
+    ) -> None:
         self.fed = fed
         self.max_chunk = max_chunk
+        self.codec = codec
         self.cache: dict[tuple[str, int], list[bytes]] = {}
         self.hellos = [fed.hello(s, seed=i) for i, s in enumerate(fed.sites)]
 
@@ -34,7 +41,9 @@ class Feeder:
         key = (site, version)
         if key not in self.cache:
             seed = abs(hash((site, version))) % 2**32
-            delta = np.random.default_rng(seed).normal(0, 0.01, n_parameters).astype(np.float32)
+            rng = np.random.default_rng(seed)
+            delta = rng.normal(0, 0.01, n_parameters).astype(np.float32)
+            vector, _ = encode_vector(delta, self.codec, rng)
             fields = {
                 "update_id": str(uuid.UUID(int=seed * 1000 + version)),
                 "site_id": site,
@@ -43,8 +52,8 @@ class Feeder:
                 "mode": "plain",
                 "cohort_id": None,
                 "weight": 1.0,
-                "codec": "float32",
-                "vector": delta.tobytes(),
+                "codec": self.codec,
+                "vector": vector,
                 "n_parameters": n_parameters,
                 "train_loss": 0.0,
                 "epsilon_spent": 0.25 * (version + 1),  # one ledger: grows every update

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from fedsynth.codec import Pipeline, topk_decode, topk_encode, zstd_compress, zstd_decompress
-from fedsynth.codec.quantize import dequantize, quantize
+from fedsynth.codec.quantize import QuantizedVector, dequantize, quantize
 
 finite = arrays(np.float64, st.integers(0, 300),
                 elements=st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False))
@@ -79,3 +79,24 @@ def test_float32_decode_is_the_float64_decode_rounded(
     narrow = dequantize(frame, np.float32)
     assert narrow.dtype == np.float32
     assert np.array_equal(narrow.view(np.uint32), wide.astype(np.float32).view(np.uint32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(finite, st.sampled_from([1, 2, 4, 8, 16]), st.booleans(), st.data())
+def test_levels_hold_the_values_the_floats_decode_to(
+    v: np.ndarray, bits: int, zstd: bool, data: st.DataObject
+) -> None:
+    """A frame read as levels gives, for any columns, the float64 values :func:`dequantize` gives,
+    and its dense form is the float32 decode bit for bit."""
+    pipe = Pipeline.parse(f"quantize{bits}" + ("|zstd" if zstd else ""))
+    wire = pipe.encode(v, np.random.default_rng(2))[0]
+    levels = pipe.decode_compact(wire)
+    assert isinstance(levels, QuantizedVector) and levels.shape == v.shape
+    assert not levels.levels.flags.writeable
+    wide = pipe.decode(wire, np.float64)
+    start = data.draw(st.integers(0, v.size))
+    stop = data.draw(st.integers(start, v.size))
+    got = levels.values(slice(start, stop), np.empty(stop - start))
+    assert np.array_equal(got, wide[start:stop])
+    narrow = pipe.decode(wire, np.float32)
+    assert np.array_equal(levels.dense(np.float32).view(np.uint32), narrow.view(np.uint32))

@@ -27,6 +27,7 @@ from aggregator.strategies.kernels import (
     weighted_mean,
 )
 from aggregator.strategies.staleness import make_staleness
+from fedsynth.codec.quantize import quantize, read_levels
 
 FINITE = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 DIM = st.integers(1, 6)
@@ -215,3 +216,55 @@ def test_column_blocks_give_the_same_bits_as_one_pass(x, block) -> None:
     stacked = weighted_mean(np.stack([u.delta for u in ups]).astype(np.float64), weights)
     expected = (params.astype(np.float64) + 0.7 * stacked).astype(np.float32)
     assert np.array_equal(_flushed(rules[0], ups, params), expected)
+
+
+def _quantized(x: np.ndarray, bits: int) -> list[ClientUpdate]:
+    rng = np.random.default_rng(7)
+    return [
+        ClientUpdate(f"u{i}", f"s{i}", 0, i + 1, read_levels(quantize(row, bits, rng)))
+        for i, row in enumerate(x)
+    ]
+
+
+@given(
+    st.tuples(st.integers(3, 6), st.integers(1, 40)).flatmap(
+        lambda shape: arrays(np.float64, shape, elements=FINITE)
+    ),
+    st.integers(1, 7),
+    st.sampled_from([1, 8, 16]),
+)
+def test_quantized_deltas_give_what_their_values_give(x, block, bits) -> None:
+    """Deltas kept as their levels: every rule cuts into column blocks with the same bits; the
+    weighted-mean rules (summing levels times ``weight * step``) agree with the same rule on the
+    float64 values to float32 precision, and the rules that stack the values exactly."""
+    from aggregator.strategies import TrimmedMean
+
+    k = x.shape[0]
+    params = np.linspace(-1, 1, x.shape[1]).astype(np.float32)
+    ups = _quantized(x, bits)
+    values = [
+        ClientUpdate(u.update_id, u.site_id, 0, u.n_samples,
+                     u.delta.values(slice(None), np.empty(u.delta.size)))
+        for u in ups
+    ]
+    for rule, exact in (
+        (FedBuff(BufferSpec(k, server_lr=0.7)), False),
+        (FedAvg(sites_per_round=k), False),
+        (CoordinateMedian(BufferSpec(k)), True),
+        (TrimmedMean(BufferSpec(k), beta=0.2), True),
+    ):
+        whole = _flushed(rule, ups, params)
+        with _column_blocks(block):
+            assert np.array_equal(_flushed(rule, ups, params), whole), rule.name
+        reference = _flushed(rule, values, params)
+        if exact:
+            assert np.array_equal(whole, reference), rule.name
+        else:
+            assert np.allclose(whole, reference, rtol=2**-21, atol=1e-30), rule.name
+
+
+@given(arrays(np.float64, st.integers(1, 300), elements=FINITE), st.sampled_from([1, 8, 16]))
+def test_l2_norm_of_levels_is_the_norm_of_their_values(vec, bits) -> None:
+    q = read_levels(quantize(vec, bits, np.random.default_rng(0)))
+    values = q.values(slice(None), np.empty(q.size))
+    assert np.isclose(l2_norm(q), float(np.linalg.norm(values)), rtol=1e-12, atol=1e-300)

@@ -12,26 +12,31 @@ import pytest
 import aggregator.service as service_module
 from aggregator.checkpoint import CheckpointStore
 from aggregator.service import AggregatorService, Phase, prepare
-from fedsynth.federation import decode_vector
+from aggregator.strategies.base import Delta
+from fedsynth.codec.quantize import QuantizedVector
+from fedsynth.federation import UPDATE_CODEC, decode_delta, decode_vector
 from tests.integration.feeder import Feeder
 from tests.unit.service_maker import Maker
 
 
-def _trained(make_service: Maker) -> tuple[Feeder, AggregatorService, int]:
+def _trained(
+    make_service: Maker, codec: str = UPDATE_CODEC
+) -> tuple[Feeder, AggregatorService, int]:
     fed, make = make_service
     service = make(mode="plain", rounds=2, strategy={"name": "fedbuff", "buffer_size": 2})
-    feeder = Feeder(fed, max_chunk=4096)  # every update in several chunks
+    feeder = Feeder(fed, max_chunk=4096, codec=codec)  # every update in several chunks
     for hello in feeder.hellos:
         assert not service.handle(hello).dead
     assert service.phase is Phase.TRAINING and service.state is not None
     return feeder, service, int(service.state.params.size)
 
 
+@pytest.mark.parametrize("codec", [UPDATE_CODEC, "float32"])
 @pytest.mark.parametrize("max_chunk", [4096, 1 << 20])
 def test_the_ordered_step_decodes_no_vector_the_workers_decoded(
-    make_service: Maker, monkeypatch: pytest.MonkeyPatch, max_chunk: int
+    make_service: Maker, monkeypatch: pytest.MonkeyPatch, max_chunk: int, codec: str
 ) -> None:
-    feeder, service, n = _trained(make_service)
+    feeder, service, n = _trained(make_service, codec)
     feeder.max_chunk = max_chunk
     chunks = [c for site in ("A", "B") for c in feeder.update(site, 0, n)]
     assert (len(chunks) > 2) == (max_chunk == 4096)
@@ -39,15 +44,17 @@ def test_the_ordered_step_decodes_no_vector_the_workers_decoded(
         prepared = list(pool.map(lambda c: prepare(service.reader, c), chunks))
     decoded: list[int] = []
 
-    def counting(*args: object) -> np.ndarray:
+    def counting(*args: object) -> Delta:
         decoded.append(1)
-        return decode_vector(*args)  # type: ignore[arg-type]
+        return decode_delta(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(service_module, "decode_vector", counting)
+    monkeypatch.setattr(service_module, "decode_delta", counting)
     for p in prepared:  # in consumption order, as the engine thread does
         assert not service.handle(p).dead
     assert not decoded
     assert service.state is not None and service.state.model_version == 1
+    (entry,) = service.state.history
+    assert entry.contributors == ("A", "B")
 
 
 def test_a_vector_the_worker_could_not_decode_is_dead_lettered_in_order(
@@ -67,10 +74,22 @@ def test_a_vector_the_worker_could_not_decode_is_dead_lettered_in_order(
     assert service.state is not None and service.state.model_version == 0
 
 
-def test_each_buffered_delta_is_noted_with_its_wire_bytes_for_the_checkpoint(
+def test_a_quantized_delta_is_buffered_as_its_levels_and_not_noted(make_service: Maker) -> None:
+    feeder, service, n = _trained(make_service)  # the agents' codec, quantize8|zstd
+    noted: list[object] = []
+    service.note_encoded = lambda *args: noted.append(args)
+    for chunk in feeder.update("A", 0, n):
+        assert not service.handle(prepare(service.reader, chunk)).dead
+    assert service.state is not None
+    (buffered,) = service.state.strategy_state.buffer
+    assert isinstance(buffered.delta, QuantizedVector) and buffered.delta.size == n
+    assert not noted  # the checkpoint stores the levels themselves (about a quarter of float32)
+
+
+def test_each_buffered_float_delta_is_noted_with_its_wire_bytes_for_the_checkpoint(
     make_service: Maker,
 ) -> None:
-    feeder, service, n = _trained(make_service)
+    feeder, service, n = _trained(make_service, "float32")
     assert isinstance(getattr(service.note_encoded, "__self__", None), CheckpointStore)
     noted: list[tuple[np.ndarray, str, bytes]] = []
     service.note_encoded = lambda arr, codec, data: noted.append((arr, codec, bytes(data)))

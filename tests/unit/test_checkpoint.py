@@ -19,8 +19,9 @@ from aggregator.checkpoint import (
 )
 from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, UpdateReceived
 from aggregator.strategies import BufferSpec, ClientUpdate, FedAdam
+from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.errors import ConfigError
-from fedsynth.federation import decode_vector, encode_vector
+from fedsynth.federation import decode_delta, decode_vector, encode_vector
 
 FED = "fed-test"
 SITES = frozenset({"s1", "s2", "s3"})
@@ -60,7 +61,14 @@ def assert_same_state(a, b) -> None:
             ub.n_samples,
             ub.weight_hint,
         )
-        assert ua.delta.tobytes() == ub.delta.tobytes()
+        assert type(ua.delta) is type(ub.delta)
+        if isinstance(ua.delta, QuantizedVector):
+            assert (ua.delta.low, ua.delta.high, ua.delta.bits) == (
+                ub.delta.low, ub.delta.high, ub.delta.bits
+            )
+            assert ua.delta.levels.tobytes() == ub.delta.levels.tobytes()
+        else:
+            assert ua.delta.tobytes() == ub.delta.tobytes()
     assert sorted(sa.slots) == sorted(sb.slots)
     for k in sa.slots:
         assert sa.slots[k].tobytes() == sb.slots[k].tobytes()
@@ -332,6 +340,44 @@ def test_a_noted_delta_is_stored_as_its_wire_bytes_and_loads_bit_for_bit(
     update, data = _encoded_update(2, n, codec)
     step = UpdateReceived(update, "m2")
     assert_same_state(engine.step(fresh.state, step)[0], engine.step(state, step)[0])
+
+
+@pytest.mark.parametrize("codec", ["quantize8|zstd", "quantize16", "quantize2"])
+def test_a_quantized_delta_is_stored_as_its_levels_and_loads_as_it_was_summed(
+    tmp_path: Path, codec: str
+) -> None:
+    n = 20_000
+    engine = AggregatorEngine(
+        FedAdam(BufferSpec(3, 0.1)), EngineConfig(n_parameters=n, max_staleness=3)
+    )
+    key, path = new_key(), tmp_path / "checkpoint.bin"
+    store = CheckpointStore(path, key, FED)
+    state = engine.initial_state(np.zeros(n, np.float32), SITES)
+    store.save(Checkpoint(state))
+    updates = []
+    for i in range(3):
+        rng = np.random.default_rng(i)
+        data, _ = encode_vector(rng.normal(0, 0.01, n), codec, rng)
+        delta = decode_delta(data, codec, n)
+        assert isinstance(delta, QuantizedVector)
+        updates.append(ClientUpdate(f"q{i}", f"s{i + 1}", 0, 10 + i, delta, 1.0))
+    for i, update in enumerate(updates[:2]):
+        before = set(store.blob_dir.iterdir())
+        state, _ = engine.step(state, UpdateReceived(update, f"m{i}"))
+        store.save(Checkpoint(state))
+        (new,) = set(store.blob_dir.iterdir()) - before  # the levels' blob, nothing else
+        assert new.stat().st_size < update.delta.levels.nbytes + 300
+    save_checkpoint(tmp_path / "one.bin", Checkpoint(state), key, FED)
+    for loaded in (CheckpointStore(path, key, FED).load(),
+                   load_checkpoint(tmp_path / "one.bin", key, FED)):
+        assert loaded is not None
+        assert_same_state(loaded.state, state)
+        assert not loaded.state.strategy_state.buffer[0].delta.levels.flags.writeable
+        # the flush sums the loaded levels exactly as it sums the ones decoded from the wire
+        step = UpdateReceived(updates[2], "m2")
+        after, _ = engine.step(loaded.state, step)
+        assert after.model_version == 1
+        assert_same_state(after, engine.step(state, step)[0])
 
 
 def test_an_unnoted_array_is_stored_whole_and_a_noted_one_that_does_not_decode_is_refused(

@@ -8,8 +8,10 @@ import pytest
 from fedsynth.codec import (
     ErrorFeedback,
     Pipeline,
+    QuantizedVector,
     dequantize,
     quantize,
+    read_levels,
     topk_decode,
     topk_encode,
     zstd_compress,
@@ -84,3 +86,24 @@ def test_pipeline_parse_reports_and_round_trip() -> None:
 def test_pipeline_refuses_bad_specs(spec: str) -> None:
     with pytest.raises(ConfigError):
         Pipeline.parse(spec)
+
+
+def test_levels_are_read_without_forming_floats_and_refuse_bad_frames() -> None:
+    rng = np.random.default_rng(3)
+    v = rng.normal(size=1000)
+    frame = quantize(v, 8, rng)
+    levels = read_levels(frame)
+    assert levels.levels.dtype == np.uint8 and levels.bits == 8 and levels.size == 1000
+    assert levels.low == v.min() and levels.high == v.max()
+    assert np.shares_memory(levels.levels, np.frombuffer(frame, np.uint8))  # a view, no copy
+    assert Pipeline.parse("float32").decode_compact(v.astype("<f4").tobytes()).dtype == np.float32
+    with pytest.raises(MessageError, match="does not hold 1000 values"):
+        read_levels(frame[:-1])
+    with pytest.raises(MessageError, match="not a quantized frame"):
+        read_levels(b"X" + frame[1:])
+    with pytest.raises(ConfigError, match="read-only"):
+        QuantizedVector(np.zeros(3, np.uint8), 0.0, 1.0, 8)
+    frozen = np.zeros(3, np.uint16)
+    frozen.setflags(write=False)
+    with pytest.raises(ConfigError, match="1-D uint8"):
+        QuantizedVector(frozen, 0.0, 1.0, 8)

@@ -22,6 +22,7 @@ from aggregator.strategies import (
     proximal_penalty,
 )
 from aggregator.strategies.config import FedBuffConfig
+from fedsynth.codec.quantize import quantize, read_levels
 from fedsynth.errors import ConfigError
 
 X0 = np.zeros(2, dtype=np.float32)
@@ -159,3 +160,18 @@ def test_proximal_penalty_is_differentiable_in_torch() -> None:
 def test_public_surface_is_declared() -> None:
     for name in strategies_pkg.__all__:
         assert hasattr(strategies_pkg, name)
+
+
+def test_norm_clipping_keeps_a_quantized_delta_within_the_bound_and_clips_one_beyond() -> None:
+    rng = np.random.default_rng(4)
+    small = read_levels(quantize(np.array([0.3, -0.4]), 8, rng))  # norm 0.5
+    large = read_levels(quantize(np.array([3.0, -4.0]), 8, rng))  # norm 5
+    strategy = NormClipping(FedBuff(BufferSpec(3)), 1.0)
+    state = strategy.initial_state(2)
+    state = strategy.on_update(state, ClientUpdate("u1", "a", 0, 1, small), 0, X0).state
+    state = strategy.on_update(state, ClientUpdate("u2", "b", 0, 1, large), 0, X0).state
+    kept, clipped = (u.delta for u in state.buffer)
+    assert kept is small  # passed on as it came: summed from its levels
+    assert isinstance(clipped, np.ndarray) and clipped.dtype == np.float32
+    assert np.isclose(np.linalg.norm(clipped), 1.0, rtol=1e-6)
+    assert np.allclose(clipped, [0.6, -0.8], atol=1e-6)

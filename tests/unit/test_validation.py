@@ -13,6 +13,7 @@ from aggregator.validation import (
     replay_key,
     validate_update,
 )
+from fedsynth.codec.quantize import QuantizedVector
 
 
 def ctx(**overrides) -> ValidationContext:
@@ -107,3 +108,22 @@ def test_finite_check_fast_path_neither_misses_nor_invents_bad_values(dtype: typ
         rejection = check_finite(upd(delta=values), ctx())
         assert rejection is not None and ReasonCode.NON_FINITE in repr(rejection)
         assert "2 non-finite" in repr(rejection)
+
+
+def _levels(low: float, high: float, n: int = 3) -> QuantizedVector:
+    levels = np.array([0, 255, 7][:n] + [1] * max(0, n - 3), dtype=np.uint8)
+    levels.setflags(write=False)
+    return QuantizedVector(levels, low, high, 8)
+
+
+def test_a_quantized_delta_is_checked_by_its_range_and_size() -> None:
+    assert validate_update(upd(delta=_levels(-1.0, 2.0)), ctx(), "m1") is None
+    wrong = validate_update(upd(delta=_levels(-1.0, 2.0, n=4)), ctx(), "m1")
+    assert wrong is not None and wrong.reason_code == ReasonCode.BAD_SHAPE
+    assert "4 values, not 3" in wrong.detail
+    for low, high in ((np.nan, 1.0), (0.0, np.inf), (-1e300, 1e300), (0.0, 1e39)):
+        bad = validate_update(upd(delta=_levels(low, high)), ctx(max_norm=None), "m1")
+        assert bad is not None and bad.reason_code == ReasonCode.NON_FINITE, (low, high)
+    # the top level reaches 2.0 and the norm counts the values, not the levels
+    far = validate_update(upd(delta=_levels(0.0, 30.0)), ctx(), "m1")
+    assert far is not None and far.reason_code == ReasonCode.NORM_TOO_LARGE
