@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,15 @@ from aggregator.checkpoint import (
     new_key,
     save_checkpoint,
 )
-from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, UpdateReceived
+from aggregator.engine import (
+    AggregatorEngine,
+    CohortAggregated,
+    EngineConfig,
+    EngineState,
+    UpdateReceived,
+)
 from aggregator.strategies import BufferSpec, ClientUpdate, FedAdam
+from aggregator.strategies.base import Delta
 from fedsynth.codec.quantize import QuantizedVector
 from fedsynth.errors import ConfigError
 from fedsynth.federation import decode_delta, decode_vector, encode_vector
@@ -302,19 +310,21 @@ def test_named_arrays_travel_with_the_state_and_an_unchanged_one_is_not_rewritte
     assert reloaded is not None and dict(reloaded.arrays) == {}
 
 
-def _encoded_update(i: int, n: int, codec: str) -> tuple[ClientUpdate, bytes]:
+def _encoded_update(
+    i: int, n: int, codec: str, decode: Callable[[bytes, str, int], Delta] = decode_vector
+) -> tuple[ClientUpdate, bytes]:
     """An update whose delta is what its wire bytes decode to, as the aggregator gets it."""
     rng = np.random.default_rng(i)
     data, _ = encode_vector(rng.normal(0, 0.01, n), codec, rng)
-    delta = decode_vector(data, codec, n)
+    delta = decode(data, codec, n)
     return ClientUpdate(f"e{i}", f"s{i % 3 + 1}", 0, 10 + i, delta, 1.0), data
 
 
-@pytest.mark.parametrize("codec", ["quantize8|zstd", "quantize16", "topk0.1|zstd", "float32"])
-def test_a_noted_delta_is_stored_as_its_wire_bytes_and_loads_bit_for_bit(
-    tmp_path: Path, codec: str
-) -> None:
-    n = 20_000
+def _buffering(
+    tmp_path: Path, n: int
+) -> tuple[AggregatorEngine, CheckpointStore, EngineState, bytes, Path]:
+    """A FedAdam engine (K = 3) over ``n`` parameters at version 0, and a store holding its
+    first checkpoint (the model's blob), its key and its path."""
     engine = AggregatorEngine(
         FedAdam(BufferSpec(3, 0.1)), EngineConfig(n_parameters=n, max_staleness=3)
     )
@@ -322,6 +332,15 @@ def test_a_noted_delta_is_stored_as_its_wire_bytes_and_loads_bit_for_bit(
     store = CheckpointStore(path, key, FED)
     state = engine.initial_state(np.zeros(n, np.float32), SITES)
     store.save(Checkpoint(state))
+    return engine, store, state, key, path
+
+
+@pytest.mark.parametrize("codec", ["quantize8|zstd", "quantize16", "topk0.1|zstd", "float32"])
+def test_a_noted_delta_is_stored_as_its_wire_bytes_and_loads_bit_for_bit(
+    tmp_path: Path, codec: str
+) -> None:
+    n = 20_000
+    engine, store, state, key, path = _buffering(tmp_path, n)
     sizes = []
     for i in range(2):
         update, data = _encoded_update(i, n, codec)
@@ -347,20 +366,9 @@ def test_a_quantized_delta_is_stored_as_its_levels_and_loads_as_it_was_summed(
     tmp_path: Path, codec: str
 ) -> None:
     n = 20_000
-    engine = AggregatorEngine(
-        FedAdam(BufferSpec(3, 0.1)), EngineConfig(n_parameters=n, max_staleness=3)
-    )
-    key, path = new_key(), tmp_path / "checkpoint.bin"
-    store = CheckpointStore(path, key, FED)
-    state = engine.initial_state(np.zeros(n, np.float32), SITES)
-    store.save(Checkpoint(state))
-    updates = []
-    for i in range(3):
-        rng = np.random.default_rng(i)
-        data, _ = encode_vector(rng.normal(0, 0.01, n), codec, rng)
-        delta = decode_delta(data, codec, n)
-        assert isinstance(delta, QuantizedVector)
-        updates.append(ClientUpdate(f"q{i}", f"s{i + 1}", 0, 10 + i, delta, 1.0))
+    engine, store, state, key, path = _buffering(tmp_path, n)
+    updates = [_encoded_update(i, n, codec, decode_delta)[0] for i in range(3)]
+    assert all(isinstance(u.delta, QuantizedVector) for u in updates)
     for i, update in enumerate(updates[:2]):
         before = set(store.blob_dir.iterdir())
         state, _ = engine.step(state, UpdateReceived(update, f"m{i}"))
