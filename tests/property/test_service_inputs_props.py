@@ -9,30 +9,40 @@ and verbatim replays of valid ones.
 
 from __future__ import annotations
 
+import itertools
+import math
+import struct
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from aggregator.app import AggregatorRuntime
 from aggregator.service import AggregatorService, Phase
 from aggregator.settings import AggregatorSettings
+from fedsynth.codec import QuantizedVector, read_levels, zstd_compress
+from fedsynth.errors import MessageError
 from tests.integration.feeder import Feeder
 from tests.integration.harness import FED, Federation
 
 Setup = tuple[AggregatorService, Feeder, list[bytes]]
 
 
-@pytest.fixture(scope="module")
-def plain_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    """A plain-mode service in training, and valid messages of every kind it reads."""
-    run_dir: Path = tmp_path_factory.mktemp("service-inputs")
+@contextmanager
+def _training(run_dir: Path, strategy: dict[str, Any] | None = None) -> Iterator[
+    tuple[AggregatorService, Feeder, Federation]
+]:
+    """A plain-mode service past the hellos (sites A and B), its feeder and federation."""
     fed = Federation.create(run_dir, ["A", "B"])
     config = AggregatorSettings(
         run_dir=run_dir, federation_id=FED, sites=fed.sites, hidden=(16, 16), n_timesteps=5,
-        mode="plain", rounds=10_000,
+        mode="plain", rounds=10_000, strategy=strategy,
     )
     runtime = AggregatorRuntime(None, config, bytes(32))  # type: ignore[arg-type]
     try:
@@ -41,6 +51,18 @@ def plain_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         for hello in feeder.hellos:
             assert not service.handle(hello).dead
         assert service.phase is Phase.TRAINING and service.state is not None
+        yield service, feeder, fed
+    finally:
+        runtime.pool.shutdown()
+        runtime.engine_thread.shutdown()
+        runtime.telemetry.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plain_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    """A plain-mode service in training, and valid messages of every kind it reads."""
+    with _training(tmp_path_factory.mktemp("service-inputs")) as (service, feeder, fed):
+        assert service.state is not None
         n = int(service.state.params.size)
         beat = fed.factory("A").build(
             "Heartbeat",
@@ -62,10 +84,6 @@ def plain_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         # all but the last chunk: replayed as they are, they never complete an update
         valid = [*feeder.hellos, beat, join, *chunks[:-1]]
         yield service, feeder, valid
-    finally:
-        runtime.pool.shutdown()
-        runtime.engine_thread.shutdown()
-        runtime.telemetry.shutdown()
 
 
 @st.composite
@@ -116,3 +134,76 @@ def test_honest_updates_still_make_a_version_after_the_damage(plain_service: Set
         for chunk in feeder.update(site, v, n):
             assert not service.handle(chunk).dead
     assert service.state is not None and service.state.model_version == v + 1
+
+
+@pytest.fixture(scope="module")
+def buffering_service(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[AggregatorService, Federation]]:
+    """A plain-mode service whose FedBuff buffer never fills: every update it takes waits."""
+    run_dir = tmp_path_factory.mktemp("service-frames")
+    with _training(run_dir, {"name": "fedbuff", "buffer_size": 100_000}) as (service, _, fed):
+        yield service, fed
+
+
+_EPSILON = itertools.count(1)
+_FLOATS = st.one_of(
+    st.floats(-1.0, 1.0),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e39, -1e300, 3.4e38]),
+)
+
+
+@st.composite
+def quantized_frames(draw: st.DrawFn, n: int) -> bytes:
+    """Frames shaped like ``quantize``'s, most of them well formed, some wrong in one field."""
+    magic = draw(st.sampled_from([b"Q"] * 6 + [b"X"]))
+    bits = draw(st.sampled_from([1, 2, 4, 8, 8, 16, 3]))
+    count = n + draw(st.sampled_from([0] * 6 + [-1, 1]))
+    low, high = draw(_FLOATS), draw(_FLOATS)
+    size = -(-count * bits // 8) + draw(st.sampled_from([0] * 6 + [-1, 1]))
+    body = draw(st.binary(min_size=min(size, 64), max_size=min(size, 64)))
+    body = (body * (size // max(1, len(body)) + 1))[:size] if body else bytes(size)
+    return struct.pack("<cBQdd", magic, bits, count, low, high) + body
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), zstd=st.booleans())
+def test_a_signed_quantized_update_is_taken_exactly_when_its_frame_is_sound(
+    buffering_service: tuple[AggregatorService, Federation], data: st.DataObject, zstd: bool
+) -> None:
+    """A site's own signed update whose quantized frame is wrong in any field is dead-lettered
+    with the reason and changes nothing; a sound one (right size, a range finite in float32) is
+    buffered as its levels. The aggregator never forms the floats to find out."""
+    service, fed = buffering_service
+    assert service.state is not None
+    n = int(service.state.params.size)
+    frame = data.draw(quantized_frames(n))
+    fields = {
+        "update_id": str(uuid.uuid4()), "site_id": "A",
+        "base_version": service.state.model_version, "n_samples": 10, "mode": "plain",
+        "cohort_id": None, "weight": 1.0, "codec": "quantize8|zstd" if zstd else "quantize8",
+        "vector": zstd_compress(frame) if zstd else frame, "n_parameters": n,
+        "train_loss": 0.0, "epsilon_spent": float(next(_EPSILON)),
+    }
+    message = fed.factory("A").build("ModelUpdate", fields).value
+    before = _observed(service)
+    fx = service.handle(message)  # raising here is the failure
+    try:
+        levels = read_levels(frame)
+    except MessageError:
+        levels = None
+    sound = (
+        levels is not None and levels.size == n
+        and all(math.isfinite(x) for x in (levels.low, levels.high, levels.step))
+        and max(abs(levels.low), abs(levels.high)) <= float(np.finfo(np.float32).max)
+    )
+    event("sound frame" if sound else "refused frame")
+    if not sound:
+        assert len(fx.dead) == 1 and fx.dead[0].reason and fx.dead[0].error_class, fx.dead
+        assert _observed(service) == before
+        return
+    assert not fx.dead, fx.dead
+    buffered = service.state.strategy_state.buffer[-1]
+    assert buffered.update_id == fields["update_id"]
+    assert isinstance(buffered.delta, QuantizedVector)
+    assert buffered.delta.levels.tobytes() == levels.levels.tobytes()
