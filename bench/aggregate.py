@@ -24,7 +24,8 @@ aggregator on a shared host should. The ratio is ``rate(b) / rate(a)``; the targ
 A per-update CPU breakdown follows, measured with ``time.perf_counter`` around each part of the
 path (``thread_time`` on the workers, and the CPU time of the engine and event-loop threads; the
 split of reading into signature, Avro and reassembly comes from a second, offline pass over the
-same bytes), next to a raw numpy summation of the same float32 arrays.
+same bytes), next to a raw numpy summation of the same updates, as float32 arrays and from their
+levels.
 
 Secure mode (the default) is measured the same way on its own records (:mod:`bench.secure_ingest`):
 SecAgg+ cohorts of 4 sites whose masked 1M-word updates (8 MB, 9 chunks each) and unmask responses
@@ -318,6 +319,20 @@ def numpy_sum(deltas: list[np.ndarray]) -> float:
     return time.perf_counter() - start
 
 
+def numpy_levels_sum(vectors: list[bytes], n: int) -> float:
+    """Seconds to sum the same updates' values from their levels into a float64 accumulator with
+    plain numpy, one whole-vector expression each (``low + level * step``, as the FedBuff step
+    does it block by block), the frames read from the wire bytes beforehand."""
+    levels = [decode_delta(v, UPDATE_CODEC, n) for v in vectors]
+    total = np.zeros(n, np.float64)
+    start = time.perf_counter()
+    for q in levels:
+        assert isinstance(q, QuantizedVector)
+        total += q.levels * q.step
+        total += q.low
+    return time.perf_counter() - start
+
+
 @dataclass(slots=True)
 class Timings:
     """The fastest run of each kind, and the ingest paths (per-part sums) of the fastest ingests."""
@@ -464,7 +479,9 @@ def report(
         ("ingest CPU total (live run)", path.prepare_s + path.accept_s + path.codec_s
          + path.engine_s),
         ("bare fetch (wall)", timings.bare_s),
-        ("raw numpy sum of the same arrays", numpy_sum(workload.deltas)),
+        ("raw numpy sum of the same arrays (float32 values)", numpy_sum(workload.deltas)),
+        ("raw numpy sum of the same levels (low + level * step)",
+         numpy_levels_sum(workload.vectors, size.params)),
     ):
         parts.add_row(label, f"{1000 * secs / n:.2f}")
     console.print(parts)
