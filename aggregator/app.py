@@ -77,6 +77,7 @@ from aggregator.service import (
     Prepared,
     Send,
     SiteReinstated,
+    SiteSuspended,
     prepare,
 )
 from aggregator.settings import OPERATOR, AggregatorSettings
@@ -466,22 +467,21 @@ class AggregatorRuntime:
     def _audit_records(self, fx: Effects) -> list[OutboxRecord]:
         out = []
         for ev in fx.events:
+            detail: dict[str, Any]
             if isinstance(ev, SiteReinstated):
-                entry = self.audit.append(OPERATOR, "reinstate_site", ev.audit_detail())
-                self.audit_last = entry
-                out.append(audit_record(self.factory, entry))
-                continue
-            if type(ev).__name__ != "GlobalVersionPublished":
-                continue
-            entry = self.audit.append(
-                "aggregator",
-                "publish_version",
-                {
+                actor, action, detail = OPERATOR, "reinstate_site", ev.audit_detail()
+            elif isinstance(ev, SiteSuspended):
+                actor, action, detail = "aggregator", "suspend_site", ev.audit_detail()
+            elif type(ev).__name__ == "GlobalVersionPublished":
+                actor, action = "aggregator", "publish_version"
+                detail = {
                     "version": ev.version,
                     "contributors": list(ev.contributors),
                     "phase": str(self.service.phase),
-                },
-            )
+                }
+            else:
+                continue
+            entry = self.audit.append(actor, action, detail)
             self.audit_last = entry
             out.append(audit_record(self.factory, entry))
         return out

@@ -94,6 +94,7 @@ class PrivacyLedgers:
         self._sequence: dict[str, int] = {}
         self._suspended: dict[str, str] = {}
         self._reinstated: dict[str, int] = {}  # when, in ms since the epoch
+        self._new: list[tuple[str, str]] = []  # suspensions not yet taken (not state)
 
     def last(self, site: str) -> float | None:
         """The epsilon the site's last applied update reported (None: none applied yet)."""
@@ -102,6 +103,12 @@ class PrivacyLedgers:
     def suspended(self, site: str) -> str | None:
         """Why the site is suspended, or None when it is not."""
         return self._suspended.get(site)
+
+    def take_suspensions(self) -> list[tuple[str, str]]:
+        """The sites suspended since the last call, each with why, in order (then forgotten:
+        the caller records each once, e.g. in the audit chain)."""
+        new, self._new = self._new, []
+        return new
 
     def refusal(
         self, site: str, epsilon: float, sequence: int | None = None,
@@ -126,6 +133,7 @@ class PrivacyLedgers:
         regressed, why = found
         if regressed:
             self._suspended[site] = why
+            self._new.append((site, why))
             log.error("site %s suspended: %s", site, why)
             return f"site {site!r} is suspended for this run: {why}"
         return why

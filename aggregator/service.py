@@ -79,6 +79,7 @@ __all__ = [
     "Send",
     "SiteInfo",
     "SiteReinstated",
+    "SiteSuspended",
     "plain_delta",
     "prepare",
 ]
@@ -127,6 +128,19 @@ class Effects:
         self.changed |= other.changed
         self.events += other.events
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSuspended:
+    """A site's privacy ledger went back and the aggregator suspended it for the run (the app
+    records it in the audit chain; ``fedsynth aggregator --reinstate`` takes it back)."""
+
+    site: str
+    reason: str
+
+    def audit_detail(self) -> dict[str, Any]:
+        """The detail of the ``aggregator``/``suspend_site`` audit event."""
+        return {"site": self.site, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +243,17 @@ class AggregatorService:
     def handle(self, data: bytes | Prepared) -> Effects:
         """One consumed message of any topic, raw or :func:`prepare`-d; never raises for bad input.
 
-        Prepared messages must be handed over in consumption order.
+        Prepared messages must be handed over in consumption order. A site the message got
+        suspended (its privacy ledger went back, :mod:`aggregator.ledgers`) comes back as a
+        :class:`SiteSuspended` event, for the audit chain.
         """
+        fx = self._handle(data)
+        for site, why in self.ledgers.take_suspensions():
+            fx.events.append(SiteSuspended(site, why))
+            fx.changed = True
+        return fx
+
+    def _handle(self, data: bytes | Prepared) -> Effects:
         prepared = prepare(self.reader, data) if isinstance(data, bytes) else data
         got = self.reader.accept(prepared)
         if isinstance(got, Waiting):
@@ -520,6 +543,8 @@ class AggregatorService:
         self.phase = Phase.TRAINING
         log.info("training starts with %s; %d parameters", sorted(self.sites), len(params))
         fx = self._publish(self.state.model_version, self.state.params, ())
+        # version 0 is made here, not by an engine step: its event for the audit chain too
+        fx.events.append(GlobalVersionPublished(self.state.model_version, self.state.params, ()))
         if self.coordinator is not None:
             fx.merge(self._open_cohort())
         return fx
@@ -613,6 +638,9 @@ class AggregatorService:
         }
 
     def _publish(self, version: int, vector: np.ndarray, contributors: tuple[str, ...]) -> Effects:
+        """The records that publish a version (its ``GlobalVersionPublished`` event, which the
+        app records in the audit chain, is the caller's: an engine step's out event, or version
+        0's)."""
         assert self.spec is not None  # noqa: S101
         final = version >= self.settings.rounds
         if final:
@@ -652,7 +680,6 @@ class AggregatorService:
                 Send(self.topics["global-model"], self.schema.name, tuple(chunks)),
                 Send(self.topics["control"], self.settings.federation_id, (notice,)),
             ],
-            events=[GlobalVersionPublished(version, vector, contributors)],
         )
 
     # ----------------------------------------------------------------- checkpoint

@@ -86,6 +86,21 @@ def test_state_round_trips_with_infinity_and_older_checkpoints_start_empty() -> 
         PrivacyLedgers.from_state({**state, "format": 99})
 
 
+def test_each_suspension_is_taken_once_and_refusals_without_one_give_none() -> None:
+    ledgers = PrivacyLedgers()
+    assert ledgers.admit("s1", 1.0) is None
+    ledgers.record("s1", 1.0)
+    assert ledgers.admit("s1", math.nan) is not None  # refused, no ledger's report
+    assert ledgers.take_suspensions() == []
+    why = ledgers.admit("s1", 0.5)
+    assert why is not None and ledgers.suspended("s1") is not None
+    assert ledgers.take_suspensions() == [("s1", ledgers.suspended("s1"))]
+    assert ledgers.take_suspensions() == []
+    assert ledgers.admit("s1", 9.0) is not None  # still suspended: not a new suspension
+    assert ledgers.take_suspensions() == []
+    assert PrivacyLedgers.from_state(ledgers.to_state()).take_suspensions() == []
+
+
 def test_two_ledgers_in_strictly_growing_turns_are_caught_by_their_sequence() -> None:
     """Copied at sequence 4, one ledger trains more steps per update than the other: their
     epsilons grow in turns (1.2, 1.35, 1.45), but both count on from 4, so the second report of
@@ -292,8 +307,11 @@ def test_secure_a_masked_input_from_a_second_ledger_is_a_dropout_and_its_site_is
     rec = {**net.factories["s0"].envelope(), **early}
     out = net.coord.on_record("ModelUpdate", rec, net.clock.now)  # while joining: invalid anyway
     assert "OutOfOrderError" in out.rejections[0] and ledgers.suspended("s0") is None
+    assert ledgers.take_suspensions() == []
     _submit(net, {"s0": 1.0, "s1": 2.0, "s2": 2.0, "s3": 2.0}, "2")  # s0: a second ledger
     net.settle()
+    (taken,) = ledgers.take_suspensions()  # for the service to put in the audit chain
+    assert taken[0] == "s0" and "went back" in taken[1]
     event = finished_result(net)
     want_sum, want_w = expected(("s1", "s2", "s3"))
     assert event.contributors == ("s1", "s2", "s3")

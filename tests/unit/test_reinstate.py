@@ -17,7 +17,13 @@ from aggregator.app import AggregatorRuntime
 from aggregator.ledgers import PrivacyLedgers
 from aggregator.operator import reinstate_command
 from aggregator.reinstate import reinstate_site
-from aggregator.service import AggregatorService, Phase, SiteReinstated
+from aggregator.service import (
+    AggregatorService,
+    Effects,
+    Phase,
+    SiteReinstated,
+    SiteSuspended,
+)
 from aggregator.settings import AggregatorSettings
 from fedsynth.cli import main
 from fedsynth.durable import StateInUseError, StateLock
@@ -265,6 +271,50 @@ def _suspended_runtime(
     return runtime, n
 
 
+def _audited(
+    runtime: AggregatorRuntime, settings: AggregatorSettings, fx: Effects
+) -> list[AuditEvent]:
+    """The audit events the app appends for ``fx``, read back from their signed records."""
+    reader = MessageReader(FED, KeyRing.from_dir(settings.keys_dir))
+    events = []
+    for record in runtime._audit_records(fx):
+        msg = reader.read(record.value)
+        assert isinstance(msg, Inbound) and msg.name == "AuditEvent", msg
+        events.append(AuditEvent.from_dict(json.loads(msg.record["detail"])))
+    return events
+
+
+def test_a_suspension_goes_into_the_audit_chain_once(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+) -> None:
+    fed, settings, made = runtime_maker
+    runtime = _runtime(settings, made)
+    service = runtime.service
+    for i, site in enumerate(fed.sites):
+        assert not service.handle(fed.hello(site, seed=i)).dead
+    assert service.state is not None
+    n = int(service.state.params.size)
+    assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
+    (last,) = _update(fed, "B", 2, 0, 0.5, n)  # completes the round: version 1
+    (published,) = _audited(runtime, settings, service.handle(last))
+    assert (published.actor, published.action) == ("aggregator", "publish_version")
+    assert published.details["version"] == 1  # once: the engine's event, not a copy of it
+    (twin,) = _update(fed, "A", 3, 1, 0.4, n)  # a second ledger's update
+    fx = service.handle(twin)
+    (dead,) = fx.dead
+    (event,) = fx.events
+    assert isinstance(event, SiteSuspended) and event.site == "A" and fx.changed
+    assert "went back" in event.reason and event.reason in dead.reason
+
+    (audit,) = _audited(runtime, settings, fx)  # into the audit chain, signed by the aggregator
+    assert (audit.actor, audit.action) == ("aggregator", "suspend_site")
+    assert audit.details == {"site": "A", "reason": event.reason}
+
+    (later,) = _update(fed, "A", 4, 1, 5.0, n)  # refused as suspended: no second event
+    again = service.handle(later)
+    assert len(again.dead) == 1 and not again.events
+
+
 def test_the_operators_command_takes_a_suspended_site_back_while_running(
     runtime_maker: tuple[Federation, AggregatorSettings, list],
 ) -> None:
@@ -280,10 +330,7 @@ def test_the_operators_command_takes_a_suspended_site_back_while_running(
     (event,) = fx.events
     assert isinstance(event, SiteReinstated) and (event.site, event.epsilon) == ("A", 0.9)
 
-    (record,) = runtime._audit_records(fx)  # into the audit chain, signed by the aggregator
-    msg = MessageReader(FED, KeyRing.from_dir(settings.keys_dir)).read(record.value)
-    assert isinstance(msg, Inbound) and msg.name == "AuditEvent", msg
-    audit = AuditEvent.from_dict(json.loads(msg.record["detail"]))
+    (audit,) = _audited(runtime, settings, fx)  # into the audit chain, signed by the aggregator
     assert (audit.actor, audit.action) == ("operator", "reinstate_site")
     assert audit.details["note"] == "ticket 42" and audit.details["command"] == command.message_id
     assert "went back" in audit.details["suspended"]
