@@ -256,15 +256,23 @@ def test_ledger_show_prints_the_total_and_a_missing_ledger_is_named(
 
 
 # ------------------------------------------------------------------- online, by command
-def _suspended_runtime(
+def _training_runtime(
     fed: Federation, settings: AggregatorSettings, made: list
 ) -> tuple[AggregatorRuntime, int]:
+    """A runtime whose service is past every site's hello; and the parameter count."""
     runtime = _runtime(settings, made)
     service = runtime.service
     for i, site in enumerate(fed.sites):
         assert not service.handle(fed.hello(site, seed=i)).dead
     assert service.state is not None
-    n = int(service.state.params.size)
+    return runtime, int(service.state.params.size)
+
+
+def _suspended_runtime(
+    fed: Federation, settings: AggregatorSettings, made: list
+) -> tuple[AggregatorRuntime, int]:
+    runtime, n = _training_runtime(fed, settings, made)
+    service = runtime.service
     assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
     assert _feed(service, _update(fed, "B", 2, 0, 0.5, n)) == []
     assert "went back" in _feed(service, _update(fed, "A", 3, 1, 0.4, n))[0]
@@ -288,12 +296,8 @@ def test_a_suspension_goes_into_the_audit_chain_once(
     runtime_maker: tuple[Federation, AggregatorSettings, list],
 ) -> None:
     fed, settings, made = runtime_maker
-    runtime = _runtime(settings, made)
+    runtime, n = _training_runtime(fed, settings, made)
     service = runtime.service
-    for i, site in enumerate(fed.sites):
-        assert not service.handle(fed.hello(site, seed=i)).dead
-    assert service.state is not None
-    n = int(service.state.params.size)
     assert _feed(service, _update(fed, "A", 1, 0, 0.5, n)) == []
     (last,) = _update(fed, "B", 2, 0, 0.5, n)  # completes the round: version 1
     (published,) = _audited(runtime, settings, service.handle(last))
