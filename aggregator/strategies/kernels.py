@@ -173,8 +173,12 @@ def l2_norm(vector: np.ndarray | QuantizedVector) -> float:
     return math.sqrt(total)
 
 
-def clip_by_norm(vector: np.ndarray, max_norm: float) -> np.ndarray:
+def clip_by_norm(
+    vector: np.ndarray, max_norm: float, norm: float | None = None
+) -> np.ndarray:
     """Scale ``vector`` down so that its L2 norm is at most ``max_norm`` (same dtype).
+
+    ``norm``: the vector's L2 norm when the caller already has it (:func:`l2_norm` otherwise).
 
     Raises:
         ConfigError: ``max_norm`` is not positive.
@@ -182,7 +186,7 @@ def clip_by_norm(vector: np.ndarray, max_norm: float) -> np.ndarray:
     if not max_norm > 0:
         raise ConfigError(f"max_norm must be > 0, got {max_norm}")
     v = np.asarray(vector)
-    norm = l2_norm(v)
+    norm = l2_norm(v) if norm is None else norm
     if norm <= max_norm:
         return np.array(v, copy=True)
     return np.asarray(v.astype(np.float64) * (max_norm / norm), dtype=v.dtype)

@@ -59,9 +59,10 @@ class NormClipping:
 
         A delta within the bound goes on as it came (a quantized one stays quantized).
         """
-        if l2_norm(update.delta) <= self.max_norm:
+        norm = l2_norm(update.delta)  # once: a quantized delta's from its float64 values
+        if norm <= self.max_norm:
             return self.inner.on_update(state, update, version, params)
-        clipped = frozen_array(clip_by_norm(dense_delta(update.delta), self.max_norm))
+        clipped = frozen_array(clip_by_norm(dense_delta(update.delta), self.max_norm, norm))
         return self.inner.on_update(
             state, dataclasses.replace(update, delta=clipped), version, params
         )

@@ -83,8 +83,7 @@ class Pipeline:
         Raises:
             MessageError: corrupt input.
         """
-        for _stage in reversed(self.byte_stages):
-            data = zstd_decompress(data)
+        data = self._bytes_decoded(data)
         match = _ARRAY.match(self.array_stage)
         if match is None:
             raise ConfigError(f"unknown array stage {self.array_stage!r}")
@@ -109,9 +108,13 @@ class Pipeline:
         match = _ARRAY.match(self.array_stage)
         if match is None or match.group(2) is None:
             return self.decode(data, dtype)
+        return read_levels(self._bytes_decoded(data))
+
+    def _bytes_decoded(self, data: bytes) -> bytes:
+        """The byte stages undone, right to left."""
         for _stage in reversed(self.byte_stages):
             data = zstd_decompress(data)
-        return read_levels(data)
+        return data
 
     def _encode_array(self, flat: npt.NDArray[np.float64], rng: np.random.Generator) -> bytes:
         match = _ARRAY.match(self.array_stage)
