@@ -39,7 +39,7 @@ from fedsynth.errors import ConfigError
 __all__ = ["PendingStore"]
 
 _FIELDS = ("update_id", "n_samples", "base_version", "train_loss", "epsilon_spent",
-           "ledger_sequence")
+           "ledger_sequence", "ledger_writes")
 
 
 class PendingStore:
@@ -84,6 +84,7 @@ class PendingStore:
                 float(header["train_loss"]),
                 float(header["epsilon_spent"]),
                 _sequence(header.get("ledger_sequence")),  # absent in older files
+                _writes(header.get("ledger_writes")),  # absent in older files
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"pending update file {self.path} is unreadable: {exc}") from exc
@@ -182,6 +183,14 @@ def _unlink(path: Path) -> bool:
 def _header(data: Any) -> dict[str, Any]:
     header: dict[str, Any] = json.loads(bytes(data["header"]).decode())
     return header
+
+
+def _writes(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        raise TypeError(f"ledger_writes {value!r} is not a list of write ids")
+    return tuple(value)
 
 
 def _sequence(value: object) -> int | None:

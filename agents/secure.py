@@ -107,6 +107,8 @@ class PendingUpdate:
         epsilon_spent: privacy spent including this update.
         ledger_sequence: the site ledger's sequence once the update was charged (None: no
             ledger).
+        ledger_writes: the ids of the ledger's last writes then, the update's charge last
+            (None: no ledger).
     """
 
     update_id: str
@@ -116,6 +118,7 @@ class PendingUpdate:
     train_loss: float = 0.0
     epsilon_spent: float = 0.0
     ledger_sequence: int | None = None
+    ledger_writes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -521,6 +524,7 @@ class SecureSite:
             upd.epsilon_spent,
             roster.modulus_bits,
             upd.ledger_sequence,
+            upd.ledger_writes,
         )
         return to_fields(message, info)
 

@@ -360,6 +360,7 @@ class SiteAgent:
                     result.report.final_loss,
                     self.epsilon_spent,
                     result.ledger_sequence,
+                    result.ledger_writes,
                 )
                 self.pending_store.save(update)  # survives a crash until it is masked
                 await self._send_secure(self.secure.submit(update, time.time()))
@@ -386,6 +387,7 @@ class SiteAgent:
                 "train_loss": result.report.final_loss,
                 "epsilon_spent": self.epsilon_spent,
                 "ledger_sequence": result.ledger_sequence,
+                "ledger_writes": _as_list(result.ledger_writes),
             }
             headers: list[tuple[str, bytes]] = []
             inject_headers(headers)
@@ -588,6 +590,10 @@ class SiteAgent:
                 msg.topic, msg.value, key=msg.key, headers=list(msg.headers)
             )
             self.outbox.ack(msg.message_id)
+
+
+def _as_list(items: tuple[str, ...] | None) -> list[str] | None:
+    return None if items is None else list(items)
 
 
 def _load_schema(name_or_path: str) -> DatasetSchema:

@@ -43,6 +43,9 @@ class RoundResult:
     """The site's whole spend so far (histograms and every DP-SGD step, from its ledger)."""
     ledger_sequence: int | None = None
     """The ledger's sequence once this round was charged (None: no ledger)."""
+    ledger_writes: tuple[str, ...] | None = None
+    """The ids of the ledger's last writes once this round was charged, this round's last
+    (:meth:`SiteLedger.recent_writes`; None: no ledger)."""
 
 
 class LocalTrainer:
@@ -138,4 +141,6 @@ class LocalTrainer:
             raise ConfigError("local training diverged (non-finite parameters); update not sent")
         if self.ledger is None:
             return RoundResult(delta, report, float("inf"))
-        return RoundResult(delta, report, self.ledger.spent(), self.ledger.sequence)
+        return RoundResult(
+            delta, report, self.ledger.spent(), self.ledger.sequence, self.ledger.recent_writes()
+        )

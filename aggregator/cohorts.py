@@ -209,6 +209,7 @@ class _Open:
     stage_started: float
     epsilon: dict[str, float] = field(default_factory=dict)  # of each masked input taken
     sequence: dict[str, int] = field(default_factory=dict)  # its ledger sequence, if reported
+    writes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # its ledger's last writes
 
 
 class CohortCoordinator:
@@ -298,7 +299,8 @@ class CohortCoordinator:
                      "target_version": server.config.target_version,
                      "stage_started": self._open.stage_started, "server": doc,
                      "epsilon": dict(self._open.epsilon),
-                     "sequence": dict(self._open.sequence)}
+                     "sequence": dict(self._open.sequence),
+                     "writes": {s: list(w) for s, w in self._open.writes.items()}}
         return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
                 "past": [list(p) for p in self._past], "closed": self._closed}
 
@@ -348,7 +350,11 @@ class CohortCoordinator:
             else:
                 taken = {str(k): float(e) for k, e in open_.get("epsilon", {}).items()}
                 seqs = {str(k): int(q) for k, q in open_.get("sequence", {}).items()}
-                coordinator._open = _Open(server, float(open_["stage_started"]), taken, seqs)
+                writes = {  # absent in checkpoints from before write ids were reported
+                    str(k): tuple(map(str, w)) for k, w in open_.get("writes", {}).items()
+                }
+                started = float(open_["stage_started"])
+                coordinator._open = _Open(server, started, taken, seqs, writes)
                 log.info("cohort %s resumed in stage %s", cohort_id, server.stage)
                 return coordinator
         coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
@@ -415,6 +421,8 @@ class CohortCoordinator:
             self._open.epsilon[message.site_id] = report.epsilon
             if report.sequence is not None:
                 self._open.sequence[message.site_id] = report.sequence
+            if report.writes:
+                self._open.writes[message.site_id] = report.writes
         return out
 
     def _require_open(self) -> _Open:
@@ -462,13 +470,15 @@ class CohortCoordinator:
         if not isinstance(message, MaskedInput):
             return None
         r = reported(record)
-        if self.ledgers.refusal(message.site_id, r.epsilon, r.sequence, r.created_ms) is None:
+        if self.ledgers.refusal(
+            message.site_id, r.epsilon, r.sequence, r.created_ms, r.writes
+        ) is None:
             return None
         try:  # rare: a trial step (the server step is pure) tells whether the input is valid
             server_step(self._require_open().server, message)
         except FedSynthError:
             return None
-        return self.ledgers.admit(message.site_id, r.epsilon, r.sequence, r.created_ms)
+        return self.ledgers.admit(message.site_id, r.epsilon, r.sequence, r.created_ms, r.writes)
 
     def _step(self, message: object, now: float) -> CoordinatorOutput:
         open_ = self._require_open()
@@ -508,7 +518,10 @@ class CohortCoordinator:
             for site in result.survivors:  # a survivor's masked input is in the sum
                 epsilon = self._open.epsilon.get(site)  # (None: taken before a restart
                 if epsilon is not None:  # from a checkpoint older than the ledgers)
-                    self.ledgers.record(site, epsilon, self._open.sequence.get(site))
+                    self.ledgers.record(
+                        site, epsilon, self._open.sequence.get(site),
+                        self._open.writes.get(site, ()),
+                    )
         self._open = None
         log.info("cohort %s done: %d survivors, weight %.6g", result.cohort_id,
                  len(result.survivors), result.weight_sum)

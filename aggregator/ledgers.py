@@ -31,25 +31,46 @@ report a number the other already reported is caught; to slip by, each would hav
 numbers the other used, in turn. An update without one (an agent from before the field, or no
 ledger) is compared by epsilon only.
 
+Those two miss ledgers that do skip each other's numbers (each charges a round it never reports,
+say, after a crash). So an update also reports the ids of its ledger's last writes
+(``ledger_writes``: every write draws a random id, :meth:`fedsynth.privacy.SiteLedger.
+recent_writes`; an agent sends the last 8, its own charge last). One ledger's writes form one
+line, so in every report of it an id is followed by the same next id, whatever was skipped.
+Two ledgers copied from one folder share their writes up to the copy and then go on with
+different ids: the first report of the second ledger whose ids reach back to the last shared
+write shows it followed by another id than an applied report of the first did, and the site is
+suspended as for a ledger that went back. The aggregator keeps, per site, which id followed
+which in applied updates (the last :data:`KEPT_LINKS` pairs). A twin whose reports never reach
+back to the shared write (8 or more unreported writes before its first report) is left to the
+sequence, which is then far behind the other ledger's. This is the fork check of a hash-chained
+log (as in Certificate Transparency's consistency proofs, Laurie et al., RFC 6962), made with
+ids instead of hashes: a site's own ledger is trusted not to lie, only to be copied.
+
 Pure: no I/O, no clock; the service and the cohort coordinator own one and checkpoint it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aggregator.validation import ReasonCode
 from fedsynth.errors import ConfigError
 
-__all__ = ["NOT_A_REPORT", "PrivacyLedgers", "Report", "reported"]
+__all__ = ["KEPT_LINKS", "MAX_WRITES", "NOT_A_REPORT", "PrivacyLedgers", "Report", "reported"]
 
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
+KEPT_LINKS = 64
+"""Per site, how many ``(write id, next write id)`` pairs of applied updates are kept."""
+MAX_WRITES = 64
+"""Most write ids an update may report (an agent sends 8); more is not a ledger's report."""
+_MAX_ID = 128
 
 NOT_A_REPORT = frozenset({
     ReasonCode.UNKNOWN_SITE, ReasonCode.REPLAY, ReasonCode.FUTURE_BASE,
@@ -68,20 +89,24 @@ class Report:
         epsilon: the site's total spent, this update included.
         sequence: the ledger's sequence once the update was charged (None: not reported).
         created_ms: when the site created the record (its ``created_at``; None: unknown).
+        writes: the ids of the ledger's last writes, oldest first (empty: not reported).
     """
 
     epsilon: float
     sequence: int | None = None
     created_ms: int | None = None
+    writes: tuple[str, ...] = ()
 
 
 def reported(record: Mapping[str, Any]) -> Report:
     """The :class:`Report` of a ``ModelUpdate`` record."""
     sequence, created = record.get("ledger_sequence"), record.get("created_at")
+    writes = record.get("ledger_writes")
     return Report(
         float(record["epsilon_spent"]),
         None if sequence is None else int(sequence),
         None if created is None else int(created),
+        () if writes is None else tuple(str(w) for w in writes),
     )
 
 
@@ -92,6 +117,7 @@ class PrivacyLedgers:
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._sequence: dict[str, int] = {}
+        self._links: dict[str, dict[str, str]] = {}  # write id -> the next one, in applied order
         self._suspended: dict[str, str] = {}
         self._reinstated: dict[str, int] = {}  # when, in ms since the epoch
         self._new: list[tuple[str, str]] = []  # suspensions not yet taken (not state)
@@ -112,22 +138,25 @@ class PrivacyLedgers:
 
     def refusal(
         self, site: str, epsilon: float, sequence: int | None = None,
-        created_ms: int | None = None,
+        created_ms: int | None = None, writes: Sequence[str] = (),
     ) -> str | None:
-        """Why an update of ``site`` reporting ``epsilon`` and ledger ``sequence``, created at
-        ``created_ms``, may not be applied (None: it may); changes nothing."""
-        found = self._check(site, epsilon, sequence, created_ms)
+        """Why an update of ``site`` reporting ``epsilon``, ledger ``sequence`` and the ids of
+        its ledger's last ``writes``, created at ``created_ms``, may not be applied (None: it
+        may); changes nothing."""
+        found = self._check(site, epsilon, sequence, created_ms, writes)
         return None if found is None else found[1]
 
     def admit(
         self, site: str, epsilon: float, sequence: int | None = None,
-        created_ms: int | None = None,
+        created_ms: int | None = None, writes: Sequence[str] = (),
     ) -> str | None:
         """As :meth:`refusal`, for an update that is otherwise valid: an epsilon or a sequence no
-        larger than the last applied update's also suspends the site (a NaN or negative epsilon,
-        or a negative sequence, is refused without suspending: it is no ledger's report; so is
-        a record of a reinstated site created before its reinstatement, see :meth:`reinstate`)."""
-        found = self._check(site, epsilon, sequence, created_ms)
+        larger than the last applied update's, or a write id followed by another id than in an
+        applied update, also suspends the site (a NaN or negative epsilon, a negative sequence
+        or write ids no ledger writes is refused without suspending: it is no ledger's report;
+        so is a record of a reinstated site created before its reinstatement, see
+        :meth:`reinstate`)."""
+        found = self._check(site, epsilon, sequence, created_ms, writes)
         if found is None:
             return None
         regressed, why = found
@@ -139,7 +168,8 @@ class PrivacyLedgers:
         return why
 
     def _check(
-        self, site: str, epsilon: float, sequence: int | None, created_ms: int | None
+        self, site: str, epsilon: float, sequence: int | None, created_ms: int | None,
+        writes: Sequence[str] = (),
     ) -> tuple[bool, str] | None:
         """None to admit; else whether the ledger went back, and why the update is refused."""
         why = self._suspended.get(site)
@@ -155,10 +185,22 @@ class PrivacyLedgers:
         last_seq = self._sequence.get(site)
         if sequence is not None and last_seq is not None and sequence <= last_seq:
             return self._went_back(site, created_ms, f"ledger sequence {sequence}", str(last_seq))
+        malformed = _malformed(writes)
+        if malformed is not None:
+            return False, f"site {site!r} reports ledger writes {malformed}, not a ledger's"
+        links = self._links.get(site, {})
+        for write, after in itertools.pairwise(writes):
+            applied = links.get(write)
+            if applied is not None and applied != after:
+                return self._went_back(
+                    site, created_ms, f"ledger write {write} followed by {after}", applied,
+                    went="forked",
+                )
         return None
 
     def _went_back(
-        self, site: str, created_ms: int | None, claim: str, applied: str
+        self, site: str, created_ms: int | None, claim: str, applied: str,
+        went: str = "went back",
     ) -> tuple[bool, str]:
         since = self._reinstated.get(site)
         if since is not None and created_ms is not None and created_ms < since:
@@ -168,7 +210,7 @@ class PrivacyLedgers:
                 "on its way (refused; the site stays admitted)"
             )
         return True, (
-            f"its privacy ledger went back: an update reports {claim} after one applied at "
+            f"its privacy ledger {went}: an update reports {claim} after one applied at "
             f"{applied} (a second agent of the site with its own state folder, or a state "
             "folder lost or restored from a backup)"
         )
@@ -214,19 +256,31 @@ class PrivacyLedgers:
         self._last[site] = math.nextafter(epsilon, 0.0)  # a report equal to the total passes
         # The ledger that goes on may stand at a lower sequence than the other one reported:
         # its next report sets the bar again (a record the other sent before it was stopped
-        # reports less than the total, and the epsilon bar refuses it).
+        # reports less than the total, and the epsilon bar refuses it). The same for the
+        # writes: the links the other ledger's reports left are forgotten.
         self._sequence.pop(site, None)
+        self._links.pop(site, None)
         if at_ms is not None:
             self._reinstated[site] = at_ms
         log.warning("site %s reinstated at epsilon %.6g (it was suspended: %s)", site, epsilon, why)
         return why
 
-    def record(self, site: str, epsilon: float, sequence: int | None = None) -> None:
-        """An update of ``site`` reporting ``epsilon`` and ledger ``sequence`` was applied (a
-        report without a sequence keeps the last one's)."""
+    def record(
+        self, site: str, epsilon: float, sequence: int | None = None, writes: Sequence[str] = ()
+    ) -> None:
+        """An update of ``site`` reporting ``epsilon``, ledger ``sequence`` and its ledger's last
+        ``writes`` was applied (a report without a sequence keeps the last one's; its writes'
+        links join the site's, the oldest beyond :data:`KEPT_LINKS` forgotten)."""
         self._last[site] = epsilon
         if sequence is not None:
             self._sequence[site] = sequence
+        if len(writes) > 1:
+            links = self._links.setdefault(site, {})
+            for write, after in itertools.pairwise(writes):
+                links.pop(write, None)  # re-inserted as the newest
+                links[write] = after
+            for stale in list(itertools.islice(links, max(0, len(links) - KEPT_LINKS))):
+                del links[stale]
 
     def to_state(self) -> dict[str, Any]:
         """JSON-ready state."""
@@ -234,6 +288,7 @@ class PrivacyLedgers:
             "format": _FORMAT,
             "last": dict(self._last),
             "sequence": dict(self._sequence),
+            "links": {s: list(map(list, links.items())) for s, links in self._links.items()},
             "suspended": dict(self._suspended),
             "reinstated": dict(self._reinstated),
         }
@@ -254,6 +309,21 @@ class PrivacyLedgers:
         # absent in checkpoints from before sequences were reported
         ledgers._sequence = {str(s): int(q) for s, q in state.get("sequence", {}).items()}
         ledgers._reinstated = {str(s): int(t) for s, t in state.get("reinstated", {}).items()}
+        links = state.get("links", {})  # absent in checkpoints from before write ids
+        ledgers._links = {str(s): {str(a): str(b) for a, b in p} for s, p in links.items()}
         ledgers._suspended = {str(s): str(w) for s, w in state["suspended"].items()}
         return ledgers
 
+
+
+def _malformed(writes: Sequence[str]) -> str | None:
+    """What makes ``writes`` no ledger's (None: nothing): too many, an empty or overlong id, or
+    an id twice (each write draws a fresh random id)."""
+    if len(writes) > MAX_WRITES:
+        return f"of {len(writes)} ids (at most {MAX_WRITES})"
+    bad = next((w for w in writes if not 0 < len(w) <= _MAX_ID), None)
+    if bad is not None:
+        return f"with an id of {len(bad)} characters (1 to {_MAX_ID})"
+    if len(set(writes)) != len(writes):
+        return "naming one id twice"
+    return None

@@ -60,11 +60,13 @@ from fedsynth.privacy.errors import (
 )
 from fedsynth.privacy.history import StepSegment
 
-__all__ = ["LEDGER_FORMAT", "SiteLedger"]
+__all__ = ["LEDGER_FORMAT", "REPORTED_WRITES", "SiteLedger"]
 
 logger = logging.getLogger(__name__)
 
 LEDGER_FORMAT = "fedsynth-privacy-ledger/1"
+REPORTED_WRITES = 8
+"""How many of its ledger's last write ids an update reports (:meth:`SiteLedger.recent_writes`)."""
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -282,6 +284,19 @@ class SiteLedger:
     def sequence(self) -> int:
         """Number of writes so far; store it with checkpoints and pass it as ``min_sequence``."""
         return self._sequence
+
+    def recent_writes(self, n: int = REPORTED_WRITES) -> tuple[str, ...]:
+        """The ids of the last ``n`` writes that added steps, oldest first (fewer in a young
+        ledger; none in one from before write ids).
+
+        An update reports them: one ledger's writes form one line, so each id is always followed
+        by the same next id, while two ledgers copied from one folder follow their last shared
+        write with different ids. The aggregator holds what applied updates showed against every
+        later report (:mod:`aggregator.ledgers`).
+        """
+        if n < 0:
+            raise PrivacyConfigError(f"n must be >= 0, got {n}")
+        return tuple(w[0] for w in self._writes[-n:]) if n else ()
 
     @property
     def total_steps(self) -> int:

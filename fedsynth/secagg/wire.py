@@ -76,6 +76,8 @@ class MaskedUpdateInfo:
         modulus_bits: the cohort's ``m`` (from the roster); picks the word width.
         ledger_sequence: the site ledger's sequence once the update was charged (None: no
             ledger).
+        ledger_writes: the ids of the ledger's last writes then, the update's charge last
+            (None: no ledger).
     """
 
     update_id: str
@@ -85,6 +87,7 @@ class MaskedUpdateInfo:
     epsilon_spent: float
     modulus_bits: int
     ledger_sequence: int | None = None
+    ledger_writes: tuple[str, ...] | None = None
 
 
 def _to_long(value: int) -> int:
@@ -122,6 +125,7 @@ def _masked_fields(msg: MaskedInput, info: MaskedUpdateInfo) -> Fields:
         "epsilon_spent": info.epsilon_spent,
         "masked_weight": _to_long(msg.masked_weight),
         "ledger_sequence": info.ledger_sequence,
+        "ledger_writes": None if info.ledger_writes is None else list(info.ledger_writes),
     }
 
 

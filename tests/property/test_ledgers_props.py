@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aggregator.ledgers import PrivacyLedgers
+from fedsynth.privacy.ledger import REPORTED_WRITES
 
 EPS = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
 
@@ -73,3 +74,40 @@ def test_two_ledgers_from_one_copy_never_both_get_in(
     first = order[0]
     assert admitted == [first] * order.index("b" if first == "a" else "a")
     assert ledgers.suspended("S") is not None
+
+
+@given(
+    st.integers(min_value=0, max_value=20),
+    st.lists(
+        st.tuples(st.sampled_from("ab"), st.integers(min_value=1, max_value=5)),
+        min_size=2, max_size=12,
+    ).filter(lambda r: {w for w, _ in r} == {"a", "b"}),
+)
+def test_two_copied_ledgers_that_skip_each_others_numbers_are_caught_by_their_writes(
+    copied_at: int, reports: list[tuple[str, int]]
+) -> None:
+    """Two ledgers copied after ``copied_at`` shared writes, reporting in turns, each write of
+    either adding one to the sequence, and each ledger charging ``k`` writes (``k - 1`` never
+    reported) before its report so that every report's sequence and epsilon pass the last one
+    applied: the skipping that sequence and epsilon cannot see. The second ledger's first report
+    suspends the site exactly when its 8 write ids reach back to the last shared write (its
+    sequence at most 7 past the copy), which a copy made after a first write and reported on
+    soon does; reports before it are admitted."""
+    shared = [f"w{i}" for i in range(copied_at)]
+    lines = {"a": list(shared), "b": list(shared)}
+    ledgers, sequences, suspended_at = PrivacyLedgers(), [], None
+    for i, (who, k) in enumerate(reports):
+        line = lines[who]
+        seq = max([copied_at, len(line), *sequences]) + k  # passes every one reported so far
+        line.extend(f"{who}{j}" for j in range(len(line), seq))
+        sequences.append(seq)
+        writes = line[-REPORTED_WRITES:]
+        if ledgers.admit("S", float(seq), seq, writes=writes) is None:
+            ledgers.record("S", float(seq), seq, writes)
+        elif suspended_at is None:
+            suspended_at = i
+    second = next(i for i, (who, _) in enumerate(reports) if who != reports[0][0])
+    if copied_at >= 1 and sequences[second] - copied_at < REPORTED_WRITES:
+        assert suspended_at == second and ledgers.suspended("S") is not None
+    else:
+        assert suspended_at is None and ledgers.suspended("S") is None

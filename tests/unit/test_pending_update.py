@@ -18,7 +18,7 @@ from fedsynth.secagg import FixedPointSpec
 
 def _update(uid: str = "u-1") -> PendingUpdate:
     delta = np.random.default_rng(3).normal(size=1000).astype(np.float32)
-    return PendingUpdate(uid, delta, 243, 4, 0.625, 2.5, 17)
+    return PendingUpdate(uid, delta, 243, 4, 0.625, 2.5, 17, ("w1", "w2"))
 
 
 def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
@@ -30,22 +30,27 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
     assert back is not None
     assert (back.update_id, back.n_samples, back.base_version) == ("u-1", 243, 4)
     assert (back.train_loss, back.epsilon_spent, back.ledger_sequence) == (0.625, 2.5, 17)
+    assert back.ledger_writes == ("w1", "w2")
     assert back.delta.dtype == np.float32 and np.array_equal(back.delta, update.delta)
     assert not list(store.path.parent.glob("*.tmp"))
 
 
-def test_a_file_from_before_ledger_sequences_loads_and_a_bad_one_is_named(tmp_path: Path) -> None:
+@pytest.mark.parametrize("field", ["ledger_sequence", "ledger_writes"])
+def test_a_file_from_before_the_ledger_fields_loads_and_a_bad_one_is_named(
+    tmp_path: Path, field: str
+) -> None:
     store = PendingStore(tmp_path / "pending-update.npz")
-    for value, ok in ((None, True), ("7", False), (True, False)):
+    bad: list[object] = ["7", True] if field == "ledger_sequence" else ["w1", [1, 2], 3]
+    for value, ok in ((None, True), *((b, False) for b in bad)):
         header = {"update_id": "u-1", "n_samples": 3, "base_version": 0, "train_loss": 0.0,
                   "epsilon_spent": 1.0}
         if value is not None:
-            header["ledger_sequence"] = value
+            header[field] = value
         np.savez(store.path, delta=np.zeros(3, np.float32),
                  header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
         if ok:
             back = store.load()
-            assert back is not None and back.ledger_sequence is None
+            assert back is not None and getattr(back, field) is None
         else:
             with pytest.raises(ConfigError, match="pending-update.npz"):
                 store.load()

@@ -20,6 +20,7 @@ from fedsynth.privacy import (
     RDPAccountant,
     SiteLedger,
 )
+from fedsynth.privacy.ledger import REPORTED_WRITES
 
 DELTA = 1e-5
 
@@ -274,3 +275,28 @@ def test_a_prv_ledger_absorbs_an_rdp_one_at_its_own_delta(tmp_path: Path) -> Non
     reference = PRVAccountant()
     reference.step(noise_multiplier=1.0, sample_rate=0.1, steps=40)
     assert merged == pytest.approx(reference.epsilon(DELTA), rel=1e-6)
+
+
+def test_recent_writes_name_the_last_writes_and_a_copy_shares_them_up_to_the_copy(
+    tmp_path: Path,
+) -> None:
+    ledger = SiteLedger.create(tmp_path / "a.json", site_id="s", delta=1e-5)
+    assert ledger.recent_writes() == () and ledger.recent_writes(0) == ()
+    ids = []
+    for _ in range(REPORTED_WRITES + 2):
+        ledger.record(1.0, 0.01, 3)
+        ids.append(ledger.recent_writes(1)[0])
+    assert len(set(ids)) == len(ids), "each write draws its own id"
+    assert ledger.recent_writes() == tuple(ids[-REPORTED_WRITES:])
+    assert ledger.recent_writes(100) == tuple(ids)
+    (tmp_path / "b.json").write_bytes(ledger.path.read_bytes())
+    copy = SiteLedger.open(tmp_path / "b.json", site_id="s", delta=1e-5)
+    assert SiteLedger.open(ledger.path, site_id="s", delta=1e-5).recent_writes() == tuple(
+        ids[-REPORTED_WRITES:]
+    ), "the ids are in the file"
+    ledger.record(1.0, 0.01, 3)
+    copy.record(1.0, 0.01, 3)
+    mine, theirs = ledger.recent_writes(), copy.recent_writes()
+    assert mine[:-1] == theirs[:-1] == tuple(ids[-REPORTED_WRITES + 1:]) and mine[-1] != theirs[-1]
+    with pytest.raises(PrivacyConfigError, match="n must be >= 0"):
+        ledger.recent_writes(-1)

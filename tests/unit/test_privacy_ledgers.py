@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import pytest
 from agents.secure import PendingUpdate
 from agents.site import EXIT_SUSPENDED, GlobalVersion, SiteAgent
 from aggregator.cohorts import CohortCoordinator
-from aggregator.ledgers import PrivacyLedgers
+from aggregator.ledgers import KEPT_LINKS, MAX_WRITES, PrivacyLedgers
 from aggregator.service import AggregatorService, Phase
 from fedsynth.errors import ConfigError
+from fedsynth.privacy import SiteLedger
 from schemas.registry import SchemaEntry, SchemaRegistry, default_registry
 from schemas.signing import encode_signed
 from tests.integration.harness import Federation
@@ -153,10 +155,98 @@ def test_sequences_round_trip_and_a_checkpoint_without_them_loads() -> None:
     assert older.admit("A", 2.6, 7) is None and older.last("A") == 2.5
 
 
+def _line(prefix: str, n: int, start: int = 0) -> list[str]:
+    """``n`` write ids of one ledger (as SiteLedger draws them: unique per write)."""
+    return [f"{prefix}{i:04d}" for i in range(start, start + n)]
+
+
+def test_two_ledgers_that_skip_each_others_sequence_are_caught_by_their_writes() -> None:
+    """Copied after write 4, each ledger charges a round it never reports (a crash) before each
+    report, so their sequences (5, 7, 8) and epsilons grow in turns; but B's first report shows
+    the last shared write followed by another id than A's applied one did."""
+    shared = _line("w", 4)
+    a, b = shared + _line("a", 3, 4), shared + _line("b", 3, 4)
+    ledgers = PrivacyLedgers()
+    assert ledgers.admit("A", 1.2, 5, writes=a[:5]) is None
+    ledgers.record("A", 1.2, 5, a[:5])
+    assert ledgers.refusal("A", 1.3, 6, writes=b[:6]) is not None
+    assert ledgers.suspended("A") is None, "a query"
+    assert ledgers.refusal("A", 1.3, 6) is None, "without its writes the twin would pass"
+    why = ledgers.admit("A", 1.3, 6, writes=b[:6])
+    assert why is not None and "forked" in why and ledgers.suspended("A") is not None
+    assert "ledger write w0003 followed by b0004 after one applied at a0004" in why
+    assert ledgers.take_suspensions()[0][0] == "A"
+
+
+def test_one_ledgers_reports_with_gaps_repeats_and_any_order_are_admitted() -> None:
+    """One ledger's windows agree wherever they overlap, whatever was skipped between them, and
+    a report that rejoins a later cohort with the same writes, or arrives late, is no fork."""
+    line = _line("w", 40)
+    ledgers = PrivacyLedgers()
+    for seq in (3, 4, 9, 10, 17, 18, 19, 30, 38):
+        window = line[max(0, seq - 8):seq]
+        assert ledgers.admit("A", seq / 10, seq, writes=window) is None, seq
+        ledgers.record("A", seq / 10, seq, window)
+    assert ledgers.refusal("A", 9.0, 40, writes=line[20:40]) is None, "any window of the line"
+    assert ledgers.refusal("A", 9.0, 40, writes=line[:2]) is None
+    ledgers.record("A", 3.8, 38, line[30:38])  # the same report again
+    assert ledgers.suspended("A") is None
+    assert ledgers.refusal("B", 1.0, 1, writes=_line("b", 3)) is None, "links are per site"
+
+
+def test_malformed_writes_are_refused_without_suspending() -> None:
+    ledgers = PrivacyLedgers()
+    for writes, said in (
+        (_line("w", MAX_WRITES + 1), f"of {MAX_WRITES + 1} ids"),
+        (["w1", ""], "an id of 0 characters"),
+        (["w1", "x" * 129], "an id of 129 characters"),
+        (["w1", "w2", "w1"], "naming one id twice"),
+    ):
+        why = ledgers.admit("A", 1.0, 1, writes=writes)
+        assert why is not None and said in why and "not a ledger's" in why, why
+    assert ledgers.suspended("A") is None and ledgers.take_suspensions() == []
+
+
+def test_links_are_kept_bounded_and_round_trip_and_older_checkpoints_load() -> None:
+    line = _line("w", 200)
+    ledgers = PrivacyLedgers()
+    for seq in range(8, 201):
+        ledgers.record("A", seq / 10, seq, line[seq - 8:seq])
+    kept = ledgers.to_state()["links"]["A"]
+    assert len(kept) == KEPT_LINKS and kept[-1] == ["w0198", "w0199"], kept[-1]
+    assert kept[0] == [f"w{199 - KEPT_LINKS:04d}", f"w{200 - KEPT_LINKS:04d}"]
+    state = json.loads(json.dumps(ledgers.to_state()))
+    back = PrivacyLedgers.from_state(state)
+    fork = [*line[190:195], "x0195"]
+    assert back.refusal("A", 30.0, 300, writes=fork) is not None
+    assert back.to_state() == ledgers.to_state()
+    del state["links"]  # written before write ids were reported
+    assert PrivacyLedgers.from_state(state).refusal("A", 30.0, 300, writes=fork) is None
+
+
+def test_a_reinstatement_forgets_the_links_and_a_late_forked_record_does_not_resuspend() -> None:
+    """After the reinstatement the ledger that goes on sets the links again; a record of the
+    stopped ledger created before the reinstatement that shows the fork is refused, the site
+    staying admitted; one created after it suspends the site again."""
+    shared = _line("w", 3)
+    a, b = shared + _line("a", 5, 3), shared + _line("b", 5, 3)
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", 1.0, 4, a[:4])
+    assert ledgers.admit("A", 1.1, 5, writes=b[:5]) is not None
+    ledgers.reinstate("A", 2.0, 1.1, at_ms=1_000)
+    assert ledgers.admit("A", 2.0, 6, 900, writes=a[:6]) is None
+    ledgers.record("A", 2.0, 6, a[:6])
+    late = ledgers.admit("A", 2.5, 7, 950, writes=b[:7])
+    assert late is not None and "created before its reinstatement" in late
+    assert ledgers.suspended("A") is None
+    again = ledgers.admit("A", 2.6, 8, 1_200, writes=b[:8])
+    assert again is not None and "forked" in again and ledgers.suspended("A") is not None
+
+
 # ------------------------------------------------------------------------- plain service
 def _update(
     fed: Federation, site: str, uid: int, base: int, eps: float, n: int, length: int | None = None,
-    sequence: int | None = None,
+    sequence: int | None = None, writes: tuple[str, ...] | None = None,
 ) -> list[bytes]:
     length = n if length is None else length
     fields = {
@@ -164,7 +254,7 @@ def _update(
         "base_version": base, "n_samples": 50, "mode": "plain", "cohort_id": None,
         "weight": 1.0, "codec": "float32", "vector": np.full(length, 1e-3, np.float32).tobytes(),
         "n_parameters": length, "train_loss": 0.0, "epsilon_spent": eps,
-        "ledger_sequence": sequence,
+        "ledger_sequence": sequence, "ledger_writes": None if writes is None else list(writes),
     }
     return [c.value for c in fed.factory(site).build_chunked("ModelUpdate", fields, 900 * 1024)]
 
@@ -244,6 +334,34 @@ def test_plain_a_repeated_ledger_sequence_suspends_though_epsilon_grew(
     assert restarted.ledgers.suspended("A") is not None
 
 
+def test_plain_two_copies_of_a_site_ledger_that_skip_each_others_numbers_are_caught(
+    make_service: Maker, tmp_path: Path
+) -> None:
+    """Real SiteLedger files: one copied to a second host after two writes; the copy charges a
+    round it never reports before its first, so its sequence and epsilon pass the first
+    ledger's, and only the write ids it reports give it away. The links survive a restart."""
+    fed, service, n = _training(make_service)
+    make = make_service[1]
+    first = SiteLedger.create(tmp_path / "a.json", site_id="A", delta=1e-5)
+    for _ in range(2):
+        first.record(1.0, 0.01, 10)
+    shutil.copy(first.path, tmp_path / "b.json")
+    copy = SiteLedger.open(tmp_path / "b.json", site_id="A", delta=1e-5)
+    first.record(1.0, 0.01, 10)
+    ok = _feed(service, _update(fed, "A", 1, 0, first.spent(), n, sequence=first.sequence,
+                                writes=first.recent_writes()))
+    assert ok == [] and service.ledgers.last("A") == first.spent()
+    copy.record(1.0, 0.01, 10)  # a round charged, never reported (a crash)
+    copy.record(1.0, 0.01, 10)
+    assert copy.sequence > first.sequence and copy.spent() > first.spent()
+    restarted = make(mode="plain", rounds=10)
+    restarted.restore(service.state, service.extra_state())
+    twin = _feed(restarted, _update(fed, "A", 2, 0, copy.spent(), n, sequence=copy.sequence,
+                                    writes=copy.recent_writes()))
+    assert len(twin) == 1 and "privacy_ledger" in twin[0] and "forked" in twin[0], twin
+    assert restarted.ledgers.suspended("A") is not None
+
+
 def test_plain_an_update_of_the_schema_before_ledger_sequence_is_applied_by_epsilon(
     make_service: Maker,
 ) -> None:
@@ -279,11 +397,15 @@ def _ledgered_net() -> tuple[Net, PrivacyLedgers]:
 
 
 def _submit(
-    net: Net, eps: dict[str, float], tag: str, sequence: dict[str, int] | None = None
+    net: Net, eps: dict[str, float], tag: str, sequence: dict[str, int] | None = None,
+    writes: dict[str, tuple[str, ...]] | None = None,
 ) -> None:
     for site, e in eps.items():
         seq = None if sequence is None else sequence.get(site)
-        update = PendingUpdate(f"u-{site}-{tag}", delta_of(site), N_SAMPLES[site], 5, 0.5, e, seq)
+        ids = None if writes is None else writes.get(site)
+        update = PendingUpdate(
+            f"u-{site}-{tag}", delta_of(site), N_SAMPLES[site], 5, 0.5, e, seq, ids
+        )
         net.publish(site, net.sites[site].submit(update, net.clock.now))
 
 
@@ -408,3 +530,30 @@ async def test_an_agent_started_again_after_a_suspension_waits_for_a_bounded_ver
     with pytest.raises(_Done):
         await third._follow(_Quiet(steps))
     assert trained == [7]
+
+
+def test_secure_a_forked_ledger_is_a_dropout_and_the_writes_are_checkpointed() -> None:
+    """A survivor's write ids are recorded when its cohort finishes (kept in the open cohort's
+    checkpoint until then); a later masked input whose ids fork from them suspends its site,
+    though its sequence and epsilon grew."""
+    net, ledgers = _ledgered_net()
+    sites = ALL_SITES[:4]
+    lines = {s: tuple(f"{s}-w{i}" for i in range(6)) for s in sites}
+    net.open(version=5)
+    _submit(net, dict.fromkeys(sites, 1.0), "1", dict.fromkeys(sites, 4),
+            {s: line[:4] for s, line in lines.items()})
+    net.settle_until(lambda: net.coord._open is not None and len(net.coord._open.epsilon) == 4)
+    state, arrays = net.coord.to_state(), net.coord.state_arrays()
+    net.coord = CohortCoordinator.from_state(config(), state, arrays, ledgers)
+    assert net.coord._open is not None
+    assert net.coord._open.writes == {s: line[:4] for s, line in lines.items()}
+    net.settle()
+    finished_result(net)
+
+    net.open(version=6)
+    forked = {**{s: line for s, line in lines.items()}, "s0": (*lines["s0"][:3], "x3", "x4")}
+    _submit(net, dict.fromkeys(sites, 2.0), "2", dict.fromkeys(sites, 6), forked)
+    net.settle()
+    assert finished_result(net).contributors == ("s1", "s2", "s3")
+    assert any("s0" in r and "forked" in r for r in net.rejections), net.rejections
+    assert ledgers.suspended("s0") is not None and ledgers.suspended("s1") is None

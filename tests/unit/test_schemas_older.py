@@ -32,8 +32,8 @@ def test_every_older_version_resolves_to_the_current_one() -> None:
     assert all(REGISTRY.by_name(e.name) is e for e in REGISTRY)
 
 
-def _older_model_update() -> SchemaRegistry:
-    entry = next(e for e in OLDER if e.name == "ModelUpdate")
+def _older_model_update(fingerprint: int = 0x2243E280660C6509) -> SchemaRegistry:
+    entry = next(e for e in OLDER if e.name == "ModelUpdate" and e.fingerprint == fingerprint)
     return SchemaRegistry([SchemaEntry.from_raw(entry.raw)])  # as an older agent has it
 
 
@@ -48,6 +48,16 @@ def test_an_update_from_an_agent_before_ledger_sequence_is_read_with_none() -> N
     assert decode_as("ModelUpdate", value)["update_id"] == "u1"
     read = _reader().read(value)  # the signature covers the bytes as sent
     assert isinstance(read, Inbound) and read.record["ledger_sequence"] is None
+
+
+def test_an_update_from_an_agent_before_ledger_writes_is_read_with_none() -> None:
+    older = _older_model_update(0x9EA819D1688C1BE2)
+    fields = {**_update(b"\0" * 16), "ledger_sequence": 7}
+    record = {**MessageFactory("fed1", "Cleveland", SITE).envelope(), **fields}
+    value = encode_signed("ModelUpdate", record, SITE, older)
+    read = _reader().read(value)
+    assert isinstance(read, Inbound) and read.name == "ModelUpdate"
+    assert read.record["ledger_sequence"] == 7 and read.record["ledger_writes"] is None
 
 
 def test_a_chunked_payload_of_the_older_version_is_read_too() -> None:
@@ -75,12 +85,12 @@ def _copy_schemas(tmp_path: Path) -> Path:
 def test_a_bad_older_file_is_named(tmp_path: Path) -> None:
     assert SchemaRegistry.from_dir(_copy_schemas(tmp_path)).older()
     directory = _copy_schemas(tmp_path / "wrong-fp")
-    (older,) = (directory / "older").glob("ModelUpdate.*.avsc")
+    older = directory / "older" / "ModelUpdate.2243e280660c6509.avsc"
     older.rename(older.with_name("ModelUpdate.0000000000000000.avsc"))
     with pytest.raises(SchemaError, match="ModelUpdate.0000000000000000.avsc"):
         SchemaRegistry.from_dir(directory)
     directory = _copy_schemas(tmp_path / "no-current")
-    (older,) = (directory / "older").glob("ModelUpdate.*.avsc")
+    older = directory / "older" / "ModelUpdate.2243e280660c6509.avsc"
     older.rename(older.with_name("Gone.2243e280660c6509.avsc"))
     with pytest.raises(SchemaError, match="no current schema 'Gone'"):
         SchemaRegistry.from_dir(directory)
