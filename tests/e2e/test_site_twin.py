@@ -31,6 +31,9 @@ from rich.console import Console
 
 from agents.demo import DemoOptions, agent_argv, prepare, service_env, start_services
 from agents.processes import Child, ProcessGroup
+from aggregator.checkpoint import CheckpointStore
+from aggregator.cli import load_checkpoint_key
+from aggregator.settings import AggregatorSettings
 from fedsynth.cli import main
 from fedsynth.messages import Inbound, MessageReader
 from observability.audit import AuditEvent, verify_chain
@@ -148,3 +151,11 @@ def test_a_second_ledger_of_one_site_is_caught_and_the_site_taken_back(
     suspension = next(e for e in chain if e.action == "suspend_site")
     assert "went back" in suspension.details["reason"]
     assert sum(e.action == "publish_version" for e in chain) == ROUNDS + 1
+    # every site's agent reported its ledger's write ids, and the aggregator kept their links
+    settings = AggregatorSettings(run_dir=opts.run_dir, sites=tuple(files))
+    store = CheckpointStore(settings.state_dir / "checkpoint.bin",
+                            load_checkpoint_key(settings, create=False), settings.federation_id)
+    ckpt = store.load()
+    assert ckpt is not None
+    links = ckpt.extra["service"]["privacy_ledgers"]["links"]
+    assert set(links) == set(files) and all(links.values()), links
