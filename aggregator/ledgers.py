@@ -43,8 +43,9 @@ suspended as for a ledger that went back. The aggregator keeps, per site, which 
 which in applied updates (the last :data:`KEPT_LINKS` pairs). A twin whose reports never reach
 back to the shared write (8 or more unreported writes before its first report) is left to the
 sequence, which is then far behind the other ledger's. This is the fork check of a hash-chained
-log (as in Certificate Transparency's consistency proofs, Laurie et al., RFC 6962), made with
-ids instead of hashes: a site's own ledger is trusted not to lie, only to be copied.
+log (as in Certificate Transparency's consistency proofs: Laurie, Langley and Kasper, RFC 6962,
+2013), made with ids instead of hashes: a site's own ledger is trusted not to lie, only to be
+copied.
 
 Pure: no I/O, no clock; the service and the cohort coordinator own one and checkpoint it.
 """
@@ -257,7 +258,7 @@ class PrivacyLedgers:
         # The ledger that goes on may stand at a lower sequence than the other one reported:
         # its next report sets the bar again (a record the other sent before it was stopped
         # reports less than the total, and the epsilon bar refuses it). The same for the
-        # writes: the links the other ledger's reports left are forgotten.
+        # writes: the links of the applied reports are forgotten (they may be either ledger's).
         self._sequence.pop(site, None)
         self._links.pop(site, None)
         if at_ms is not None:
