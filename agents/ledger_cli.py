@@ -6,9 +6,11 @@ fedsynth ledger absorb OTHER_LEDGER --site SITE [--run-dir DIR]
 ``absorb`` is the first step of taking a suspended site back (README, "When something fails"):
 a second agent of the site kept its own ledger, so the site's privacy was spent by both. The
 other ledger's steps are composed into this site's ledger
-(:meth:`fedsynth.privacy.SiteLedger.absorb`), and the command prints the new total, which the
-aggregator's operator then passes to ``fedsynth aggregator --reinstate SITE --epsilon TOTAL``
-(``--send`` to a running aggregator).
+(:meth:`fedsynth.privacy.SiteLedger.absorb`), and the command prints the new total and the
+other ledger's last write id, which the aggregator's operator then passes to ``fedsynth
+aggregator --reinstate SITE --epsilon TOTAL --absorbed-write ID`` (``--send`` to a running
+aggregator): records that report that write as their charge are the stopped agent's last, and
+records from a ledger that wrote after it come from an agent still running on it.
 It holds the site folder's lock, so it refuses to run beside the site's agent. Updates still
 in the site's outbox (an agent stopped before it could send them) report the total from before
 the absorb, which the aggregator refuses from a reinstated site: they are dropped, and the
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{ledger.total_steps} steps, sequence {ledger.sequence}"
             )
             return 0
+        absorbed = SiteLedger.last_write_of(args.other)
         total = ledger.absorb(args.other)
         dropped = _drop_unsent_updates(Outbox(site_dir / "outbox"))
     if dropped:
@@ -68,13 +71,15 @@ def run(args: argparse.Namespace) -> int:
             f"site {args.site}: dropped {dropped} unsent update message(s) from its outbox: "
             "they report the total from before the absorb, which the aggregator would refuse"
         )
+    flags = f"--reinstate {args.site} --epsilon {total!r}"
+    if absorbed is not None:  # later records are judged by it, not by the site's clock
+        flags += f" --absorbed-write {absorbed}"
     print(  # noqa: T201 - CLI output (plain: a wrapped line would break the command in it)
         f"site {args.site}: {args.other} added to {path}; epsilon {before!r} -> {total!r} at "
         f"delta {ledger.delta:g}.\nOnce the site's other agents are stopped, its aggregator's "
         f"operator may reinstate it, with the aggregator stopped:\n  fedsynth aggregator "
-        f"--reinstate {args.site} --epsilon {total!r}\nor while it runs (the key folder's "
-        f"operator key signs it):\n  fedsynth aggregator --reinstate {args.site} --epsilon "
-        f"{total!r} --send"
+        f"{flags}\nor while it runs (the key folder's operator key signs it):\n"
+        f"  fedsynth aggregator {flags} --send"
     )
     return 0
 

@@ -56,6 +56,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "key folder's operator key, instead of editing the stopped aggregator's checkpoint",
     )
     parser.add_argument("--note", default="", help="with --reinstate: a note for the audit event")
+    parser.add_argument(
+        "--absorbed-write",
+        metavar="ID",
+        help="with --reinstate: the last write id of the ledger added to the site's (`fedsynth "
+        "ledger absorb` prints it); later records are then judged by their ledger's write ids, "
+        "not by the site's clock",
+    )
 
 
 def _settings(args: argparse.Namespace) -> AggregatorSettings:
@@ -128,7 +135,9 @@ def _reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> int:
     if args.send:
         return _send_reinstate(args, settings)
     key = load_checkpoint_key(settings, create=False)  # a new key could not read the checkpoint
-    why = reinstate_site(settings, key, args.reinstate, args.epsilon, args.note)
+    why = reinstate_site(
+        settings, key, args.reinstate, args.epsilon, args.note, args.absorbed_write
+    )
     print(  # noqa: T201 - CLI output
         f"site {args.reinstate} reinstated at epsilon {args.epsilon!r} (it was suspended: "
         f"{why}); start the aggregator again"
@@ -153,7 +162,7 @@ def _send_reinstate(args: argparse.Namespace, settings: AggregatorSettings) -> i
             f"{OPERATOR}`, its .pub in the aggregator's key folder)"
         ) from exc
     command = reinstate_command(
-        settings.federation_id, key, args.reinstate, args.epsilon, args.note
+        settings.federation_id, key, args.reinstate, args.epsilon, args.note, args.absorbed_write
     )
     bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
     asyncio.run(send_command(bootstrap, command, args.reinstate))

@@ -121,6 +121,7 @@ class PrivacyLedgers:
         self._links: dict[str, dict[str, str]] = {}  # write id -> the next one, in applied order
         self._suspended: dict[str, str] = {}
         self._reinstated: dict[str, int] = {}  # when, in ms since the epoch
+        self._absorbed: dict[str, str] = {}  # the last write id of the ledger a reinstatement took
         self._new: list[tuple[str, str]] = []  # suspensions not yet taken (not state)
 
     def last(self, site: str) -> float | None:
@@ -182,10 +183,14 @@ class PrivacyLedgers:
             return False, f"site {site!r} reports ledger sequence {sequence}, not a ledger's"
         last = self._last.get(site)
         if last is not None and not (math.isinf(epsilon) or math.isinf(last) or epsilon > last):
-            return self._went_back(site, created_ms, f"epsilon {epsilon:.6g}", f"{last:.6g}")
+            return self._went_back(
+                site, created_ms, f"epsilon {epsilon:.6g}", f"{last:.6g}", writes=writes
+            )
         last_seq = self._sequence.get(site)
         if sequence is not None and last_seq is not None and sequence <= last_seq:
-            return self._went_back(site, created_ms, f"ledger sequence {sequence}", str(last_seq))
+            return self._went_back(
+                site, created_ms, f"ledger sequence {sequence}", str(last_seq), writes=writes
+            )
         malformed = _malformed(writes)
         if malformed is not None:
             return False, f"site {site!r} reports ledger writes {malformed}, not a ledger's"
@@ -195,14 +200,27 @@ class PrivacyLedgers:
             if applied is not None and applied != after:
                 return self._went_back(
                     site, created_ms, f"ledger write {write} followed by {after}", applied,
-                    went="forked",
+                    went="forked", writes=writes,
                 )
         return None
 
     def _went_back(
         self, site: str, created_ms: int | None, claim: str, applied: str,
-        went: str = "went back",
+        went: str = "went back", writes: Sequence[str] = (),
     ) -> tuple[bool, str]:
+        absorbed = self._absorbed.get(site)
+        if absorbed is not None and absorbed in writes:
+            if writes[-1] == absorbed:
+                return False, (
+                    f"site {site!r} reports {claim} after {applied} in a record charged to "
+                    f"write {absorbed}, the last of the ledger its reinstatement took in: its "
+                    "steps are in the total (refused; the site stays admitted)"
+                )
+            return True, (
+                f"its privacy ledger {went}: an update reports {claim} after one applied at "
+                f"{applied}, from a ledger that wrote after write {absorbed}, the last of the "
+                "ledger the reinstatement took in (an agent of the site still running on it)"
+            )
         since = self._reinstated.get(site)
         if since is not None and created_ms is not None and created_ms < since:
             return False, (
@@ -217,7 +235,8 @@ class PrivacyLedgers:
         )
 
     def reinstate(
-        self, site: str, epsilon: float, reported: float, at_ms: int | None = None
+        self, site: str, epsilon: float, reported: float, at_ms: int | None = None,
+        absorbed_write: str | None = None,
     ) -> str:
         """Lift ``site``'s suspension, its ledger now standing at ``epsilon``; returns why it had
         been suspended.
@@ -237,6 +256,13 @@ class PrivacyLedgers:
         ahead of this one by more than the time from the stop to the reinstatement makes such a
         record suspend the site again, as before; one running behind leaves a twin still
         running unsuspended while its records are refused.
+
+        ``absorbed_write``: the id of the last write of the ledger added to the site's
+        (``fedsynth ledger absorb`` prints it). Records that report their ledger's write ids
+        are then judged by them, not by the clock: one that goes back and was charged to that
+        write is refused without suspending (the stopped agent's last record); one whose
+        ledger wrote after it suspends the site again (an agent still running on the added
+        ledger). A record whose ids do not reach that write is dated as above.
 
         Raises:
             ConfigError: the site is not suspended, or ``epsilon`` is not finite or not larger
@@ -263,6 +289,10 @@ class PrivacyLedgers:
         self._links.pop(site, None)
         if at_ms is not None:
             self._reinstated[site] = at_ms
+        if absorbed_write:
+            self._absorbed[site] = absorbed_write
+        else:
+            self._absorbed.pop(site, None)
         log.warning("site %s reinstated at epsilon %.6g (it was suspended: %s)", site, epsilon, why)
         return why
 
@@ -292,6 +322,7 @@ class PrivacyLedgers:
             "links": {s: list(map(list, links.items())) for s, links in self._links.items()},
             "suspended": dict(self._suspended),
             "reinstated": dict(self._reinstated),
+            "absorbed": dict(self._absorbed),
         }
 
     @classmethod
@@ -310,6 +341,7 @@ class PrivacyLedgers:
         # absent in checkpoints from before sequences were reported
         ledgers._sequence = {str(s): int(q) for s, q in state.get("sequence", {}).items()}
         ledgers._reinstated = {str(s): int(t) for s, t in state.get("reinstated", {}).items()}
+        ledgers._absorbed = {str(s): str(w) for s, w in state.get("absorbed", {}).items()}
         links = state.get("links", {})  # absent in checkpoints from before write ids
         ledgers._links = {str(s): {str(a): str(b) for a, b in p} for s, p in links.items()}
         ledgers._suspended = {str(s): str(w) for s, w in state["suspended"].items()}

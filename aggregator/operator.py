@@ -34,9 +34,11 @@ __all__ = ["reinstate_command", "send_command"]
 
 
 def reinstate_command(
-    federation_id: str, key: IdentityKey, site: str, epsilon: float, note: str = ""
+    federation_id: str, key: IdentityKey, site: str, epsilon: float, note: str = "",
+    absorbed_write: str | None = None,
 ) -> Outgoing:
-    """The signed ``reinstate_site`` command for ``site`` at ledger total ``epsilon``.
+    """The signed ``reinstate_site`` command for ``site`` at ledger total ``epsilon``, naming
+    the last write of the ledger added to the site's when known (``absorbed_write``).
 
     Raises:
         ConfigError: ``epsilon`` is not a finite positive total, or ``site`` is empty.
@@ -46,7 +48,8 @@ def reinstate_command(
     if not math.isfinite(epsilon) or epsilon <= 0:
         raise ConfigError(f"epsilon {epsilon} is not a privacy total")
     factory = MessageFactory(federation_id, OPERATOR, key)
-    fields = {"action": "reinstate_site", "site_id": site, "epsilon": epsilon, "note": note}
+    fields = {"action": "reinstate_site", "site_id": site, "epsilon": epsilon, "note": note,
+              "absorbed_write": absorbed_write or None}
     return factory.build("OperatorCommand", fields)
 
 

@@ -37,10 +37,12 @@ log = logging.getLogger(__name__)
 
 
 def reinstate_site(
-    settings: AggregatorSettings, key: bytes, site: str, epsilon: float, note: str = ""
+    settings: AggregatorSettings, key: bytes, site: str, epsilon: float, note: str = "",
+    absorbed_write: str | None = None,
 ) -> str:
     """Lift ``site``'s suspension in the checkpoint at ``epsilon``; returns why it had been
-    suspended.
+    suspended. ``absorbed_write``: the last write id of the ledger added to the site's
+    (:meth:`aggregator.ledgers.PrivacyLedgers.reinstate`).
 
     Raises:
         StateInUseError: the aggregator (or another command) holds the state folder.
@@ -59,10 +61,12 @@ def reinstate_site(
                 "version 0, so no site can be suspended"
             )
         now_ms = int(time.time() * 1000)  # the other agents are stopped by now
-        service, why = AggregatorService.reinstated(ckpt.extra["service"], site, epsilon, now_ms)
+        service, why = AggregatorService.reinstated(
+            ckpt.extra["service"], site, epsilon, now_ms, absorbed_write
+        )
         head = ckpt.extra.get("audit_head")
         chain = AuditChain(head=AuditEvent.from_dict(head) if head else None)
-        event = SiteReinstated(site, epsilon, why, now_ms, note, None)
+        event = SiteReinstated(site, epsilon, why, now_ms, note, None, absorbed_write)
         entry = chain.append(OPERATOR, "reinstate_site", event.audit_detail())
         identity = IdentityKey.load(settings.keys_dir, "aggregator")
         record = audit_record(MessageFactory(settings.federation_id, "aggregator", identity), entry)

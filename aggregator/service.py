@@ -154,11 +154,13 @@ class SiteReinstated:
     at_ms: int
     note: str
     command_id: str | None  # None: the offline command, which has no message
+    absorbed_write: str | None = None  # the last write id of the ledger added to the site's
 
     def audit_detail(self) -> dict[str, Any]:
         """The detail of the ``operator``/``reinstate_site`` audit event."""
         return {"site": self.site, "epsilon": self.epsilon, "suspended": self.suspended,
-                "at_ms": self.at_ms, "note": self.note, "command": self.command_id}
+                "at_ms": self.at_ms, "note": self.note, "command": self.command_id,
+                "absorbed_write": self.absorbed_write}
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,12 +405,15 @@ class AggregatorService:
         if info is None:
             raise MessageError(f"{rec['action']}: {site!r} is not a site of this run")
         at_ms = int(rec["created_at"])
+        absorbed = rec.get("absorbed_write")  # absent from an operator's older schema
         try:
-            why = self.ledgers.reinstate(site, epsilon, info.epsilon_spent, at_ms)
+            why = self.ledgers.reinstate(site, epsilon, info.epsilon_spent, at_ms, absorbed)
         except ConfigError as exc:
             raise MessageError(f"{rec['action']} refused: {exc}") from exc
         self.sites[site] = SiteInfo(info.n_samples, info.histograms, epsilon)
-        event = SiteReinstated(site, epsilon, why, at_ms, str(rec["note"]), rec["message_id"])
+        event = SiteReinstated(
+            site, epsilon, why, at_ms, str(rec["note"]), rec["message_id"], absorbed
+        )
         return Effects(changed=True, events=[event])
 
     # ----------------------------------------------------------------- timers
@@ -701,7 +706,8 @@ class AggregatorService:
 
     @staticmethod
     def reinstated(
-        extra: Mapping[str, Any], site: str, epsilon: float, at_ms: int | None = None
+        extra: Mapping[str, Any], site: str, epsilon: float, at_ms: int | None = None,
+        absorbed_write: str | None = None,
     ) -> tuple[dict[str, Any], str]:
         """:meth:`extra_state` output with ``site``'s suspension lifted at ``epsilon``
         (:meth:`PrivacyLedgers.reinstate`), and why the site had been suspended. Later versions'
@@ -716,7 +722,7 @@ class AggregatorService:
             raise ConfigError(f"site {site!r} is not in this federation's checkpoint")
         ledgers = PrivacyLedgers.from_state(extra.get("privacy_ledgers"))
         n, hist, reported = sites[site]
-        why = ledgers.reinstate(site, epsilon, float(reported), at_ms)
+        why = ledgers.reinstate(site, epsilon, float(reported), at_ms, absorbed_write)
         sites[site] = [n, hist, epsilon]
         return {**extra, "sites": sites, "privacy_ledgers": ledgers.to_state()}, why
 

@@ -350,6 +350,23 @@ class SiteLedger:
         )
         return spent
 
+    @staticmethod
+    def last_write_of(path: str | os.PathLike[str]) -> str | None:
+        """The id of the last write of the ledger file at ``path`` (None: a ledger without
+        write ids), read and checked as :meth:`open` does, for any site and delta.
+
+        Raises:
+            LedgerMissingError: No file at ``path``.
+            LedgerCorruptError: Unreadable, malformed or failing its checksum.
+        """
+        source = Path(path)
+        try:
+            body = _read_body(source)
+        except FileNotFoundError:
+            raise LedgerMissingError(f"privacy ledger {source} is missing") from None
+        writes = SiteLedger._from_body(source, body)._writes
+        return writes[-1][0] if writes else None
+
     def absorb(self, other: str | os.PathLike[str]) -> float:
         """Adds the steps of another ledger of this site to this one; returns the new epsilon.
 

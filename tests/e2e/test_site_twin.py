@@ -119,6 +119,7 @@ def test_a_second_ledger_of_one_site_is_caught_and_the_site_taken_back(
                 line.split() for line in capsys.readouterr().out.splitlines()
                 if "--reinstate" in line and "--send" in line
             )
+            assert "--absorbed-write" in command, command  # the twin's last write id
             for name, value in env.items():
                 monkeypatch.setenv(name, value)
             assert main(["aggregator", "--run-dir", str(opts.run_dir), "--bootstrap",

@@ -300,3 +300,16 @@ def test_recent_writes_name_the_last_writes_and_a_copy_shares_them_up_to_the_cop
     assert mine[:-1] == theirs[:-1] == tuple(ids[-REPORTED_WRITES + 1:]) and mine[-1] != theirs[-1]
     with pytest.raises(PrivacyConfigError, match="n must be >= 0"):
         ledger.recent_writes(-1)
+
+
+def test_the_last_write_of_a_ledger_file_is_read_for_any_site_and_delta(tmp_path: Path) -> None:
+    ledger = SiteLedger.create(tmp_path / "a.json", site_id="s", delta=1e-6)
+    assert SiteLedger.last_write_of(ledger.path) is None, "no write with an id yet"
+    ledger.record(1.0, 0.01, 3)
+    ledger.record(1.0, 0.01, 3)
+    assert SiteLedger.last_write_of(ledger.path) == ledger.recent_writes(1)[0]
+    with pytest.raises(LedgerMissingError, match="b.json is missing"):
+        SiteLedger.last_write_of(tmp_path / "b.json")
+    ledger.path.write_text(ledger.path.read_text().replace('"sequence": 2', '"sequence": 3'))
+    with pytest.raises(LedgerCorruptError, match="checksum"):
+        SiteLedger.last_write_of(ledger.path)

@@ -81,6 +81,38 @@ def test_a_record_created_before_the_reinstatement_is_refused_without_suspending
     assert undated.admit("A", 1.7) is not None and undated.suspended("A") is not None
 
 
+def test_the_added_ledgers_last_write_judges_a_record_whatever_the_sites_clock_says() -> None:
+    """With the last write id of the ledger the reinstatement took in: a record that goes back
+    and was charged to that write is the stopped agent's last (refused, the site stays admitted)
+    even dated after the reinstatement; one whose ledger wrote after it is an agent still
+    running on that ledger (suspends) even dated before; one whose ids do not reach it is dated
+    by the clock as before. The id is in the checkpointed state."""
+    twin = ("t1", "t2", "t3")
+    ledgers = _suspended()
+    ledgers.reinstate("A", 3.0, reported=1.5, at_ms=10_000, absorbed_write="t3")
+    back = PrivacyLedgers.from_state(json.loads(json.dumps(ledgers.to_state())))
+    for state in (ledgers, back):
+        last = state.admit("A", 1.6, 9, created_ms=20_000, writes=twin)
+        assert last is not None and "the last of the ledger its reinstatement took in" in last
+        assert state.suspended("A") is None
+        old = state.admit("A", 1.4, 8, created_ms=9_000, writes=twin[:2])  # ids short of t3
+        assert old is not None and "created before its reinstatement" in old
+        assert state.suspended("A") is None
+    running = ledgers.admit("A", 1.7, 10, created_ms=9_500, writes=(*twin, "t4"))
+    assert running is not None and "wrote after write t3" in running
+    assert ledgers.suspended("A") is not None and "still running" in str(ledgers.suspended("A"))
+    again = _suspended()
+    again.reinstate("A", 3.0, reported=1.5, at_ms=10_000, absorbed_write="t3")
+    assert again.admit("A", 1.7, 10, created_ms=20_000, writes=("x1", "x2")) is not None
+    assert again.suspended("A") is not None, "ids that do not reach it: the clock says after"
+    plain = _suspended()
+    plain.reinstate("A", 3.0, reported=1.5, at_ms=10_000)  # no id: the clock alone, as before
+    assert plain.admit("A", 1.6, 9, created_ms=20_000, writes=twin) is not None
+    assert plain.suspended("A") is not None
+    older = {k: v for k, v in ledgers.to_state().items() if k != "absorbed"}
+    assert PrivacyLedgers.from_state(older).to_state()["absorbed"] == {}, "a state before ids"
+
+
 @pytest.mark.parametrize(
     ("site", "epsilon", "match"),
     [
@@ -229,6 +261,8 @@ def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
     command = next(line.split() for line in printed.splitlines() if "--reinstate" in line)
     total = float(command[command.index("--epsilon") + 1])
     assert total == SiteLedger.open(ours.path, site_id="A", delta=1e-5).spent()
+    last_write = theirs.recent_writes(1)[0]
+    assert command[command.index("--absorbed-write") + 1] == last_write
     assert main(argv) == 1, "the same ledger is not added twice"
 
     common = ["--run-dir", str(run_dir), "--federation", FED, "--sites", "A,B", "--plain"]
@@ -240,6 +274,7 @@ def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
     assert "reinstated" in capsys.readouterr().out
     back = _runtime(settings, made).service
     assert back.ledgers.suspended("A") is None and back.epsilon_by_site()["A"] == total
+    assert back.ledgers.to_state()["absorbed"] == {"A": last_write}
 
 
 def test_ledger_show_prints_the_total_and_a_missing_ledger_is_named(
@@ -344,6 +379,30 @@ def test_the_operators_command_takes_a_suspended_site_back_while_running(
     assert _feed(service, _update(fed, "A", 4, 1, 1.1, n)) == []
     again = _feed(service, [reinstate_command(FED, fed.keys["operator"], "A", 2.0).value])
     assert len(again) == 1 and "not suspended" in again[0], again
+
+
+def test_the_operators_command_names_the_added_ledgers_last_write(
+    runtime_maker: tuple[Federation, AggregatorSettings, list],
+) -> None:
+    """The running aggregator judges later records by the absorbed ledger's last write: its
+    own last record, sent after the command, is refused and the site stays admitted; a record
+    from that ledger written after it, though created before the command, suspends the site."""
+    fed, settings, made = runtime_maker
+    runtime, n = _suspended_runtime(fed, settings, made)
+    service = runtime.service
+    still_running = _update(fed, "A", 7, 1, 0.46, n, writes=("t1", "t2", "t3", "t4"))
+    time.sleep(0.01)
+    command = reinstate_command(FED, fed.keys["operator"], "A", 0.9, absorbed_write="t3")
+    fx = service.handle(command.value)
+    assert not fx.dead and service.ledgers.suspended("A") is None
+    (audit,) = _audited(runtime, settings, fx)
+    assert audit.details["absorbed_write"] == "t3"
+    last = _feed(service, _update(fed, "A", 6, 1, 0.45, n, writes=("t1", "t2", "t3")))
+    assert len(last) == 1 and "the last of the ledger its reinstatement took in" in last[0]
+    assert service.ledgers.suspended("A") is None
+    caught = _feed(service, still_running)
+    assert len(caught) == 1 and "still running" in caught[0], caught
+    assert service.ledgers.suspended("A") is not None
 
 
 @pytest.mark.parametrize(
