@@ -30,6 +30,12 @@ new ledger, never a torn one. Design rules that keep a site from re-spending pri
   happen to record the same steps do not share them). Without shared write ids (a ledger from
   before ``writes``, or copied before its first write with them) every step of the other ledger
   is added: an over-count, never an under-count.
+* **Write ids on the wire.** Each update reports the ids of the ledger's last writes
+  (:meth:`SiteLedger.recent_writes`): one ledger's ids form one line, two copies part after
+  their last shared write, and the aggregator suspends a site whose reports part
+  (:mod:`aggregator.ledgers`). ``fedsynth ledger absorb`` prints the absorbed file's last id
+  (:meth:`SiteLedger.last_write_of`) for the reinstatement, which then tells that ledger's last
+  record from one of an agent still running on it.
 
 Not handled: two processes writing the same ledger at once (one agent per site is assumed).
 Accounting: DP-SGD (Abadi et al. 2016) with the accountants of :mod:`fedsynth.privacy.accountant`.
