@@ -67,8 +67,12 @@ __all__ = ["KEPT_LINKS", "MAX_WRITES", "NOT_A_REPORT", "PrivacyLedgers", "Report
 log = logging.getLogger(__name__)
 
 _FORMAT = 1
-KEPT_LINKS = 64
-"""Per site, how many ``(write id, next write id)`` pairs of applied updates are kept."""
+KEPT_LINKS = 16
+"""Per site, how many ``(write id, next write id)`` pairs of applied updates are kept (the
+newest). Enough: a second ledger whose 8 reported ids reach back to the copy passes the first
+one's sequence only if the first wrote at most 6 times since the copy, so the link that gives
+it away is among the first ledger's newest 8; and it keeps each site's share of every
+checkpoint small (about 1 KB)."""
 MAX_WRITES = 64
 """Most write ids an update may report (an agent sends 8); more is not a ledger's report."""
 _MAX_ID = 128
