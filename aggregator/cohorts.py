@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from aggregator.engine import CohortAggregated
-from aggregator.ledgers import PrivacyLedgers, reported
+from aggregator.ledgers import PrivacyLedgers, Report, reported
 from aggregator.strategies.staleness import StalenessFn, make_staleness
 from fedsynth.errors import ConfigError, FedSynthError, ProtocolError
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -207,9 +207,7 @@ class CoordinatorOutput:
 class _Open:
     server: ServerState
     stage_started: float
-    epsilon: dict[str, float] = field(default_factory=dict)  # of each masked input taken
-    sequence: dict[str, int] = field(default_factory=dict)  # its ledger sequence, if reported
-    writes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # its ledger's last writes
+    reports: dict[str, Report] = field(default_factory=dict)  # of each masked input taken
 
 
 class CohortCoordinator:
@@ -298,9 +296,7 @@ class CohortCoordinator:
             open_ = {"cohort_id": server.config.cohort_id, "stage": str(server.stage),
                      "target_version": server.config.target_version,
                      "stage_started": self._open.stage_started, "server": doc,
-                     "epsilon": dict(self._open.epsilon),
-                     "sequence": dict(self._open.sequence),
-                     "writes": {s: list(w) for s, w in self._open.writes.items()}}
+                     **_reports_to_state(self._open.reports)}
         return {"format": _STATE_FORMAT, "seq": self._seq, "open": open_,
                 "past": [list(p) for p in self._past], "closed": self._closed}
 
@@ -348,13 +344,8 @@ class CohortCoordinator:
             except FedSynthError as exc:
                 log.error("cohort %s cannot be resumed (%s); abandoning it", cohort_id, exc)
             else:
-                taken = {str(k): float(e) for k, e in open_.get("epsilon", {}).items()}
-                seqs = {str(k): int(q) for k, q in open_.get("sequence", {}).items()}
-                writes = {  # absent in checkpoints from before write ids were reported
-                    str(k): tuple(map(str, w)) for k, w in open_.get("writes", {}).items()
-                }
                 started = float(open_["stage_started"])
-                coordinator._open = _Open(server, started, taken, seqs, writes)
+                coordinator._open = _Open(server, started, _reports_from_state(open_))
                 log.info("cohort %s resumed in stage %s", cohort_id, server.stage)
                 return coordinator
         coordinator._past.append((cohort_id, "abandoned at an aggregator restart"))
@@ -417,12 +408,7 @@ class CohortCoordinator:
         if out.rejections:
             out.rejections = [_reason(name, record, r) for r in out.rejections]
         elif isinstance(message, MaskedInput) and self._open is not None:
-            report = reported(record)
-            self._open.epsilon[message.site_id] = report.epsilon
-            if report.sequence is not None:
-                self._open.sequence[message.site_id] = report.sequence
-            if report.writes:
-                self._open.writes[message.site_id] = report.writes
+            self._open.reports[message.site_id] = reported(record)
         return out
 
     def _require_open(self) -> _Open:
@@ -516,12 +502,9 @@ class CohortCoordinator:
         self._past.append((result.cohort_id, _FINISHED))
         if self.ledgers is not None and self._open is not None:
             for site in result.survivors:  # a survivor's masked input is in the sum
-                epsilon = self._open.epsilon.get(site)  # (None: taken before a restart
-                if epsilon is not None:  # from a checkpoint older than the ledgers)
-                    self.ledgers.record(
-                        site, epsilon, self._open.sequence.get(site),
-                        self._open.writes.get(site, ()),
-                    )
+                r = self._open.reports.get(site)  # (None: taken before a restart
+                if r is not None:  # from a checkpoint older than the ledgers)
+                    self.ledgers.record(site, r.epsilon, r.sequence, r.writes)
         self._open = None
         log.info("cohort %s done: %d survivors, weight %.6g", result.cohort_id,
                  len(result.survivors), result.weight_sum)
@@ -542,3 +525,27 @@ def _reason(name: str, record: Mapping[str, Any], why: str) -> str:
 
 def _rejected(name: str, record: Mapping[str, Any], why: str) -> CoordinatorOutput:
     return CoordinatorOutput(rejections=[_reason(name, record, why)])
+
+
+def _reports_to_state(reports: Mapping[str, Report]) -> dict[str, Any]:
+    """The open cohort's ledger reports as its checkpoint keeps them: ``epsilon``, and
+    ``sequence`` and ``writes`` for the inputs that reported them."""
+    return {
+        "epsilon": {s: r.epsilon for s, r in reports.items()},
+        "sequence": {s: r.sequence for s, r in reports.items() if r.sequence is not None},
+        "writes": {s: list(r.writes) for s, r in reports.items() if r.writes},
+    }
+
+
+def _reports_from_state(open_: Mapping[str, Any]) -> dict[str, Report]:
+    """:func:`_reports_to_state`'s output read back (a checkpoint from before sequences or
+    write ids has none of them)."""
+    sequence, writes = open_.get("sequence", {}), open_.get("writes", {})
+    return {
+        str(s): Report(
+            float(e),
+            None if sequence.get(s) is None else int(sequence[s]),
+            writes=tuple(map(str, writes.get(s, ()))),
+        )
+        for s, e in open_.get("epsilon", {}).items()
+    }

@@ -396,6 +396,12 @@ def _ledgered_net() -> tuple[Net, PrivacyLedgers]:
     return net, ledgers
 
 
+def _taken(net: Net, field: str) -> dict[str, Any]:
+    """One field of the ledger reports the open cohort took, by site."""
+    assert net.coord._open is not None
+    return {s: getattr(r, field) for s, r in net.coord._open.reports.items()}
+
+
 def _submit(
     net: Net, eps: dict[str, float], tag: str, sequence: dict[str, int] | None = None,
     writes: dict[str, tuple[str, ...]] | None = None,
@@ -459,11 +465,11 @@ def test_secure_a_repeated_ledger_sequence_is_a_dropout_and_the_bar_is_checkpoin
     sites = ALL_SITES[:4]
     net.open(version=5)
     _submit(net, dict.fromkeys(sites, 1.0), "1", dict.fromkeys(sites, 3))
-    net.settle_until(lambda: net.coord._open is not None and len(net.coord._open.epsilon) == 4)
-    assert net.coord._open.sequence == dict.fromkeys(sites, 3)
+    net.settle_until(lambda: net.coord._open is not None and len(net.coord._open.reports) == 4)
+    assert _taken(net, "sequence") == dict.fromkeys(sites, 3)
     state, arrays = net.coord.to_state(), net.coord.state_arrays()
     net.coord = CohortCoordinator.from_state(config(), state, arrays, ledgers)
-    assert net.coord._open is not None and net.coord._open.sequence == dict.fromkeys(sites, 3)
+    assert net.coord._open is not None and _taken(net, "sequence") == dict.fromkeys(sites, 3)
     net.settle()
     finished_result(net)
 
@@ -542,11 +548,11 @@ def test_secure_a_forked_ledger_is_a_dropout_and_the_writes_are_checkpointed() -
     net.open(version=5)
     _submit(net, dict.fromkeys(sites, 1.0), "1", dict.fromkeys(sites, 4),
             {s: line[:4] for s, line in lines.items()})
-    net.settle_until(lambda: net.coord._open is not None and len(net.coord._open.epsilon) == 4)
+    net.settle_until(lambda: net.coord._open is not None and len(net.coord._open.reports) == 4)
     state, arrays = net.coord.to_state(), net.coord.state_arrays()
     net.coord = CohortCoordinator.from_state(config(), state, arrays, ledgers)
     assert net.coord._open is not None
-    assert net.coord._open.writes == {s: line[:4] for s, line in lines.items()}
+    assert _taken(net, "writes") == {s: line[:4] for s, line in lines.items()}
     net.settle()
     finished_result(net)
 
