@@ -456,15 +456,13 @@ class CohortCoordinator:
         if not isinstance(message, MaskedInput):
             return None
         r = reported(record)
-        if self.ledgers.refusal(
-            message.site_id, r.epsilon, r.sequence, r.created_ms, r.writes
-        ) is None:
+        if self.ledgers.refusal(message.site_id, r) is None:
             return None
         try:  # rare: a trial step (the server step is pure) tells whether the input is valid
             server_step(self._require_open().server, message)
         except FedSynthError:
             return None
-        return self.ledgers.admit(message.site_id, r.epsilon, r.sequence, r.created_ms, r.writes)
+        return self.ledgers.admit(message.site_id, r)
 
     def _step(self, message: object, now: float) -> CoordinatorOutput:
         open_ = self._require_open()
@@ -504,7 +502,7 @@ class CohortCoordinator:
             for site in result.survivors:  # a survivor's masked input is in the sum
                 r = self._open.reports.get(site)  # (None: taken before a restart
                 if r is not None:  # from a checkpoint older than the ledgers)
-                    self.ledgers.record(site, r.epsilon, r.sequence, r.writes)
+                    self.ledgers.record(site, r)
         self._open = None
         log.info("cohort %s done: %d survivors, weight %.6g", result.cohort_id,
                  len(result.survivors), result.weight_sum)

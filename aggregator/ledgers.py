@@ -142,27 +142,20 @@ class PrivacyLedgers:
         new, self._new = self._new, []
         return new
 
-    def refusal(
-        self, site: str, epsilon: float, sequence: int | None = None,
-        created_ms: int | None = None, writes: Sequence[str] = (),
-    ) -> str | None:
-        """Why an update of ``site`` reporting ``epsilon``, ledger ``sequence`` and the ids of
-        its ledger's last ``writes``, created at ``created_ms``, may not be applied (None: it
-        may); changes nothing."""
-        found = self._check(site, epsilon, sequence, created_ms, writes)
+    def refusal(self, site: str, report: Report) -> str | None:
+        """Why an update of ``site`` with ``report`` may not be applied (None: it may);
+        changes nothing."""
+        found = self._check(site, report)
         return None if found is None else found[1]
 
-    def admit(
-        self, site: str, epsilon: float, sequence: int | None = None,
-        created_ms: int | None = None, writes: Sequence[str] = (),
-    ) -> str | None:
+    def admit(self, site: str, report: Report) -> str | None:
         """As :meth:`refusal`, for an update that is otherwise valid: an epsilon or a sequence no
         larger than the last applied update's, or a write id followed by another id than in an
         applied update, also suspends the site (a NaN or negative epsilon, a negative sequence
         or write ids no ledger writes is refused without suspending: it is no ledger's report;
         so is a record of a reinstated site created before its reinstatement, see
         :meth:`reinstate`)."""
-        found = self._check(site, epsilon, sequence, created_ms, writes)
+        found = self._check(site, report)
         if found is None:
             return None
         regressed, why = found
@@ -173,28 +166,22 @@ class PrivacyLedgers:
             return f"site {site!r} is suspended for this run: {why}"
         return why
 
-    def _check(
-        self, site: str, epsilon: float, sequence: int | None, created_ms: int | None,
-        writes: Sequence[str] = (),
-    ) -> tuple[bool, str] | None:
+    def _check(self, site: str, report: Report) -> tuple[bool, str] | None:
         """None to admit; else whether the ledger went back, and why the update is refused."""
         why = self._suspended.get(site)
         if why is not None:
             return False, f"site {site!r} is suspended for this run: {why}"
+        epsilon, sequence, writes = report.epsilon, report.sequence, report.writes
         if math.isnan(epsilon) or epsilon < 0:
             return False, f"site {site!r} reports epsilon {epsilon}, not a privacy total"
         if sequence is not None and sequence < 0:
             return False, f"site {site!r} reports ledger sequence {sequence}, not a ledger's"
         last = self._last.get(site)
         if last is not None and not (math.isinf(epsilon) or math.isinf(last) or epsilon > last):
-            return self._went_back(
-                site, created_ms, f"epsilon {epsilon:.6g}", f"{last:.6g}", writes=writes
-            )
+            return self._went_back(site, report, f"epsilon {epsilon:.6g}", f"{last:.6g}")
         last_seq = self._sequence.get(site)
         if sequence is not None and last_seq is not None and sequence <= last_seq:
-            return self._went_back(
-                site, created_ms, f"ledger sequence {sequence}", str(last_seq), writes=writes
-            )
+            return self._went_back(site, report, f"ledger sequence {sequence}", str(last_seq))
         malformed = _malformed(writes)
         if malformed is not None:
             return False, f"site {site!r} reports ledger writes {malformed}, not a ledger's"
@@ -203,15 +190,15 @@ class PrivacyLedgers:
             applied = links.get(write)
             if applied is not None and applied != after:
                 return self._went_back(
-                    site, created_ms, f"ledger write {write} followed by {after}", applied,
-                    went="forked", writes=writes,
+                    site, report, f"ledger write {write} followed by {after}", applied,
+                    went="forked",
                 )
         return None
 
     def _went_back(
-        self, site: str, created_ms: int | None, claim: str, applied: str,
-        went: str = "went back", writes: Sequence[str] = (),
+        self, site: str, report: Report, claim: str, applied: str, went: str = "went back"
     ) -> tuple[bool, str]:
+        writes, created_ms = report.writes, report.created_ms
         absorbed = self._absorbed.get(site)
         if absorbed is not None and absorbed in writes:
             if writes[-1] == absorbed:
@@ -300,18 +287,16 @@ class PrivacyLedgers:
         log.warning("site %s reinstated at epsilon %.6g (it was suspended: %s)", site, epsilon, why)
         return why
 
-    def record(
-        self, site: str, epsilon: float, sequence: int | None = None, writes: Sequence[str] = ()
-    ) -> None:
-        """An update of ``site`` reporting ``epsilon``, ledger ``sequence`` and its ledger's last
-        ``writes`` was applied (a report without a sequence keeps the last one's; its writes'
-        links join the site's, the oldest beyond :data:`KEPT_LINKS` forgotten)."""
-        self._last[site] = epsilon
-        if sequence is not None:
-            self._sequence[site] = sequence
-        if len(writes) > 1:
+    def record(self, site: str, report: Report) -> None:
+        """An update of ``site`` with ``report`` was applied: its epsilon and sequence set the
+        bars (a report without a sequence keeps the last one's), and its write ids' links join
+        the site's (the oldest beyond :data:`KEPT_LINKS` forgotten)."""
+        self._last[site] = report.epsilon
+        if report.sequence is not None:
+            self._sequence[site] = report.sequence
+        if len(report.writes) > 1:
             links = self._links.setdefault(site, {})
-            for write, after in itertools.pairwise(writes):
+            for write, after in itertools.pairwise(report.writes):
                 links.pop(write, None)  # re-inserted as the newest
                 links[write] = after
             for stale in list(itertools.islice(links, max(0, len(links) - KEPT_LINKS))):

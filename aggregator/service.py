@@ -380,15 +380,13 @@ class AggregatorService:
         if not refused or refused[0] not in NOT_A_REPORT:
             # The site's ledger has the last word. A refusal drops the engine's new state (the
             # step is pure) and may suspend the site: checkpoint.
-            why = self.ledgers.admit(
-                update.site_id, epsilon, report.sequence, report.created_ms, report.writes
-            )
+            why = self.ledgers.admit(update.site_id, report)
             if why is not None:
                 return Effects(
                     changed=True, dead=[DeadLetterItem(f"privacy_ledger: {why}", "UpdateRejected")]
                 )
             if not refused:
-                self.ledgers.record(update.site_id, epsilon, report.sequence, report.writes)
+                self.ledgers.record(update.site_id, report)
         return self._take(state, out)
 
     def _on_operator(self, rec: dict[str, Any]) -> Effects:

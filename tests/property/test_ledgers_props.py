@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aggregator.ledgers import PrivacyLedgers
+from aggregator.ledgers import PrivacyLedgers, Report
 from fedsynth.privacy.ledger import REPORTED_WRITES
 
 EPS = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -18,10 +18,10 @@ def test_admitted_exactly_while_strictly_growing(reports: list[float], other: li
     ledgers = PrivacyLedgers()
     admitted = []
     for eps in reports:
-        ok = ledgers.admit("A", eps) is None
+        ok = ledgers.admit("A", Report(eps)) is None
         admitted.append(ok)
         if ok:
-            ledgers.record("A", eps)
+            ledgers.record("A", Report(eps))
     first_bad = next(
         (i for i in range(1, len(reports)) if reports[i] <= reports[i - 1]), len(reports)
     )
@@ -32,8 +32,8 @@ def test_admitted_exactly_while_strictly_growing(reports: list[float], other: li
     assert restored.last("A") == ledgers.last("A")
     growing = sorted(set(other))
     for eps in growing:
-        assert ledgers.admit("B", eps) is None
-        ledgers.record("B", eps)
+        assert ledgers.admit("B", Report(eps)) is None
+        ledgers.record("B", Report(eps))
 
 
 STEP = st.floats(min_value=1e-3, max_value=10.0, allow_nan=False, allow_infinity=False)
@@ -68,8 +68,8 @@ def test_two_ledgers_from_one_copy_never_both_get_in(
     for who in order:
         eps, seq = streams[who][taken[who]]
         taken[who] += 1
-        if ledgers.admit("S", eps, seq) is None:
-            ledgers.record("S", eps, seq)
+        if ledgers.admit("S", Report(eps, seq)) is None:
+            ledgers.record("S", Report(eps, seq))
             admitted.append(who)
     first = order[0]
     assert admitted == [first] * order.index("b" if first == "a" else "a")
@@ -102,8 +102,8 @@ def test_two_copied_ledgers_that_skip_each_others_numbers_are_caught_by_their_wr
         line.extend(f"{who}{j}" for j in range(len(line), seq))
         sequences.append(seq)
         writes = line[-REPORTED_WRITES:]
-        if ledgers.admit("S", float(seq), seq, writes=writes) is None:
-            ledgers.record("S", float(seq), seq, writes)
+        if ledgers.admit("S", Report(float(seq), seq, writes=writes)) is None:
+            ledgers.record("S", Report(float(seq), seq, writes=writes))
         elif suspended_at is None:
             suspended_at = i
     second = next(i for i, (who, _) in enumerate(reports) if who != reports[0][0])

@@ -20,7 +20,7 @@ import pytest
 from agents.secure import PendingUpdate
 from agents.site import EXIT_SUSPENDED, GlobalVersion, SiteAgent
 from aggregator.cohorts import CohortCoordinator
-from aggregator.ledgers import KEPT_LINKS, MAX_WRITES, PrivacyLedgers
+from aggregator.ledgers import KEPT_LINKS, MAX_WRITES, PrivacyLedgers, Report
 from aggregator.service import AggregatorService, Phase
 from fedsynth.errors import ConfigError
 from fedsynth.privacy import SiteLedger
@@ -47,38 +47,41 @@ from tests.unit.test_cohorts import (
 def test_a_growing_epsilon_is_admitted_and_one_that_goes_back_suspends_the_site() -> None:
     ledgers = PrivacyLedgers()
     for eps in (0.5, 0.9, 1.4):
-        assert ledgers.admit("A", eps) is None
-        ledgers.record("A", eps)
-    assert ledgers.refusal("A", 0.3) is not None and ledgers.suspended("A") is None  # a query
-    why = ledgers.admit("A", 0.3)
+        assert ledgers.admit("A", Report(eps)) is None
+        ledgers.record("A", Report(eps))
+    # a query
+    assert ledgers.refusal("A", Report(0.3)) is not None and ledgers.suspended("A") is None
+    why = ledgers.admit("A", Report(0.3))
     assert why is not None and "suspended" in why and "0.3 after one applied at 1.4" in why
     assert ledgers.suspended("A") is not None
-    assert ledgers.admit("A", 9.0) is not None, "a second ledger that passes the first stays out"
-    assert ledgers.admit("B", 0.1) is None and ledgers.suspended("B") is None
+    assert ledgers.admit("A", Report(9.0)) is not None, (
+        "a second ledger that passes the first stays out"
+    )
+    assert ledgers.admit("B", Report(0.1)) is None and ledgers.suspended("B") is None
 
 
 def test_an_equal_epsilon_suspends_since_every_update_spends_some() -> None:
     ledgers = PrivacyLedgers()
-    ledgers.record("A", 1.0)
-    assert ledgers.admit("A", 1.0) is not None and ledgers.suspended("A") is not None
+    ledgers.record("A", Report(1.0))
+    assert ledgers.admit("A", Report(1.0)) is not None and ledgers.suspended("A") is not None
 
 
 def test_sites_without_dp_are_not_compared_and_bad_values_are_refused_without_suspending() -> None:
     ledgers = PrivacyLedgers()
-    ledgers.record("A", math.inf)
-    assert ledgers.admit("A", math.inf) is None and ledgers.admit("A", 0.5) is None
+    ledgers.record("A", Report(math.inf))
+    assert ledgers.admit("A", Report(math.inf)) is None and ledgers.admit("A", Report(0.5)) is None
     for bad in (math.nan, -1.0):
-        why = ledgers.admit("B", bad)
+        why = ledgers.admit("B", Report(bad))
         assert why is not None and "not a privacy total" in why
     assert ledgers.suspended("B") is None
 
 
 def test_state_round_trips_with_infinity_and_older_checkpoints_start_empty() -> None:
     ledgers = PrivacyLedgers()
-    ledgers.record("A", 2.5)
-    ledgers.record("B", math.inf)
-    ledgers.record("C", 1.0)
-    assert ledgers.admit("C", 0.5) is not None
+    ledgers.record("A", Report(2.5))
+    ledgers.record("B", Report(math.inf))
+    ledgers.record("C", Report(1.0))
+    assert ledgers.admit("C", Report(0.5)) is not None
     state = json.loads(json.dumps(ledgers.to_state()))  # as the checkpoint's header keeps it
     back = PrivacyLedgers.from_state(state)
     assert back.last("A") == 2.5 and back.last("B") == math.inf
@@ -90,15 +93,15 @@ def test_state_round_trips_with_infinity_and_older_checkpoints_start_empty() -> 
 
 def test_each_suspension_is_taken_once_and_refusals_without_one_give_none() -> None:
     ledgers = PrivacyLedgers()
-    assert ledgers.admit("s1", 1.0) is None
-    ledgers.record("s1", 1.0)
-    assert ledgers.admit("s1", math.nan) is not None  # refused, no ledger's report
+    assert ledgers.admit("s1", Report(1.0)) is None
+    ledgers.record("s1", Report(1.0))
+    assert ledgers.admit("s1", Report(math.nan)) is not None  # refused, no ledger's report
     assert ledgers.take_suspensions() == []
-    why = ledgers.admit("s1", 0.5)
+    why = ledgers.admit("s1", Report(0.5))
     assert why is not None and ledgers.suspended("s1") is not None
     assert ledgers.take_suspensions() == [("s1", ledgers.suspended("s1"))]
     assert ledgers.take_suspensions() == []
-    assert ledgers.admit("s1", 9.0) is not None  # still suspended: not a new suspension
+    assert ledgers.admit("s1", Report(9.0)) is not None  # still suspended: not a new suspension
     assert ledgers.take_suspensions() == []
     assert PrivacyLedgers.from_state(ledgers.to_state()).take_suspensions() == []
 
@@ -108,51 +111,52 @@ def test_two_ledgers_in_strictly_growing_turns_are_caught_by_their_sequence() ->
     epsilons grow in turns (1.2, 1.35, 1.45), but both count on from 4, so the second report of
     sequence 5 gives the copy away."""
     ledgers = PrivacyLedgers()
-    assert ledgers.admit("A", 1.2, 5) is None
-    ledgers.record("A", 1.2, 5)
-    assert ledgers.refusal("A", 1.35, 5) is not None and ledgers.suspended("A") is None
-    why = ledgers.admit("A", 1.35, 5)
+    assert ledgers.admit("A", Report(1.2, 5)) is None
+    ledgers.record("A", Report(1.2, 5))
+    assert ledgers.refusal("A", Report(1.35, 5)) is not None and ledgers.suspended("A") is None
+    why = ledgers.admit("A", Report(1.35, 5))
     assert why is not None and "ledger sequence 5 after one applied at 5" in why
     assert "went back" in why and ledgers.suspended("A") is not None
-    assert ledgers.admit("A", 1.45, 6) is not None, "suspended for the rest of the run"
+    assert ledgers.admit("A", Report(1.45, 6)) is not None, "suspended for the rest of the run"
 
 
 def test_a_sequence_is_compared_only_when_reported_and_a_negative_one_is_refused() -> None:
     ledgers = PrivacyLedgers()
-    ledgers.record("A", 1.0, 3)
-    assert ledgers.admit("A", 1.1) is None, "no sequence (an older agent): epsilon only"
-    ledgers.record("A", 1.1)
-    assert ledgers.admit("A", 1.2, 3) is not None, "the bar is the last sequence reported"
-    ledgers.record("B", 1.0)
-    assert ledgers.admit("B", 1.1, 0) is None, "a first sequence sets the bar"
-    why = ledgers.admit("C", 1.0, -1)
+    ledgers.record("A", Report(1.0, 3))
+    assert ledgers.admit("A", Report(1.1)) is None, "no sequence (an older agent): epsilon only"
+    ledgers.record("A", Report(1.1))
+    assert ledgers.admit("A", Report(1.2, 3)) is not None, "the bar is the last sequence reported"
+    ledgers.record("B", Report(1.0))
+    assert ledgers.admit("B", Report(1.1, 0)) is None, "a first sequence sets the bar"
+    why = ledgers.admit("C", Report(1.0, -1))
     assert why is not None and "not a ledger's" in why and ledgers.suspended("C") is None
-    assert ledgers.admit("D", 0.5, 9) is None and ledgers.admit("D", 0.5, 9) is None  # no record
+    # no record: the same report passes again
+    assert ledgers.admit("D", Report(0.5, 9)) is None and ledgers.admit("D", Report(0.5, 9)) is None
 
 
 def test_a_reinstated_site_is_held_to_its_total_not_to_the_other_ledgers_sequence() -> None:
     """The ledger that goes on may stand below the sequence the other one reported; after the
     reinstatement its next report sets the bar again, and the total bars the other's records."""
     ledgers = PrivacyLedgers()
-    ledgers.record("A", 1.5, 14)  # the other ledger's update, applied
-    assert ledgers.admit("A", 1.2, 8) is not None
+    ledgers.record("A", Report(1.5, 14))  # the other ledger's update, applied
+    assert ledgers.admit("A", Report(1.2, 8)) is not None
     ledgers.reinstate("A", 2.7, 1.5)
-    assert ledgers.refusal("A", 1.6, 15) is not None, "a late record of the other ledger"
-    assert ledgers.admit("A", 2.9, 10) is None
-    ledgers.record("A", 2.9, 10)
-    assert ledgers.admit("A", 3.1, 10) is not None
+    assert ledgers.refusal("A", Report(1.6, 15)) is not None, "a late record of the other ledger"
+    assert ledgers.admit("A", Report(2.9, 10)) is None
+    ledgers.record("A", Report(2.9, 10))
+    assert ledgers.admit("A", Report(3.1, 10)) is not None
 
 
 def test_sequences_round_trip_and_a_checkpoint_without_them_loads() -> None:
     ledgers = PrivacyLedgers()
-    ledgers.record("A", 2.5, 7)
-    ledgers.record("B", 1.0)
+    ledgers.record("A", Report(2.5, 7))
+    ledgers.record("B", Report(1.0))
     state = json.loads(json.dumps(ledgers.to_state()))
     back = PrivacyLedgers.from_state(state)
-    assert back.admit("A", 2.6, 7) is not None and back.admit("B", 1.1, 1) is None
+    assert back.admit("A", Report(2.6, 7)) is not None and back.admit("B", Report(1.1, 1)) is None
     del state["sequence"]  # written before sequences were reported
     older = PrivacyLedgers.from_state(state)
-    assert older.admit("A", 2.6, 7) is None and older.last("A") == 2.5
+    assert older.admit("A", Report(2.6, 7)) is None and older.last("A") == 2.5
 
 
 def _line(prefix: str, n: int, start: int = 0) -> list[str]:
@@ -167,12 +171,12 @@ def test_two_ledgers_that_skip_each_others_sequence_are_caught_by_their_writes()
     shared = _line("w", 4)
     a, b = shared + _line("a", 3, 4), shared + _line("b", 3, 4)
     ledgers = PrivacyLedgers()
-    assert ledgers.admit("A", 1.2, 5, writes=a[:5]) is None
-    ledgers.record("A", 1.2, 5, a[:5])
-    assert ledgers.refusal("A", 1.3, 6, writes=b[:6]) is not None
+    assert ledgers.admit("A", Report(1.2, 5, writes=a[:5])) is None
+    ledgers.record("A", Report(1.2, 5, writes=a[:5]))
+    assert ledgers.refusal("A", Report(1.3, 6, writes=b[:6])) is not None
     assert ledgers.suspended("A") is None, "a query"
-    assert ledgers.refusal("A", 1.3, 6) is None, "without its writes the twin would pass"
-    why = ledgers.admit("A", 1.3, 6, writes=b[:6])
+    assert ledgers.refusal("A", Report(1.3, 6)) is None, "without its writes the twin would pass"
+    why = ledgers.admit("A", Report(1.3, 6, writes=b[:6]))
     assert why is not None and "forked" in why and ledgers.suspended("A") is not None
     assert "ledger write w0003 followed by b0004 after one applied at a0004" in why
     assert ledgers.take_suspensions()[0][0] == "A"
@@ -185,13 +189,15 @@ def test_one_ledgers_reports_with_gaps_repeats_and_any_order_are_admitted() -> N
     ledgers = PrivacyLedgers()
     for seq in (3, 4, 9, 10, 17, 18, 19, 30, 38):
         window = line[max(0, seq - 8):seq]
-        assert ledgers.admit("A", seq / 10, seq, writes=window) is None, seq
-        ledgers.record("A", seq / 10, seq, window)
-    assert ledgers.refusal("A", 9.0, 40, writes=line[20:40]) is None, "any window of the line"
-    assert ledgers.refusal("A", 9.0, 40, writes=line[:2]) is None
-    ledgers.record("A", 3.8, 38, line[30:38])  # the same report again
+        assert ledgers.admit("A", Report(seq / 10, seq, writes=window)) is None, seq
+        ledgers.record("A", Report(seq / 10, seq, writes=window))
+    assert ledgers.refusal("A", Report(9.0, 40, writes=line[20:40])) is None, (
+        "any window of the line"
+    )
+    assert ledgers.refusal("A", Report(9.0, 40, writes=line[:2])) is None
+    ledgers.record("A", Report(3.8, 38, writes=line[30:38]))  # the same report again
     assert ledgers.suspended("A") is None
-    assert ledgers.refusal("B", 1.0, 1, writes=_line("b", 3)) is None, "links are per site"
+    assert ledgers.refusal("B", Report(1.0, 1, writes=_line("b", 3))) is None, "links are per site"
 
 
 def test_malformed_writes_are_refused_without_suspending() -> None:
@@ -202,7 +208,7 @@ def test_malformed_writes_are_refused_without_suspending() -> None:
         (["w1", "x" * 129], "an id of 129 characters"),
         (["w1", "w2", "w1"], "naming one id twice"),
     ):
-        why = ledgers.admit("A", 1.0, 1, writes=writes)
+        why = ledgers.admit("A", Report(1.0, 1, writes=writes))
         assert why is not None and said in why and "not a ledger's" in why, why
     assert ledgers.suspended("A") is None and ledgers.take_suspensions() == []
 
@@ -211,17 +217,17 @@ def test_links_are_kept_bounded_and_round_trip_and_older_checkpoints_load() -> N
     line = _line("w", 200)
     ledgers = PrivacyLedgers()
     for seq in range(8, 201):
-        ledgers.record("A", seq / 10, seq, line[seq - 8:seq])
+        ledgers.record("A", Report(seq / 10, seq, writes=line[seq - 8:seq]))
     kept = ledgers.to_state()["links"]["A"]
     assert len(kept) == KEPT_LINKS and kept[-1] == ["w0198", "w0199"], kept[-1]
     assert kept[0] == [f"w{199 - KEPT_LINKS:04d}", f"w{200 - KEPT_LINKS:04d}"]
     state = json.loads(json.dumps(ledgers.to_state()))
     back = PrivacyLedgers.from_state(state)
     fork = [*line[190:195], "x0195"]
-    assert back.refusal("A", 30.0, 300, writes=fork) is not None
+    assert back.refusal("A", Report(30.0, 300, writes=fork)) is not None
     assert back.to_state() == ledgers.to_state()
     del state["links"]  # written before write ids were reported
-    assert PrivacyLedgers.from_state(state).refusal("A", 30.0, 300, writes=fork) is None
+    assert PrivacyLedgers.from_state(state).refusal("A", Report(30.0, 300, writes=fork)) is None
 
 
 def test_a_reinstatement_forgets_the_links_and_a_late_forked_record_does_not_resuspend() -> None:
@@ -231,15 +237,15 @@ def test_a_reinstatement_forgets_the_links_and_a_late_forked_record_does_not_res
     shared = _line("w", 3)
     a, b = shared + _line("a", 5, 3), shared + _line("b", 5, 3)
     ledgers = PrivacyLedgers()
-    ledgers.record("A", 1.0, 4, a[:4])
-    assert ledgers.admit("A", 1.1, 5, writes=b[:5]) is not None
+    ledgers.record("A", Report(1.0, 4, writes=a[:4]))
+    assert ledgers.admit("A", Report(1.1, 5, writes=b[:5])) is not None
     ledgers.reinstate("A", 2.0, 1.1, at_ms=1_000)
-    assert ledgers.admit("A", 2.0, 6, 900, writes=a[:6]) is None
-    ledgers.record("A", 2.0, 6, a[:6])
-    late = ledgers.admit("A", 2.5, 7, 950, writes=b[:7])
+    assert ledgers.admit("A", Report(2.0, 6, 900, writes=a[:6])) is None
+    ledgers.record("A", Report(2.0, 6, writes=a[:6]))
+    late = ledgers.admit("A", Report(2.5, 7, 950, writes=b[:7]))
     assert late is not None and "created before its reinstatement" in late
     assert ledgers.suspended("A") is None
-    again = ledgers.admit("A", 2.6, 8, 1_200, writes=b[:8])
+    again = ledgers.admit("A", Report(2.6, 8, 1_200, writes=b[:8]))
     assert again is not None and "forked" in again and ledgers.suspended("A") is not None
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from agents.outbox import Outbox, OutboxMessage
 from aggregator.app import AggregatorRuntime
-from aggregator.ledgers import PrivacyLedgers
+from aggregator.ledgers import PrivacyLedgers, Report
 from aggregator.operator import reinstate_command
 from aggregator.reinstate import reinstate_site
 from aggregator.service import (
@@ -42,8 +42,8 @@ KEY = bytes(range(32))
 # ------------------------------------------------------------------------------------ pure
 def _suspended() -> PrivacyLedgers:
     ledgers = PrivacyLedgers()
-    ledgers.record("A", 1.5)
-    assert ledgers.admit("A", 1.2) is not None  # a second ledger's report
+    ledgers.record("A", Report(1.5))
+    assert ledgers.admit("A", Report(1.2)) is not None  # a second ledger's report
     return ledgers
 
 
@@ -51,12 +51,12 @@ def test_a_reinstated_site_must_report_more_than_its_absorbed_total_from_then_on
     ledgers = _suspended()
     why = ledgers.reinstate("A", 3.0, reported=1.5)
     assert "went back" in why and ledgers.suspended("A") is None
-    assert ledgers.refusal("A", 2.9) is not None, "a report below the total"
-    assert ledgers.admit("A", 3.0) is None, "an update trained before the absorb reports it"
-    ledgers.record("A", 3.0)
-    assert ledgers.refusal("A", 3.0) is not None and ledgers.admit("A", 3.2) is None
-    ledgers.record("A", 3.2)
-    assert ledgers.admit("A", 1.2) is not None and ledgers.suspended("A") is not None, (
+    assert ledgers.refusal("A", Report(2.9)) is not None, "a report below the total"
+    assert ledgers.admit("A", Report(3.0)) is None, "an update trained before the absorb reports it"
+    ledgers.record("A", Report(3.0))
+    assert ledgers.refusal("A", Report(3.0)) is not None and ledgers.admit("A", Report(3.2)) is None
+    ledgers.record("A", Report(3.2))
+    assert ledgers.admit("A", Report(1.2)) is not None and ledgers.suspended("A") is not None, (
         "the other ledger, still running, is caught again"
     )
 
@@ -66,19 +66,19 @@ def test_a_record_created_before_the_reinstatement_is_refused_without_suspending
     it is refused and the site stays admitted; dated after, or undated, it suspends again."""
     ledgers = _suspended()
     ledgers.reinstate("A", 3.0, reported=1.5, at_ms=10_000)
-    why = ledgers.admit("A", 1.6, 9, created_ms=9_999)
+    why = ledgers.admit("A", Report(1.6, 9, created_ms=9_999))
     assert why is not None and "created before its reinstatement" in why
     assert ledgers.suspended("A") is None
-    assert ledgers.admit("A", 3.1, 9, created_ms=9_999) is None, "one that passes, passes"
-    ledgers.record("A", 3.1, 9)
-    assert ledgers.admit("A", 3.3, 9, created_ms=9_000) is not None, "a sequence too"
+    assert ledgers.admit("A", Report(3.1, 9, created_ms=9_999)) is None, "one that passes, passes"
+    ledgers.record("A", Report(3.1, 9))
+    assert ledgers.admit("A", Report(3.3, 9, created_ms=9_000)) is not None, "a sequence too"
     assert ledgers.suspended("A") is None
     back = PrivacyLedgers.from_state(json.loads(json.dumps(ledgers.to_state())))
-    assert back.admit("A", 1.7, None, created_ms=10_000) is not None
+    assert back.admit("A", Report(1.7, None, created_ms=10_000)) is not None
     assert back.suspended("A") is not None, "created at the reinstatement or later: caught"
     undated = _suspended()
     undated.reinstate("A", 3.0, reported=1.5, at_ms=10_000)
-    assert undated.admit("A", 1.7) is not None and undated.suspended("A") is not None
+    assert undated.admit("A", Report(1.7)) is not None and undated.suspended("A") is not None
 
 
 def test_the_added_ledgers_last_write_judges_a_record_whatever_the_sites_clock_says() -> None:
@@ -92,22 +92,22 @@ def test_the_added_ledgers_last_write_judges_a_record_whatever_the_sites_clock_s
     ledgers.reinstate("A", 3.0, reported=1.5, at_ms=10_000, absorbed_write="t3")
     back = PrivacyLedgers.from_state(json.loads(json.dumps(ledgers.to_state())))
     for state in (ledgers, back):
-        last = state.admit("A", 1.6, 9, created_ms=20_000, writes=twin)
+        last = state.admit("A", Report(1.6, 9, created_ms=20_000, writes=twin))
         assert last is not None and "the last of the ledger its reinstatement took in" in last
         assert state.suspended("A") is None
-        old = state.admit("A", 1.4, 8, created_ms=9_000, writes=twin[:2])  # ids short of t3
+        old = state.admit("A", Report(1.4, 8, created_ms=9_000, writes=twin[:2]))  # ids short of t3
         assert old is not None and "created before its reinstatement" in old
         assert state.suspended("A") is None
-    running = ledgers.admit("A", 1.7, 10, created_ms=9_500, writes=(*twin, "t4"))
+    running = ledgers.admit("A", Report(1.7, 10, created_ms=9_500, writes=(*twin, "t4")))
     assert running is not None and "wrote after write t3" in running
     assert ledgers.suspended("A") is not None and "still running" in str(ledgers.suspended("A"))
     again = _suspended()
     again.reinstate("A", 3.0, reported=1.5, at_ms=10_000, absorbed_write="t3")
-    assert again.admit("A", 1.7, 10, created_ms=20_000, writes=("x1", "x2")) is not None
+    assert again.admit("A", Report(1.7, 10, created_ms=20_000, writes=("x1", "x2"))) is not None
     assert again.suspended("A") is not None, "ids that do not reach it: the clock says after"
     plain = _suspended()
     plain.reinstate("A", 3.0, reported=1.5, at_ms=10_000)  # no id: the clock alone, as before
-    assert plain.admit("A", 1.6, 9, created_ms=20_000, writes=twin) is not None
+    assert plain.admit("A", Report(1.6, 9, created_ms=20_000, writes=twin)) is not None
     assert plain.suspended("A") is not None
     older = {k: v for k, v in ledgers.to_state().items() if k != "absorbed"}
     assert PrivacyLedgers.from_state(older).to_state()["absorbed"] == {}, "a state before ids"
@@ -231,7 +231,7 @@ def test_the_service_state_keeps_the_reinstated_total_as_the_sites_report() -> N
     out, why = AggregatorService.reinstated(extra, "A", 2.0)
     assert "went back" in why and out["sites"]["A"] == [50, "", 2.0] and out["phase"] == "x"
     back = PrivacyLedgers.from_state(out["privacy_ledgers"])
-    assert back.refusal("A", 2.0) is None and back.refusal("A", 1.99) is not None
+    assert back.refusal("A", Report(2.0)) is None and back.refusal("A", Report(1.99)) is not None
     assert extra["sites"]["A"] == [50, "", 1.5], "the input is not changed"
 
 
