@@ -23,9 +23,9 @@ aggregator on a shared host should. The ratio is ``rate(b) / rate(a)``; the targ
 
 A per-update CPU breakdown follows, measured with ``time.perf_counter`` around each part of the
 path (``thread_time`` on the workers, and the CPU time of the engine and event-loop threads; the
-split of reading into signature, Avro and reassembly comes from a second, offline pass over the
-same bytes), next to a raw numpy summation of the same updates, as float32 arrays and from their
-levels.
+split of the workers' part into signature, Avro, reassembly, and zstd with the levels comes from
+a second, offline pass over the same bytes), next to a raw numpy summation of the same updates,
+as float32 arrays and from their levels.
 
 Secure mode (the default) is measured the same way on its own records (:mod:`bench.secure_ingest`):
 SecAgg+ cohorts of 4 sites whose masked 1M-word updates (8 MB, 9 chunks each) and unmask responses
@@ -310,6 +310,15 @@ def checkpoint_write(workload: Workload, size: Size) -> tuple[float, float]:
     return statistics.median(store_s), whole_s
 
 
+def decode_levels(vectors: list[bytes], n: int) -> float:
+    """Seconds to decode the updates' vectors as a worker does (zstd, then a view of the
+    quantization levels), one after another on this thread."""
+    start = time.perf_counter()
+    for vector in vectors:
+        decode_delta(vector, UPDATE_CODEC, n)
+    return time.perf_counter() - start
+
+
 def numpy_sum(deltas: list[np.ndarray]) -> float:
     """Seconds to sum the float32 arrays into a float64 accumulator with plain numpy."""
     total = np.zeros(deltas[0].size, np.float64)
@@ -471,6 +480,8 @@ def report(
          split.chunk_signatures + split.payload_signature),
         ("  Avro decode (offline)", split.chunk_avro + split.payload_avro),
         ("  reassembly (offline)", split.join),
+        ("  zstd and reading the quantization levels (offline)",
+         decode_levels(workload.vectors, size.params)),
         ("ordered: accept (reassembly, replay)", path.accept_s),
         ("ordered: decode, where no worker did it", path.codec_s),
         ("ordered: engine step (validation + FedBuff)", path.engine_s),
