@@ -10,7 +10,9 @@ other ledger's steps are composed into this site's ledger
 other ledger's last write id, which the aggregator's operator then passes to ``fedsynth
 aggregator --reinstate SITE --epsilon TOTAL --absorbed-write ID`` (``--send`` to a running
 aggregator): records that report that write as their charge are the stopped agent's last, and
-records from a ledger that wrote after it come from an agent still running on it.
+records from a ledger that wrote after it come from an agent still running on it. An other
+ledger that never wrote after the copy it was made from has no write of its own to name (its
+last write is this ledger's too), so the command then leaves ``--absorbed-write`` out.
 It holds the site folder's lock, so it refuses to run beside the site's agent. Updates still
 in the site's outbox (an agent stopped before it could send them) report the total from before
 the absorb, which the aggregator refuses from a reinstated site: they are dropped, and the
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
             )
             return 0
         absorbed = SiteLedger.last_write_of(args.other)
+        if absorbed is not None and ledger.holds_write(absorbed):
+            absorbed = None  # a copy that never wrote on its own: its last write is this one's
         total = ledger.absorb(args.other)
         dropped = _drop_unsent_updates(Outbox(site_dir / "outbox"))
     if dropped:

@@ -36,10 +36,11 @@ say, after a crash). So an update also reports the ids of its ledger's last writ
 (``ledger_writes``: every write draws a random id, :meth:`fedsynth.privacy.SiteLedger.
 recent_writes`; an agent sends the last 8, its own charge last). One ledger's writes form one
 line, so in every report of it an id is followed by the same next id, whatever was skipped.
-Two ledgers copied from one folder share their writes up to the copy and then go on with
-different ids: the first report of the second ledger whose ids reach back to the last shared
-write shows it followed by another id than an applied report of the first did, and the site is
-suspended as for a ledger that went back. The aggregator keeps, per site, which id followed
+Two ledgers copied from one folder share their writes up to the copy (at least the
+creation's: a new ledger draws an id too) and then go on with different ids: the first report
+of the second ledger whose ids reach back to the last shared write shows it followed by another
+id than an applied report of the first did, and the site is suspended as for a ledger that went
+back. The aggregator keeps, per site, which id followed
 which in applied updates (the last :data:`KEPT_LINKS` pairs). A twin whose reports never reach
 back to the shared write (8 or more unreported writes before its first report) is left to the
 sequence, which is then far behind the other ledger's. This is the fork check of a hash-chained

@@ -24,12 +24,12 @@ new ledger, never a torn one. Design rules that keep a site from re-spending pri
   :meth:`SiteLedger.absorb` adds that ledger's steps to this one (DP-SGD steps on the same data
   compose, so the site's spending is at most the two histories composed) and records the absorbed
   file's checksum, so that the same file is not added twice. Steps both ledgers hold because one
-  was copied from the other were spent once and are counted once: every write that adds steps
-  also appends a random id and the step count it reached to the ledger's ``writes``, so the
-  writes two files share name the steps they share (a copy keeps the ids; two ledgers that
-  happen to record the same steps do not share them). Without shared write ids (a ledger from
-  before ``writes``, or copied before its first write with them) every step of the other ledger
-  is added: an over-count, never an under-count.
+  was copied from the other were spent once and are counted once: the creation and every write
+  that adds steps append a random id and the step count reached (0 at the creation) to the
+  ledger's ``writes``, so the writes two files share name the steps they share (a copy keeps the
+  ids; two ledgers that happen to record the same steps do not share them). Without shared write
+  ids (a ledger from before ``writes``) every step of the other ledger is added: an over-count,
+  never an under-count.
 * **Write ids on the wire.** Each update reports the ids of the ledger's last writes
   (:meth:`SiteLedger.recent_writes`): one ledger's ids form one line, two copies part after
   their last shared write, and the aggregator suspends a site whose reports part
@@ -139,7 +139,8 @@ class SiteLedger:
         self._accountant = accountant
         self._sequence = sequence
         self._absorbed = absorbed  # checksums of the ledgers added by absorb()
-        self._writes = writes  # (random id, total steps after it) of each write adding steps
+        self._writes = writes  # (random id, total steps after it): the creation, then each
+        # write adding steps
 
     @classmethod
     def create(
@@ -157,7 +158,10 @@ class SiteLedger:
         PrivacyBudget(1.0, delta)  # validates delta
         if target.exists():
             raise LedgerError(f"privacy ledger {target} already exists; open it instead")
-        ledger = cls(target, site_id, float(delta), _make_accountant(mechanism), 0)
+        # The creation draws a write id too (no steps behind it), so that copies made before
+        # the first round already share a write and part after it (see the module docstring).
+        ledger = cls(target, site_id, float(delta), _make_accountant(mechanism), 0,
+                     writes=((secrets.token_hex(16), 0),))
         ledger._persist(ledger._accountant, 0)
         logger.info("privacy ledger created", extra={"site_id": site_id, "path": str(target)})
         return ledger
@@ -263,7 +267,7 @@ class SiteLedger:
         if absorbed:  # absent until a first absorb, so older files keep their bytes
             body["absorbed"] = list(absorbed)
         writes = self._writes if writes is None else writes
-        if writes:  # absent until a first write adding steps
+        if writes:  # absent in a ledger created before write ids, until its first write
             body["writes"] = [list(w) for w in writes]
         body["checksum"] = _checksum(body)
         try:
@@ -292,8 +296,8 @@ class SiteLedger:
         return self._sequence
 
     def recent_writes(self, n: int = REPORTED_WRITES) -> tuple[str, ...]:
-        """The ids of the last ``n`` writes that added steps, oldest first (fewer in a young
-        ledger; none in one from before write ids).
+        """The ids of the last ``n`` writes, oldest first: the creation's and those that added
+        steps (fewer in a young ledger; none in one from before write ids).
 
         An update reports them: one ledger's writes form one line, so each id is always followed
         by the same next id, while two ledgers copied from one folder follow their last shared
@@ -303,6 +307,11 @@ class SiteLedger:
         if n < 0:
             raise PrivacyConfigError(f"n must be >= 0, got {n}")
         return tuple(w[0] for w in self._writes[-n:]) if n else ()
+
+    def holds_write(self, write_id: str) -> bool:
+        """Whether this ledger made the write ``write_id`` (or holds it from the ledger it was
+        copied from)."""
+        return any(w[0] == write_id for w in self._writes)
 
     @property
     def total_steps(self) -> int:

@@ -98,8 +98,9 @@ def test_a_round_reports_the_ledger_it_was_charged_to(
     assert (first.ledger_sequence, second.ledger_sequence) == (1, 2) == (1, ledger.sequence)
     assert 0 < first.epsilon_spent < second.epsilon_spent == ledger.spent()
     assert first.ledger_writes is not None and second.ledger_writes is not None
-    assert len(first.ledger_writes) == 1 and second.ledger_writes[:1] == first.ledger_writes
-    assert second.ledger_writes == ledger.recent_writes() and len(set(second.ledger_writes)) == 2
+    # the creation's write, then one per round
+    assert len(first.ledger_writes) == 2 and second.ledger_writes[:2] == first.ledger_writes
+    assert second.ledger_writes == ledger.recent_writes() and len(set(second.ledger_writes)) == 3
     plain = _trainer(x, y, steps_done=0).train_round(spec, params, 2, np.random.default_rng(1))
     assert plain.ledger_sequence is None and plain.epsilon_spent == float("inf")
     assert plain.ledger_writes is None

@@ -209,10 +209,11 @@ def test_a_ledger_whose_writes_contradict_its_steps_is_refused(tmp_path: Path) -
     (tmp_path / "forged").mkdir()
     forged = tmp_path / "forged" / "ledger.json"
     forged.write_text(ours.path.read_text())
-    write_id = json.loads(ours.path.read_text())["writes"][0][0]
+    created, trained = json.loads(ours.path.read_text())["writes"]
     empty = SiteLedger.create(tmp_path / "empty.json", site_id="hungary", delta=DELTA)
-    _tamper(forged, {"writes": [[write_id, 0]], "accountant": empty.accountant.to_state()},
-            reseal=True)  # the same write id, but no steps behind it
+    _tamper(forged, {"writes": [created, [trained[0], 0]],
+                     "accountant": empty.accountant.to_state()},
+            reseal=True)  # the same write ids, but no steps behind the second
     with pytest.raises(LedgerError, match="records 0 steps after it, not 40"):
         ours.absorb(forged)
 
@@ -281,8 +282,8 @@ def test_recent_writes_name_the_last_writes_and_a_copy_shares_them_up_to_the_cop
     tmp_path: Path,
 ) -> None:
     ledger = SiteLedger.create(tmp_path / "a.json", site_id="s", delta=1e-5)
-    assert ledger.recent_writes() == () and ledger.recent_writes(0) == ()
-    ids = []
+    ids = list(ledger.recent_writes())
+    assert len(ids) == 1 and ledger.recent_writes(0) == (), "the creation draws an id"
     for _ in range(REPORTED_WRITES + 2):
         ledger.record(1.0, 0.01, 3)
         ids.append(ledger.recent_writes(1)[0])
@@ -304,7 +305,7 @@ def test_recent_writes_name_the_last_writes_and_a_copy_shares_them_up_to_the_cop
 
 def test_the_last_write_of_a_ledger_file_is_read_for_any_site_and_delta(tmp_path: Path) -> None:
     ledger = SiteLedger.create(tmp_path / "a.json", site_id="s", delta=1e-6)
-    assert SiteLedger.last_write_of(ledger.path) is None, "no write with an id yet"
+    assert SiteLedger.last_write_of(ledger.path) == ledger.recent_writes(1)[0], "the creation's"
     ledger.record(1.0, 0.01, 3)
     ledger.record(1.0, 0.01, 3)
     assert SiteLedger.last_write_of(ledger.path) == ledger.recent_writes(1)[0]

@@ -7,6 +7,7 @@ the runtime's real service fed signed records) and the secure cohort coordinator
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -366,6 +367,31 @@ def test_plain_two_copies_of_a_site_ledger_that_skip_each_others_numbers_are_cau
                                     writes=copy.recent_writes()))
     assert len(twin) == 1 and "privacy_ledger" in twin[0] and "forked" in twin[0], twin
     assert restarted.ledgers.suspended("A") is not None
+
+
+def test_a_copy_made_before_the_first_round_is_caught_by_the_creations_write(
+    tmp_path: Path,
+) -> None:
+    """A state folder copied right after its ledger was made (an image started twice, say):
+    the creation's write id is the one both share, and the copy's first report that passes the
+    other's sequence shows it followed by another id."""
+    first = SiteLedger.create(tmp_path / "a.json", site_id="A", delta=1e-5)
+    shutil.copy(first.path, tmp_path / "b.json")
+    copy = SiteLedger.open(tmp_path / "b.json", site_id="A", delta=1e-5)
+    ledgers = PrivacyLedgers()
+    first.record(1.0, 0.01, 10)
+    report = Report(first.spent(), first.sequence, writes=first.recent_writes())
+    assert ledgers.admit("A", report) is None
+    ledgers.record("A", report)
+    copy.record(1.0, 0.01, 10)  # a round charged, never reported (a crash)
+    copy.record(1.0, 0.01, 10)
+    twin = Report(copy.spent(), copy.sequence, writes=copy.recent_writes())
+    assert copy.sequence > first.sequence and copy.spent() > first.spent()
+    assert ledgers.refusal("A", dataclasses.replace(twin, writes=())) is None, (
+        "without the ids the copy would pass"
+    )
+    why = ledgers.admit("A", twin)
+    assert why is not None and "forked" in why and ledgers.suspended("A") is not None
 
 
 def test_plain_an_update_of_the_schema_before_ledger_sequence_is_applied_by_epsilon(

@@ -277,6 +277,23 @@ def test_the_two_commands_take_a_site_back_from_its_ledgers_total(
     assert back.ledgers.to_state()["absorbed"] == {"A": last_write}
 
 
+def test_absorbing_a_copy_that_never_wrote_on_its_own_names_no_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy's last write is the site ledger's own: naming it would make the reinstatement
+    suspend the site again at its next record (that write followed by its next one)."""
+    (tmp_path / "sites" / "A").mkdir(parents=True)
+    ours = SiteLedger.create(tmp_path / "sites" / "A" / "ledger.json", site_id="A", delta=1e-5)
+    ours.record(1.0, 0.1, 30)
+    idle = tmp_path / "idle.json"
+    idle.write_bytes(ours.path.read_bytes())  # copied, and never trained
+    ours.record(1.0, 0.1, 30)
+    argv = ["ledger", "absorb", str(idle), "--site", "A", "--run-dir", str(tmp_path)]
+    assert main(argv) == 0
+    command = next(line for line in capsys.readouterr().out.splitlines() if "--reinstate" in line)
+    assert "--epsilon" in command and "--absorbed-write" not in command, command
+
+
 def test_ledger_show_prints_the_total_and_a_missing_ledger_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
