@@ -40,10 +40,10 @@ Two ledgers copied from one folder share their writes up to the copy (at least t
 creation's: a new ledger draws an id too) and then go on with different ids: the first report
 of the second ledger whose ids reach back to the last shared write shows it followed by another
 id than an applied report of the first did, and the site is suspended as for a ledger that went
-back. The aggregator keeps, per site, which id followed
-which in applied updates (the last :data:`KEPT_LINKS` pairs). A twin whose reports never reach
-back to the shared write (8 or more unreported writes before its first report) is left to the
-sequence, which is then far behind the other ledger's. This is the fork check of a hash-chained
+back. The aggregator keeps, per site, which id followed which in applied updates (the last
+:data:`KEPT_LINKS` pairs). A twin whose reports never reach back to the shared write (8 or more
+unreported writes before its first report) is left to the sequence, which is then far behind
+the other ledger's. This is the fork check of a hash-chained
 log (as in Certificate Transparency's consistency proofs: Laurie, Langley and Kasper, RFC 6962,
 2013), made with ids instead of hashes: a site's own ledger is trusted not to lie, only to be
 copied.
