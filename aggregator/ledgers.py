@@ -257,8 +257,9 @@ class PrivacyLedgers:
         ledger). A record whose ids do not reach that write is dated as above.
 
         Raises:
-            ConfigError: the site is not suspended, or ``epsilon`` is not finite or not larger
-                than ``reported``.
+            ConfigError: the site is not suspended, ``epsilon`` is not finite or not larger
+                than ``reported``, or ``absorbed_write`` was followed by another write in an
+                applied update (the absorbed ledger's last write cannot have been).
         """
         why = self._suspended.get(site)
         if why is None:
@@ -270,6 +271,14 @@ class PrivacyLedgers:
                 f"site {site!r} reported epsilon {reported:.6g} already; a total with its second "
                 f"ledger added must be larger, not {epsilon:.6g} (run `fedsynth ledger absorb` "
                 "on the site first)"
+            )
+        followed = self._links.get(site, {}).get(absorbed_write or "")
+        if followed is not None:
+            raise ConfigError(
+                f"site {site!r}: write {absorbed_write} was followed by {followed} in an update "
+                "applied before the suspension, so it is not the last write of a stopped ledger "
+                "(a ledger that never wrote after it was copied has none of its own: leave the "
+                "absorbed write out)"
             )
         del self._suspended[site]
         self._last[site] = math.nextafter(epsilon, 0.0)  # a report equal to the total passes

@@ -113,6 +113,20 @@ def test_the_added_ledgers_last_write_judges_a_record_whatever_the_sites_clock_s
     assert PrivacyLedgers.from_state(older).to_state()["absorbed"] == {}, "a state before ids"
 
 
+def test_an_absorbed_write_that_an_applied_update_shows_followed_is_refused() -> None:
+    """The surviving ledger's own write (a copy that never wrote on its own was absorbed) would
+    make its next record suspend the site again: the reinstatement says so instead."""
+    ledgers = PrivacyLedgers()
+    ledgers.record("A", Report(1.5, 5, writes=("w1", "w2", "w3")))
+    assert ledgers.admit("A", Report(1.2, 6, writes=("w1", "x2"))) is not None  # forked
+    for own in ("w1", "w2"):
+        with pytest.raises(ConfigError, match=f"write {own} was followed by w"):
+            ledgers.reinstate("A", 3.0, reported=1.5, absorbed_write=own)
+    assert ledgers.suspended("A") is not None, "nothing changed"
+    ledgers.reinstate("A", 3.0, reported=1.5, absorbed_write="x2")  # the other ledger's last
+    assert ledgers.suspended("A") is None
+
+
 @pytest.mark.parametrize(
     ("site", "epsilon", "match"),
     [
