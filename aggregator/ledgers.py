@@ -272,7 +272,7 @@ class PrivacyLedgers:
                 f"ledger added must be larger, not {epsilon:.6g} (run `fedsynth ledger absorb` "
                 "on the site first)"
             )
-        followed = self._links.get(site, {}).get(absorbed_write or "")
+        followed = self._links.get(site, {}).get(absorbed_write) if absorbed_write else None
         if followed is not None:
             raise ConfigError(
                 f"site {site!r}: write {absorbed_write} was followed by {followed} in an update "
