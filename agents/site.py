@@ -15,14 +15,21 @@ One agent at a time works on a site's folder (:class:`~fedsynth.durable.StateLoc
 :meth:`SiteAgent.run`): a second one, started by mistake beside a running one, would spend the
 same privacy budget again and overwrite the ledger's record of it. One on another host, with a
 copy of the folder, keeps a second ledger; the aggregator then suspends the site
-(:mod:`aggregator.ledgers`) and every later global version gives the site's epsilon as
-infinite. An agent training with DP that reads that stops with :data:`EXIT_SUSPENDED` and an
-error saying why, instead of training for updates that would all be refused. It notes in
-``state.json`` that it stopped so. Started again after that (once the operator has added the
-other ledger to this one and reinstated the site, README "When something fails"), it does not
-train on the versions it finds already published, which may predate the reinstatement, and goes
-on with the first later version that gives its site a bounded epsilon; a later one that still
-gives it as unbounded (the site was not reinstated) stops it again.
+(:mod:`aggregator.ledgers`), records that in its audit chain, and every later global version
+gives the site's epsilon as infinite. The agent reads the audit topic too
+(:mod:`agents.suspension`): it stops with :data:`EXIT_SUSPENDED` and an error saying why as soon
+as it reads its site's suspension, instead of training for updates that would all be refused
+until the next version told it. An agent training with DP also stops at a version that gives
+its site's epsilon as infinite (should that come first), unless the audit chain shows the site
+reinstated after that version was published. It notes in ``state.json`` that it stopped, and
+for which suspension event. Started again after that (once the operator has added the other
+ledger to this one and reinstated the site, README "When something fails"), it trains on
+nothing while the chain still shows that suspension; once the reinstatement is in the chain it
+goes on from the version it finds (made before the reinstatement, its infinite epsilon is old
+news). Without the reinstatement in the chain, it waits on the versions it found published and
+takes the first later one that gives its site a bounded epsilon; a later one that still gives
+it as unbounded, or a later version while the chain still shows the site suspended, stops it
+again.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from agents.outbox import Outbox, OutboxMessage
 from agents.pending import PendingStore
 from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from agents.settings import AgentSettings
+from agents.suspension import SuspensionWatch
 from agents.training import LocalTrainer, site_batch_size
 from fedsynth.data.preprocess import accounted_histograms
 from fedsynth.data.schema import DatasetSchema
@@ -60,10 +68,19 @@ from fedsynth.privacy import PrivacyBudget, SiteLedger, noise_for_budget
 from fedsynth.secagg.fixedpoint import FixedPointSpec
 from fedsynth.staleness import make_staleness
 from observability import extract_context, inject_headers, setup_telemetry
+from observability.audit import AuditEvent
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import make_consumer, make_producer
 from topics.gaps import GapGuard, Verdict
-from topics.registry import CONTROL, GLOBAL_MODEL, SHARE_RELAY, SITE_EVENTS, UNMASK, UPDATES
+from topics.registry import (
+    AUDIT,
+    CONTROL,
+    GLOBAL_MODEL,
+    SHARE_RELAY,
+    SITE_EVENTS,
+    UNMASK,
+    UPDATES,
+)
 
 __all__ = ["GlobalVersion", "SiteAgent"]
 
@@ -117,6 +134,7 @@ class SiteAgent:
         )
         self.latest: GlobalVersion | None = None
         self.found_version: int | None = None  # the newest version there when this process began
+        self.suspensions = SuspensionWatch(settings.site)  # from the aggregator's audit chain
         self.epsilon_spent = 0.0
         self.rows = 0
         self.trainer: LocalTrainer | None = None
@@ -200,8 +218,11 @@ class SiteAgent:
         await producer.start()
         try:
             await consumer.start()
-            tps = [TopicPartition(GLOBAL_MODEL.name, 0), TopicPartition(CONTROL.name, 0)] + [
-                TopicPartition(SHARE_RELAY.name, p) for p in range(SHARE_RELAY.partitions)
+            tps = [
+                TopicPartition(GLOBAL_MODEL.name, 0),
+                TopicPartition(CONTROL.name, 0),
+                TopicPartition(AUDIT.name, 0),
+                *(TopicPartition(SHARE_RELAY.name, p) for p in range(SHARE_RELAY.partitions)),
             ]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
@@ -226,7 +247,9 @@ class SiteAgent:
                         self._on_model_message(reader, rec.value, list(rec.headers or []))
                         continue
                     verdict = gaps.check((tp.topic, tp.partition), rec.offset)
-                    if verdict.handle:
+                    if verdict.handle and tp.topic == AUDIT.name:
+                        self._on_audit_message(reader, rec.value)
+                    elif verdict.handle:
                         await self._on_cohort_message(reader, rec.value)
                     self._on_gap(consumer, tp, verdict)
             if time.monotonic() - last_beat > self.s.heartbeat_s:
@@ -246,23 +269,36 @@ class SiteAgent:
             latest = self.latest
             if self.found_version is None:  # the first pass here: what was there is read
                 self.found_version = -1 if latest is None else latest.version
-            if latest is not None and self.s.dp and not math.isfinite(latest.site_epsilon):
+            suspension = self.suspensions.suspended
+            if suspension is not None:
+                at = -1 if latest is None else latest.version
+                if self.state.get("suspended_by") != suspension.event_hash:
+                    return await self._stop_suspended(
+                        at, "site %s is suspended at global version %d (audit event %d: %s): "
+                        "a second agent of it with its own state folder, or this folder "
+                        "restored from a backup, kept a second privacy ledger",
+                        self.s.site, at, suspension.seq, suspension.reason,
+                    )
+                if latest is None or latest.version <= self.found_version:
+                    continue  # stopped for it and started again: wait for the reinstatement
+                return await self._stop_suspended(  # a later version, still suspended
+                    at, "site %s is still suspended at global version %d (audit event %d: %s)",
+                    self.s.site, at, suspension.seq, suspension.reason,
+                )
+            if (
+                latest is not None
+                and self.s.dp
+                and not math.isfinite(latest.site_epsilon)
+                and not self.suspensions.lifted_since(latest.version)  # else from before it
+            ):
                 if "suspended_at" in self.state and latest.version <= self.found_version:
                     continue  # from before a reinstatement, maybe: wait for a later version
-                log.error(
-                    "global version %d gives site %s's privacy as unbounded: the aggregator "
-                    "suspended the site (a second agent of it with its own state folder, or "
-                    "this folder restored from a backup) or another agent of it trains without "
-                    "DP; this agent stops. Stop the site's other agents, add their ledgers to "
-                    "this one (`fedsynth ledger absorb`) and have the aggregator reinstate the "
-                    "site (`fedsynth aggregator --reinstate`), then start this agent again; or "
-                    "run one agent per site with its whole state folder in a new run.",
-                    latest.version, self.s.site,
+                return await self._stop_suspended(
+                    latest.version, "global version %d gives site %s's privacy as unbounded: "
+                    "the aggregator suspended the site (a second agent of it with its own state "
+                    "folder, or this folder restored from a backup) or another agent of it "
+                    "trains without DP", latest.version, self.s.site,
                 )
-                self.state["suspended_at"] = latest.version
-                _write_json(self.state_path, self.state)
-                await self._heartbeat("suspended")
-                return EXIT_SUSPENDED
             if latest is None or latest.version <= self.state["trained_version"]:
                 continue
             if self.secure is not None and not latest.final:
@@ -277,6 +313,42 @@ class SiteAgent:
             if not await self._train_and_send(latest):
                 await self._heartbeat("budget-exhausted")
                 return 0
+
+    async def _stop_suspended(self, version: int, why: str, *args: object) -> int:
+        """Log why the site is out and what to do, note it in ``state.json``, report it and
+        return :data:`EXIT_SUSPENDED`."""
+        log.error(
+            "%s; this agent stops. Stop the site's other agents, add their ledgers to this one "
+            "(`fedsynth ledger absorb`) and have the aggregator reinstate the site (`fedsynth "
+            "aggregator --reinstate`), then start this agent again; or run one agent per site "
+            "with its whole state folder in a new run.",
+            why % args,
+        )
+        self.state["suspended_at"] = version
+        suspension = self.suspensions.suspended
+        if suspension is not None:
+            self.state["suspended_by"] = suspension.event_hash
+        _write_json(self.state_path, self.state)
+        await self._heartbeat("suspended")
+        return EXIT_SUSPENDED
+
+    def _on_audit_message(self, reader: MessageReader, value: bytes) -> None:
+        """Feed an event of the aggregator's audit chain to :attr:`suspensions` (others'
+        records, and ones that do not read, are logged and skipped)."""
+        got = reader.read(value)
+        if isinstance(got, Rejection):
+            log.warning("ignoring audit record: %s", got.reason)
+        if not isinstance(got, Inbound):
+            return
+        if got.name != "AuditEvent" or got.record["sender"] != "aggregator":
+            log.warning("ignoring %s from %s on the audit topic", got.name, got.record["sender"])
+            return
+        try:
+            event = AuditEvent.from_dict(json.loads(got.record["detail"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring an audit record whose event does not read: %s", exc)
+            return
+        self.suspensions.observe(event)
 
     def _on_gap(self, consumer: Any, tp: TopicPartition, verdict: Verdict) -> None:
         """Seek back to cohort records the consumer skipped (:mod:`topics.gaps`)."""

@@ -2,8 +2,9 @@
 in the demo's secure federation: both agents' privacy ledgers start alike and grow in lockstep,
 so the first of the twin's reports that the aggregator holds against an applied one gives the
 second ledger away. The site is suspended, the federation goes on with the other three sites,
-and the site's agent stops once a version gives the site's privacy as unbounded. Then the
-operators take the site back as README "When something fails" says: the twin is stopped, its
+and the site's agent stops once it reads the suspension in the audit chain (or a version that
+gives the site's privacy as unbounded, should that come first). Then the operators take the
+site back as README "When something fails" says: the twin is stopped, its
 ledger added to the agent's (`fedsynth ledger absorb`), and, after the aggregator made a version
 without the site (which the restarted agent then finds), the site reinstated at the printed
 total while the aggregator runs (`fedsynth aggregator --reinstate ... --send`: the operator's
@@ -107,7 +108,9 @@ def test_a_second_ledger_of_one_site_is_caught_and_the_site_taken_back(
             agent = _child(group, f"agent-{SITE}")
             _wait("stop of the site's agent", lambda: not agent.alive())
             assert agent.popen.returncode == 3, agent.log_tail()
-            stopped_at = int(re.findall(r"global version (\d+) gives site", agent.log_tail())[-1])
+            # by the audit chain's suspension, or by a version that gives its epsilon as infinite
+            why = r"global version (\d+) (?:gives site|\(audit event)"
+            stopped_at = int(re.findall(why, agent.log_tail())[-1])
             # a version made while the site is out: the restarted agent finds it published
             _wait("version while the site is out", lambda: f"published global version "
                   f"{stopped_at + 1} " in aggregator_log.read_text())

@@ -1,0 +1,108 @@
+"""What the aggregator's audit chain says about one site's suspension: pure bookkeeping.
+
+The aggregator records each suspension of a site (``aggregator``/``suspend_site``: a second
+privacy ledger of it was caught, :mod:`aggregator.ledgers`) and each reinstatement
+(``operator``/``reinstate_site``) in its audit chain, on ``fedsynth.audit``, with the
+publication of every global version (``aggregator``/``publish_version``) in between. A site's
+agent reads that topic from its beginning and feeds each event, in the topic's order, to a
+:class:`SuspensionWatch`, which answers two questions:
+
+* :attr:`SuspensionWatch.suspended`: is the site suspended now, and by which event? The agent
+  stops as soon as it reads the suspension, instead of learning it from the next global
+  version's provenance (which gives the site's epsilon as infinite), and so trains no updates
+  that would all be refused.
+* :meth:`SuspensionWatch.lifted_since`: was the site reinstated after a given version was
+  published? Then that version's infinite epsilon for the site predates the reinstatement and
+  is no reason to stop: the agent started again after a reinstatement trains from the version
+  it finds, instead of waiting for a later one.
+
+Events are taken once each: a record the aggregator sent again from its checkpoint's outbox
+after a restart carries an event already read (its ``seq`` is not past the last one) and is
+skipped. A first event (``seq`` 0) other than the chain's own starts a new chain, a new run of
+the federation: what was known of the old one is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from observability.audit import AuditEvent
+
+__all__ = ["Suspension", "SuspensionWatch"]
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """A suspension of the site, as its audit event gives it.
+
+    Attributes:
+        reason: Why the aggregator suspended the site.
+        seq: The event's position in the chain.
+        event_hash: The event's hash: names this suspension (an agent that stopped for it notes
+            it, and started again before the reinstatement waits instead of stopping again).
+    """
+
+    reason: str
+    seq: int
+    event_hash: str
+
+
+class SuspensionWatch:
+    """One site's suspension state, read from the aggregator's audit events in chain order.
+
+    Example::
+
+        watch = SuspensionWatch("Hungary")
+        for event in events:  # AuditEvent, in the order of the audit topic
+            watch.observe(event)
+        if watch.suspended is not None: ...
+    """
+
+    def __init__(self, site: str) -> None:
+        """Args: site: the site whose suspension is followed."""
+        self.site = site
+        self._start(None)
+
+    def _start(self, genesis: str | None) -> None:
+        """Forget everything: a chain whose first event has hash ``genesis`` begins."""
+        self._genesis = genesis
+        self._last_seq = -1
+        self._published = -1  # the last version the chain says was published
+        self._suspended: Suspension | None = None
+        self._lifted_after: int | None = None  # the last version published before a reinstatement
+
+    @property
+    def suspended(self) -> Suspension | None:
+        """The suspension in force, or None (never suspended, or reinstated since)."""
+        return self._suspended
+
+    def lifted_since(self, version: int) -> bool:
+        """Whether the site was reinstated after ``version`` was published (and not suspended
+        again since): that version's provenance predates the reinstatement."""
+        if self._suspended is not None or self._lifted_after is None:
+            return False
+        return version <= self._lifted_after
+
+    def observe(self, event: AuditEvent) -> None:
+        """Take the next event of the chain (one already taken, or of an older chain, is
+        skipped; another chain's first event starts over)."""
+        if event.seq == 0 and event.hash != self._genesis:
+            self._start(event.hash)  # a new chain: a new run
+        elif event.seq <= self._last_seq:
+            return  # sent again after an aggregator's restart: taken already
+        self._last_seq = event.seq
+        details = event.details
+        if event.action == "publish_version":
+            self._published = max(self._published, _int(details.get("version"), -1))
+            return
+        if details.get("site") != self.site:
+            return
+        if event.action == "suspend_site":
+            self._suspended = Suspension(str(details.get("reason", "")), event.seq, event.hash)
+        elif event.action == "reinstate_site":
+            self._suspended = None
+            self._lifted_after = self._published
+
+
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
