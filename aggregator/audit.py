@@ -1,16 +1,35 @@
 """The aggregator's audit records: one chain event as the signed record it sends to
-``fedsynth.audit`` (the chain itself is :mod:`observability.audit`)."""
+``fedsynth.audit`` (the chain itself is :mod:`observability.audit`), and reading them back.
+
+Reading is split as elsewhere: :func:`read_audit` (I/O) fetches the topic and checks each
+record's signature; :func:`assemble_chains` (pure) puts the aggregator's events back into
+chains and :func:`audit_findings` says what is wrong with them, so that ``fedsynth audit`` can
+show an operator or an auditor the trail and whether it holds.
+
+What the topic holds for one federation: the events of one chain per run of its aggregator
+(a fresh state folder starts a new chain at ``seq`` 0), in order, each once, except that an
+aggregator restarted from its checkpoint sends its outbox again, so an event may come a second
+time, byte for byte the same. Anything else is a finding: an event that differs from the one
+read before with the same ``seq`` in its chain, a break in a chain (an event missing, changed,
+inserted or out of order: :func:`~observability.audit.verify_chain`), a record of the
+federation that is not validly signed, or one signed by anyone but the aggregator.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from aggregator.checkpoint import OutboxRecord
-from fedsynth.messages import MessageFactory
-from observability import AuditEvent
+from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
+from observability import AuditEvent, verify_chain
+from schemas.codec import decode
+from schemas.errors import SchemaError
+from schemas.signing import KeyRing
 from topics.registry import AUDIT
 
-__all__ = ["audit_record"]
+__all__ = ["AuditRead", "assemble_chains", "audit_findings", "audit_record", "read_audit"]
 
 
 def audit_record(factory: MessageFactory, entry: AuditEvent) -> OutboxRecord:
@@ -26,3 +45,137 @@ def audit_record(factory: MessageFactory, entry: AuditEvent) -> OutboxRecord:
         },
     )
     return OutboxRecord(AUDIT.name, entry.actor.encode(), msg.value)
+
+
+@dataclass(slots=True)
+class AuditRead:
+    """The audit topic as read for one federation.
+
+    Attributes:
+        events: ``(offset, event)`` of each validly signed record of the aggregator, in topic
+            order (resent ones included).
+        refused: ``(offset, why)`` of each record of the federation that is not.
+        others: records of other federations (skipped: one topic serves every federation).
+    """
+
+    events: list[tuple[int, AuditEvent]] = field(default_factory=list)
+    refused: list[tuple[int, str]] = field(default_factory=list)
+    others: int = 0
+
+
+def assemble_chains(
+    events: Iterable[tuple[int, AuditEvent]],
+) -> tuple[list[list[AuditEvent]], int, list[str]]:
+    """Put the aggregator's events, in topic order, back into its chains.
+
+    A ``seq`` 0 event other than the current chain's first starts a new chain; an event whose
+    ``seq`` the current chain holds already is a resend when it is the same event, and a
+    finding when it is not (kept out of the chain).
+
+    Returns:
+        The chains, oldest first, each event once, in the order read; the number of resends;
+        the findings, each naming the record's offset.
+    """
+    chains: list[list[AuditEvent]] = []
+    held: dict[int, AuditEvent] = {}
+    resent = 0
+    findings: list[str] = []
+    for offset, event in events:
+        if not chains or (event.seq == 0 and held.get(0, event).hash != event.hash):
+            chains.append([])
+            held = {}
+        before = held.get(event.seq)
+        if before is None:
+            held[event.seq] = event
+            chains[-1].append(event)
+        elif before.hash == event.hash:
+            resent += 1
+        else:
+            findings.append(
+                f"offset {offset}: event seq {event.seq} ({event.action}) differs from the one "
+                f"read before with that seq ({before.action}, hash {before.hash[:12]})"
+            )
+    return chains, resent, findings
+
+
+def audit_findings(read: AuditRead) -> tuple[list[list[AuditEvent]], int, list[str]]:
+    """:func:`assemble_chains` of ``read``, with every finding: records refused, events that
+    differ from the one read before, and each chain's first break.
+
+    Returns:
+        The chains, the number of resends, and the findings (none: the trail holds).
+    """
+    chains, resent, findings = assemble_chains(read.events)
+    findings = [f"offset {offset}: {why}" for offset, why in read.refused] + findings
+    for number, chain in enumerate(chains, 1):
+        verdict = verify_chain(chain)
+        if not verdict.ok:
+            assert verdict.bad_index is not None  # noqa: S101 - verify_chain sets it when not ok
+            bad = chain[verdict.bad_index]
+            findings.append(
+                f"chain {number} breaks at its event seq {bad.seq} ({bad.action}): "
+                f"{verdict.reason}"
+            )
+    return chains, resent, findings
+
+
+def read_records(
+    records: Sequence[tuple[int, bytes]], federation_id: str, keys: KeyRing
+) -> AuditRead:
+    """Sort ``(offset, value)`` records of the audit topic: the aggregator's validly signed
+    events of ``federation_id``, its records that are not, and other federations' records."""
+    reader = MessageReader(federation_id, keys)
+    read = AuditRead()
+    for offset, value in records:
+        try:
+            _, record = decode(value)
+        except SchemaError as exc:
+            read.refused.append((offset, f"not a message: {exc}"))
+            continue
+        if record.get("federation_id") != federation_id:
+            read.others += 1
+            continue
+        got = reader.read(value)
+        if isinstance(got, Rejection):
+            read.refused.append((offset, got.reason))
+        elif not isinstance(got, Inbound) or got.name != "AuditEvent":
+            read.refused.append((offset, f"a {getattr(got, 'name', 'chunk')} on the audit topic"))
+        elif got.record["sender"] != "aggregator":
+            read.refused.append((offset, f"signed by {got.record['sender']!r}, not the aggregator"))
+        else:
+            try:
+                event = AuditEvent.from_dict(json.loads(got.record["detail"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                read.refused.append((offset, f"the event does not read: {exc!r}"))
+                continue
+            read.events.append((offset, event))
+    return read
+
+
+async def read_audit(
+    bootstrap: str, federation_id: str, keys: KeyRing, topic: str = AUDIT.name,
+    quiet_s: float = 2.0,
+) -> AuditRead:
+    """Every record of the audit topic, from its beginning, sorted by :func:`read_records`.
+
+    Reads until no record came for ``quiet_s`` seconds (the embedded broker's end offsets are
+    not to be trusted: ``topics.clients``).
+    """
+    from aiokafka import TopicPartition
+
+    from topics.clients import make_consumer
+
+    consumer = make_consumer(bootstrap, group_id=None)
+    await consumer.start()
+    records: list[tuple[int, bytes]] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.seek_to_beginning()
+        while True:
+            batch = await consumer.getmany(timeout_ms=int(quiet_s * 1000))
+            if not batch:
+                break
+            records += [(r.offset, r.value) for rs in batch.values() for r in rs if r.value]
+    finally:
+        await consumer.stop()
+    return read_records(records, federation_id, keys)

@@ -44,6 +44,9 @@ COMMANDS: dict[str, Command] = {
         "agents.ledger_cli", "show a site's privacy ledger, or add a second one of the site to it"
     ),
     "aggregator": Command("aggregator.cli", "run the streaming aggregator"),
+    "audit": Command(
+        "aggregator.audit_cli", "show the aggregator's audit trail and check that it holds"
+    ),
     "gateway": Command("synth_gateway.cli", "run the synthesis gateway (HTTP)"),
     "schema": Command("fedsynth.data.cli", "dataset schemas (schema infer DATA)"),
     "train": Command("fedsynth.model.cli_train", "train the model on one site's data"),

@@ -1,0 +1,87 @@
+"""`fedsynth audit` on the embedded broker: the trail read back from its topic, checked and
+shown; a forged or changed record makes it say the trail does not hold (exit 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from aggregator.audit import audit_record
+from aggregator.audit_cli import EXIT_BROKEN
+from fedsynth.cli import main
+from fedsynth.messages import MessageFactory
+from observability.audit import AuditChain
+from schemas.signing import IdentityKey
+from topics.clients import make_producer
+from topics.registry import AUDIT, ensure_topics
+
+FEDERATION = "fed-audit-cli"
+
+
+async def _send(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=b"aggregator")
+    finally:
+        await producer.stop()
+
+
+def test_the_trail_is_shown_checked_and_a_forgery_found(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys"
+    aggregator = IdentityKey.generate()
+    aggregator.save(keys, "aggregator")
+    IdentityKey.generate().save(keys, "Hungary")
+    spec = dataclasses.replace(AUDIT, name=f"fedsynth.test-audit.{uuid.uuid4().hex[:8]}")
+    asyncio.run(ensure_topics(broker, [spec]))
+    chain = AuditChain()
+    events = [
+        chain.append("aggregator", "publish_version", {"version": 0}),
+        chain.append("aggregator", "suspend_site", {"site": "Hungary", "reason": "went back"}),
+        chain.append("operator", "reinstate_site", {"site": "Hungary", "epsilon": 9.0}),
+        chain.append("aggregator", "publish_version", {"version": 1}),
+    ]
+    factory = MessageFactory(FEDERATION, "aggregator", aggregator)
+    records = [audit_record(factory, e).value for e in events]
+    other = MessageFactory("another-federation", "aggregator", IdentityKey.generate())
+    foreign = audit_record(other, events[0]).value
+    asyncio.run(_send(broker, spec.name, [*records, records[1], foreign]))
+    argv = ["audit", "--bootstrap", broker, "--run-dir", str(tmp_path), "--federation",
+            FEDERATION, "--topic", spec.name]
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 events in 1 chain(s)" in out and "1 sent again" in out and "1 records of other" in out
+    assert "The trail holds" in out and "suspend_site" in out
+
+    assert main([*argv, "--site", "Hungary", "--json"]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["action"] for e in shown] == ["suspend_site", "reinstate_site"]
+
+    # a record signed with a site's key, and one whose event was changed after it was hashed
+    site = MessageFactory(FEDERATION, "Hungary", IdentityKey.load(keys, "Hungary"))
+    changed = dataclasses.replace(chain.append("aggregator", "publish_version", {"version": 2}),
+                                  action="publish_versions")
+    asyncio.run(_send(broker, spec.name, [audit_record(site, events[3]).value,
+                                          audit_record(factory, changed).value]))
+    assert main(argv) == EXIT_BROKEN
+    out = capsys.readouterr().out
+    assert "does NOT hold" in out
+    assert "signed by 'Hungary', not the aggregator" in out
+    assert "breaks at its event seq 4 (publish_versions): hash does not match" in out
+
+
+def test_without_the_aggregators_key_it_says_so(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    IdentityKey.generate().save(tmp_path / "keys", "Hungary")
+    assert main(["audit", "--bootstrap", broker, "--run-dir", str(tmp_path)]) == 1
+    assert "no aggregator.pub" in capsys.readouterr().err
