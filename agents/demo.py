@@ -2,8 +2,9 @@
 
 :func:`run_demo` prepares a run directory (the UCI heart data split by its real hospital column,
 one file per site; identity keys), starts the embedded broker and every service as a separate
-process, follows the global versions with a progress bar, asks the gateway for synthetic patients
-and prints a summary. Every process it started is stopped on the way out, also on Ctrl-C.
+process, follows the global versions with a progress bar, asks the gateway for synthetic patients,
+checks the run's audit trail (``fedsynth audit``) and prints a summary. Every process it started
+is stopped on the way out, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
+import subprocess
 import sys
 import time
 import urllib.request
@@ -82,6 +86,7 @@ class DemoResult:
     parquet: Path | None = None
     release: dict[str, Any] = field(default_factory=dict)
     synthetic: pd.DataFrame | None = None
+    audit: str = ""  # what `fedsynth audit` said of the run's trail (its last line)
 
 
 def prepare(
@@ -297,9 +302,37 @@ def run_demo(opts: DemoOptions, console: Console) -> DemoResult:
         result.release = model
         result.parquet = opts.run_dir / "gateway" / "releases" / f"{model['release_id']}.parquet"
         result.synthetic = pd.read_parquet(result.parquet)
+        result.audit = check_audit(opts, broker.bootstrap)
         group.stop()
     result.wall_s = time.monotonic() - start
     return result
+
+
+def check_audit(opts: DemoOptions, bootstrap: str, timeout_s: float = 120) -> str:
+    """Run ``fedsynth audit`` on the run's trail (its output goes to ``logs/audit.txt``) and
+    return its verdict, in short.
+
+    Raises:
+        FedSynthError: the trail does not hold, or the command failed.
+    """
+    argv = [sys.executable, "-m", "fedsynth.cli", "audit", "--bootstrap", bootstrap,
+            "--run-dir", str(opts.run_dir)]
+    env = {**os.environ, **service_env(opts), "COLUMNS": "120"}
+    proc = subprocess.run(  # noqa: S603 - our own command line
+        argv, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+    )
+    log_file = opts.run_dir / "logs" / "audit.txt"
+    log_file.write_text(proc.stdout + proc.stderr)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise FedSynthError(
+            f"`fedsynth audit` exited with code {proc.returncode} on the run's audit trail "
+            f"(output in {log_file}):\n{(proc.stdout + proc.stderr)[-2000:]}"
+        )
+    found = re.search(r"(\d+) events in (\d+) chain", lines[-1])
+    if found is None or "The trail holds" not in lines[-1]:
+        return lines[-1]
+    return f"holds: {found[1]} events in {found[2]} chain(s), signed and linked"
 
 
 def _wait_for_file(path: Path, timeout_s: float = 30) -> str:

@@ -81,6 +81,8 @@ def _summary(console: Console, opts: DemoOptions, result: DemoResult, real: pd.D
     table.add_row("synthetic rows (Parquet)", str(result.parquet))
     table.add_row("release catalogue (DuckDB)", str(opts.run_dir / "gateway" / "releases.duckdb"))
     table.add_row("traces (OpenTelemetry JSON lines)", str(opts.run_dir / "traces.jsonl"))
+    if result.audit:
+        table.add_row("audit trail (`fedsynth audit`)", result.audit)
     if result.synthetic is not None:
         table.add_row(
             "fidelity (column shapes + pair trends, 1 = identical)",

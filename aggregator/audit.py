@@ -29,7 +29,14 @@ from schemas.errors import SchemaError
 from schemas.signing import KeyRing
 from topics.registry import AUDIT
 
-__all__ = ["AuditRead", "assemble_chains", "audit_findings", "audit_record", "read_audit"]
+__all__ = [
+    "AuditRead",
+    "assemble_chains",
+    "audit_findings",
+    "audit_record",
+    "read_audit",
+    "read_records",
+]
 
 
 def audit_record(factory: MessageFactory, entry: AuditEvent) -> OutboxRecord:

@@ -30,6 +30,9 @@ def test_quick_demo_produces_valid_synthetic_rows(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fedsynth demo summary" in proc.stdout
+    # the run's audit trail, read back by `fedsynth audit`: every version's event, linked
+    assert "audit trail" in proc.stdout and "holds:" in proc.stdout, proc.stdout[-3000:]
+    assert "The trail holds" in (run_dir / "logs" / "audit.txt").read_text()
     (parquet,) = (run_dir / "gateway" / "releases").glob("*.parquet")
     rows = pd.read_parquet(parquet)
     assert len(rows) == 200
