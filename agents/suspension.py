@@ -18,8 +18,11 @@ agent reads that topic from its beginning and feeds each event, in the topic's o
 
 Events are taken once each: a record the aggregator sent again from its checkpoint's outbox
 after a restart carries an event already read (its ``seq`` is not past the last one) and is
-skipped. A first event (``seq`` 0) other than the chain's own starts a new chain, a new run of
-the federation: what was known of the old one is dropped.
+skipped. A first event (``seq`` 0) other than the chain's own starts a new chain (an aggregator
+given a fresh state folder): what was known of the old one is dropped. Records of other
+federations never reach the watch (the agent's reader refuses them), so a new run that takes a
+new federation id, as it must on topics that keep an old run's records (the global-model topic's
+old versions would otherwise be read as the new run's too), starts from nothing.
 """
 
 from __future__ import annotations
