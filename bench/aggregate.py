@@ -34,7 +34,9 @@ signature, the coordinator's masked sum, unmasking and the FedBuff step on the e
 by a bare consumer, alternating; its per-update table splits the ordered part live (reassembly
 with the payload's signature and decoding; the masked sum; unmasking; the FedBuff step) and
 reading offline (chunk signatures, Avro, joining, the payload's signature against the digest its
-chunks carry), next to a raw numpy uint64 sum of the same masked words.
+chunks carry), next to a raw numpy uint64 sum of the same masked words. Below it, outside the
+ratio as for plain mode, the app's encrypted checkpoint after a masked input joins the open
+cohort (its whole running sum, written each time it changes).
 
 Last, the fastest run of each kind as CPU per update: this process's (every thread) and the
 embedded broker's (its process group, from ``/proc``), over the same interval. Spent over ``c``
