@@ -14,11 +14,11 @@ import asyncio
 import datetime as dt
 import json
 import os
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from aggregator.cli import add_federation_arguments
 from aggregator.settings import AggregatorSettings
 from fedsynth.errors import ConfigError
 from observability import AuditEvent
@@ -31,16 +31,7 @@ EXIT_BROKEN = 3
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Flags of ``fedsynth audit``."""
-    parser.add_argument(
-        "--bootstrap",
-        help="Kafka bootstrap servers (else FEDSYNTH_BOOTSTRAP, "
-        "else the embedded broker recorded by `fedsynth broker`)",
-    )
-    parser.add_argument(
-        "--run-dir", type=Path,
-        help="the run folder whose keys/ holds aggregator.pub (default .fedsynth/run)",
-    )
-    parser.add_argument("--federation", help="federation id (default: the aggregator's)")
+    add_federation_arguments(parser, "the run folder whose keys/ holds aggregator.pub")
     parser.add_argument("--site", help="show only the events about this site (all are checked)")
     parser.add_argument("--json", action="store_true", help="one JSON event per line, no table")
     parser.add_argument("--topic", default=None, help=argparse.SUPPRESS)  # tests: their own topic

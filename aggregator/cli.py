@@ -13,22 +13,26 @@ from aggregator.settings import AggregatorSettings
 from fedsynth.durable import StateLock
 from fedsynth.errors import ConfigError
 
-__all__ = ["configure", "load_checkpoint_key", "run"]
+__all__ = ["add_federation_arguments", "configure", "load_checkpoint_key", "run"]
 
 log = logging.getLogger(__name__)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``fedsynth aggregator`` (each also settable as ``FEDSYNTH_<NAME>``)."""
+def add_federation_arguments(parser: argparse.ArgumentParser, run_dir_help: str) -> None:
+    """``--bootstrap``, ``--run-dir`` and ``--federation``, as every aggregator command takes
+    them."""
     parser.add_argument(
         "--bootstrap",
         help="Kafka bootstrap servers (else FEDSYNTH_BOOTSTRAP, "
         "else the embedded broker recorded by `fedsynth broker`)",
     )
-    parser.add_argument(
-        "--run-dir", type=Path, help="state, keys and traces (default .fedsynth/run)"
-    )
+    parser.add_argument("--run-dir", type=Path, help=f"{run_dir_help} (default .fedsynth/run)")
     parser.add_argument("--federation", help="federation id")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``fedsynth aggregator`` (each also settable as ``FEDSYNTH_<NAME>``)."""
+    add_federation_arguments(parser, "state, keys and traces")
     parser.add_argument("--sites", help="comma-separated roster of site ids")
     parser.add_argument("--rounds", type=int, help="global versions to publish")
     parser.add_argument("--dataset", help="dataset schema name or path")
