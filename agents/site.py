@@ -69,6 +69,8 @@ from fedsynth.secagg.fixedpoint import FixedPointSpec
 from fedsynth.staleness import make_staleness
 from observability import extract_context, inject_headers, setup_telemetry
 from observability.audit import AuditEvent
+from schemas.codec import decode
+from schemas.errors import SchemaError
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import make_consumer, make_producer
 from topics.gaps import GapGuard, Verdict
@@ -333,8 +335,14 @@ class SiteAgent:
         return EXIT_SUSPENDED
 
     def _on_audit_message(self, reader: MessageReader, value: bytes) -> None:
-        """Feed an event of the aggregator's audit chain to :attr:`suspensions` (others'
-        records, and ones that do not read, are logged and skipped)."""
+        """Feed an event of the aggregator's audit chain to :attr:`suspensions`. Records of
+        other federations (the topic serves them all) are skipped quietly; others' records,
+        and ones that do not read, are logged and skipped."""
+        try:
+            if decode(value)[1].get("federation_id") != self.s.federation_id:
+                return  # (their aggregators' keys are not ours: no signature to check)
+        except SchemaError:
+            pass  # the reader says what is wrong with it
         got = reader.read(value)
         if isinstance(got, Rejection):
             log.warning("ignoring audit record: %s", got.reason)

@@ -4,6 +4,7 @@ suspended, by which event, and which versions predate a reinstatement."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -200,7 +201,7 @@ async def test_an_agent_started_again_stops_at_a_later_version_while_still_suspe
 
 
 async def test_another_sites_suspension_and_records_not_from_the_aggregator_change_nothing(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     agent = _agent(tmp_path)
     trained, _ = scripted(agent)
@@ -210,6 +211,16 @@ async def test_another_sites_suspension_and_records_not_from_the_aggregator_chan
     def forge() -> None:  # signed by a site's key, not the aggregator's
         _deliver(agent, forged, sender=agent.s.site)
 
-    with pytest.raises(_Done):
-        await agent._follow(_Quiet([_see(agent, 1, 1.0, *events), forge]))
+    def foreign() -> None:  # another federation's aggregator suspends a site of this name
+        key = IdentityKey.generate()
+        record = audit_record(MessageFactory("another", "aggregator", key), forged)
+        agent._on_audit_message(MessageReader(agent.s.federation_id, agent.keys), record.value)
+
+    with caplog.at_level(logging.WARNING, logger="agents.site"):
+        with pytest.raises(_Done):
+            await agent._follow(_Quiet([_see(agent, 1, 1.0, *events), forge, foreign]))
     assert trained == [1] and agent.suspensions.suspended is None
+    # the site-signed record is reported; the other federation's is skipped quietly
+    assert [r.getMessage() for r in caplog.records if r.name == "agents.site"] == [
+        "ignoring AuditEvent from Cleveland on the audit topic"
+    ]
