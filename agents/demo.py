@@ -86,7 +86,7 @@ class DemoResult:
     parquet: Path | None = None
     release: dict[str, Any] = field(default_factory=dict)
     synthetic: pd.DataFrame | None = None
-    audit: str = ""  # what `fedsynth audit` said of the run's trail (its last line)
+    audit: str = ""  # what `fedsynth audit` said of the run's trail, in short
 
 
 def prepare(

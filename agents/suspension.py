@@ -90,7 +90,7 @@ class SuspensionWatch:
         """Take the next event of the chain (one already taken, or of an older chain, is
         skipped; another chain's first event starts over)."""
         if event.seq == 0 and event.hash != self._genesis:
-            self._start(event.hash)  # a new chain: a new run
+            self._start(event.hash)  # a new chain: a fresh aggregator state
         elif event.seq <= self._last_seq:
             return  # sent again after an aggregator's restart: taken already
         self._last_seq = event.seq

@@ -21,12 +21,15 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from aiokafka import TopicPartition
+
 from aggregator.checkpoint import OutboxRecord
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from observability import AuditEvent, verify_chain
 from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.signing import KeyRing
+from topics.clients import make_consumer
 from topics.registry import AUDIT
 
 __all__ = [
@@ -168,10 +171,6 @@ async def read_audit(
     Reads until no record came for ``quiet_s`` seconds (the embedded broker's end offsets are
     not to be trusted: ``topics.clients``).
     """
-    from aiokafka import TopicPartition
-
-    from topics.clients import make_consumer
-
     consumer = make_consumer(bootstrap, group_id=None)
     await consumer.start()
     records: list[tuple[int, bytes]] = []
