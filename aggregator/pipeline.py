@@ -14,6 +14,9 @@ Back-pressure: :meth:`OrderedPrefetch.put` waits while ``depth`` items are in fl
 stays bounded by ``depth`` messages. An exception raised by the stateful step stops the pipeline
 and is raised again from the next :meth:`~OrderedPrefetch.put` or :meth:`~OrderedPrefetch.join`;
 nothing is skipped silently.
+
+:class:`GroupCommit` is the rule by which the app ends a group of handled messages that share
+one checkpoint before they are acked.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Generic, TypeVar
 
 from fedsynth.errors import ConfigError
 
-__all__ = ["OrderedPrefetch"]
+__all__ = ["GroupCommit", "OrderedPrefetch"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -133,3 +136,39 @@ class OrderedPrefetch(Generic[T, R]):
                 await self._handle(item, result)
             finally:
                 self._queue.task_done()
+
+
+class GroupCommit:
+    """When a group of messages handled back to back under one checkpoint ends (group commit).
+
+    A group ends, to be checkpointed and then acked, once ``every`` of its messages changed the
+    state a checkpoint holds, once it holds ``limit`` messages (changed or not: each unacked one
+    keeps its record in memory), or when no message waits to be handled. Messages that change
+    nothing (a chunk of a payload not yet whole, a refused record) so do not each cost a share
+    of a checkpoint: an open secure cohort's checkpoint writes its whole running sum.
+
+    Example::
+
+        group = GroupCommit(every=16, limit=64)
+        if group.ends(changed, backlog): ...  # checkpoint, then ack the group's messages
+    """
+
+    def __init__(self, every: int, limit: int) -> None:
+        """Args: every: changes of state per group; limit: messages per group (>= every).
+
+        Raises:
+            ConfigError: ``every`` < 1 or ``limit`` < ``every``.
+        """
+        if every < 1 or limit < every:
+            raise ConfigError(f"a group needs 1 <= every <= limit: every={every}, limit={limit}")
+        self.every, self.limit = every, limit
+        self.messages = self.changes = 0
+
+    def ends(self, changed: bool, backlog: int) -> bool:
+        """Count one handled message; True when its group ends with it (a new one begins)."""
+        self.messages += 1
+        self.changes += changed
+        if self.changes >= self.every or self.messages >= self.limit or backlog == 0:
+            self.messages = self.changes = 0
+            return True
+        return False

@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedsynth.model.config import FEDERATED_DP_CONFIG
 
-__all__ = ["AggregatorSettings"]
+__all__ = ["UNACKED_PER_CHANGE", "AggregatorSettings"]
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,13 @@ OPERATOR = "operator"
 ``operator`` identity key of the key folder."""
 RESERVED_SENDERS = frozenset({"aggregator", "gateway", OPERATOR})
 """Sender names that are no site's (their identity keys sit beside the sites' in one folder)."""
+
+
+UNACKED_PER_CHANGE = 4
+"""Group commit: besides ``checkpoint_every`` messages that changed state, at most this many
+times as many messages are handled unacked under one checkpoint (chunks of payloads not yet
+whole, refused records: they change no state, but each unacked event keeps its record, up to
+900 KiB, in memory)."""
 
 
 class AggregatorSettings(BaseSettings):
@@ -98,8 +105,15 @@ class AggregatorSettings(BaseSettings):
         "error), so the CRC only adds a second pass over every byte on the event loop",
     )
     checkpoint_every: int = Field(
-        default=16, ge=1, description="most messages handled back to back under one checkpoint"
+        default=16,
+        ge=1,
+        description="most messages that changed state handled back to back under one checkpoint",
     )
+
+    @property
+    def unacked_limit(self) -> int:
+        """Most messages handled under one checkpoint (:data:`UNACKED_PER_CHANGE`)."""
+        return UNACKED_PER_CHANGE * self.checkpoint_every
 
     @field_validator("sites")
     @classmethod

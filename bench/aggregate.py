@@ -76,7 +76,7 @@ from aggregator.service import DERIVE, Prepared
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
 from bench.ingest_path import BARE_NOCRC, Run, TimedPath, group_cpu_s, read_split
-from bench.secure_ingest import SecureIngestPath, SecureWorkload
+from bench.secure_ingest import AppCheckpoints, SecureIngestPath, SecureWorkload
 from bench.secure_ingest import build_workload as build_secure_workload
 from bench.secure_ingest import report as report_secure
 from fedsynth.codec.quantize import QuantizedVector
@@ -98,6 +98,8 @@ APP_CHECK_CRCS: bool = AggregatorSettings.model_fields["check_crcs"].default
 PLAIN_BARE, PLAIN_INGEST = "plain: bare aiokafka", "plain: aggregator ingest"
 SECURE_BARE, SECURE_INGEST = "secure: bare aiokafka", "secure: aggregator ingest"
 PLAIN_NOCRC, SECURE_NOCRC = "plain: bare, no CRC", "secure: bare, no CRC"
+SECURE_COMMIT = "secure: ingest + the app's checkpoints"
+SECURE_COMMIT_OLD = "secure: ingest + checkpoints, previous group rule"
 PLAIN_SERIAL, PLAIN_ON_LOOP = "plain: ingest, one thread", "plain: engine on the event loop"
 CPU_KINDS = (PLAIN_BARE, PLAIN_SERIAL, PLAIN_INGEST, SECURE_BARE, SECURE_INGEST)
 """The runs whose CPU :func:`report_cpu` prints (the others are timed for their rows only)."""
@@ -349,6 +351,7 @@ class Timings:
     """The fastest run of each kind, and the ingest paths (per-part sums) of the fastest ingests."""
 
     runs: dict[str, Run] = dataclasses.field(default_factory=dict)
+    saves: dict[str, int] = dataclasses.field(default_factory=dict)  # checkpoints, by kind
     best: IngestPath | None = None
     secure_best: SecureIngestPath | None = None
 
@@ -447,6 +450,16 @@ async def measure_secure(
         path.check()
         if timings.keep(SECURE_INGEST, run):
             timings.secure_best = path
+        for kind, app_rule in ((SECURE_COMMIT_OLD, False), (SECURE_COMMIT, True)):
+            with tempfile.TemporaryDirectory() as tmp:
+                path = SecureIngestPath.fresh(workload)
+                path.engine_thread = engine_thread
+                store = CheckpointStore(Path(tmp) / "checkpoint.bin", bytes(32), FEDERATION)
+                path.commit = AppCheckpoints.by_rule(store, app_rule)
+                run = await consume(bootstrap, spec, total, path, pool)
+                path.check()
+                timings.keep(kind, run)
+                timings.saves[kind] = path.commit.saves
 
 
 def report(
@@ -570,9 +583,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     plain = report(console, size, workload, timings, args.workers)
     if timings.secure_best is None:
         raise ConfigError("no secure ingest run was measured (repeats must be >= 1)")
+    committed = [
+        (f"{label}: {timings.saves[kind]} checkpoints", timings.wall(kind))
+        for kind, label in (
+            (SECURE_COMMIT_OLD, "+ checkpoints, previous group rule"),
+            (SECURE_COMMIT, "+ checkpoints, the app's group rule"),
+        )
+        if kind in timings.runs
+    ]
     masked = report_secure(
         console, secure, (timings.secure_bare_s, timings.secure_bare_nocrc_s),
-        timings.secure_best, timings.secure_s, args.workers,
+        timings.secure_best, timings.secure_s, args.workers, committed,
     )
     per_run = {kind: secure.updates if kind.startswith("secure") else size.updates
                for kind in CPU_KINDS}

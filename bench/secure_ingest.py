@@ -18,6 +18,12 @@ records: :func:`aggregator.service.prepare` on the workers, then in order
 between; here the coordinator is restored from its state at the mask request when the next
 cohort's first record arrives (that restore is counted in the ordered part). The run must make
 the same model, bit for bit, as the in-memory play.
+
+With :class:`AppCheckpoints`, the path also writes the app's checkpoints as the app's group
+commit does (``aggregator/app.py``): one before each new version (write-ahead), and one per
+group of messages handled back to back, by the app's rule (a group ends after
+``checkpoint_every`` messages that changed state, or ``UNACKED_PER_CHANGE`` times as many
+messages) or by the previous one (after ``checkpoint_every`` messages, changed or not).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import statistics
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +46,9 @@ from agents.secure import PendingUpdate, SecureSite, SecureSiteConfig
 from aggregator.checkpoint import Checkpoint, CheckpointStore
 from aggregator.cohorts import CohortConfig, CohortCoordinator
 from aggregator.engine import AggregatorEngine, CohortAggregated, EngineConfig, EngineState
+from aggregator.pipeline import GroupCommit
 from aggregator.service import Prepared
+from aggregator.settings import AggregatorSettings
 from aggregator.strategies import StrategyConfig, build_strategy
 from bench.ingest_path import BARE_NOCRC, ReadSplit, TimedPath, read_split
 from fedsynth.errors import MessageError
@@ -196,6 +205,46 @@ def build_workload(params: int, cohorts: int, members: int, seed: int = 0) -> Se
     )
 
 
+@dataclass(slots=True)
+class AppCheckpoints:
+    """The app's checkpoints, for the bench (see the module docstring).
+
+    Attributes:
+        store: Where they go (a temporary folder).
+        group: When a group of messages ends (the app's rule, or the previous one).
+        saves: Checkpoints written.
+    """
+
+    store: CheckpointStore
+    group: GroupCommit
+    dirty: bool = False
+    saves: int = 0
+
+    @classmethod
+    def by_rule(cls, store: CheckpointStore, app_rule: bool) -> AppCheckpoints:
+        """The app's group rule (``checkpoint_every`` changes of state, at most
+        ``unacked_limit`` messages), or the previous one (``checkpoint_every`` messages)."""
+        settings = AggregatorSettings(sites=("-",))
+        limit = settings.unacked_limit if app_rule else settings.checkpoint_every
+        return cls(store, GroupCommit(settings.checkpoint_every, limit))
+
+    def handled(self, path: SecureIngestPath, changed: bool, published: bool) -> None:
+        """One message handled; ``published``: it made a new version (sent write-ahead). The
+        bench's consumer is never idle, so only a full group ends one."""
+        self.dirty = self.dirty or changed
+        if published:
+            self._save(path)
+        if self.group.ends(changed, backlog=1) and self.dirty:
+            self._save(path)
+
+    def _save(self, path: SecureIngestPath) -> None:
+        cohort = {} if path.coord is None else path.coord.state_arrays()
+        arrays = {f"cohort.{k}": v for k, v in cohort.items()}  # as the service names them
+        self.store.save(Checkpoint(path.state, arrays=arrays))
+        self.saves += 1
+        self.dirty = False
+
+
 @dataclass(slots=True, kw_only=True)
 class SecureIngestPath(TimedPath):
     """The aggregator's secure ingest of a :class:`SecureWorkload`."""
@@ -209,6 +258,7 @@ class SecureIngestPath(TimedPath):
     unmask_s: float = 0.0  # the coordinator taking unmask responses (unmasking at the last)
     step_s: float = 0.0  # the FedBuff step on the unmasked sum
     restore_s: float = 0.0  # the coordinator restored at each cohort's first record
+    commit: AppCheckpoints | None = None  # the app's checkpoints too
 
     @classmethod
     def fresh(cls, workload: SecureWorkload) -> SecureIngestPath:
@@ -224,9 +274,16 @@ class SecureIngestPath(TimedPath):
         )
 
     def _ordered(self, prepared: Prepared) -> None:
+        version = self.state.model_version
+        changed = self._take(prepared)
+        if self.commit is not None:
+            self.commit.handled(self, changed, self.state.model_version != version)
+
+    def _take(self, prepared: Prepared) -> bool:
+        """The app's ordered step for one record; says whether it changed state."""
         msg = self._accept(prepared)
         if msg is None:
-            return
+            return False
         t1 = time.perf_counter()
         cohort_id = str(msg.record["cohort_id"])
         if cohort_id not in self.started:  # the app's coordinator gets here by joins and shares
@@ -235,7 +292,7 @@ class SecureIngestPath(TimedPath):
             self.coord = CohortCoordinator.from_state(self.workload.config, state, arrays)
         coord = self.coord
         if coord is None:  # pragma: no cover - set above for the first record
-            return
+            return False
         t2 = time.perf_counter()
         self.restore_s += t2 - t1
         out = coord.on_record(msg.name, msg.record, NOW)
@@ -249,6 +306,7 @@ class SecureIngestPath(TimedPath):
         if out.event is not None:
             self.state, _ = self.engine.step(self.state, out.event)
             self.step_s += time.perf_counter() - t3
+        return True
 
     def check(self) -> None:
         """Every masked input was taken, nothing refused, and the model is the in-memory play's.
@@ -287,11 +345,13 @@ def read_and_sum(workload: SecureWorkload) -> tuple[ReadSplit, float]:
 
 
 def report(console: Console, workload: SecureWorkload, bare: tuple[float, float],
-           path: SecureIngestPath, ingest_s: float, workers: int) -> float:
+           path: SecureIngestPath, ingest_s: float, workers: int,
+           committed: Sequence[tuple[str, float]] = ()) -> float:
     """Print the secure-mode rate table and per-update CPU; returns the ingest-vs-bare ratio.
 
     ``bare`` is the bare consumer's best wall time with aiokafka's CRC check (the default) and
-    without it (as the aggregator reads).
+    without it (as the aggregator reads); ``committed``: rows of the ingest with checkpoints
+    (:class:`AppCheckpoints`), label and best wall time, shown but not in the ratio.
     """
     bare_s, bare_nocrc_s = bare
     n, mib = workload.updates, workload.payload_bytes / 2**20
@@ -306,10 +366,21 @@ def report(console: Console, workload: SecureWorkload, bare: tuple[float, float]
         ("bare aiokafka", bare_s),
         (BARE_NOCRC, bare_nocrc_s),
         (f"secure ingest ({workers} workers + engine thread)", ingest_s),
+        *committed,
     ):
         rates.add_row(label, f"{secs:.3f}", f"{n / secs:.1f}", f"{mib / secs:.1f}",
                       f"{bare_s / secs:.2f}x")
     console.print(rates)
+    if committed:
+        settings = AggregatorSettings(sites=("-",))
+        console.print(
+            "+ checkpoints: the same ingest writing the app's checkpoints (not in the ratio): one "
+            "before each new version (write-ahead) and one per group of messages handled back to "
+            f"back that changed state; the app's group ends after {settings.checkpoint_every} "
+            f"changes of state or {settings.unacked_limit} messages, the previous rule's after "
+            f"{settings.checkpoint_every} messages",
+            highlight=False,
+        )
     parts = Table(title="secure mode, per masked update, ms")
     parts.add_column("part")
     parts.add_column("ms/update", justify="right")
