@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -309,13 +308,14 @@ def run_demo(opts: DemoOptions, console: Console) -> DemoResult:
 
 
 def check_audit(opts: DemoOptions, bootstrap: str, timeout_s: float = 120) -> str:
-    """Run ``fedsynth audit`` on the run's trail (its output goes to ``logs/audit.txt``) and
-    return its verdict, in short.
+    """Run ``fedsynth audit --json`` on the run's trail (its output goes to ``logs/audit.txt``)
+    and return its verdict, in short: the exit code says whether the trail holds, the JSON
+    lines (one per event, with its chain) how much it holds.
 
     Raises:
         FedSynthError: the trail does not hold, or the command failed.
     """
-    argv = [sys.executable, "-m", "fedsynth.cli", "audit", "--bootstrap", bootstrap,
+    argv = [sys.executable, "-m", "fedsynth.cli", "audit", "--json", "--bootstrap", bootstrap,
             "--run-dir", str(opts.run_dir)]
     env = {**os.environ, **service_env(opts), "COLUMNS": "120"}
     proc = subprocess.run(  # noqa: S603 - our own command line
@@ -323,16 +323,14 @@ def check_audit(opts: DemoOptions, bootstrap: str, timeout_s: float = 120) -> st
     )
     log_file = opts.run_dir / "logs" / "audit.txt"
     log_file.write_text(proc.stdout + proc.stderr)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not events:
         raise FedSynthError(
             f"`fedsynth audit` exited with code {proc.returncode} on the run's audit trail "
             f"(output in {log_file}):\n{(proc.stdout + proc.stderr)[-2000:]}"
         )
-    found = re.search(r"(\d+) events in (\d+) chain", lines[-1])
-    if found is None or "The trail holds" not in lines[-1]:
-        return lines[-1]
-    return f"holds: {found[1]} events in {found[2]} chain(s), signed and linked"
+    chains = len({event["chain"] for event in events})
+    return f"holds: {len(events)} events in {chains} chain(s), signed and linked"
 
 
 def _wait_for_file(path: Path, timeout_s: float = 30) -> str:

@@ -9,11 +9,11 @@ that covers the event ack it, so that faust may commit its offset. Checkpoints a
 group-committed: messages handled back to back share one checkpoint, written before any of them is
 acked, until ``checkpoint_every`` of them changed state (chunks of a payload not yet whole change
 none: a masked input of 9 chunks is one change), :data:`~aggregator.settings.UNACKED_PER_CHANGE`
-times as many were handled, or no prefetched message waits (:class:`~aggregator.pipeline.
-GroupCommit`); a crash before it replays them, and
-since nothing they decided was sent yet, replaying them may decide afresh. (Counting every
-message made an open secure cohort's checkpoint write its 8 MB running sum about twice per
-cohort of four; ``bench.aggregate`` prints the secure ingest with either rule.)
+times as many were handled, or no prefetched message waits
+(:class:`~aggregator.pipeline.GroupCommit`); a crash before it replays them, and since nothing
+they decided was sent yet, replaying them may decide afresh. (Counting every message made an
+open secure cohort's checkpoint write its 8 MB running sum about twice per cohort of four;
+``bench.aggregate`` prints the secure ingest with either rule.)
 Before version 0 there is no checkpoint (the gathered hellos and the histogram cohort are not
 checkpointed), so nothing is acked until the first one: an aggregator restarted while gathering
 reads every hello again (sites send theirs once).
