@@ -10,8 +10,9 @@ and (b) the aggregator's ingest path consumes the same records the way the aggre
 quantization levels) runs on a thread pool ahead of the consumer through
 :class:`~aggregator.pipeline.OrderedPrefetch`, and in consumption order, on one engine thread,
 :meth:`MessageReader.accept` (chunk reassembly, replay) and :class:`AggregatorEngine` with FedBuff
-(K=4) fed ``UpdateReceived`` events as ``aggregator.service`` builds them. Two more rows show the
-same work on one thread and with the ordered part on the event loop (the previous design). Both
+(K=4) fed ``UpdateReceived`` events as ``aggregator.service`` builds them. Three more rows show the
+same work on one thread, with the ordered part on the event loop (the previous design), and with
+the workers' part done before the run (:class:`PreparedPath`: a bound on moving it elsewhere). Both
 consumers are group-less, assigned every partition and seeked to the beginning; the fastest of
 the repeats of each is kept. The ingest path reads as the aggregator app does, without aiokafka's
 CRC-32C check of each batch (``AggregatorSettings.check_crcs``: its records are signed over SHA-256
@@ -72,7 +73,7 @@ from threadpoolctl import threadpool_limits
 from aggregator.checkpoint import Checkpoint, CheckpointStore, save_checkpoint
 from aggregator.engine import AggregatorEngine, EngineConfig, EngineState, Rejected, UpdateReceived
 from aggregator.pipeline import OrderedPrefetch
-from aggregator.service import DERIVE, Prepared
+from aggregator.service import DERIVE, Prepared, prepare
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
 from bench.ingest_path import BARE_NOCRC, Run, TimedPath, group_cpu_s, read_split
@@ -101,6 +102,7 @@ PLAIN_NOCRC, SECURE_NOCRC = "plain: bare, no CRC", "secure: bare, no CRC"
 SECURE_COMMIT = "secure: ingest + the app's checkpoints"
 SECURE_COMMIT_OLD = "secure: ingest + checkpoints, previous group rule"
 PLAIN_SERIAL, PLAIN_ON_LOOP = "plain: ingest, one thread", "plain: engine on the event loop"
+PLAIN_PREPARED = "plain: ordered part only, prepared beforehand"
 CPU_KINDS = (PLAIN_BARE, PLAIN_SERIAL, PLAIN_INGEST, SECURE_BARE, SECURE_INGEST)
 """The runs whose CPU :func:`report_cpu` prints (the others are timed for their rows only)."""
 
@@ -163,6 +165,32 @@ class IngestPath(TimedPath):
         self.engine_s += t3 - t2
         self.applied += 1
         self.rejected += [str(e.reason) for e in out if isinstance(e, Rejected)]
+
+
+@dataclass(slots=True, kw_only=True)
+class PreparedPath(IngestPath):
+    """The plain ingest with the workers' part already done: :meth:`prepare` looks up what
+    :func:`aggregator.service.prepare` made of the record before the run (by its last ``TAIL``
+    bytes, the end of the payload with its compressed vector; the table is checked to hold one
+    entry per record), so the run is the fetch, the hand-overs and the ordered part alone. It
+    bounds what moving the pure part elsewhere (worker processes, other machines) could gain on
+    the same cores."""
+
+    table: dict[bytes, Prepared]
+
+    TAIL = 64
+
+    def prepare(self, value: bytes) -> Prepared:
+        return self.table[value[-self.TAIL:]]
+
+    @classmethod
+    def beforehand(cls, workload: Workload, size: Size) -> PreparedPath:
+        """A fresh path (as :func:`new_path`) whose records are all prepared now."""
+        path = new_path(workload, size)
+        table = {value[-cls.TAIL:]: prepare(path.reader, value) for _, value in workload.records}
+        if len(table) != len(workload.records):
+            raise MessageError("two records end in the same bytes; cannot tell them apart")
+        return cls(reader=path.reader, engine=path.engine, state=path.state, table=table)
 
 
 def build_workload(size: Size, seed: int = 0) -> Workload:
@@ -419,6 +447,11 @@ async def measure(
                 )
             if timings.keep(PLAIN_INGEST, run):
                 timings.best = path
+            ready = PreparedPath.beforehand(workload, size)
+            ready.engine_thread = engine_thread
+            timings.keep(PLAIN_PREPARED, await consume(bootstrap, spec, total, ready, pool))
+            if ready.rejected or ready.applied != size.updates:
+                raise MessageError(f"prepared ingest applied {ready.applied}/{size.updates}")
         await measure_secure(bootstrap, secure, size, timings, pool, engine_thread, broker)
     return timings
 
@@ -478,6 +511,7 @@ def report(
         ("ingest, one thread", timings.serial_s),
         (f"{workers} workers, engine on the event loop", timings.on_loop_s),
         (f"aggregator ingest ({workers} workers + engine thread)", timings.ingest_s),
+        ("the same, workers' part done beforehand (bound)", timings.wall(PLAIN_PREPARED)),
     ):
         rates.add_row(label, f"{secs:.3f}", f"{n / secs:.1f}", f"{mib / secs:.1f}",
                       f"{timings.bare_s / secs:.2f}x")
