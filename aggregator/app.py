@@ -9,7 +9,9 @@ that covers the event ack it, so that faust may commit its offset. Checkpoints a
 group-committed: messages handled back to back share one checkpoint, written before any of them is
 acked, until ``checkpoint_every`` of them changed state (chunks of a payload not yet whole change
 none: a masked input of 9 chunks is one change), :data:`~aggregator.settings.UNACKED_PER_CHANGE`
-times as many were handled, or no prefetched message waits
+times as many were handled, no prefetched message waits, or a message's handling wrote a
+checkpoint ahead of its records (a new version: that checkpoint covers the group, so a secure
+cohort's group ends with the cohort, where no running sum is open)
 (:class:`~aggregator.pipeline.GroupCommit`); a crash before it replays them, and since nothing
 they decided was sent yet, replaying them may decide afresh. (Counting every message made an
 open secure cohort's checkpoint write its 8 MB running sum about twice per cohort of four;
@@ -63,6 +65,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -122,6 +125,20 @@ def load_dataset_schema(name_or_path: str) -> DatasetSchema:
         if path.suffix == ".json"
         else DatasetSchema.load_named(name_or_path)
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """What handling one consumed message did, for :class:`GroupCommit`.
+
+    Attributes:
+        changed: It changed the state a checkpoint holds.
+        checkpointed: A checkpoint was written while handling it (ahead of the records it
+            made, a new version's), covering every message handled so far.
+    """
+
+    changed: bool
+    checkpointed: bool = False
 
 
 class AggregatorRuntime:
@@ -292,15 +309,16 @@ class AggregatorRuntime:
         value: bytes,
         headers: Headers,
         prepared: Prepared | None = None,
-    ) -> bool:
+    ) -> Handled:
         """Handle one consumed message end to end (``prepared``: its :meth:`prepare` result);
-        says whether it changed the state a checkpoint holds (:class:`GroupCommit`)."""
+        says whether it changed the state a checkpoint holds and whether a checkpoint was
+        written on the way (:class:`GroupCommit`)."""
         async with self.lock:
             tp = (topic, partition)
             verdict = self.gaps.check(tp, offset)
             if not verdict.handle:
                 await self._on_gap(topic, partition, verdict)
-                return False
+                return Handled(changed=False)
             # a re-read after a restart; a gap's record is new although below the high-water mark
             replayed = verdict.kind is not VerdictKind.FILL and offset < self.high_water.get(tp, -1)
             with self.tracer.start_as_current_span(
@@ -324,10 +342,10 @@ class AggregatorRuntime:
                 self.high_water[tp] = max(self.high_water.get(tp, 0), offset + 1)
                 if replayed:
                     fx.dead.clear()
-                await self._apply_or_die(fx, origin=(topic, partition, offset, key, value))
+                ahead = await self._apply_or_die(fx, origin=(topic, partition, offset, key, value))
             if verdict.kind is VerdictKind.GAP:
                 await self._on_gap(topic, partition, verdict)
-            return fx.changed and self.service.state is not None
+            return Handled(fx.changed and self.service.state is not None, ahead)
 
     async def _on_gap(self, topic: str, partition: int, verdict: Verdict) -> None:
         """Seek back to records the consumer was never handed (:mod:`topics.gaps`)."""
@@ -357,14 +375,15 @@ class AggregatorRuntime:
 
     async def _apply_or_die(
         self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None
-    ) -> None:
-        """Do the I/O; if it fails, exit so a restart resumes from the last checkpoint.
+    ) -> bool:
+        """Do the I/O; if it fails, exit so a restart resumes from the last checkpoint. Says
+        whether a checkpoint was written (ahead of records to send).
 
         Crash-only by design: a half-done send/checkpoint sequence must not be continued from
         memory, and a faust agent that crashed would otherwise stop consuming silently.
         """
         try:
-            await self._apply(fx, origin)
+            return await self._apply(fx, origin)
         except Exception:
             log.exception("aggregator I/O failed; exiting so that a restart resumes exactly")
             logging.shutdown()
@@ -372,7 +391,7 @@ class AggregatorRuntime:
 
     async def _apply(
         self, fx: Effects, origin: tuple[str, int, int, bytes | None, bytes] | None
-    ) -> None:
+    ) -> bool:
         if fx.changed and self.service.state is not None:
             self.dirty = True
         records = self._outbound(fx)
@@ -384,6 +403,7 @@ class AggregatorRuntime:
             await self._send_outbox()
         for item in fx.dead:
             await self._dead_letter(item.reason, item.error_class, origin)
+        return bool(records) and self.service.state is not None  # none before version 0
 
     async def _send_outbox(self) -> None:
         for record in self.outbox:
@@ -584,7 +604,7 @@ def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
     async def handle(event: EventT[bytes], prepared: Prepared) -> None:
         await runtime.whole.wait()  # not while another member holds some inbound partitions
         msg = event.message
-        changed = await runtime.on_message(
+        handled = await runtime.on_message(
             msg.topic,
             msg.partition,
             msg.offset,
@@ -595,7 +615,7 @@ def _consume(app: faust.App, runtime: AggregatorRuntime, name: str) -> None:
         )
         unacked.append(event)
         # group commit: one checkpoint for the messages handled back to back, then their acks
-        if group.ends(changed, pipes[0].backlog):
+        if group.ends(handled.changed, pipes[0].backlog, handled.checkpointed):
             if not await runtime.flush():
                 return  # nothing may be committed before the first checkpoint
             for done in unacked:

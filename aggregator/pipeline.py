@@ -143,14 +143,18 @@ class GroupCommit:
 
     A group ends, to be checkpointed and then acked, once ``every`` of its messages changed the
     state a checkpoint holds, once it holds ``limit`` messages (changed or not: each unacked one
-    keeps its record in memory), or when no message waits to be handled. Messages that change
-    nothing (a chunk of a payload not yet whole, a refused record) so do not each cost a share
-    of a checkpoint: an open secure cohort's checkpoint writes its whole running sum.
+    keeps its record in memory), when no message waits to be handled, or with a message whose
+    handling wrote a checkpoint already (a new version, written ahead of its records: that
+    checkpoint covers the whole group, so acking it then costs at most a small one with the
+    outbox cleared). Messages that change nothing (a chunk of a payload not yet whole, a refused
+    record) so do not each cost a share of a checkpoint, and a secure cohort's group runs from
+    one version to the next: an open cohort's checkpoint writes its whole running sum, and at a
+    version none is open.
 
     Example::
 
         group = GroupCommit(every=16, limit=64)
-        if group.ends(changed, backlog): ...  # checkpoint, then ack the group's messages
+        if group.ends(changed, backlog, checkpointed): ...  # checkpoint, then ack the group
     """
 
     def __init__(self, every: int, limit: int) -> None:
@@ -164,11 +168,22 @@ class GroupCommit:
         self.every, self.limit = every, limit
         self.messages = self.changes = 0
 
-    def ends(self, changed: bool, backlog: int) -> bool:
-        """Count one handled message; True when its group ends with it (a new one begins)."""
+    def ends(self, changed: bool, backlog: int, checkpointed: bool = False) -> bool:
+        """Count one handled message; True when its group ends with it (a new one begins).
+
+        Args:
+            changed: The message changed the state a checkpoint holds.
+            backlog: Messages waiting to be handled after it.
+            checkpointed: Handling it wrote a checkpoint (of everything handled so far).
+        """
         self.messages += 1
         self.changes += changed
-        if self.changes >= self.every or self.messages >= self.limit or backlog == 0:
+        if (
+            checkpointed
+            or self.changes >= self.every
+            or self.messages >= self.limit
+            or backlog == 0
+        ):
             self.messages = self.changes = 0
             return True
         return False

@@ -27,6 +27,20 @@ def test_a_group_ends_at_its_message_limit_and_when_nothing_waits() -> None:
     assert not group.ends(True, backlog=5)  # a new group began
 
 
+def test_a_group_ends_with_the_checkpoint_written_ahead_of_a_version() -> None:
+    """A secure cohort of four: each input is 9 chunks (the last one changes state), then four
+    unmask responses, the last of which makes the version and its write-ahead checkpoint. The
+    group ends there, with the cohort, not 16 changes later inside the next cohort's inputs
+    (where its checkpoint would write that cohort's running sum)."""
+    cohort = [(i % 9 == 8, False) for i in range(36)] + [(True, i == 3) for i in range(4)]
+    group = GroupCommit(every=16, limit=64)
+    ends = [group.ends(changed, 5, ahead) for changed, ahead in cohort * 3]
+    assert [i for i, end in enumerate(ends) if end] == [39, 79, 119]
+    without = GroupCommit(every=16, limit=64)  # the rule before: 16 changes or 64 messages
+    ends = [without.ends(changed, 5) for changed, _ in cohort * 3]
+    assert [i for i, end in enumerate(ends) if end] == [63]  # in the 2nd cohort, its sum open
+
+
 def test_the_settings_give_the_app_s_limits() -> None:
     settings = AggregatorSettings(sites=("A",), checkpoint_every=10)
     assert settings.unacked_limit == UNACKED_PER_CHANGE * 10
@@ -39,21 +53,26 @@ def test_the_settings_give_the_app_s_limits() -> None:
 @given(
     st.integers(1, 8),
     st.integers(0, 24),
-    st.lists(st.tuples(st.booleans(), st.integers(0, 3)), max_size=200),
+    st.lists(
+        st.tuples(st.booleans(), st.integers(0, 3), st.integers(0, 9).map(lambda n: n == 0)),
+        max_size=200,
+    ),
 )
 def test_groups_are_as_large_as_allowed_and_no_larger(
-    every: int, extra: int, stream: list[tuple[bool, int]]
+    every: int, extra: int, stream: list[tuple[bool, int, bool]]
 ) -> None:
     """Property: the groups split the stream; each holds at most ``every`` changes and ``limit``
-    messages, and one ends before that only where nothing waits, or at the stream's end."""
+    messages, and one ends before that only where nothing waits, at a message that wrote a
+    checkpoint, or at the stream's end; such a message always ends its group."""
     limit = every + extra
     group = GroupCommit(every, limit)
-    current: list[tuple[bool, int]] = []
-    for changed, backlog in stream:
-        current.append((changed, backlog))
-        if group.ends(changed, backlog):
-            changes = sum(c for c, _ in current)
-            assert changes <= every and len(current) <= limit
-            assert changes == every or len(current) == limit or backlog == 0
+    current: list[bool] = []
+    for changed, backlog, ahead in stream:
+        current.append(changed)
+        ended = group.ends(changed, backlog, ahead)
+        assert ended or not (ahead or backlog == 0)
+        if ended:
+            assert sum(current) <= every and len(current) <= limit
+            assert sum(current) == every or len(current) == limit or backlog == 0 or ahead
             current = []
-    assert sum(c for c, _ in current) < every and len(current) < limit
+    assert sum(current) < every and len(current) < limit
