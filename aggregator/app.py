@@ -15,7 +15,7 @@ cohort's group ends with the cohort, where no running sum is open)
 (:class:`~aggregator.pipeline.GroupCommit`); a crash before it replays them, and since nothing
 they decided was sent yet, replaying them may decide afresh. (Counting every message made an
 open secure cohort's checkpoint write its 8 MB running sum about twice per cohort of four;
-``bench.aggregate`` prints the secure ingest with either rule.)
+``bench.aggregate`` prints the secure ingest under each rule.)
 Before version 0 there is no checkpoint (the gathered hellos and the histogram cohort are not
 checkpointed), so nothing is acked until the first one: an aggregator restarted while gathering
 reads every hello again (sites send theirs once).

@@ -102,9 +102,10 @@ PLAIN_NOCRC, SECURE_NOCRC = "plain: bare, no CRC", "secure: bare, no CRC"
 SECURE_COMMIT = "secure: ingest + the app's checkpoints"
 SECURE_COMMIT_CHANGES = "secure: ingest + checkpoints, groups of changes"
 SECURE_COMMIT_OLD = "secure: ingest + checkpoints, groups of messages"
+EVERY: int = AggregatorSettings.model_fields["checkpoint_every"].default
 COMMIT_ROWS = (
-    (SECURE_COMMIT_OLD, GroupRule.MESSAGES, "+ checkpoints, 16 messages a group"),
-    (SECURE_COMMIT_CHANGES, GroupRule.CHANGES, "+ checkpoints, 16 changes a group"),
+    (SECURE_COMMIT_OLD, GroupRule.MESSAGES, f"+ checkpoints, {EVERY} messages a group"),
+    (SECURE_COMMIT_CHANGES, GroupRule.CHANGES, f"+ checkpoints, {EVERY} changes a group"),
     (SECURE_COMMIT, GroupRule.APP, "+ checkpoints, the app's group rule"),
 )
 """The secure ingest writing the app's checkpoints, under the app's group rule and earlier ones
