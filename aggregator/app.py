@@ -64,7 +64,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -91,6 +91,7 @@ from aggregator.service import (
 from aggregator.settings import OPERATOR, AggregatorSettings
 from fedsynth.codec.chunk import SetKey
 from fedsynth.data.schema import DatasetSchema
+from fedsynth.federation import load_model_code
 from fedsynth.messages import MessageFactory, MessageReader
 from observability import AuditChain, AuditEvent, extract_context, inject_headers, setup_telemetry
 from schemas.signing import IdentityKey, KeyRing
@@ -182,12 +183,14 @@ class AggregatorRuntime:
         self.paused_at: float | None = None  # when handling stopped for a rebalance (wall clock)
         # set while this aggregator holds every inbound partition (see on_assigned)
         self.whole = asyncio.Event()
+        self.warming: Future[None] | None = None  # the model's code, loading ahead (fresh start)
         self._restore()
 
     # ---------------------------------------------------------------- restore
     def _restore(self) -> None:
         ckpt = self.checkpoints.load()
-        if ckpt is None:
+        if ckpt is None:  # version 0 will build a model: load torch while the sites gather
+            self.warming = self.pool.submit(load_model_code)
             return
         self.service.restore(ckpt.state, ckpt.extra["service"], ckpt.arrays)
         self.resume = dict(ckpt.offsets)

@@ -30,6 +30,7 @@ __all__ = [
     "decode_delta",
     "decode_vector",
     "encode_vector",
+    "load_model_code",
 ]
 
 #: Plain-mode model updates: 8-bit stochastic quantization, then zstd.
@@ -81,7 +82,8 @@ class ModelSpec:
         """A fresh model; loads ``params`` when given.
 
         torch is imported here, not with this module: the aggregator reads specs and vectors on
-        every restart but builds a model only once, when it fits the encoder.
+        every restart but builds a model only once, when it fits the encoder (it may load the
+        code ahead, off its event loop: :func:`load_model_code`).
         """
         from fedsynth.model.tabddpm import TabularDiffusion
 
@@ -127,3 +129,10 @@ def _decoded(
     if vector.shape != (n_parameters,):
         raise MessageError(f"vector has {vector.size} values, message says {n_parameters}")
     return vector
+
+
+def load_model_code() -> None:
+    """Import the model's code (torch) now, so that the first :meth:`ModelSpec.build` does not
+    pay for it (about 1.5 s). An aggregator starting a federation calls it on a worker thread
+    while it waits for the sites, instead of importing torch when version 0 is due."""
+    import fedsynth.model.tabddpm  # noqa: F401 - imported for its side effect of loading torch

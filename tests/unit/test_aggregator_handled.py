@@ -7,6 +7,7 @@ engine thread are the real ones.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -55,3 +56,29 @@ async def test_records_sent_before_version_0_write_no_checkpoint(tmp_path: Path)
     assert sent > 0
     assert handled == [Handled(False)] * 4
     assert not checkpoint.exists()
+
+
+async def test_a_fresh_aggregator_loads_the_model_code_while_sites_gather(tmp_path: Path) -> None:
+    """Version 0 builds the model: a fresh runtime loads torch ahead on a worker thread (not when
+    version 0 is due, on the engine thread); one resumed from a checkpoint builds no model."""
+    fed = Federation.create(tmp_path, ["A", "B"])
+    settings = AggregatorSettings(
+        run_dir=tmp_path, federation_id=FED, sites=fed.sites, mode="plain"
+    )
+    for resumed in (False, True):
+        runtime = AggregatorRuntime(StandInApp(), settings, bytes(32))  # type: ignore[arg-type]
+        try:
+            if resumed:
+                assert runtime.warming is None
+                assert runtime.service.state is not None
+                continue
+            assert runtime.warming is not None
+            runtime.warming.result(timeout=120)  # loaded without error
+            assert "torch" in sys.modules
+            for offset, site in enumerate(fed.sites):  # version 0, checkpointed
+                await runtime.on_message(SITE_EVENTS.name, 0, offset, b"k", fed.hello(site), [])
+            assert runtime.service.state is not None
+        finally:
+            runtime.pool.shutdown()
+            runtime.engine_thread.shutdown()
+            runtime.telemetry.shutdown()
