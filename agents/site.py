@@ -12,24 +12,24 @@ gathering sites submits the same released counts to the histogram cohort, instea
 out of the sum (or drawing, and spending on, a second release).
 
 One agent at a time works on a site's folder (:class:`~fedsynth.durable.StateLock`, taken by
-:meth:`SiteAgent.run`): a second one, started by mistake beside a running one, would spend the
-same privacy budget again and overwrite the ledger's record of it. One on another host, with a
-copy of the folder, keeps a second ledger; the aggregator then suspends the site
-(:mod:`aggregator.ledgers`), records that in its audit chain, and every later global version
-gives the site's epsilon as infinite. The agent reads the audit topic too
-(:mod:`agents.suspension`): it stops with :data:`EXIT_SUSPENDED` and an error saying why as soon
-as it reads its site's suspension, instead of training for updates that would all be refused
-until the next version told it. An agent training with DP also stops at a version that gives
-its site's epsilon as infinite (should that come first), unless the audit chain shows the site
-reinstated after that version was published. It notes in ``state.json`` that it stopped, and
-for which suspension event. Started again after that (once the operator has added the other
-ledger to this one and reinstated the site, README "When something fails"), it trains on
-nothing while the chain still shows that suspension; once the reinstatement is in the chain it
-goes on from the version it finds (made before the reinstatement, its infinite epsilon is old
-news). Without the reinstatement in the chain, it waits on the versions it found published and
-takes the first later one that gives its site a bounded epsilon; a later one that still gives
-it as unbounded, or a later version while the chain still shows the site suspended, stops it
-again.
+:meth:`SiteAgent.run`): a second one, started by mistake beside a running one, would spend the same
+privacy budget again and overwrite the ledger's record of it. One on another host, with a copy of
+the folder, keeps a second ledger; the aggregator then suspends the site
+(:mod:`aggregator.ledgers`), records that in its audit chain, and every later global version gives
+the site's epsilon as infinite. The agent reads the audit topic too (:mod:`agents.suspension`; it
+keeps in ``state.json`` where it read up to and what it read, and a restart goes on from there): it
+stops with :data:`EXIT_SUSPENDED` and an error saying why as soon as it reads its site's
+suspension, instead of training for updates that would all be refused until the next version told
+it. An agent training with DP also stops at a version that gives its site's epsilon as infinite
+(should that come first), unless the audit chain shows the site reinstated after that version was
+published. It notes in ``state.json`` that it stopped, and for which suspension event. Started
+again after that (once the operator has added the other ledger to this one and reinstated the site,
+README "When something fails"), it trains on nothing while the chain still shows that suspension;
+once the reinstatement is in the chain it goes on from the version it finds (made before the
+reinstatement, its infinite epsilon is old news). Without the reinstatement in the chain, it waits
+on the versions it found published and takes the first later one that gives its site a bounded
+epsilon; a later one that still gives it as unbounded, or a later version while the chain still
+shows the site suspended, stops it again.
 """
 
 from __future__ import annotations
@@ -136,7 +136,6 @@ class SiteAgent:
         )
         self.latest: GlobalVersion | None = None
         self.found_version: int | None = None  # the newest version there when this process began
-        self.suspensions = SuspensionWatch(settings.site)  # from the aggregator's audit chain
         self.epsilon_spent = 0.0
         self.rows = 0
         self.trainer: LocalTrainer | None = None
@@ -152,6 +151,31 @@ class SiteAgent:
             "trained_before": False,
         }
         self.outbox = Outbox(self.s.site_dir / "outbox")
+        self._restore_audit_position()
+
+    def _restore_audit_position(self) -> None:
+        """The audit chain as read so far (:attr:`suspensions`, from the aggregator's chain)
+        and where: ``state["audit"]`` holds the offset of the last event taken and the watch's
+        state after it; absent, or unreadable, the topic is read from its beginning."""
+        self.suspensions = SuspensionWatch(self.s.site)
+        self.audit_at: int | None = None  # offset of the last audit event taken
+        self.audit_check: str | None = None  # the hash the first event read must have
+        saved = self.state.get("audit")
+        if saved is None:
+            return
+        try:
+            watch = SuspensionWatch.from_dict(self.s.site, saved["watch"])
+            offset = saved["offset"]
+            if not isinstance(offset, int) or offset < 0 or watch.last_hash is None:
+                raise ValueError(f"offset {offset!r} with last event {watch.last_hash!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning(
+                "state.json's audit position does not read (%s); reading the audit topic from "
+                "its beginning", exc,
+            )
+            del self.state["audit"]
+            return
+        self.suspensions, self.audit_at = watch, offset
 
     def prepare(self) -> None:
         """Validate the site's data (errors name row and column; nothing is sent yet) and open
@@ -220,14 +244,7 @@ class SiteAgent:
         await producer.start()
         try:
             await consumer.start()
-            tps = [
-                TopicPartition(GLOBAL_MODEL.name, 0),
-                TopicPartition(CONTROL.name, 0),
-                TopicPartition(AUDIT.name, 0),
-                *(TopicPartition(SHARE_RELAY.name, p) for p in range(SHARE_RELAY.partitions)),
-            ]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
+            await self._assign(consumer)
             self.producer = producer
             await self._flush_outbox()
             if not self.state["hello_sent"]:
@@ -236,6 +253,32 @@ class SiteAgent:
         finally:
             await consumer.stop()
             await producer.stop()
+
+    async def _assign(self, consumer: Any) -> None:
+        """Assign the topics this agent follows, each read from its beginning except the audit
+        topic after a restart: from the event taken last (:attr:`audit_at`), which is read
+        again and must be the same (:meth:`_on_audit_message`)."""
+        tps = [
+            TopicPartition(GLOBAL_MODEL.name, 0),
+            TopicPartition(CONTROL.name, 0),
+            TopicPartition(AUDIT.name, 0),
+            *(TopicPartition(SHARE_RELAY.name, p) for p in range(SHARE_RELAY.partitions)),
+        ]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        if self.audit_at is None:
+            return
+        audit = TopicPartition(AUDIT.name, 0)
+        first = (await consumer.beginning_offsets([audit]))[audit]
+        end = (await consumer.end_offsets([audit]))[audit]
+        if first <= self.audit_at < end:
+            consumer.seek(audit, self.audit_at)
+            self.audit_check = self.suspensions.last_hash
+        else:  # (the embedded broker answers a fetch past the end with nothing, not an error)
+            log.warning(
+                "the audit topic holds offsets %d to %d, not %d where this agent read the "
+                "event it took last: reading it from its beginning", first, end - 1, self.audit_at,
+            )
 
     async def _follow(self, consumer: Any) -> int:
         reader = MessageReader(self.s.federation_id, self.keys)
@@ -250,7 +293,10 @@ class SiteAgent:
                         continue
                     verdict = gaps.check((tp.topic, tp.partition), rec.offset)
                     if verdict.handle and tp.topic == AUDIT.name:
-                        self._on_audit_message(reader, rec.value)
+                        if not self._on_audit_message(reader, rec.value, rec.offset):
+                            await consumer.seek_to_beginning(tp)  # (the rest comes again)
+                            gaps.positioned((tp.topic, tp.partition), await consumer.position(tp))
+                            break
                     elif verdict.handle:
                         await self._on_cohort_message(reader, rec.value)
                     self._on_gap(consumer, tp, verdict)
@@ -334,29 +380,53 @@ class SiteAgent:
         await self._heartbeat("suspended")
         return EXIT_SUSPENDED
 
-    def _on_audit_message(self, reader: MessageReader, value: bytes) -> None:
-        """Feed an event of the aggregator's audit chain to :attr:`suspensions`. Records of
-        other federations (the topic serves them all) are skipped quietly; others' records,
-        and ones that do not read, are logged and skipped."""
+    def _on_audit_message(
+        self, reader: MessageReader, value: bytes, offset: int | None = None
+    ) -> bool:
+        """Feed an event of the aggregator's audit chain, read at ``offset`` (None: not from
+        the topic; it is then not noted as a position to go on from), to :attr:`suspensions`.
+        Records of other federations (the topic serves them all) are skipped quietly; others'
+        records, and ones that do not read, are logged and skipped.
+
+        Returns False when this agent went on from a saved position (:attr:`audit_at`) and the
+        first event read there is not the one it took last: the topic changed since (a broker
+        that lost its topics, a trail cut short), and the caller reads it from its beginning.
+        The watch is kept: events it took already are skipped again, and another chain's
+        first event starts over."""
         try:
             if decode(value)[1].get("federation_id") != self.s.federation_id:
-                return  # (their aggregators' keys are not ours: no signature to check)
+                return True  # (their aggregators' keys are not ours: no signature to check)
         except SchemaError:
             pass  # the reader says what is wrong with it
         got = reader.read(value)
         if isinstance(got, Rejection):
             log.warning("ignoring audit record: %s", got.reason)
         if not isinstance(got, Inbound):
-            return
+            return True
         if got.name != "AuditEvent" or got.record["sender"] != "aggregator":
             log.warning("ignoring %s from %s on the audit topic", got.name, got.record["sender"])
-            return
+            return True
         try:
             event = AuditEvent.from_dict(json.loads(got.record["detail"]))
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring an audit record whose event does not read: %s", exc)
-            return
+            return True
+        if self.audit_check is not None:
+            expected, self.audit_check = self.audit_check, None
+            if event.hash != expected:
+                log.warning(
+                    "the audit topic holds event %d (%s...) at offset %s, where this agent read "
+                    "event %d (%s...) before: reading the topic from its beginning",
+                    event.seq, event.hash[:12], offset, self.suspensions.last_seq,
+                    expected[:12],
+                )
+                return False
         self.suspensions.observe(event)
+        if offset is not None and event.hash == self.suspensions.last_hash:
+            # taken now, or the one taken last read again: where to go on from
+            self.audit_at = offset
+            self.state["audit"] = {"offset": offset, "watch": self.suspensions.to_dict()}
+        return True
 
     def _on_gap(self, consumer: Any, tp: TopicPartition, verdict: Verdict) -> None:
         """Seek back to cohort records the consumer skipped (:mod:`topics.gaps`)."""

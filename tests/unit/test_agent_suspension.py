@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.site import EXIT_SUSPENDED, GlobalVersion, SiteAgent
+from agents.site import EXIT_SUSPENDED, GlobalVersion, SiteAgent, _write_json
 from agents.suspension import SuspensionWatch
 from aggregator.audit import audit_record
 from fedsynth.messages import MessageFactory, MessageReader
@@ -142,13 +142,94 @@ def test_the_state_is_the_last_word_on_the_site_whatever_is_sent_again(
         assert not any(watch.lifted_since(v) for v in range(version + 1))
 
 
+@given(st.lists(st.sampled_from(["publish", "suspend", "reinstate", "other"]), max_size=20),
+       st.randoms(use_true_random=False))
+def test_a_watch_saved_and_restored_anywhere_reads_on_as_if_never_stopped(
+    script: list[str], rnd: Any
+) -> None:
+    """Property: saving the watch's state (through JSON, as ``state.json`` keeps it) after any
+    prefix of a delivery, with resends, and restoring it, then taking the rest, ends in the
+    same state as taking it all at once; the saved state names the last event taken."""
+    steps = {"publish": publish(0), "suspend": suspend(), "reinstate": reinstate(),
+             "other": suspend("Cleveland")}
+    events = chain(*(steps[k] for k in script))
+    delivered = [e for i, e in enumerate(events)
+                 for e in [e, *([events[rnd.randrange(i + 1)]] if rnd.random() < 0.3 else [])]]
+    cut = rnd.randrange(len(delivered) + 1)
+    first = watched(delivered[:cut])
+    restored = SuspensionWatch.from_dict(SITE, json.loads(json.dumps(first.to_dict())))
+    assert restored.to_dict() == first.to_dict()
+    assert first.last_hash == (events[first.last_seq].hash if first.last_seq >= 0 else None)
+    for event in delivered[cut:]:
+        restored.observe(event)
+    assert restored.to_dict() == watched(delivered).to_dict()
+
+
+def test_a_saved_watch_that_does_not_read_is_refused() -> None:
+    good = watched(chain(publish(0), suspend())).to_dict()
+    assert SuspensionWatch.from_dict(SITE, good).suspended is not None
+    for bad in ({**good, "last_seq": "3"}, {**good, "suspended": [1]},
+                {k: v for k, v in good.items() if k != "published"}, {**good, "genesis": 5}):
+        with pytest.raises(ValueError, match="not a saved suspension watch"):
+            SuspensionWatch.from_dict(SITE, bad)
+
+
 # ------------------------------------------------------------------------- the site's agent
-def _deliver(agent: SiteAgent, event: AuditEvent, sender: str = "aggregator") -> None:
+def _deliver(
+    agent: SiteAgent, event: AuditEvent, sender: str = "aggregator", offset: int | None = None
+) -> bool:
     """``event`` as the audit topic carries it: an AuditEvent record signed by ``sender``,
-    handed to the agent's reading of that topic."""
+    handed to the agent's reading of that topic (read at ``offset``)."""
     identity = IdentityKey.load(agent.s.keys_dir, sender)
     record = audit_record(MessageFactory(agent.s.federation_id, sender, identity), event)
-    agent._on_audit_message(MessageReader(agent.s.federation_id, agent.keys), record.value)
+    reader = MessageReader(agent.s.federation_id, agent.keys)
+    return agent._on_audit_message(reader, record.value, offset)
+
+
+def test_a_restarted_agent_goes_on_from_the_audit_event_it_took_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent notes in its state the offset of the last event it took and the watch after
+    it; started again, it goes on from there once the event read there first is that one, and
+    says so, keeping what it read, when it is not (the caller then reads from the beginning)."""
+    agent = _agent(tmp_path)
+    site = agent.s.site
+    events = chain(publish(0), suspend(site), publish(1))
+    for offset, event in enumerate(events):
+        assert _deliver(agent, event, offset=offset)
+    _deliver(agent, events[1], offset=3)  # sent again: not taken, the position stays
+    assert agent.state["audit"]["offset"] == agent.audit_at == 2
+    _write_json(agent.state_path, agent.state)
+
+    again = _agent(tmp_path)
+    assert again.audit_at == 2 and again.suspensions.to_dict() == agent.suspensions.to_dict()
+    assert again.suspensions.suspended is not None  # before anything is read
+    again.audit_check = again.suspensions.last_hash  # as _assign sets it
+    assert _deliver(again, events[2], offset=2) and again.audit_check is None
+    later = AuditChain(head=events[-1]).append(*reinstate(site))
+    assert _deliver(again, later, offset=3)
+    assert again.suspensions.suspended is None and again.audit_at == 3
+
+    moved = _agent(tmp_path)  # the topic holds another event where the last one was read
+    moved.audit_check = moved.suspensions.last_hash
+    with caplog.at_level(logging.WARNING, logger="agents.site"):
+        assert not _deliver(moved, events[0], offset=2)
+    assert "reading the topic from its beginning" in caplog.text
+    assert moved.suspensions.suspended is not None  # kept: the topic is read again into it
+    assert all(_deliver(moved, e, offset=i) for i, e in enumerate([*events, later]))
+    assert moved.suspensions.to_dict() == again.suspensions.to_dict()
+
+
+def test_an_unreadable_audit_position_is_reported_and_the_topic_read_from_the_beginning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent = _agent(tmp_path)
+    agent.state["audit"] = {"offset": -1, "watch": SuspensionWatch(agent.s.site).to_dict()}
+    _write_json(agent.state_path, agent.state)
+    with caplog.at_level(logging.WARNING, logger="agents.site"):
+        again = _agent(tmp_path)
+    assert again.audit_at is None and "audit" not in again.state
+    assert "audit position does not read" in caplog.text
 
 
 def _see(agent: SiteAgent, version: int, eps: float, *events: AuditEvent) -> Callable[[], None]:
