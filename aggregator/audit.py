@@ -13,6 +13,12 @@ time, byte for byte the same. Anything else is a finding: an event that differs 
 read before with the same ``seq`` in its chain, a break in a chain (an event missing, changed,
 inserted or out of order: :func:`~observability.audit.verify_chain`), a record of the
 federation that is not validly signed, or one signed by anyone but the aggregator.
+
+A chain's links cannot show that events were cut off its end. The global-model topic can:
+the aggregator sends each version there before the ``publish_version`` event that records it,
+so the newest version it holds (:func:`read_versions`, whole and signed by the aggregator)
+must be recorded in the trail (:func:`publication_findings`). The trail may be ahead of what
+was read of the global-model topic (a version published since), never behind.
 """
 
 from __future__ import annotations
@@ -30,15 +36,19 @@ from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.signing import KeyRing
 from topics.clients import make_consumer
-from topics.registry import AUDIT
+from topics.registry import AUDIT, GLOBAL_MODEL
 
 __all__ = [
     "AuditRead",
+    "Publication",
     "assemble_chains",
     "audit_findings",
     "audit_record",
+    "publication_findings",
     "read_audit",
+    "read_global_versions",
     "read_records",
+    "read_versions",
 ]
 
 
@@ -162,15 +172,85 @@ def read_records(
     return read
 
 
-async def read_audit(
-    bootstrap: str, federation_id: str, keys: KeyRing, topic: str = AUDIT.name,
-    quiet_s: float = 2.0,
-) -> AuditRead:
-    """Every record of the audit topic, from its beginning, sorted by :func:`read_records`.
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A global version as the global-model topic holds it.
 
-    Reads until no record came for ``quiet_s`` seconds (the embedded broker's end offsets are
-    not to be trusted: ``topics.clients``).
+    Attributes:
+        offset: Offset of the record that completed the version (its last chunk).
+        version: The version's number.
     """
+
+    offset: int
+    version: int
+
+
+def read_versions(
+    records: Sequence[tuple[int, bytes]], federation_id: str, keys: KeyRing
+) -> list[Publication]:
+    """The global versions of ``federation_id`` among ``(offset, value)`` records of the
+    global-model topic, in topic order: each whole (every chunk read) and validly signed by
+    the aggregator; anything else is skipped (agents skip it too). A version sent again after
+    an aggregator's restart (the same message) counts once, where it was first read whole."""
+    reader = MessageReader(federation_id, keys)
+    found: list[Publication] = []
+    for offset, value in records:
+        try:
+            if decode(value)[1].get("federation_id") != federation_id:
+                continue
+        except SchemaError:
+            continue
+        got = reader.read(value)
+        if (isinstance(got, Inbound) and got.name == "GlobalModel"
+                and got.record["sender"] == "aggregator"):
+            found.append(Publication(offset, int(got.record["version"])))
+    return found
+
+
+def publication_findings(
+    chains: Sequence[Sequence[AuditEvent]], versions: Sequence[Publication]
+) -> list[str]:
+    """Whether the trail records the newest global version the global-model topic holds.
+
+    It must be among the ``publish_version`` events of the last chain that has any (a fresh
+    aggregator state starts a chain that publishes nothing before its version 0, and publishes
+    from 0 again). A trail behind the topic was cut short, or the aggregator has not sent the
+    event (it crashed between sending the version and its event, and sends both again when
+    restarted). Not seen: a cut that takes away every publication of a newer chain whose newest
+    version an older chain also published.
+
+    Returns:
+        One finding, or none.
+    """
+    if not versions:
+        return []
+    newest = versions[-1]
+    published: list[int] = []
+    for chain in reversed(chains):
+        published = [_int_or(e.details.get("version")) for e in chain
+                     if e.action == "publish_version"]
+        if published:
+            break
+    if newest.version in published:
+        return []
+    last = (f"the last it records is version {max(published)}" if published
+            else "it records none")
+    return [
+        f"{GLOBAL_MODEL.name} holds global version {newest.version} (offset {newest.offset}), "
+        f"but the trail does not record its publication ({last}): the trail was cut short, or "
+        "the aggregator has not sent that event yet (a crash between sending the version and "
+        "its event; a restart sends both again)"
+    ]
+
+
+def _int_or(value: object, default: int = -1) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+async def _read_topic(bootstrap: str, topic: str, quiet_s: float) -> list[tuple[int, bytes]]:
+    """``(offset, value)`` of every record of ``topic``'s partition 0, from its beginning,
+    read until no record came for ``quiet_s`` seconds (the embedded broker's end offsets are
+    not to be trusted: ``topics.clients``)."""
     consumer = make_consumer(bootstrap, group_id=None)
     await consumer.start()
     records: list[tuple[int, bytes]] = []
@@ -184,4 +264,20 @@ async def read_audit(
             records += [(r.offset, r.value) for rs in batch.values() for r in rs if r.value]
     finally:
         await consumer.stop()
-    return read_records(records, federation_id, keys)
+    return records
+
+
+async def read_audit(
+    bootstrap: str, federation_id: str, keys: KeyRing, topic: str = AUDIT.name,
+    quiet_s: float = 2.0,
+) -> AuditRead:
+    """Every record of the audit topic, from its beginning, sorted by :func:`read_records`."""
+    return read_records(await _read_topic(bootstrap, topic, quiet_s), federation_id, keys)
+
+
+async def read_global_versions(
+    bootstrap: str, federation_id: str, keys: KeyRing, topic: str = GLOBAL_MODEL.name,
+    quiet_s: float = 2.0,
+) -> list[Publication]:
+    """The global versions the global-model topic holds (:func:`read_versions`)."""
+    return read_versions(await _read_topic(bootstrap, topic, quiet_s), federation_id, keys)

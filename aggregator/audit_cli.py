@@ -2,7 +2,10 @@
 
 Reads ``fedsynth.audit`` from its beginning, checks each record's signature against the
 aggregator's public key in the key folder, puts the events back into their chains (one per run
-of the aggregator) and checks every link (:mod:`aggregator.audit`). Prints the events (all, or
+of the aggregator) and checks every link (:mod:`aggregator.audit`); and checks that the trail
+records the newest global version on ``fedsynth.global-model`` (read first, so that a version
+published meanwhile finds its event already in the trail), which a trail cut short does not.
+Prints the events (all, or
 those about one site) and the findings; exits 0 when the trail holds, 3 when it does not (an
 error in the command itself, such as a missing key folder, exits 1, as for every command).
 """
@@ -35,6 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", help="show only the events about this site (all are checked)")
     parser.add_argument("--json", action="store_true", help="one JSON event per line, no table")
     parser.add_argument("--topic", default=None, help=argparse.SUPPRESS)  # tests: their own topic
+    parser.add_argument("--model-topic", default=None, help=argparse.SUPPRESS)  # (the same)
 
 
 def _settings(args: argparse.Namespace) -> AggregatorSettings:
@@ -61,11 +65,16 @@ def _when(event: AuditEvent) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Read, check and print the trail; returns 0 when it holds, :data:`EXIT_BROKEN` if not."""
-    from aggregator.audit import audit_findings, read_audit
+    from aggregator.audit import (
+        audit_findings,
+        publication_findings,
+        read_audit,
+        read_global_versions,
+    )
     from schemas.errors import KeyStoreError
     from schemas.signing import KeyRing
     from topics.discovery import resolve_bootstrap
-    from topics.registry import AUDIT
+    from topics.registry import AUDIT, GLOBAL_MODEL
 
     settings = _settings(args)
     try:
@@ -77,8 +86,12 @@ def run(args: argparse.Namespace) -> int:
                           "cannot be checked without the aggregator's public key")
     bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
     topic = args.topic or AUDIT.name
-    read = asyncio.run(read_audit(bootstrap, settings.federation_id, keys, topic))
+    fed = settings.federation_id
+    versions = asyncio.run(read_global_versions(bootstrap, fed, keys,
+                                                args.model_topic or GLOBAL_MODEL.name))
+    read = asyncio.run(read_audit(bootstrap, fed, keys, topic))
     chains, resent, findings = audit_findings(read)
+    findings += publication_findings(chains, versions)
     console = Console(highlight=False)
     # the verdict's lines are not wrapped (for grep); with --json, stdout holds events only
     verdict = Console(highlight=False, soft_wrap=True, stderr=args.json)
@@ -99,10 +112,14 @@ def run(args: argparse.Namespace) -> int:
         console.print(table)
     summary = (f"{sum(map(len, chains))} events in {len(chains)} chain(s) of federation "
                f"{settings.federation_id!r}; {resent} sent again (an aggregator's restart), "
-               f"{read.others} records of other federations skipped")
+               f"{read.others} records of other federations skipped; "
+               + (f"the newest global version on {GLOBAL_MODEL.name} is {versions[-1].version}"
+                  if versions else f"no global version of it on {GLOBAL_MODEL.name}"))
     if not findings:
         verdict.print(f"{summary}. The trail holds: every record signed by the aggregator, "
-                      "every chain linked from its first event.", style="green")
+                      "every chain linked from its first event"
+                      + (", the newest global version's publication recorded." if versions
+                         else "."), style="green")
         return 0
     verdict.print(f"{summary}. The trail does NOT hold:", style="bold red")
     for finding in findings:

@@ -18,7 +18,7 @@ from fedsynth.messages import MessageFactory
 from observability.audit import AuditChain
 from schemas.signing import IdentityKey
 from topics.clients import make_producer
-from topics.registry import AUDIT, ensure_topics
+from topics.registry import AUDIT, GLOBAL_MODEL, ensure_topics
 
 FEDERATION = "fed-audit-cli"
 
@@ -85,3 +85,47 @@ def test_without_the_aggregators_key_it_says_so(
     IdentityKey.generate().save(tmp_path / "keys", "Hungary")
     assert main(["audit", "--bootstrap", broker, "--run-dir", str(tmp_path)]) == 1
     assert "no aggregator.pub" in capsys.readouterr().err
+
+
+def test_a_trail_cut_short_is_found_by_the_newest_global_version(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The chain's links cannot show events cut off its end; the global-model topic's newest
+    version, whose publication the trail does not record, does."""
+    keys = tmp_path / "keys"
+    aggregator = IdentityKey.generate()
+    aggregator.save(keys, "aggregator")
+    tag = uuid.uuid4().hex[:8]
+    audit = dataclasses.replace(AUDIT, name=f"fedsynth.test-audit.{tag}")
+    models = dataclasses.replace(GLOBAL_MODEL, name=f"fedsynth.test-global-model.{tag}")
+    asyncio.run(ensure_topics(broker, [audit, models]))
+    factory = MessageFactory(FEDERATION, "aggregator", aggregator)
+    chain = AuditChain()
+
+    def publish(version: int) -> None:  # as the aggregator does: the version, then its event
+        fields = {"model_name": "m", "version": version, "vector": bytes(1_500_000),
+                  "codec": "float32|zstd", "n_parameters": 375_000, "encoder": b"{}",
+                  "contributors": [], "epsilon_by_site": {}}
+        chunks = [c.value for c in factory.build_chunked("GlobalModel", fields)]
+        asyncio.run(_send(broker, models.name, chunks))
+        event = chain.append("aggregator", "publish_version", {"version": version})
+        asyncio.run(_send(broker, audit.name, [audit_record(factory, event).value]))
+
+    publish(0)
+    publish(1)
+    argv = ["audit", "--bootstrap", broker, "--run-dir", str(tmp_path), "--federation",
+            FEDERATION, "--topic", audit.name, "--model-topic", models.name]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "the newest global version on" in out and "is 1" in out and "The trail holds" in out
+
+    # version 2 is sent, its event is not (cut off the topic, or never sent)
+    fields = {"model_name": "m", "version": 2, "vector": b"v", "codec": "float32|zstd",
+              "n_parameters": 1, "encoder": b"{}", "contributors": [], "epsilon_by_site": {}}
+    asyncio.run(_send(broker, models.name,
+                      [c.value for c in factory.build_chunked("GlobalModel", fields)]))
+    assert main(argv) == EXIT_BROKEN
+    out = capsys.readouterr().out
+    assert "does NOT hold" in out
+    assert (f"{GLOBAL_MODEL.name} holds global version 2" in out
+            and "the last it records is version 1" in out)

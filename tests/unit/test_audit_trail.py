@@ -10,7 +10,16 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aggregator.audit import AuditRead, assemble_chains, audit_findings, audit_record, read_records
+from aggregator.audit import (
+    AuditRead,
+    Publication,
+    assemble_chains,
+    audit_findings,
+    audit_record,
+    publication_findings,
+    read_records,
+    read_versions,
+)
 from fedsynth.messages import MessageFactory
 from observability.audit import AuditChain, AuditEvent
 from schemas.signing import IdentityKey, KeyRing
@@ -103,3 +112,53 @@ def test_any_resends_leave_the_chains_whole(n: int, again: list[int], new_run: b
     chains, resent, findings = audit_findings(read(*delivered, *later))
     assert findings == [] and chains == ([events, later] if later else [events])
     assert resent == len(delivered) - n
+
+
+def _on_topic(*versions: int) -> list[Publication]:
+    return [Publication(offset, v) for offset, v in enumerate(versions)]
+
+
+def test_the_newest_global_version_must_be_recorded_in_the_trail() -> None:
+    """A chain's links do not show events cut off its end; the global-model topic's newest
+    version does: the trail must record its publication (it may be ahead, never behind)."""
+    events = chain(5)  # publishes versions 0-4
+    assert publication_findings([events], _on_topic(0, 1, 2, 3, 4)) == []
+    assert publication_findings([events], _on_topic(0, 1, 2, 3)) == []  # published since
+    assert publication_findings([events], []) == []  # no version (yet, or another topic)
+    (cut,) = publication_findings([events[:3]], _on_topic(0, 1, 2, 3, 4))
+    assert "holds global version 4 (offset 4)" in cut and "the last it records is version 2" in cut
+    (none,) = publication_findings([[]], _on_topic(0))
+    assert "it records none" in none
+
+
+def test_the_newest_version_is_looked_for_in_the_last_chain_that_publishes() -> None:
+    """A fresh aggregator state starts a chain that publishes nothing before its version 0,
+    then publishes from 0 again."""
+    first = chain(5)
+    started = [AuditChain().append("aggregator", "suspend_site", {"site": "A"})]
+    assert publication_findings([first, started], _on_topic(0, 1, 2, 3, 4)) == []
+    again = chain(3)  # versions 0-2 of the new run
+    assert publication_findings([first, again], _on_topic(0, 1, 2, 3, 4, 0, 1, 2)) == []
+    (cut,) = publication_findings([first, again[:1]], _on_topic(0, 1, 2, 3, 4, 0, 1, 2))
+    assert "holds global version 2" in cut and "the last it records is version 0" in cut
+
+
+def test_global_versions_are_read_whole_and_signed_by_the_aggregator() -> None:
+    aggregator, site = IdentityKey.generate(), IdentityKey.generate()
+    keys = KeyRing({"aggregator": aggregator.public_key, "A": site.public_key})
+
+    def version(v: int, signer: IdentityKey = aggregator, sender: str = "aggregator",
+                federation: str = FEDERATION) -> list[bytes]:
+        fields = {"model_name": "m", "version": v, "vector": bytes(2_000_000) + bytes([v]),
+                  "codec": "float32|zstd", "n_parameters": 500_000, "encoder": b"{}",
+                  "contributors": ["A"], "epsilon_by_site": {"A": 1.0}}
+        chunks = MessageFactory(federation, sender, signer).build_chunked("GlobalModel", fields)
+        assert len(chunks) == 3
+        return [c.value for c in chunks]
+
+    whole, by_site, foreign = version(1), version(2, site, "A"), version(3, federation="x")
+    cut = version(4)[:2]
+    records = list(enumerate([*whole, *by_site, *foreign, *cut, b"not a message"]))
+    assert read_versions(records, FEDERATION, keys) == [Publication(2, 1)]
+    resent = list(enumerate([*whole, *version(5), *whole]))  # a restart sends its outbox again
+    assert read_versions(resent, FEDERATION, keys) == [Publication(2, 1), Publication(5, 5)]
