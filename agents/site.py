@@ -274,7 +274,8 @@ class SiteAgent:
         if first <= self.audit_at < end:
             consumer.seek(audit, self.audit_at)
             self.audit_check = self.suspensions.last_hash
-        else:  # (the embedded broker answers a fetch past the end with nothing, not an error)
+        else:  # the embedded broker answers a fetch past the end with nothing, not an error;
+            # its end offset may fall short (topics.clients): then this reads more than needed
             log.warning(
                 "the audit topic holds offsets %d to %d, not %d where this agent read the "
                 "event it took last: reading it from its beginning", first, end - 1, self.audit_at,

@@ -29,7 +29,8 @@ The watch's state is small (:meth:`SuspensionWatch.to_dict`): the agent keeps it
 that event instead of reading a trail that grows with every version from its beginning. It
 reads that event again first and goes on only if its hash is the one the saved state took last
 (:attr:`SuspensionWatch.last_hash`); otherwise the topic changed under it (a broker that lost
-its topics, a trail cut short) and it reads the topic from its beginning with a new watch.
+its topics, a trail cut short) and it reads the topic from its beginning into the watch it had,
+which skips the events it took already and starts over at another chain's first event.
 """
 
 from __future__ import annotations
