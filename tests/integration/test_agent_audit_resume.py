@@ -14,14 +14,13 @@ import pytest
 from aiokafka import TopicPartition
 
 from agents.site import EXIT_SUSPENDED, SiteAgent, _write_json
-from agents.suspension import SuspensionWatch
 from aggregator.audit import audit_record
 from fedsynth.messages import MessageFactory
 from observability.audit import AuditChain, AuditEvent
 from schemas.signing import IdentityKey
 from tests.unit.test_agent_histograms import _agent
 from tests.unit.test_agent_secure_wait import _Done, scripted
-from tests.unit.test_agent_suspension import publish, reinstate, suspend
+from tests.unit.test_agent_suspension import publish, reinstate, suspend, watched
 from topics.broker import EmbeddedBroker
 from topics.clients import make_consumer, make_producer
 from topics.registry import ALL_TOPICS, AUDIT, ensure_topics
@@ -75,14 +74,6 @@ async def _publish(agent: SiteAgent, bootstrap: str, events: list[AuditEvent]) -
     return [meta.offset for meta in sent]
 
 
-def _read_whole(site: str, trail: list[AuditEvent]) -> dict[str, Any]:
-    """The state of a watch of ``site`` that took ``trail`` from its beginning."""
-    watch = SuspensionWatch(site)
-    for event in trail:
-        watch.observe(event)
-    return watch.to_dict()
-
-
 async def _run(agent: SiteAgent, bootstrap: str, done: Callable[[], bool]) -> tuple[Any, _Tap]:
     """The agent's loop on a real consumer assigned as the agent assigns it; its exit (or None
     when ``done()`` stopped it) and the tap."""
@@ -131,7 +122,7 @@ async def test_a_restarted_agent_reads_the_audit_topic_on_from_the_event_it_took
     code, tap = await _run(again, broker, lambda: again.suspensions.last_seq == 5)
     assert code is None and tap.offsets[0] == offsets[3]
     assert again.suspensions.suspended is None
-    assert again.suspensions.to_dict() == _read_whole(site, trail)
+    assert again.suspensions.to_dict() == watched(trail, site).to_dict()
     _write_json(again.state_path, again.state)
 
     # the topic holds another event where the agent read the one it took last (a broker that
@@ -142,7 +133,7 @@ async def test_a_restarted_agent_reads_the_audit_topic_on_from_the_event_it_took
     with caplog.at_level(logging.WARNING, logger="agents.site"):
         code, tap = await _run(moved, broker, lambda: moved.audit_at == offsets[-1])
     assert code is None and tap.offsets[0] == offsets[1] and offsets[0] in tap.offsets
-    assert moved.suspensions.to_dict() == _read_whole(site, trail)
+    assert moved.suspensions.to_dict() == watched(trail, site).to_dict()
     assert "reading the topic from its beginning" in caplog.text
 
     # a position past the topic's end (a broker that lost its topics, now holding fewer
@@ -152,5 +143,5 @@ async def test_a_restarted_agent_reads_the_audit_topic_on_from_the_event_it_took
     with caplog.at_level(logging.WARNING, logger="agents.site"):
         code, tap = await _run(lost, broker, lambda: lost.audit_at == offsets[-1])
     assert code is None and tap.offsets[0] <= offsets[0]
-    assert lost.suspensions.to_dict() == _read_whole(site, trail)
+    assert lost.suspensions.to_dict() == watched(trail, site).to_dict()
     assert f"not {offsets[-1] + 1000} where this agent read" in caplog.text

@@ -48,8 +48,9 @@ def reinstate(site: str = SITE) -> tuple[str, str, dict[str, Any]]:
     return "operator", "reinstate_site", {"site": site, "epsilon": 9.0}
 
 
-def watched(events: list[AuditEvent]) -> SuspensionWatch:
-    watch = SuspensionWatch(SITE)
+def watched(events: list[AuditEvent], site: str = SITE) -> SuspensionWatch:
+    """A watch of ``site`` that took ``events`` in turn."""
+    watch = SuspensionWatch(site)
     for event in events:
         watch.observe(event)
     return watch
