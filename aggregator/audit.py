@@ -250,11 +250,13 @@ def _int_or(value: object, default: int = -1) -> int:
 async def _read_topic(bootstrap: str, topic: str, quiet_s: float) -> list[tuple[int, bytes]]:
     """``(offset, value)`` of every record of ``topic``'s partition 0, from its beginning,
     read until no record came for ``quiet_s`` seconds (the embedded broker's end offsets are
-    not to be trusted: ``topics.clients``)."""
+    not to be trusted: ``topics.clients``); none if the topic does not exist."""
     consumer = make_consumer(bootstrap, group_id=None)
     await consumer.start()
     records: list[tuple[int, bytes]] = []
     try:
+        if topic not in await consumer.topics():
+            return records  # reading it would have the broker create it, not as the registry says
         consumer.assign([TopicPartition(topic, 0)])
         await consumer.seek_to_beginning()
         while True:

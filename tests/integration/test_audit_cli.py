@@ -17,7 +17,7 @@ from fedsynth.cli import main
 from fedsynth.messages import MessageFactory
 from observability.audit import AuditChain
 from schemas.signing import IdentityKey
-from topics.clients import make_producer
+from topics.clients import make_consumer, make_producer
 from topics.registry import AUDIT, GLOBAL_MODEL, ensure_topics
 
 FEDERATION = "fed-audit-cli"
@@ -129,3 +129,28 @@ def test_a_trail_cut_short_is_found_by_the_newest_global_version(
     assert "does NOT hold" in out
     assert (f"{GLOBAL_MODEL.name} holds global version 2" in out
             and "the last it records is version 1" in out)
+
+
+def test_reading_a_trail_creates_no_topic(
+    broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Topics that do not exist are read as empty: assigning them would have the broker create
+    them with its own layout (the embedded broker gives 4 partitions), which the registry's
+    `fedsynth topics` would then refuse."""
+    IdentityKey.generate().save(tmp_path / "keys", "aggregator")
+    tag = uuid.uuid4().hex[:8]
+    audit, models = f"fedsynth.test-no-audit.{tag}", f"fedsynth.test-no-models.{tag}"
+    argv = ["audit", "--bootstrap", broker, "--run-dir", str(tmp_path), "--federation",
+            FEDERATION, "--topic", audit, "--model-topic", models]
+    assert main(argv) == 0
+    assert "0 events in 0 chain(s)" in capsys.readouterr().out
+
+    async def topics() -> set[str]:
+        consumer = make_consumer(broker, group_id=None)
+        await consumer.start()
+        try:
+            return set(await consumer.topics())
+        finally:
+            await consumer.stop()
+
+    assert not {audit, models} & asyncio.run(topics())
