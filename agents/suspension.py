@@ -108,26 +108,25 @@ class SuspensionWatch:
             return False
         return version <= self._lifted_after
 
-    def observe(self, event: AuditEvent) -> bool:
+    def observe(self, event: AuditEvent) -> None:
         """Take the next event of the chain (one already taken, or of an older chain, is
-        skipped; another chain's first event starts over). Returns whether it was taken."""
+        skipped; another chain's first event starts over)."""
         if event.seq == 0 and event.hash != self._genesis:
             self._start(event.hash)  # a new chain: a fresh aggregator state
         elif event.seq <= self._last_seq:
-            return False  # sent again after an aggregator's restart: taken already
+            return  # sent again after an aggregator's restart: taken already
         self._last_seq, self._last_hash = event.seq, event.hash
         details = event.details
         if event.action == "publish_version":
             self._published = max(self._published, _int(details.get("version"), -1))
-        elif details.get("site") != self.site:
-            pass
-        elif event.action == "suspend_site":
+            return
+        if details.get("site") != self.site:
+            return
+        if event.action == "suspend_site":
             self._suspended = Suspension(str(details.get("reason", "")), event.seq, event.hash)
         elif event.action == "reinstate_site":
             self._suspended = None
             self._lifted_after = self._published
-        return True
-
 
     def to_dict(self) -> dict[str, Any]:
         """The watch's state as JSON-ready values (:meth:`from_dict` reads it back)."""

@@ -192,14 +192,9 @@ def read_versions(
     global-model topic, in topic order: each whole (every chunk read) and validly signed by
     the aggregator; anything else is skipped (agents skip it too). A version sent again after
     an aggregator's restart (the same message) counts once, where it was first read whole."""
-    reader = MessageReader(federation_id, keys)
+    reader = MessageReader(federation_id, keys)  # (it refuses other federations' records)
     found: list[Publication] = []
     for offset, value in records:
-        try:
-            if decode(value)[1].get("federation_id") != federation_id:
-                continue
-        except SchemaError:
-            continue
         got = reader.read(value)
         if (isinstance(got, Inbound) and got.name == "GlobalModel"
                 and got.record["sender"] == "aggregator"):
@@ -208,7 +203,9 @@ def read_versions(
 
 
 def publication_findings(
-    chains: Sequence[Sequence[AuditEvent]], versions: Sequence[Publication]
+    chains: Sequence[Sequence[AuditEvent]],
+    versions: Sequence[Publication],
+    topic: str = GLOBAL_MODEL.name,
 ) -> list[str]:
     """Whether the trail records the newest global version the global-model topic holds.
 
@@ -218,6 +215,11 @@ def publication_findings(
     event (it crashed between sending the version and its event, and sends both again when
     restarted). Not seen: a cut that takes away every publication of a newer chain whose newest
     version an older chain also published.
+
+    Args:
+        chains: The trail's chains (:func:`audit_findings`).
+        versions: The global versions read from ``topic`` (:func:`read_versions`).
+        topic: The global-model topic they were read from, for the finding's text.
 
     Returns:
         One finding, or none.
@@ -236,7 +238,7 @@ def publication_findings(
     last = (f"the last it records is version {max(published)}" if published
             else "it records none")
     return [
-        f"{GLOBAL_MODEL.name} holds global version {newest.version} (offset {newest.offset}), "
+        f"{topic} holds global version {newest.version} (offset {newest.offset}), "
         f"but the trail does not record its publication ({last}): the trail was cut short, or "
         "the aggregator has not sent that event yet (a crash between sending the version and "
         "its event; a restart sends both again)"

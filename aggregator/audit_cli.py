@@ -5,9 +5,9 @@ aggregator's public key in the key folder, puts the events back into their chain
 of the aggregator) and checks every link (:mod:`aggregator.audit`); and checks that the trail
 records the newest global version on ``fedsynth.global-model`` (read first, so that a version
 published meanwhile finds its event already in the trail), which a trail cut short does not.
-Prints the events (all, or
-those about one site) and the findings; exits 0 when the trail holds, 3 when it does not (an
-error in the command itself, such as a missing key folder, exits 1, as for every command).
+Prints the events (all, or those about one site) and the findings; exits 0 when the trail
+holds, 3 when it does not (an error in the command itself, such as a missing key folder, exits
+1, as for every command).
 """
 
 from __future__ import annotations
@@ -86,12 +86,11 @@ def run(args: argparse.Namespace) -> int:
                           "cannot be checked without the aggregator's public key")
     bootstrap = resolve_bootstrap(args.bootstrap or settings.bootstrap)
     topic = args.topic or AUDIT.name
-    fed = settings.federation_id
-    versions = asyncio.run(read_global_versions(bootstrap, fed, keys,
-                                                args.model_topic or GLOBAL_MODEL.name))
+    fed, models = settings.federation_id, args.model_topic or GLOBAL_MODEL.name
+    versions = asyncio.run(read_global_versions(bootstrap, fed, keys, models))
     read = asyncio.run(read_audit(bootstrap, fed, keys, topic))
     chains, resent, findings = audit_findings(read)
-    findings += publication_findings(chains, versions)
+    findings += publication_findings(chains, versions, models)
     console = Console(highlight=False)
     # the verdict's lines are not wrapped (for grep); with --json, stdout holds events only
     verdict = Console(highlight=False, soft_wrap=True, stderr=args.json)
@@ -113,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
     summary = (f"{sum(map(len, chains))} events in {len(chains)} chain(s) of federation "
                f"{settings.federation_id!r}; {resent} sent again (an aggregator's restart), "
                f"{read.others} records of other federations skipped; "
-               + (f"the newest global version on {GLOBAL_MODEL.name} is {versions[-1].version}"
-                  if versions else f"no global version of it on {GLOBAL_MODEL.name}"))
+               + (f"the newest global version on {models} is {versions[-1].version}"
+                  if versions else f"no global version of it on {models}"))
     if not findings:
         verdict.print(f"{summary}. The trail holds: every record signed by the aggregator, "
                       "every chain linked from its first event"
