@@ -63,14 +63,12 @@ from fedsynth.data.validate import load_site_file
 from fedsynth.durable import StateLock, write_atomic
 from fedsynth.errors import BudgetExceededError, ConfigError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
-from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
+from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection, read_audit_record
 from fedsynth.privacy import PrivacyBudget, SiteLedger, noise_for_budget
 from fedsynth.secagg.fixedpoint import FixedPointSpec
 from fedsynth.staleness import make_staleness
 from observability import extract_context, inject_headers, setup_telemetry
 from observability.audit import AuditEvent
-from schemas.codec import decode
-from schemas.errors import SchemaError
 from schemas.signing import IdentityKey, KeyRing
 from topics.clients import make_consumer, make_producer
 from topics.gaps import GapGuard, Verdict
@@ -394,21 +392,13 @@ class SiteAgent:
         that lost its topics, a trail cut short), and the caller reads it from its beginning.
         The watch is kept: events it took already are skipped again, and another chain's
         first event starts over."""
-        try:
-            if decode(value)[1].get("federation_id") != self.s.federation_id:
-                return True  # (their aggregators' keys are not ours: no signature to check)
-        except SchemaError:
-            pass  # the reader says what is wrong with it
-        got = reader.read(value)
-        if isinstance(got, Rejection):
-            log.warning("ignoring audit record: %s", got.reason)
-        if not isinstance(got, Inbound):
-            return True
-        if got.name != "AuditEvent" or got.record["sender"] != "aggregator":
-            log.warning("ignoring %s from %s on the audit topic", got.name, got.record["sender"])
+        got = read_audit_record(reader, value)
+        if got.problem is not None:
+            log.warning("ignoring an audit record: %s", got.problem)
+        if got.detail is None:  # (another federation's records go by quietly)
             return True
         try:
-            event = AuditEvent.from_dict(json.loads(got.record["detail"]))
+            event = AuditEvent.from_dict(got.detail)
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("ignoring an audit record whose event does not read: %s", exc)
             return True

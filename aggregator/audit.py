@@ -30,10 +30,8 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 
 from aggregator.checkpoint import OutboxRecord
-from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
+from fedsynth.messages import Inbound, MessageFactory, MessageReader, read_audit_record
 from observability import AuditEvent, verify_chain
-from schemas.codec import decode
-from schemas.errors import SchemaError
 from schemas.signing import KeyRing
 from topics.clients import make_consumer
 from topics.registry import AUDIT, GLOBAL_MODEL
@@ -147,24 +145,16 @@ def read_records(
     reader = MessageReader(federation_id, keys)
     read = AuditRead()
     for offset, value in records:
-        try:
-            _, record = decode(value)
-        except SchemaError as exc:
-            read.refused.append((offset, f"not a message: {exc}"))
-            continue
-        if record.get("federation_id") != federation_id:
+        got = read_audit_record(reader, value)
+        if got.foreign:
             read.others += 1
-            continue
-        got = reader.read(value)
-        if isinstance(got, Rejection):
-            read.refused.append((offset, got.reason))
-        elif not isinstance(got, Inbound) or got.name != "AuditEvent":
-            read.refused.append((offset, f"a {getattr(got, 'name', 'chunk')} on the audit topic"))
-        elif got.record["sender"] != "aggregator":
-            read.refused.append((offset, f"signed by {got.record['sender']!r}, not the aggregator"))
+        elif got.waiting:  # the aggregator never chunks its events
+            read.refused.append((offset, "a chunk on the audit topic"))
+        elif got.detail is None:
+            read.refused.append((offset, str(got.problem)))
         else:
             try:
-                event = AuditEvent.from_dict(json.loads(got.record["detail"]))
+                event = AuditEvent.from_dict(got.detail)
             except (KeyError, TypeError, ValueError) as exc:
                 read.refused.append((offset, f"the event does not read: {exc!r}"))
                 continue

@@ -47,6 +47,7 @@ result travels as :attr:`Inbound.derived`.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -67,6 +68,7 @@ from fedsynth.codec.chunk import (
     split,
 )
 from fedsynth.errors import MessageError
+from schemas.codec import decode
 from schemas.errors import SchemaError
 from schemas.signing import (
     IdentityKey,
@@ -78,7 +80,9 @@ from schemas.signing import (
 )
 
 __all__ = [
+    "AUDIT_SENDER",
     "VIEWED",
+    "AuditRecord",
     "Derive",
     "Inbound",
     "MessageFactory",
@@ -87,6 +91,7 @@ __all__ = [
     "Rejection",
     "Verified",
     "Waiting",
+    "read_audit_record",
     "split_signed",
 ]
 
@@ -421,3 +426,56 @@ def _as_inbound(got: Verified | Rejection) -> Inbound | Rejection:
     if isinstance(got, Verified):
         return Inbound(got.name, got.record, got.size, got.derived)
     return got
+
+
+AUDIT_SENDER = "aggregator"
+"""The one sender whose ``AuditEvent`` records make a federation's audit chain."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One record of the audit topic as :func:`read_audit_record` reads it: exactly one of
+
+    Attributes:
+        detail: The aggregator's event, as the JSON object its ``detail`` field holds.
+        foreign: A record of another federation (the topic serves them all): not checked,
+            since its aggregator's key is not on this reader's ring.
+        waiting: A chunk whose payload is not complete yet.
+        problem: Why the record is not an event of the chain: it does not decode or verify,
+            it is not an ``AuditEvent``, it is signed by anyone but the aggregator, or its
+            ``detail`` is not a JSON object.
+    """
+
+    detail: dict[str, Any] | None = None
+    foreign: bool = False
+    waiting: bool = False
+    problem: str | None = None
+
+
+def read_audit_record(reader: MessageReader, value: bytes) -> AuditRecord:
+    """Read one record of the audit topic with ``reader`` (its federation and key ring), as
+    both the agents (following the chain) and ``fedsynth audit`` (checking it) read them.
+    Turning :attr:`AuditRecord.detail` into an event is the caller's (``observability``)."""
+    try:
+        _, envelope = decode(value)
+    except SchemaError as exc:
+        return AuditRecord(problem=f"not a message: {exc}")
+    if envelope.get("federation_id") != reader.federation_id:
+        return AuditRecord(foreign=True)
+    got = reader.read(value)
+    if isinstance(got, Rejection):
+        return AuditRecord(problem=got.reason)
+    if isinstance(got, Waiting):
+        return AuditRecord(waiting=True)
+    if got.name != "AuditEvent":
+        return AuditRecord(problem=f"a {got.name} on the audit topic")
+    sender = got.record["sender"]
+    if sender != AUDIT_SENDER:
+        return AuditRecord(problem=f"signed by {sender!r}, not the {AUDIT_SENDER}")
+    try:
+        detail = json.loads(got.record["detail"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return AuditRecord(problem=f"the event does not read: {exc!r}")
+    if not isinstance(detail, dict):
+        return AuditRecord(problem=f"the event is a JSON {type(detail).__name__}, not an object")
+    return AuditRecord(detail=detail)

@@ -304,5 +304,5 @@ async def test_another_sites_suspension_and_records_not_from_the_aggregator_chan
     assert trained == [1] and agent.suspensions.suspended is None
     # the site-signed record is reported; the other federation's is skipped quietly
     assert [r.getMessage() for r in caplog.records if r.name == "agents.site"] == [
-        "ignoring AuditEvent from Cleveland on the audit topic"
+        "ignoring an audit record: signed by 'Cleveland', not the aggregator"
     ]

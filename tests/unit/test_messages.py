@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fedsynth.errors import MessageError
 from fedsynth.messages import (
+    AUDIT_SENDER,
     Inbound,
     MessageFactory,
     MessageReader,
     Rejection,
     Verified,
     Waiting,
+    read_audit_record,
     split_signed,
 )
 from schemas.signing import IdentityKey, KeyRing
@@ -486,3 +488,47 @@ def test_a_payload_goes_whole_up_to_exactly_the_chunk_size() -> None:
     assert at.name == "ModelUpdate"
     below = site.build_payload("ModelUpdate", _update(bytes(40_000)), max_chunk=size - 1)
     assert [c.name for c in below] == ["Chunk", "Chunk"]
+
+
+AUDITOR = IdentityKey.generate()
+
+
+def _audit_message(detail: str, *, sender: str = AUDIT_SENDER, key: IdentityKey = AUDITOR,
+                   fed: str = "fed1") -> bytes:
+    fields = {"actor": "aggregator", "action": "publish_version", "detail": detail,
+              "prev_hash": bytes(32), "hash": bytes(32)}
+    return MessageFactory(fed, sender, key).build("AuditEvent", fields).value
+
+
+def _audit_reader() -> MessageReader:
+    reader = _reader()
+    reader.keys.add(AUDIT_SENDER, AUDITOR.public_raw())
+    return reader
+
+
+def test_an_audit_record_reads_as_the_aggregators_event() -> None:
+    got = read_audit_record(_audit_reader(), _audit_message('{"seq": 0}'))
+    assert got.detail == {"seq": 0} and got.problem is None
+    assert not got.foreign and not got.waiting
+
+
+def test_audit_records_that_are_not_the_aggregators_events_name_why() -> None:
+    reader = _audit_reader()
+    update = MessageFactory("fed1", "Cleveland", SITE).build("ModelUpdate", _update(b"v"))
+    cases = {
+        b"not a message": "not a message",
+        _audit_message("{}", sender="Cleveland", key=SITE): "signed by 'Cleveland', not the",
+        _audit_message("{}", key=OTHER): "signature",  # claims to be the aggregator
+        update.value: "a ModelUpdate on the audit topic",
+        _audit_message("{not json"): "the event does not read",
+        _audit_message("[1, 2]"): "a JSON list, not an object",
+    }
+    for value, why in cases.items():
+        got = read_audit_record(reader, value)
+        assert got.detail is None and got.problem is not None and why in got.problem, got
+
+
+def test_other_federations_audit_records_pass_unchecked() -> None:
+    # signed by a key this reader does not know: not a problem, another federation's record
+    got = read_audit_record(_audit_reader(), _audit_message("{}", key=OTHER, fed="fed2"))
+    assert got.foreign and got.problem is None and got.detail is None
