@@ -29,6 +29,7 @@ from fedsynth.secagg.errors import ShareAuthenticationError
 
 __all__ = [
     "KeyPair",
+    "Keystream",
     "NONCE_BYTES",
     "SECRET_BYTES",
     "agree",
@@ -91,28 +92,48 @@ def agree(private: bytes, peer_public: bytes, info: bytes) -> bytes:
 
 @lru_cache(maxsize=4)
 def _zeros(nbytes: int) -> bytes:
-    """Zero plaintext for the keystream (cached: the server expands many masks of one length)."""
+    """Zero plaintext for the keystream (cached: masks of one length, or of one block, are
+    expanded many times)."""
     return bytes(nbytes)
+
+
+class Keystream:
+    """The AES-128-CTR keystream of a seed, read in consecutive pieces: the pieces together are
+    the bytes one :func:`keystream_into` of their total length writes (CTR mode keeps its
+    counter and the unused part of its last block between calls).
+
+    The first 16 bytes of the 32-byte seed are the AES key, the last 16 the initial counter block
+    (AES-128 matches the ~128-bit security of X25519 and is a third faster than AES-256).
+
+    Raises:
+        ValueError: ``seed`` is not 32 bytes.
+    """
+
+    __slots__ = ("_encryptor",)
+
+    def __init__(self, seed: bytes) -> None:
+        if len(seed) != SECRET_BYTES:
+            raise ValueError(f"mask seed must be {SECRET_BYTES} bytes, got {len(seed)}")
+        self._encryptor = Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
+
+    def read_into(self, out: bytearray, nbytes: int) -> None:
+        """Write the next ``nbytes`` of the keystream to the start of ``out``, which must have at
+        least ``nbytes + 15`` bytes (see :func:`mask_buffer`)."""
+        if len(out) < nbytes + 15:
+            raise ValueError("keystream buffer needs nbytes + 15 bytes")
+        if self._encryptor.update_into(_zeros(nbytes), out) != nbytes:
+            raise RuntimeError("short keystream write")
 
 
 def keystream_into(seed: bytes, out: bytearray, nbytes: int) -> None:
     """Write ``nbytes`` of the AES-128-CTR keystream of ``seed`` to the start of ``out``.
 
-    The first 16 bytes of the 32-byte seed are the AES key, the last 16 the initial counter block
-    (AES-128 matches the ~128-bit security of X25519 and is a third faster than AES-256).
-
     Args:
-        seed: 32 bytes (a derived pairwise key or a self-mask seed).
+        seed: 32 bytes (a derived pairwise key or a self-mask seed; see :class:`Keystream`).
         out: destination with at least ``nbytes + 15`` bytes (see :func:`mask_buffer`).
         nbytes: keystream length.
     """
-    if len(seed) != SECRET_BYTES:
-        raise ValueError(f"mask seed must be {SECRET_BYTES} bytes, got {len(seed)}")
-    if len(out) < nbytes + 15:
-        raise ValueError("keystream buffer needs nbytes + 15 bytes")
-    encryptor = Cipher(algorithms.AES(seed[:16]), modes.CTR(seed[16:])).encryptor()
-    if encryptor.update_into(_zeros(nbytes), out) != nbytes:
-        raise RuntimeError("short keystream write")
+    Keystream(seed).read_into(out, nbytes)
 
 
 def mask_buffer(length: int, dtype: npt.DTypeLike) -> tuple[bytearray, npt.NDArray[Any]]:

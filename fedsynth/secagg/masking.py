@@ -15,10 +15,11 @@ from collections.abc import Iterable
 import numpy as np
 import numpy.typing as npt
 
-from fedsynth.secagg.crypto import agree, bind, keystream_into, mask_buffer
+from fedsynth.secagg.crypto import Keystream, agree, bind, mask_buffer
 from fedsynth.secagg.fixedpoint import dtype_for
 
 __all__ = [
+    "MASK_BLOCK_BYTES",
     "add_masks",
     "pair_sign",
     "pairwise_seed",
@@ -56,24 +57,49 @@ def share_associated_data(federation_id: str, cohort_id: str, sender: str, recip
     return bind("fedsynth/secagg/share-ad", federation_id, cohort_id, sender, recipient)
 
 
+MASK_BLOCK_BYTES = 1 << 18
+"""How much of each mask :func:`add_masks` expands at a time (a multiple of the AES block)."""
+
+
 def add_masks(
     vector: npt.NDArray[np.unsignedinteger],
     signed_seeds: Iterable[tuple[int, bytes]],
+    block_bytes: int = MASK_BLOCK_BYTES,
 ) -> npt.NDArray[np.unsignedinteger]:
     """Return ``vector + sum(sign * PRG(seed))`` in the vector's word, wrapping.
+
+    Block by block: each mask's keystream is read ``block_bytes`` at a time (:class:`Keystream`,
+    the same words as expanding it whole) and added to that block of the result while the block
+    is in cache, instead of a pass over the whole vector in memory for every mask (an 8 MB
+    vector of 1M words and four masks: about half the time, ``bench.aggregate``'s unmasking).
 
     Args:
         vector: unsigned integers (uint32 or uint64); not modified.
         signed_seeds: ``(sign, seed)`` pairs with sign ``+1`` or ``-1``.
+        block_bytes: a positive multiple of 16.
+
+    Raises:
+        ValueError: ``block_bytes`` is not a positive multiple of 16, or a seed is not 32 bytes.
     """
-    out = vector.copy()
-    raw, mask = mask_buffer(out.size, out.dtype)
-    for sign, seed in signed_seeds:
-        keystream_into(seed, raw, mask.nbytes)
-        if sign > 0:
-            np.add(out, mask, out=out)
-        else:
-            np.subtract(out, mask, out=out)
+    if block_bytes <= 0 or block_bytes % 16:
+        raise ValueError(f"block_bytes must be a positive multiple of 16, got {block_bytes}")
+    streams = [(sign, Keystream(seed)) for sign, seed in signed_seeds]
+    out = np.empty_like(vector)
+    if not streams or not vector.size:
+        out[...] = vector
+        return out
+    words = block_bytes // out.itemsize
+    raw, mask = mask_buffer(min(words, out.size), out.dtype)
+    for start in range(0, out.size, words):
+        source, block = vector[start : start + words], out[start : start + words]
+        for sign, stream in streams:
+            part = mask[: block.size]
+            stream.read_into(raw, part.nbytes)
+            if sign > 0:
+                np.add(source, part, out=block)
+            else:
+                np.subtract(source, part, out=block)
+            source = block  # the first mask reads the vector, the others the block
     return out
 
 

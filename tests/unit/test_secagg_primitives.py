@@ -8,10 +8,13 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from fedsynth.secagg import shamir
 from fedsynth.secagg.crypto import (
+    Keystream,
     agree,
     bind,
     decrypt_share,
@@ -74,6 +77,49 @@ def test_expand_mask_deterministic_and_seed_dependent() -> None:
     assert np.array_equal(first, expand_mask(seed, 1000, np.uint32))
     assert not np.array_equal(first, expand_mask(os.urandom(32), 1000, np.uint32))
     assert expand_mask(seed, 10, np.uint64).dtype == np.uint64
+
+
+def test_a_keystream_read_in_pieces_is_the_keystream_read_whole() -> None:
+    seed = os.urandom(32)
+    whole = expand_mask(seed, 1000, np.uint32).tobytes()
+    stream, raw = Keystream(seed), bytearray(4000 + 15)
+    pieces = b""
+    for size in (16, 5, 11, 1000, 2968):  # not all multiples of the AES block
+        stream.read_into(raw, size)
+        pieces += bytes(raw[:size])
+    assert pieces == whole
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    length=st.integers(0, 3000),
+    wide=st.booleans(),
+    signs=st.lists(st.sampled_from([1, -1]), max_size=4),
+    blocks=st.integers(1, 64),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_masks_added_block_by_block_equal_whole_masks_added(
+    length: int, wide: bool, signs: list[int], blocks: int, seed: int
+) -> None:
+    dtype = np.uint64 if wide else np.uint32
+    rng = np.random.default_rng(seed)
+    vector = rng.integers(0, np.iinfo(dtype).max, length, dtype=dtype, endpoint=True)
+    seeds = [(sign, rng.bytes(32)) for sign in signs]
+    expected = vector.copy()
+    for sign, key in seeds:  # each mask expanded whole, added with wrap-around
+        mask = expand_mask(key, length, dtype)
+        expected = expected + mask if sign > 0 else expected - mask
+    got = add_masks(vector, seeds, block_bytes=16 * blocks)
+    assert got.dtype == dtype and np.array_equal(got, expected)
+    assert got is not vector
+
+
+def test_add_masks_refuses_a_block_that_is_not_whole_aes_blocks() -> None:
+    for bad in (0, -16, 24):
+        with pytest.raises(ValueError, match="multiple of 16"):
+            add_masks(np.zeros(4, np.uint32), [(1, os.urandom(32))], block_bytes=bad)
+    with pytest.raises(ValueError, match="32 bytes"):
+        add_masks(np.zeros(4, np.uint32), [(1, b"short")])
 
 
 def test_share_encryption_rejects_tamper_and_wrong_binding() -> None:
