@@ -70,8 +70,8 @@ def add_masks(
 
     Block by block: each mask's keystream is read ``block_bytes`` at a time (:class:`Keystream`,
     the same words as expanding it whole) and added to that block of the result while the block
-    is in cache, instead of a pass over the whole vector in memory for every mask (an 8 MB
-    vector of 1M words and four masks: about half the time, ``bench.aggregate``'s unmasking).
+    is in cache, instead of a pass over the whole vector in memory for every mask (and a copy
+    of the vector before them).
 
     Args:
         vector: unsigned integers (uint32 or uint64); not modified.
