@@ -63,7 +63,14 @@ from fedsynth.data.validate import load_site_file
 from fedsynth.durable import StateLock, write_atomic
 from fedsynth.errors import BudgetExceededError, ConfigError, FedSynthError, TransportError
 from fedsynth.federation import UPDATE_CODEC, ModelSpec, decode_vector, encode_vector
-from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection, read_audit_record
+from fedsynth.messages import (
+    AGGREGATOR,
+    Inbound,
+    MessageFactory,
+    MessageReader,
+    Rejection,
+    read_audit_record,
+)
 from fedsynth.privacy import PrivacyBudget, SiteLedger, noise_for_budget
 from fedsynth.secagg.fixedpoint import FixedPointSpec
 from fedsynth.staleness import make_staleness
@@ -436,7 +443,7 @@ class SiteAgent:
         if not isinstance(got, Inbound):
             return
         rec = got.record
-        if got.name != "GlobalModel" or rec["sender"] != "aggregator":
+        if got.name != "GlobalModel" or rec["sender"] != AGGREGATOR:
             log.warning("ignoring %s from %s on the global-model topic", got.name, rec["sender"])
             return
         if self.latest is not None and rec["version"] <= self.latest.version:

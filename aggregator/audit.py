@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from aiokafka import TopicPartition
 
 from aggregator.checkpoint import OutboxRecord
-from fedsynth.messages import Inbound, MessageFactory, MessageReader, read_audit_record
+from fedsynth.messages import (
+    AGGREGATOR,
+    Inbound,
+    MessageFactory,
+    MessageReader,
+    read_audit_record,
+)
 from observability import AuditEvent, verify_chain
 from schemas.signing import KeyRing
 from topics.clients import make_consumer
@@ -187,7 +193,7 @@ def read_versions(
     for offset, value in records:
         got = reader.read(value)
         if (isinstance(got, Inbound) and got.name == "GlobalModel"
-                and got.record["sender"] == "aggregator"):
+                and got.record["sender"] == AGGREGATOR):
             found.append(Publication(offset, int(got.record["version"])))
     return found
 

@@ -85,7 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-AGGREGATOR = "aggregator"
 
 
 class Phase(StrEnum):

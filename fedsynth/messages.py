@@ -80,7 +80,7 @@ from schemas.signing import (
 )
 
 __all__ = [
-    "AUDIT_SENDER",
+    "AGGREGATOR",
     "VIEWED",
     "AuditRecord",
     "Derive",
@@ -428,13 +428,14 @@ def _as_inbound(got: Verified | Rejection) -> Inbound | Rejection:
     return got
 
 
-AUDIT_SENDER = "aggregator"
-"""The one sender whose ``AuditEvent`` records make a federation's audit chain."""
+AGGREGATOR = "aggregator"
+"""The sender id of a federation's aggregator: the one sender of its global versions, cohort
+control messages and audit events (its key is on every roster under this id)."""
 
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One record of the audit topic as :func:`read_audit_record` reads it: exactly one of
+    """One record of the audit topic as :func:`read_audit_record` reads it (one field is set).
 
     Attributes:
         detail: The aggregator's event, as the JSON object its ``detail`` field holds.
@@ -470,8 +471,8 @@ def read_audit_record(reader: MessageReader, value: bytes) -> AuditRecord:
     if got.name != "AuditEvent":
         return AuditRecord(problem=f"a {got.name} on the audit topic")
     sender = got.record["sender"]
-    if sender != AUDIT_SENDER:
-        return AuditRecord(problem=f"signed by {sender!r}, not the {AUDIT_SENDER}")
+    if sender != AGGREGATOR:
+        return AuditRecord(problem=f"signed by {sender!r}, not the {AGGREGATOR}")
     try:
         detail = json.loads(got.record["detail"])
     except (KeyError, TypeError, ValueError) as exc:

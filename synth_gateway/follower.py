@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 
 from fedsynth.errors import FedSynthError
 from fedsynth.federation import ModelSpec, decode_vector
-from fedsynth.messages import Inbound, MessageReader
+from fedsynth.messages import AGGREGATOR, Inbound, MessageReader
 from fedsynth.model.constraints import Constraints
 from fedsynth.model.tabddpm import TabularDiffusion
 from schemas.signing import KeyRing
@@ -165,7 +165,7 @@ class ModelFollower:
                 if (
                     isinstance(got, Inbound)
                     and got.name == "GlobalModel"
-                    and got.record["sender"] == "aggregator"
+                    and got.record["sender"] == AGGREGATOR
                 ):
                     await self._load(got.record)
         finally:

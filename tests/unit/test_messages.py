@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fedsynth.errors import MessageError
 from fedsynth.messages import (
-    AUDIT_SENDER,
+    AGGREGATOR,
     Inbound,
     MessageFactory,
     MessageReader,
@@ -493,7 +493,7 @@ def test_a_payload_goes_whole_up_to_exactly_the_chunk_size() -> None:
 AUDITOR = IdentityKey.generate()
 
 
-def _audit_message(detail: str, *, sender: str = AUDIT_SENDER, key: IdentityKey = AUDITOR,
+def _audit_message(detail: str, *, sender: str = AGGREGATOR, key: IdentityKey = AUDITOR,
                    fed: str = "fed1") -> bytes:
     fields = {"actor": "aggregator", "action": "publish_version", "detail": detail,
               "prev_hash": bytes(32), "hash": bytes(32)}
@@ -502,7 +502,7 @@ def _audit_message(detail: str, *, sender: str = AUDIT_SENDER, key: IdentityKey 
 
 def _audit_reader() -> MessageReader:
     reader = _reader()
-    reader.keys.add(AUDIT_SENDER, AUDITOR.public_raw())
+    reader.keys.add(AGGREGATOR, AUDITOR.public_raw())
     return reader
 
 
