@@ -133,6 +133,6 @@ def _decoded(
 
 def load_model_code() -> None:
     """Import the model's code (torch) now, so that the first :meth:`ModelSpec.build` does not
-    pay for it (about 1.5 s). An aggregator starting a federation calls it on a worker thread
+    pay for importing torch. An aggregator starting a federation calls it on a worker thread
     while it waits for the sites, instead of importing torch when version 0 is due."""
     import fedsynth.model.tabddpm  # noqa: F401 - imported for its side effect of loading torch
