@@ -26,7 +26,11 @@ A per-update CPU breakdown follows, measured with ``time.perf_counter`` around e
 path (``thread_time`` on the workers, and the CPU time of the engine and event-loop threads; the
 split of the workers' part into signature, Avro, reassembly, and zstd with the levels comes from
 a second, offline pass over the same bytes), next to a raw numpy summation of the same updates,
-as float32 arrays and from their levels.
+as float32 arrays and from their levels. Two rows follow the ordered part along the run: its
+wall time, and the wall time it sat idle between records (waiting for the next record to be
+fetched and prepared, and for the hand-overs between its thread and the event loop). Together
+they span the run: the ordered part runs one record at a time, so its busy and idle time is the
+run's critical path.
 
 Secure mode (the default) is measured the same way on its own records (:mod:`bench.secure_ingest`):
 SecAgg+ cohorts of 4 sites whose masked 1M-word updates (8 MB, 9 chunks each) and unmask responses
@@ -76,7 +80,15 @@ from aggregator.pipeline import OrderedPrefetch
 from aggregator.service import DERIVE, Prepared, prepare
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import ClientUpdate, StrategyConfig, build_strategy
-from bench.ingest_path import BARE_NOCRC, Run, TimedPath, group_cpu_s, read_split
+from bench.ingest_path import (
+    BARE_NOCRC,
+    HANDOFF_ROW,
+    IDLE_ROW,
+    Run,
+    TimedPath,
+    group_cpu_s,
+    read_split,
+)
 from bench.secure_ingest import AppCheckpoints, GroupRule, SecureIngestPath, SecureWorkload
 from bench.secure_ingest import build_workload as build_secure_workload
 from bench.secure_ingest import report as report_secure
@@ -546,7 +558,10 @@ def report(
         ("ordered: accept (reassembly, replay)", path.accept_s),
         ("ordered: decode, where no worker did it", path.codec_s),
         ("ordered: engine step (validation + FedBuff)", path.engine_s),
+        ("ordered part (wall)", path.ordered_s),
         ("ordered part, CPU of its thread", path.engine_cpu_s),
+        (IDLE_ROW, path.idle_s),
+        (HANDOFF_ROW, path.handoff_s),
         ("event-loop thread CPU (fetch, hand-over)", path.loop_cpu_s),
         ("ingest CPU total (live run)", path.prepare_s + path.accept_s + path.codec_s
          + path.engine_s),

@@ -19,10 +19,16 @@ from fedsynth.messages import VIEWED, Inbound, MessageReader, Rejection
 from schemas.codec import decode
 from schemas.signing import KeyRing, verify_message
 
-__all__ = ["BARE_NOCRC", "ReadSplit", "Run", "TimedPath", "group_cpu_s", "read_split"]
+__all__ = [
+    "BARE_NOCRC", "HANDOFF_ROW", "IDLE_ROW", "ReadSplit", "Run", "TimedPath", "group_cpu_s",
+    "read_split",
+]
 
 BARE_NOCRC = "bare aiokafka, CRC check off as the aggregator's"
 """The row of the bare consumer read as the aggregator reads (``AggregatorSettings.check_crcs``)."""
+IDLE_ROW = "ordered part idle between records (wall): waiting, hand-overs"
+HANDOFF_ROW = "  of which from the event loop's hand-over to the step's start"
+"""The per-update rows of :attr:`TimedPath.idle_s` and :attr:`TimedPath.handoff_s`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +78,12 @@ class TimedPath:
             replay; for a payload of several chunks also its signature and decoding, where
             the set was not joined on a worker).
         ordered_s: wall time of the ordered part.
+        idle_s: wall time between one ordered step's end and the next one's start: the ordered
+            part waiting for a record to be fetched and prepared, and for the hand-overs
+            between its thread and the event loop. With :attr:`ordered_s` it spans the run, so
+            the two show which of them the run's wall time goes to.
+        handoff_s: of :attr:`idle_s`, the part from the event loop handing a prepared record
+            over (:meth:`handle` called) until the ordered step starts on its thread.
         engine_cpu_s: CPU time of the thread that ran the ordered part.
         loop_cpu_s: CPU time of the event loop's thread (set by the consumer).
         applied: updates the ordered part took.
@@ -83,12 +95,16 @@ class TimedPath:
     prepare_s: float = 0.0
     accept_s: float = 0.0
     ordered_s: float = 0.0
+    idle_s: float = 0.0
+    handoff_s: float = 0.0
     engine_cpu_s: float = 0.0
     loop_cpu_s: float = 0.0
     applied: int = 0
     rejected: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     engine_thread: Executor | None = None
+    _last_end: float | None = field(default=None, init=False, repr=False)
+    _handed: float = field(default=0.0, init=False, repr=False)
 
     def prepare(self, value: bytes) -> Prepared:
         """The pure part, on a worker thread (CPU time of that thread)."""
@@ -101,11 +117,15 @@ class TimedPath:
     def ordered(self, prepared: Prepared) -> None:
         """:meth:`_ordered`, timed (wall, and its thread's CPU whatever the outcome)."""
         c0, t0 = time.thread_time(), time.perf_counter()
+        if self._last_end is not None:
+            self.idle_s += t0 - self._last_end
+            self.handoff_s += t0 - self._handed
         try:
             self._ordered(prepared)
         finally:
             self.engine_cpu_s += time.thread_time() - c0
-            self.ordered_s += time.perf_counter() - t0
+            self._last_end = time.perf_counter()
+            self.ordered_s += self._last_end - t0
 
     def _ordered(self, prepared: Prepared) -> None:
         raise NotImplementedError
@@ -122,6 +142,7 @@ class TimedPath:
     async def handle(self, value: bytes, prepared: Prepared) -> None:
         """:meth:`ordered` on the engine thread, as the app runs it: the event loop stays free
         to fetch while the engine works (one thread, so the order is kept)."""
+        self._handed = time.perf_counter()
         if self.engine_thread is None:
             self.ordered(prepared)
             return

@@ -52,7 +52,7 @@ from aggregator.pipeline import GroupCommit
 from aggregator.service import Prepared
 from aggregator.settings import AggregatorSettings
 from aggregator.strategies import StrategyConfig, build_strategy
-from bench.ingest_path import BARE_NOCRC, ReadSplit, TimedPath, read_split
+from bench.ingest_path import BARE_NOCRC, HANDOFF_ROW, IDLE_ROW, ReadSplit, TimedPath, read_split
 from fedsynth.errors import MessageError
 from fedsynth.messages import Inbound, MessageFactory, MessageReader, Rejection
 from fedsynth.secagg.fixedpoint import FixedPointSpec
@@ -417,6 +417,8 @@ def report(console: Console, workload: SecureWorkload, bare: tuple[float, float]
         ("ordered: coordinator restore, bench only (wall)", path.restore_s),
         ("ordered part (wall)", path.ordered_s),
         ("ordered part, CPU of its thread", path.engine_cpu_s),
+        (IDLE_ROW, path.idle_s),
+        (HANDOFF_ROW, path.handoff_s),
         ("event-loop thread CPU (fetch, hand-over)", path.loop_cpu_s),
         ("bare fetch (wall)", bare_s),
         ("read offline, one thread: chunk signatures", split.chunk_signatures),

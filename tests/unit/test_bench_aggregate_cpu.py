@@ -3,17 +3,23 @@ the ingest's ratio (no broker: a child process stands in for it)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import pytest
 from rich.console import Console
 
 import bench.aggregate as agg
-from bench.ingest_path import Run, group_cpu_s
+from aggregator.service import Prepared
+from bench.ingest_path import Run, TimedPath, group_cpu_s
+from fedsynth.messages import MessageReader
+from schemas.signing import KeyRing
 
 BUSY = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\n" \
        "time.sleep(30)\n"
@@ -53,3 +59,31 @@ def test_the_cpu_table_bounds_each_mode_by_the_cpu_it_spent(
     assert "2 cores" in text and "n/a" in text
     assert "plain 0.50x" in text and "secure" not in text.split("bound its ratio")[1]
     assert "200.00" in text  # the plain ingest's bound per update: 0.8 s / 4 updates, in ms
+
+
+class _Sleepy(TimedPath):
+    """An ordered step that takes a known time and counts its calls."""
+
+    def _ordered(self, prepared: Prepared) -> None:
+        time.sleep(0.02)
+        self.applied += 1
+
+
+def test_the_ordered_part_s_idle_time_is_what_lies_between_its_steps() -> None:
+    path = _Sleepy(reader=MessageReader("f", KeyRing({})))
+
+    async def run() -> None:
+        with ThreadPoolExecutor(1) as engine:
+            path.engine_thread = engine
+            for _ in range(3):
+                await path.handle(b"", cast(Prepared, None))
+                await asyncio.sleep(0.05)  # nothing to hand over: the ordered part waits
+
+    start = time.perf_counter()
+    asyncio.run(run())
+    wall = time.perf_counter() - start
+    assert path.applied == 3
+    assert path.ordered_s >= 3 * 0.02
+    assert 2 * 0.05 <= path.idle_s  # between the three steps only, not before the first
+    assert path.ordered_s + path.idle_s <= wall
+    assert 0.0 <= path.handoff_s < path.idle_s  # handed over after the wait, started soon after
