@@ -8,7 +8,7 @@ runs the pure part of the next few messages on a thread pool while the stateful 
 it on its engine thread) handles the current one, and hands results over strictly in the order the
 items were put in. Much of the pure part runs in C code that releases the GIL (``hashlib``, zstd,
 numpy), so more cores help until the GIL is the limit: the event loop's fetch holds it most of the
-time (``docs/bench-aggregate.md``, "Where the time goes" and "On 16 cores").
+time (``docs/bench-aggregate-history.md``, "Where the time goes" and "On 16 cores").
 
 Back-pressure: :meth:`OrderedPrefetch.put` waits while ``depth`` items are in flight, so memory
 stays bounded by ``depth`` messages. An exception raised by the stateful step stops the pipeline

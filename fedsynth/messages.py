@@ -19,7 +19,7 @@ what the sender signed, chunk by chunk, and are not hashed a second time to comp
 digest (the reassembler runs with ``digest=None``). What that second pass would still catch is a
 sender whose chunks contradict its own payload signature: bytes only that sender could have
 signed, which then meet every check an update meets. (An earlier design hashed the joined payload
-again: 5.2-5.8 ms of 42 ms of CPU per masked 1M-parameter update, docs/bench-aggregate.md.)
+again: 5.2-5.8 ms of 42 ms of CPU per masked 1M-parameter update, docs/bench-aggregate-history.md.)
 
 Inbound, :class:`MessageReader` checks the signature against the federation's key ring, decodes,
 checks the federation id, and feeds chunks to a :class:`~fedsynth.codec.chunk.Reassembler`; a

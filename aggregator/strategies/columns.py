@@ -8,7 +8,7 @@ several times.
 
 Threads were tried for the blocks and dropped: on 2 cores they compete with the ingest workers,
 and on a 16-core machine they did not shorten the engine step, which waits for the GIL there
-(docs/bench-aggregate.md).
+(docs/bench-aggregate-history.md, "On 16 cores").
 """
 
 from __future__ import annotations
