@@ -1,5 +1,6 @@
-"""bench.aggregate's CPU accounting: the broker's process-group CPU and the bound that CPU puts on
-the ingest's ratio (no broker: a child process stands in for it)."""
+"""bench.aggregate's accounting: the broker's process-group CPU and the bound that CPU puts on
+the ingest's ratio (no broker: a child process stands in for it), and the ordered part's idle
+time between records."""
 
 from __future__ import annotations
 
