@@ -37,7 +37,6 @@ __all__ = [
     "decrypt_share",
     "encrypt_share",
     "expand_mask",
-    "keystream_into",
     "mask_buffer",
     "generate_keypair",
     "public_from_private",
@@ -99,8 +98,8 @@ def _zeros(nbytes: int) -> bytes:
 
 class Keystream:
     """The AES-128-CTR keystream of a seed, read in consecutive pieces: the pieces together are
-    the bytes one :func:`keystream_into` of their total length writes (CTR mode keeps its
-    counter and the unused part of its last block between calls).
+    the bytes one read of their total length writes (CTR mode keeps its counter and the unused
+    part of its last block between calls).
 
     The first 16 bytes of the 32-byte seed are the AES key, the last 16 the initial counter block
     (AES-128 matches the ~128-bit security of X25519 and is a third faster than AES-256).
@@ -125,19 +124,8 @@ class Keystream:
             raise RuntimeError("short keystream write")
 
 
-def keystream_into(seed: bytes, out: bytearray, nbytes: int) -> None:
-    """Write ``nbytes`` of the AES-128-CTR keystream of ``seed`` to the start of ``out``.
-
-    Args:
-        seed: 32 bytes (a derived pairwise key or a self-mask seed; see :class:`Keystream`).
-        out: destination with at least ``nbytes + 15`` bytes (see :func:`mask_buffer`).
-        nbytes: keystream length.
-    """
-    Keystream(seed).read_into(out, nbytes)
-
-
 def mask_buffer(length: int, dtype: npt.DTypeLike) -> tuple[bytearray, npt.NDArray[Any]]:
-    """A scratch buffer for :func:`keystream_into` and the integer view of its first part."""
+    """A scratch buffer for :meth:`Keystream.read_into` and the integer view of its first part."""
     width = np.dtype(dtype).itemsize
     raw = bytearray(length * width + 15)
     view = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"), count=length)
@@ -156,7 +144,7 @@ def expand_mask(seed: bytes, length: int, dtype: npt.DTypeLike) -> npt.NDArray[n
         A new array of ``length`` integers, uniform over the dtype's range.
     """
     raw, view = mask_buffer(length, dtype)
-    keystream_into(seed, raw, view.nbytes)
+    Keystream(seed).read_into(raw, view.nbytes)
     return view.copy()
 
 
